@@ -1,0 +1,1 @@
+//! SDP offer/answer (RFC 4566, RFC 3264) for audio calls.

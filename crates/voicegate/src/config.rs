@@ -1,0 +1,1 @@
+//! Configuration: TOML file plus VOICEGATE_<SECTION>_<KEY> environment overrides.
