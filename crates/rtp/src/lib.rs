@@ -1,1 +1,7 @@
 //! RTP media for voicegate: the UDP port pool and RTP legs (the echo leg for now).
+
+pub mod echo;
+pub mod pool;
+
+pub use echo::{EchoHandle, EchoStats};
+pub use pool::{PoolError, PortPool, RtpPorts};

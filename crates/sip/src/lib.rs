@@ -1,4 +1,11 @@
 //! SIP signalling for voicegate: transports, transactions, dialogs and SDP offer/answer.
+//!
+//! Protocol pieces are plain data and functions ([`message`], [`framing`], [`sdp`],
+//! [`transaction`], [`dialog`]); only [`transport`] touches sockets.
 
+pub mod dialog;
+pub mod framing;
+pub mod message;
 pub mod sdp;
 pub mod transaction;
+pub mod transport;

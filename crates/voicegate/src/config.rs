@@ -1,1 +1,985 @@
 //! Configuration: TOML file plus VOICEGATE_<SECTION>_<KEY> environment overrides.
+//!
+//! Loading happens in four steps (see [`Config::load`]):
+//!
+//! 1. the TOML file, if any, is parsed into a [`toml::Table`];
+//! 2. that table is checked against the schema — the serialised
+//!    [`Config::default()`] — so unknown sections and keys are reported with
+//!    their full dotted name;
+//! 3. every key of the schema may be replaced by the environment variable
+//!    `VOICEGATE_<SECTION>_<KEY>` (upper-cased), parsed according to the type
+//!    of the key's default value (lists are comma-separated);
+//! 4. the merged table is deserialised into [`Config`] and [`Config::validate`]d.
+//!
+//! The schema is derived from the structs below, so a new key only needs a
+//! field, a default and a line in `config/voicegate.toml`. Fields must not be
+//! `Option`s (a `None` would not appear in the serialised schema and could be
+//! neither checked nor overridden); use an empty string or list for "unset".
+//!
+//! # Secrets
+//!
+//! `Config` derives `Debug` and `Serialize`, and both are used for logging.
+//! No field is secret today (TLS key *paths* are not secrets). A future field
+//! holding a password or token must use a wrapper type whose `Debug` and
+//! `Serialize` redact the value, and its validation errors must not echo it.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use toml::{Table, Value};
+
+/// Prefix of the environment variables that override configuration keys.
+pub const ENV_PREFIX: &str = "VOICEGATE";
+
+/// Codecs voicegate can negotiate, in canonical spelling.
+pub const KNOWN_CODECS: &[&str] = &["PCMA", "PCMU"];
+
+/// Bounds for `sip.max_message_bytes`.
+pub const MESSAGE_BYTES_RANGE: RangeInclusive<usize> = 1024..=16 * 1024 * 1024;
+
+/// The whole configuration. `Config::default()` is the documented default
+/// configuration shipped as `config/voicegate.toml`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub sip: SipConfig,
+    pub rtp: RtpConfig,
+    pub test_numbers: TestNumbersConfig,
+    pub log: LogConfig,
+}
+
+/// `[sip]`: SIP listeners and identity.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SipConfig {
+    /// UDP listen address (`ip:port`); empty disables UDP.
+    pub udp: String,
+    /// TCP listen address (`ip:port`); empty disables TCP.
+    pub tcp: String,
+    /// TLS listen address (`ip:port`); empty disables TLS.
+    pub tls: String,
+    /// PEM certificate chain for TLS; empty (with `tls_key`) = self-signed.
+    pub tls_cert: String,
+    /// PEM private key for TLS; empty (with `tls_cert`) = self-signed.
+    pub tls_key: String,
+    /// Address advertised in Contact/Via/SDP; empty = the listen/local address.
+    pub public_ip: String,
+    /// Largest SIP message accepted, in bytes.
+    pub max_message_bytes: usize,
+    /// User-Agent / Server header value.
+    pub user_agent: String,
+}
+
+impl Default for SipConfig {
+    fn default() -> Self {
+        Self {
+            udp: "0.0.0.0:5060".into(),
+            tcp: "0.0.0.0:5060".into(),
+            tls: "0.0.0.0:5061".into(),
+            tls_cert: String::new(),
+            tls_key: String::new(),
+            public_ip: String::new(),
+            max_message_bytes: 65536,
+            user_agent: "voicegate".into(),
+        }
+    }
+}
+
+/// `[rtp]`: media ports and codecs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RtpConfig {
+    /// Lowest RTP port (inclusive).
+    pub port_min: u16,
+    /// Highest RTP port (inclusive).
+    pub port_max: u16,
+    /// Codec names in preference order (case-insensitive, see [`KNOWN_CODECS`]).
+    pub codecs: Vec<String>,
+}
+
+impl Default for RtpConfig {
+    fn default() -> Self {
+        Self {
+            port_min: 10000,
+            port_max: 20000,
+            codecs: vec!["PCMA".into(), "PCMU".into()],
+        }
+    }
+}
+
+/// `[test_numbers]`: numbers served locally until trunks/numbers come
+/// through the API.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TestNumbersConfig {
+    /// Numbers answered by an RTP echo.
+    pub echo: Vec<String>,
+    /// Numbers that ring (180) and are never answered (for CANCEL tests).
+    pub ringing: Vec<String>,
+    /// How long echo numbers ring (180) before answering, in milliseconds.
+    pub ring_ms: u64,
+}
+
+impl Default for TestNumbersConfig {
+    fn default() -> Self {
+        Self {
+            echo: vec!["echo".into()],
+            ringing: Vec::new(),
+            ring_ms: 0,
+        }
+    }
+}
+
+/// `[log]`: logging.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A `tracing` EnvFilter directive, e.g. `info` or `voicegate=debug,info`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+        }
+    }
+}
+
+/// A configuration error. `Display` is a single line naming the key (or
+/// file) and what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The configuration file could not be read.
+    #[error("config: cannot read {}: {}", .path.display(), io_reason(.source))]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The configuration file is not valid TOML.
+    #[error("config: invalid TOML in {}:{line}:{column}: {message}", .path.display())]
+    Syntax {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    /// The file contains a section that is not in the schema.
+    #[error("config: unknown section [{section}] in {}", .path.display())]
+    UnknownSection { section: String, path: PathBuf },
+    /// The file contains a key (full dotted name) that is not in the schema.
+    #[error("config: unknown key {key} in {}", .path.display())]
+    UnknownKey { key: String, path: PathBuf },
+    /// An environment variable could not be parsed as the key's type.
+    #[error("config: {key}: invalid value {value:?} from {var} (expected {expected})")]
+    InvalidEnv {
+        key: String,
+        var: String,
+        value: String,
+        expected: &'static str,
+    },
+    /// A value has the wrong type or is out of range for its key.
+    /// `origin` says where it came from (`in <file>` or `from <VAR>`).
+    #[error("config: {key}: {message} ({origin})")]
+    InvalidType {
+        key: String,
+        origin: String,
+        message: String,
+    },
+    /// A value is well-typed but fails validation.
+    #[error("config: {message}")]
+    Invalid { key: String, message: String },
+}
+
+impl ConfigError {
+    /// The dotted key (or section) the error is about, when there is one.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            Self::Read { .. } | Self::Syntax { .. } => None,
+            Self::UnknownSection { section, .. } => Some(section),
+            Self::UnknownKey { key, .. }
+            | Self::InvalidEnv { key, .. }
+            | Self::InvalidType { key, .. }
+            | Self::Invalid { key, .. } => Some(key),
+        }
+    }
+}
+
+/// An io::Error's message without the " (os error N)" suffix.
+fn io_reason(err: &std::io::Error) -> String {
+    let text = err.to_string();
+    match text.find(" (os error ") {
+        Some(i) => text[..i].to_owned(),
+        None => text,
+    }
+}
+
+fn one_line(text: &str) -> String {
+    text.trim()
+        .lines()
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_owned(),
+        message: message.into(),
+    }
+}
+
+fn join_key(prefix: &str, key: &str) -> String {
+    if prefix.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{prefix}.{key}")
+    }
+}
+
+impl Config {
+    /// Loads the configuration: the TOML file at `path` (or the defaults when
+    /// `None`), then `VOICEGATE_<SECTION>_<KEY>` overrides looked up through
+    /// `env`, then [`validate`](Self::validate).
+    pub fn load(
+        path: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let schema = schema();
+        let mut table = match path {
+            Some(path) => read_table(path, &schema)?,
+            None => Table::new(),
+        };
+        let mut env_origins = HashMap::new();
+        apply_env(&schema, &mut table, "", ENV_PREFIX, &env, &mut env_origins)?;
+        let config: Config = table
+            .clone()
+            .try_into()
+            .map_err(|err| locate_error(&table, &err, path, &env_origins))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// [`load`](Self::load) with overrides from the process environment.
+    pub fn load_from_process_env(path: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::load(path, |var| std::env::var(var).ok())
+    }
+
+    /// Every environment variable that can override a key, e.g.
+    /// `VOICEGATE_SIP_UDP`, sorted.
+    pub fn env_var_names() -> Vec<String> {
+        fn walk(table: &Table, prefix: &str, out: &mut Vec<String>) {
+            for (key, value) in table {
+                let var = format!("{prefix}_{}", key.to_ascii_uppercase());
+                match value {
+                    Value::Table(sub) => walk(sub, &var, out),
+                    _ => out.push(var),
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&schema(), ENV_PREFIX, &mut out);
+        out
+    }
+
+    /// Checks values that the types alone do not constrain.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.sip.validate()?;
+        self.rtp.validate()?;
+        self.test_numbers.validate()?;
+        self.log.validate()
+    }
+}
+
+/// The schema: the default configuration as a TOML table.
+fn schema() -> Table {
+    Table::try_from(Config::default()).expect("the default configuration serialises to TOML")
+}
+
+fn read_table(path: &Path, schema: &Table) -> Result<Table, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let table: Table = toml::from_str(&text).map_err(|err| {
+        let offset = err.span().map_or(0, |span| span.start).min(text.len());
+        let before = &text[..offset];
+        let line = before.matches('\n').count() + 1;
+        let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+        ConfigError::Syntax {
+            path: path.to_owned(),
+            line,
+            column,
+            message: one_line(err.message()),
+        }
+    })?;
+    check_known(schema, &table, "", path)?;
+    Ok(table)
+}
+
+/// Rejects sections and keys of `table` that do not exist in `schema`.
+fn check_known(
+    schema: &Table,
+    table: &Table,
+    prefix: &str,
+    path: &Path,
+) -> Result<(), ConfigError> {
+    for (key, value) in table {
+        let dotted = join_key(prefix, key);
+        match (schema.get(key), value) {
+            (None, Value::Table(_)) if prefix.is_empty() => {
+                return Err(ConfigError::UnknownSection {
+                    section: dotted,
+                    path: path.to_owned(),
+                })
+            }
+            (None, _) => {
+                return Err(ConfigError::UnknownKey {
+                    key: dotted,
+                    path: path.to_owned(),
+                })
+            }
+            (Some(Value::Table(sub_schema)), Value::Table(sub)) => {
+                check_known(sub_schema, sub, &dotted, path)?
+            }
+            (Some(Value::Table(_)), other) => {
+                return Err(ConfigError::InvalidType {
+                    message: format!("expected a section [{dotted}], found {}", other.type_str()),
+                    key: dotted,
+                    origin: format!("in {}", path.display()),
+                })
+            }
+            (Some(_), _) => {}
+        }
+    }
+    Ok(())
+}
+
+/// Replaces every schema key that has an environment variable set.
+fn apply_env(
+    schema: &Table,
+    table: &mut Table,
+    key_prefix: &str,
+    var_prefix: &str,
+    env: &impl Fn(&str) -> Option<String>,
+    origins: &mut HashMap<String, String>,
+) -> Result<(), ConfigError> {
+    for (key, default) in schema {
+        let dotted = join_key(key_prefix, key);
+        let var = format!("{var_prefix}_{}", key.to_ascii_uppercase());
+        if let Value::Table(sub_schema) = default {
+            let entry = table
+                .entry(key.clone())
+                .or_insert_with(|| Value::Table(Table::new()));
+            if let Value::Table(sub) = entry {
+                apply_env(sub_schema, sub, &dotted, &var, env, origins)?;
+            }
+            continue;
+        }
+        let Some(raw) = env(&var) else { continue };
+        let value = parse_env(default, &raw).map_err(|expected| ConfigError::InvalidEnv {
+            key: dotted.clone(),
+            var: var.clone(),
+            value: raw.clone(),
+            expected,
+        })?;
+        table.insert(key.clone(), value);
+        origins.insert(dotted, var);
+    }
+    Ok(())
+}
+
+/// Parses an environment value as the type of the key's default value.
+/// Lists are comma-separated, items trimmed, empty items dropped.
+fn parse_env(default: &Value, raw: &str) -> Result<Value, &'static str> {
+    match default {
+        Value::String(_) | Value::Table(_) => Ok(Value::String(raw.to_owned())),
+        Value::Integer(_) => raw
+            .trim()
+            .parse()
+            .map(Value::Integer)
+            .map_err(|_| "an integer"),
+        Value::Float(_) => raw.trim().parse().map(Value::Float).map_err(|_| "a number"),
+        Value::Boolean(_) => match raw.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => Ok(Value::Boolean(true)),
+            "false" | "0" | "no" | "off" => Ok(Value::Boolean(false)),
+            _ => Err("true or false"),
+        },
+        Value::Datetime(_) => raw
+            .trim()
+            .parse()
+            .map(Value::Datetime)
+            .map_err(|_| "a TOML date-time"),
+        Value::Array(items) => {
+            let item_default = items
+                .first()
+                .cloned()
+                .unwrap_or_else(|| Value::String(String::new()));
+            raw.split(',')
+                .map(str::trim)
+                .filter(|item| !item.is_empty())
+                .map(|item| parse_env(&item_default, item))
+                .collect::<Result<Vec<_>, _>>()
+                .map(Value::Array)
+        }
+    }
+}
+
+/// Turns a deserialisation error into one naming the offending key, found by
+/// deserialising each key on its own.
+fn locate_error(
+    table: &Table,
+    err: &toml::de::Error,
+    path: Option<&Path>,
+    env_origins: &HashMap<String, String>,
+) -> ConfigError {
+    let origin_of = |key: &str| match (env_origins.get(key), path) {
+        (Some(var), _) => format!("from {var}"),
+        (None, Some(path)) => format!("in {}", path.display()),
+        (None, None) => "default".to_owned(),
+    };
+    for (section, value) in table {
+        let Value::Table(keys) = value else { continue };
+        for (key, value) in keys {
+            let probe = Table::from_iter([(
+                section.clone(),
+                Value::Table(Table::from_iter([(key.clone(), value.clone())])),
+            )]);
+            if let Err(err) = probe.try_into::<Config>() {
+                let dotted = join_key(section, key);
+                return ConfigError::InvalidType {
+                    origin: origin_of(&dotted),
+                    message: one_line(err.message()),
+                    key: dotted,
+                };
+            }
+        }
+    }
+    ConfigError::InvalidType {
+        key: String::new(),
+        origin: path.map_or_else(
+            || "environment".to_owned(),
+            |p| format!("in {}", p.display()),
+        ),
+        message: one_line(err.message()),
+    }
+}
+
+fn listen_addr(value: &str) -> Option<SocketAddr> {
+    value.parse().ok()
+}
+
+impl SipConfig {
+    /// UDP listen address; `None` when disabled.
+    pub fn udp_addr(&self) -> Option<SocketAddr> {
+        listen_addr(&self.udp)
+    }
+
+    /// TCP listen address; `None` when disabled.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        listen_addr(&self.tcp)
+    }
+
+    /// TLS listen address; `None` when disabled.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        listen_addr(&self.tls)
+    }
+
+    /// The address to advertise; `None` = use the listen/local address.
+    pub fn public_ip(&self) -> Option<IpAddr> {
+        self.public_ip.parse().ok()
+    }
+
+    /// `(certificate, key)` PEM paths; `None` = generate a self-signed
+    /// certificate at start.
+    pub fn tls_files(&self) -> Option<(&Path, &Path)> {
+        if self.tls_cert.is_empty() || self.tls_key.is_empty() {
+            None
+        } else {
+            Some((Path::new(&self.tls_cert), Path::new(&self.tls_key)))
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (name, value) in [("udp", &self.udp), ("tcp", &self.tcp), ("tls", &self.tls)] {
+            if !value.is_empty() && listen_addr(value).is_none() {
+                let key = format!("sip.{name}");
+                return Err(invalid(
+                    &key,
+                    format!("{key}: {value:?} is not an address (expected ip:port)"),
+                ));
+            }
+        }
+        if self.udp.is_empty() && self.tcp.is_empty() && self.tls.is_empty() {
+            return Err(invalid(
+                "sip",
+                "sip: no transport enabled (set at least one of sip.udp, sip.tcp, sip.tls)",
+            ));
+        }
+        if self.tls_cert.is_empty() != self.tls_key.is_empty() {
+            return Err(invalid(
+                "sip.tls_cert",
+                "sip.tls_cert and sip.tls_key must be given together",
+            ));
+        }
+        if !self.public_ip.is_empty() {
+            match self.public_ip.parse::<IpAddr>() {
+                Err(_) => {
+                    return Err(invalid(
+                        "sip.public_ip",
+                        format!("sip.public_ip: {:?} is not an IP address", self.public_ip),
+                    ))
+                }
+                Ok(ip) if ip.is_unspecified() => {
+                    return Err(invalid(
+                        "sip.public_ip",
+                        format!("sip.public_ip: {ip} cannot be advertised (unspecified address)"),
+                    ))
+                }
+                Ok(_) => {}
+            }
+        }
+        if !MESSAGE_BYTES_RANGE.contains(&self.max_message_bytes) {
+            return Err(invalid(
+                "sip.max_message_bytes",
+                format!(
+                    "sip.max_message_bytes: {} is out of range (expected {} to {})",
+                    self.max_message_bytes,
+                    MESSAGE_BYTES_RANGE.start(),
+                    MESSAGE_BYTES_RANGE.end()
+                ),
+            ));
+        }
+        if self.user_agent.chars().any(char::is_control) {
+            return Err(invalid(
+                "sip.user_agent",
+                "sip.user_agent: must not contain control characters",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl RtpConfig {
+    /// The RTP port range, inclusive.
+    pub fn port_range(&self) -> RangeInclusive<u16> {
+        self.port_min..=self.port_max
+    }
+
+    /// Configured codecs in canonical spelling (see [`KNOWN_CODECS`]), in
+    /// preference order, without duplicates; unknown names are skipped.
+    pub fn codec_names(&self) -> Vec<&'static str> {
+        let mut names = Vec::new();
+        for codec in &self.codecs {
+            if let Some(name) = canonical_codec(codec) {
+                if !names.contains(&name) {
+                    names.push(name);
+                }
+            }
+        }
+        names
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (key, port) in [
+            ("rtp.port_min", self.port_min),
+            ("rtp.port_max", self.port_max),
+        ] {
+            if port == 0 {
+                return Err(invalid(key, format!("{key}: must be above 0")));
+            }
+        }
+        if self.port_min >= self.port_max {
+            return Err(invalid(
+                "rtp.port_min",
+                format!(
+                    "rtp.port_min ({}) must be below rtp.port_max ({})",
+                    self.port_min, self.port_max
+                ),
+            ));
+        }
+        if self.codecs.is_empty() {
+            return Err(invalid(
+                "rtp.codecs",
+                "rtp.codecs: at least one codec is required",
+            ));
+        }
+        if let Some(unknown) = self.codecs.iter().find(|c| canonical_codec(c).is_none()) {
+            return Err(invalid(
+                "rtp.codecs",
+                format!(
+                    "rtp.codecs: unknown codec {unknown:?} (known: {})",
+                    KNOWN_CODECS.join(", ")
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn canonical_codec(name: &str) -> Option<&'static str> {
+    KNOWN_CODECS
+        .iter()
+        .copied()
+        .find(|known| known.eq_ignore_ascii_case(name.trim()))
+}
+
+impl TestNumbersConfig {
+    /// Whether `number` is answered by the RTP echo.
+    pub fn is_echo(&self, number: &str) -> bool {
+        self.echo.iter().any(|n| n == number)
+    }
+
+    /// Whether `number` rings forever.
+    pub fn is_ringing(&self, number: &str) -> bool {
+        self.ringing.iter().any(|n| n == number)
+    }
+
+    /// How long echo numbers ring before answering.
+    pub fn ring_duration(&self) -> Duration {
+        Duration::from_millis(self.ring_ms)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (key, list) in [
+            ("test_numbers.echo", &self.echo),
+            ("test_numbers.ringing", &self.ringing),
+        ] {
+            if list.iter().any(|n| n.trim().is_empty()) {
+                return Err(invalid(key, format!("{key}: numbers must not be empty")));
+            }
+        }
+        if let Some(both) = self.echo.iter().find(|n| self.is_ringing(n)) {
+            return Err(invalid(
+                "test_numbers.ringing",
+                format!("test_numbers: {both:?} is listed in both echo and ringing"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl LogConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.level.trim().is_empty() {
+            return Err(invalid("log.level", "log.level: must not be empty"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHIPPED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/voicegate.toml");
+
+    fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let vars: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |name| vars.get(name).cloned()
+    }
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    /// A TOML file in the temp dir, removed on drop.
+    struct TempFile(PathBuf);
+
+    impl TempFile {
+        fn new(name: &str, contents: &str) -> Self {
+            let path = std::env::temp_dir().join(format!(
+                "voicegate-config-test-{}-{name}.toml",
+                std::process::id()
+            ));
+            std::fs::write(&path, contents).unwrap();
+            Self(path)
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    fn load_err(contents: &str, name: &str, vars: &[(&str, &str)]) -> (ConfigError, String) {
+        let file = TempFile::new(name, contents);
+        let err = Config::load(Some(&file.0), env(vars)).unwrap_err();
+        let text = err.to_string();
+        assert!(!text.contains('\n'), "error is not one line: {text}");
+        (err, text.replace(&file.0.display().to_string(), "FILE"))
+    }
+
+    fn env_err(vars: &[(&str, &str)]) -> String {
+        let text = Config::load(None, env(vars)).unwrap_err().to_string();
+        assert!(!text.contains('\n'), "error is not one line: {text}");
+        text
+    }
+
+    #[test]
+    fn defaults() {
+        let c = Config::default();
+        assert_eq!(c.sip.udp, "0.0.0.0:5060");
+        assert_eq!(c.sip.tcp, "0.0.0.0:5060");
+        assert_eq!(c.sip.tls, "0.0.0.0:5061");
+        assert_eq!(c.sip.udp_addr(), Some("0.0.0.0:5060".parse().unwrap()));
+        assert_eq!(c.sip.tls_addr(), Some("0.0.0.0:5061".parse().unwrap()));
+        assert_eq!(c.sip.tls_files(), None);
+        assert_eq!(c.sip.public_ip(), None);
+        assert_eq!(c.sip.max_message_bytes, 65536);
+        assert_eq!(c.sip.user_agent, "voicegate");
+        assert_eq!(c.rtp.port_range(), 10000..=20000);
+        assert_eq!(c.rtp.codec_names(), vec!["PCMA", "PCMU"]);
+        assert!(c.test_numbers.is_echo("echo"));
+        assert!(c.test_numbers.ringing.is_empty());
+        assert_eq!(c.test_numbers.ring_duration(), Duration::ZERO);
+        assert_eq!(c.log.level, "info");
+        c.validate().unwrap();
+        assert_eq!(Config::load(None, no_env).unwrap(), c);
+    }
+
+    #[test]
+    fn shipped_file_equals_defaults() {
+        let loaded = Config::load(Some(Path::new(SHIPPED)), no_env).unwrap();
+        assert_eq!(loaded, Config::default());
+        // Every key is written out, not merely defaulted.
+        let text = std::fs::read_to_string(SHIPPED).unwrap();
+        let table: Table = toml::from_str(&text).unwrap();
+        assert_eq!(table, schema());
+    }
+
+    #[test]
+    fn shipped_file_documents_every_env_var() {
+        let text = std::fs::read_to_string(SHIPPED).unwrap();
+        let vars = Config::env_var_names();
+        assert!(vars.contains(&"VOICEGATE_TEST_NUMBERS_RING_MS".to_owned()));
+        for var in vars {
+            assert!(text.contains(&var), "{var} is not documented in {SHIPPED}");
+        }
+    }
+
+    #[test]
+    fn env_overrides_string() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("VOICEGATE_SIP_UDP", "127.0.0.1:15060"),
+                ("VOICEGATE_SIP_PUBLIC_IP", "192.0.2.7"),
+                ("VOICEGATE_LOG_LEVEL", "voicegate=debug,info"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.sip.udp_addr(), Some("127.0.0.1:15060".parse().unwrap()));
+        assert_eq!(c.sip.public_ip(), Some("192.0.2.7".parse().unwrap()));
+        assert_eq!(c.log.level, "voicegate=debug,info");
+        assert_eq!(c.sip.tcp, "0.0.0.0:5060");
+    }
+
+    #[test]
+    fn env_overrides_number() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("VOICEGATE_RTP_PORT_MIN", "30000"),
+                ("VOICEGATE_RTP_PORT_MAX", " 30100 "),
+                ("VOICEGATE_TEST_NUMBERS_RING_MS", "1500"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.rtp.port_range(), 30000..=30100);
+        assert_eq!(c.test_numbers.ring_duration(), Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn env_overrides_list() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("VOICEGATE_TEST_NUMBERS_ECHO", "echo, 1234"),
+                ("VOICEGATE_TEST_NUMBERS_RINGING", "ring"),
+                ("VOICEGATE_RTP_CODECS", "pcmu,PCMA,pcmu"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.test_numbers.echo, vec!["echo", "1234"]);
+        assert!(c.test_numbers.is_ringing("ring"));
+        assert_eq!(c.rtp.codec_names(), vec!["PCMU", "PCMA"]);
+
+        let c = Config::load(None, env(&[("VOICEGATE_TEST_NUMBERS_ECHO", "")])).unwrap();
+        assert!(c.test_numbers.echo.is_empty());
+    }
+
+    #[test]
+    fn env_empty_string_disables_transport() {
+        let c = Config::load(
+            None,
+            env(&[("VOICEGATE_SIP_TCP", ""), ("VOICEGATE_SIP_TLS", "")]),
+        )
+        .unwrap();
+        assert_eq!(c.sip.tcp_addr(), None);
+        assert_eq!(c.sip.tls_addr(), None);
+        assert!(c.sip.udp_addr().is_some());
+
+        let err = env_err(&[
+            ("VOICEGATE_SIP_UDP", ""),
+            ("VOICEGATE_SIP_TCP", ""),
+            ("VOICEGATE_SIP_TLS", ""),
+        ]);
+        assert!(err.contains("no transport enabled"), "{err}");
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let file = TempFile::new(
+            "override",
+            "[sip]\nudp = \"127.0.0.1:5070\"\ntcp = \"\"\n[rtp]\nport_min = 40000\nport_max = 40100\n",
+        );
+        let c = Config::load(
+            Some(&file.0),
+            env(&[("VOICEGATE_SIP_UDP", "127.0.0.1:5080")]),
+        )
+        .unwrap();
+        assert_eq!(c.sip.udp_addr(), Some("127.0.0.1:5080".parse().unwrap()));
+        assert_eq!(c.sip.tcp_addr(), None);
+        assert_eq!(c.rtp.port_range(), 40000..=40100);
+        assert_eq!(c.sip.tls, "0.0.0.0:5061");
+    }
+
+    #[test]
+    fn unknown_key_names_dotted_key() {
+        let (err, text) = load_err("[sip]\nudpp = \"1.2.3.4:5\"\n", "unknown-key", &[]);
+        assert_eq!(text, "config: unknown key sip.udpp in FILE");
+        assert_eq!(err.key(), Some("sip.udpp"));
+
+        let (_, text) = load_err("colour = 1\n", "unknown-top-key", &[]);
+        assert_eq!(text, "config: unknown key colour in FILE");
+    }
+
+    #[test]
+    fn unknown_section_names_section() {
+        let (err, text) = load_err("[trunks]\nname = \"a\"\n", "unknown-section", &[]);
+        assert_eq!(text, "config: unknown section [trunks] in FILE");
+        assert_eq!(err.key(), Some("trunks"));
+    }
+
+    #[test]
+    fn bad_integer_from_env() {
+        assert_eq!(
+            env_err(&[("VOICEGATE_RTP_PORT_MIN", "abc")]),
+            r#"config: rtp.port_min: invalid value "abc" from VOICEGATE_RTP_PORT_MIN (expected an integer)"#
+        );
+        let err = env_err(&[("VOICEGATE_RTP_PORT_MAX", "70000")]);
+        assert!(err.starts_with("config: rtp.port_max: "), "{err}");
+        assert!(err.ends_with("(from VOICEGATE_RTP_PORT_MAX)"), "{err}");
+    }
+
+    #[test]
+    fn bad_type_in_file_names_key() {
+        let (err, text) = load_err("[rtp]\nport_min = \"abc\"\n", "bad-type", &[]);
+        assert_eq!(err.key(), Some("rtp.port_min"));
+        assert!(text.starts_with("config: rtp.port_min: "), "{text}");
+        assert!(text.ends_with("(in FILE)"), "{text}");
+
+        let (_, text) = load_err("sip = 1\n", "bad-section", &[]);
+        assert!(
+            text.starts_with("config: sip: expected a section [sip]"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn syntax_error_is_one_line_with_position() {
+        let (_, text) = load_err("[sip]\nudp = \n", "syntax", &[]);
+        assert!(
+            text.starts_with("config: invalid TOML in FILE:2:"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn bad_address() {
+        assert_eq!(
+            env_err(&[("VOICEGATE_SIP_UDP", "foo")]),
+            r#"config: sip.udp: "foo" is not an address (expected ip:port)"#
+        );
+        assert_eq!(
+            env_err(&[("VOICEGATE_SIP_PUBLIC_IP", "x")]),
+            r#"config: sip.public_ip: "x" is not an IP address"#
+        );
+    }
+
+    #[test]
+    fn bad_port_range() {
+        assert_eq!(
+            env_err(&[
+                ("VOICEGATE_RTP_PORT_MIN", "20000"),
+                ("VOICEGATE_RTP_PORT_MAX", "10000")
+            ]),
+            "config: rtp.port_min (20000) must be below rtp.port_max (10000)"
+        );
+        assert_eq!(
+            env_err(&[("VOICEGATE_RTP_PORT_MIN", "0")]),
+            "config: rtp.port_min: must be above 0"
+        );
+    }
+
+    #[test]
+    fn unknown_codec() {
+        assert_eq!(
+            env_err(&[("VOICEGATE_RTP_CODECS", "PCMA,G729")]),
+            r#"config: rtp.codecs: unknown codec "G729" (known: PCMA, PCMU)"#
+        );
+        let err = env_err(&[("VOICEGATE_RTP_CODECS", "")]);
+        assert!(err.contains("at least one codec"), "{err}");
+    }
+
+    #[test]
+    fn other_validation() {
+        assert_eq!(
+            env_err(&[("VOICEGATE_SIP_TLS_CERT", "cert.pem")]),
+            "config: sip.tls_cert and sip.tls_key must be given together"
+        );
+        let err = env_err(&[("VOICEGATE_SIP_MAX_MESSAGE_BYTES", "100")]);
+        assert!(
+            err.starts_with("config: sip.max_message_bytes: 100 is out of range"),
+            "{err}"
+        );
+        assert_eq!(
+            env_err(&[("VOICEGATE_LOG_LEVEL", " ")]),
+            "config: log.level: must not be empty"
+        );
+        let err = env_err(&[("VOICEGATE_TEST_NUMBERS_RINGING", "echo")]);
+        assert!(err.contains("listed in both echo and ringing"), "{err}");
+
+        let c = Config::load(
+            None,
+            env(&[
+                ("VOICEGATE_SIP_TLS_CERT", "cert.pem"),
+                ("VOICEGATE_SIP_TLS_KEY", "key.pem"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            c.sip.tls_files(),
+            Some((Path::new("cert.pem"), Path::new("key.pem")))
+        );
+    }
+
+    #[test]
+    fn missing_file() {
+        let err = Config::load(Some(Path::new("config/x.toml")), no_env).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "config: cannot read config/x.toml: No such file or directory"
+        );
+    }
+}
