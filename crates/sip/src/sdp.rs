@@ -119,6 +119,11 @@ impl Direction {
     }
 
     /// Attribute name, as in `a=sendrecv`.
+    /// Whether this direction sends media (sendrecv or sendonly).
+    pub fn sends(self) -> bool {
+        matches!(self, Direction::SendRecv | Direction::SendOnly)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Direction::SendRecv => "sendrecv",

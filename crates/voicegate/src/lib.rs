@@ -1,3 +1,11 @@
 //! voicegate: SIP trunk gateway and SIP-to-WebSocket media bridge (config, call handling, server).
+//!
+//! The protocol pieces live in `voicegate-sip` and `voicegate-rtp`; this crate decides what
+//! each call does ([`call`]), routes SIP messages to calls ([`core`]) and starts it all
+//! ([`server`]) from the [`config`].
 
+pub mod call;
 pub mod config;
+pub mod core;
+pub mod server;
+pub mod tls;

@@ -1,1 +1,106 @@
-fn main() {}
+//! The `voicegate` command.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use voicegate::config::Config;
+
+/// voicegate: a SIP trunk gateway and SIP-to-WebSocket media bridge.
+///
+/// Every config key can be overridden by an environment variable VOICEGATE_<SECTION>_<KEY>,
+/// e.g. VOICEGATE_SIP_UDP=127.0.0.1:15060.
+#[derive(Parser)]
+#[command(version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve SIP (UDP, TCP, TLS) and RTP until interrupted (Ctrl-C or SIGTERM).
+    Serve {
+        /// TOML config file (see config/voicegate.toml); without it, built-in defaults apply.
+        #[arg(long, short, env = "VOICEGATE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Check a config file (and the environment overrides) and print the result.
+    CheckConfig {
+        #[arg(long, short, env = "VOICEGATE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { config } => serve(config),
+        Command::CheckConfig { config } => match Config::load_from_process_env(config.as_deref()) {
+            Ok(_) => {
+                println!("config ok");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(2)
+            }
+        },
+    }
+}
+
+fn serve(path: Option<PathBuf>) -> ExitCode {
+    let config = match Config::load_from_process_env(path.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(&config.log.level).unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let running = match voicegate::server::start(&config).await {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(2);
+            }
+        };
+        tracing::info!(udp = ?running.local.udp, tcp = ?running.local.tcp, tls = ?running.local.tls, "voicegate started");
+        wait_for_shutdown().await;
+        tracing::info!("shutting down");
+        ExitCode::SUCCESS
+    })
+}
+
+async fn wait_for_shutdown() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return std::future::pending().await,
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}

@@ -1,0 +1,773 @@
+//! One call, one task: the INVITE server transaction, the dialog, the media and the call
+//! record. Everything here is owned by the task, so calls share no locks with each other.
+//!
+//! What a dialled number does is decided in [`route`]: until trunks and numbers come through
+//! the API, test numbers from the config either echo RTP or ring forever.
+
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio::time::{sleep_until, Instant};
+use tracing::{debug, info, warn};
+use voicegate_rtp::{EchoHandle, EchoStats, RtpPorts};
+use voicegate_sip::dialog::Dialog;
+use voicegate_sip::message::{Request, Response};
+use voicegate_sip::sdp::{self, Direction, LocalMedia, Negotiated};
+use voicegate_sip::transaction::{
+    ClientNonInviteTx, ServerInviteState, ServerInviteTx, ServerNonInviteTx, TxEvent,
+};
+use voicegate_sip::transport::Source;
+
+use crate::core::{random_token, CallInput, Core, ALLOW, SUPPORTED};
+
+/// What a dialled number leads to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    Echo,
+    Ringing,
+    NotFound,
+}
+
+pub fn route(core: &Core, number: &str) -> Route {
+    if core.settings.echo_numbers.iter().any(|n| n == number) {
+        Route::Echo
+    } else if core.settings.ringing_numbers.iter().any(|n| n == number) {
+        Route::Ringing
+    } else {
+        Route::NotFound
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// 1xx sent; answering at `answer_at` (None: rings until CANCEL or the ring timeout).
+    Ringing {
+        answer_at: Option<Instant>,
+        give_up_at: Instant,
+    },
+    /// 200 sent, waiting for its ACK.
+    Answered,
+    Confirmed,
+    /// We sent BYE and wait for its answer.
+    Ending,
+    /// Over: only lingering transactions remain (retransmissions, Timer J/H).
+    Done,
+}
+
+struct Media {
+    ports: RtpPorts,
+    echo: Option<EchoHandle>,
+    local: LocalMedia,
+    negotiated: Option<Negotiated>,
+}
+
+/// What the call record keeps of the media once its ports are given back.
+#[derive(Default)]
+struct MediaRecord {
+    codec: Option<&'static str>,
+    stats: Option<Arc<EchoStats>>,
+}
+
+/// A re-INVITE in progress (RFC 3261 §14.2).
+struct Reinvite {
+    cseq: u32,
+    tx: ServerInviteTx,
+}
+
+struct Call {
+    core: Arc<Core>,
+    source: Source,
+    invite: Request,
+    invite_branch: String,
+    local_tag: String,
+    number: String,
+    invite_tx: ServerInviteTx,
+    reinvite: Option<Reinvite>,
+    /// Non-INVITE requests we answered in this call, kept for retransmissions.
+    answered: Vec<(String, String, ServerNonInviteTx)>,
+    bye: Option<ClientNonInviteTx>,
+    dialog: Dialog,
+    phase: Phase,
+    media: Option<Media>,
+    media_record: MediaRecord,
+    started: Instant,
+    answered_at: Option<Instant>,
+    ended_at: Option<Instant>,
+    recorded: bool,
+    final_status: u16,
+    end_reason: String,
+}
+
+pub async fn run(
+    core: Arc<Core>,
+    invite: Request,
+    source: Source,
+    branch: String,
+    local_tag: String,
+    mut rx: mpsc::Receiver<CallInput>,
+) {
+    let now = Instant::now();
+    let number = invite.uri_user().unwrap_or_default();
+    let mut call = Call {
+        invite_tx: ServerInviteTx::new(source.transport.is_reliable(), core.settings.timers),
+        dialog: Dialog::from_invite(&invite, &local_tag),
+        core: core.clone(),
+        source,
+        invite,
+        invite_branch: branch.clone(),
+        local_tag: local_tag.clone(),
+        number,
+        reinvite: None,
+        answered: Vec::new(),
+        bye: None,
+        phase: Phase::Done,
+        media: None,
+        media_record: MediaRecord::default(),
+        started: now,
+        answered_at: None,
+        ended_at: None,
+        recorded: false,
+        final_status: 0,
+        end_reason: String::new(),
+    };
+    core.stats.active.fetch_add(1, Ordering::Relaxed);
+    call.start(now);
+    call.flush();
+    while !call.finished() {
+        let deadline = call.next_deadline();
+        tokio::select! {
+            input = rx.recv() => match input {
+                Some(CallInput::Request(request, source)) => call.on_request(request, source, Instant::now()),
+                Some(CallInput::Response(response, _)) => call.on_response(&response, Instant::now()),
+                None => break,
+            },
+            _ = sleep_until(deadline.unwrap_or_else(far_future)), if deadline.is_some() => call.on_timeout(Instant::now()),
+        }
+        call.flush();
+        if call.phase == Phase::Done && !call.recorded {
+            // The record is written when the call ends, not when its last transaction expires.
+            call.end_media();
+            call.record();
+        }
+    }
+    call.end_media();
+    core.unregister(call.invite.call_id(), &branch, &local_tag);
+    if !call.recorded {
+        call.record();
+    }
+}
+
+fn far_future() -> Instant {
+    Instant::now() + std::time::Duration::from_secs(86_400)
+}
+
+impl Call {
+    fn start(&mut self, now: Instant) {
+        self.respond_invite(100, "Trying", None, now);
+        match route(&self.core, &self.number) {
+            Route::NotFound => {
+                self.reject(404, "Number not mapped", now);
+            }
+            Route::Ringing => {
+                self.respond_invite(180, "Ringing", None, now);
+                let give_up_at = now + self.core.settings.ring_timeout;
+                self.phase = Phase::Ringing {
+                    answer_at: None,
+                    give_up_at,
+                };
+            }
+            Route::Echo => {
+                if let Err((status, reason)) = self.prepare_media() {
+                    return self.reject(status, &reason, now);
+                }
+                let ring = self.core.settings.ring_duration;
+                if ring.is_zero() {
+                    self.answer(now);
+                } else {
+                    self.respond_invite(180, "Ringing", None, now);
+                    let give_up_at = now + ring + self.core.settings.ring_timeout;
+                    self.phase = Phase::Ringing {
+                        answer_at: Some(now + ring),
+                        give_up_at,
+                    };
+                }
+            }
+        }
+    }
+
+    /// Allocates RTP ports and checks the offer (if any) before we ring.
+    fn prepare_media(&mut self) -> Result<(), (u16, String)> {
+        let offer = if self.invite.body.is_empty() {
+            None
+        } else {
+            Some(sdp::parse(&self.invite.body).map_err(|e| (400, format!("Malformed SDP: {e}")))?)
+        };
+        let negotiated = match &offer {
+            Some(offer) => Some(
+                sdp::negotiate_answer(offer, &self.core.settings.codecs)
+                    .map_err(|e| (488, format!("Not Acceptable Here: {e}")))?,
+            ),
+            None => None,
+        };
+        let bind_ip = self.source.local.ip();
+        let ports = self
+            .core
+            .pool
+            .allocate(bind_ip)
+            .map_err(|e| (503, format!("Service Unavailable: {e}")))?;
+        let local = LocalMedia {
+            address: self.advertised_ip(),
+            port: ports.rtp_port(),
+            session_id: rand::random::<u32>() as u64,
+            session_version: 1,
+        };
+        self.media = Some(Media {
+            ports,
+            echo: None,
+            local,
+            negotiated,
+        });
+        Ok(())
+    }
+
+    /// The address we put in Contact and SDP: the configured public one, else the address the
+    /// INVITE reached us on, else (wildcard listener) the local address routed towards the peer.
+    fn advertised_ip(&self) -> IpAddr {
+        if let Some(ip) = self.core.settings.public_ip {
+            return ip;
+        }
+        let local = self.source.local.ip();
+        if !local.is_unspecified() {
+            return local;
+        }
+        local_ip_towards(self.source.remote).unwrap_or(local)
+    }
+
+    fn contact(&self) -> String {
+        let ip = self.advertised_ip();
+        let host = match ip {
+            IpAddr::V6(v6) => format!("[{v6}]"),
+            IpAddr::V4(v4) => v4.to_string(),
+        };
+        let transport = self.source.transport.as_via().to_ascii_lowercase();
+        let scheme = if self.source.transport == voicegate_sip::transport::TransportKind::Tls {
+            "sips"
+        } else {
+            "sip"
+        };
+        let user = if self.number.is_empty() {
+            String::new()
+        } else {
+            format!("{}@", self.number)
+        };
+        format!(
+            "<{scheme}:{user}{host}:{};transport={transport}>",
+            self.source.local.port()
+        )
+    }
+
+    fn answer(&mut self, now: Instant) {
+        let Some(media) = self.media.as_mut() else {
+            return self.reject(500, "Server Internal Error: no media", now);
+        };
+        let body = match (&media.negotiated, sdp::parse(&self.invite.body)) {
+            (Some(negotiated), Ok(offer)) => sdp::build_answer(&offer, &media.local, negotiated),
+            // Delayed offer: we offer in the 200 and read the answer from the ACK.
+            _ => sdp::build_offer(
+                &media.local,
+                &self.core.settings.codecs,
+                Direction::SendRecv,
+            ),
+        };
+        match EchoHandle::start(&media.ports.rtp, rand::random()) {
+            Ok(echo) => {
+                if let Some(n) = &media.negotiated {
+                    echo.set_sending(n.direction.sends());
+                }
+                media.echo = Some(echo);
+            }
+            Err(e) => {
+                warn!(error = %e, "could not start the echo leg");
+                return self.reject(500, "Server Internal Error: media", now);
+            }
+        }
+        self.respond_invite(200, "OK", Some(Bytes::from(body)), now);
+        self.phase = Phase::Answered;
+        self.answered_at = Some(now);
+        self.core.stats.answered.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn reject(&mut self, status: u16, reason: &str, now: Instant) {
+        self.respond_invite(status, reason, None, now);
+        self.end_media();
+        self.phase = Phase::Done;
+        if self.end_reason.is_empty() {
+            self.end_reason = reason.to_string();
+        }
+        if status == 487 {
+            self.core.stats.cancelled.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.core.stats.rejected.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A response on the INVITE transaction, with our tag, Contact and Allow where they belong.
+    fn respond_invite(&mut self, status: u16, reason: &str, sdp_body: Option<Bytes>, now: Instant) {
+        let mut response = self
+            .invite
+            .response(status, reason)
+            .header("Server", self.core.sender().user_agent());
+        if status > 100 {
+            response = response.with_to_tag(&self.local_tag);
+        }
+        if (101..300).contains(&status) {
+            response = response.header("Contact", self.contact());
+        }
+        if status == 200 {
+            response = response
+                .header("Allow", ALLOW)
+                .header("Supported", SUPPORTED);
+        }
+        if status == 503 {
+            response = response.header("Retry-After", "5");
+        }
+        if let Some(body) = sdp_body {
+            response = response.with_body("application/sdp", body);
+        }
+        if status >= 200 {
+            self.final_status = status;
+        }
+        self.invite_tx.respond(status, response.to_bytes(), now);
+    }
+
+    fn on_request(&mut self, request: Request, source: Source, now: Instant) {
+        let branch = request.branch().unwrap_or_default();
+        match request.method.as_str() {
+            "ACK" => self.on_ack(&request, now),
+            "INVITE" if branch == self.invite_branch && request.to_tag().is_none() => {
+                self.invite_tx.on_request_retransmit(now);
+            }
+            "INVITE" => self.on_reinvite(request, source, branch, now),
+            "CANCEL" => self.on_cancel(&request, &source, &branch, now),
+            _ => {
+                if let Some((_, _, tx)) = self
+                    .answered
+                    .iter_mut()
+                    .find(|(b, m, _)| *b == branch && *m == request.method)
+                {
+                    tx.on_request_retransmit(now);
+                    return;
+                }
+                if let Err(e) = self.dialog.accept_remote_cseq(&request) {
+                    return self.answer_request(
+                        &request,
+                        &source,
+                        &branch,
+                        500,
+                        &format!("Server Internal Error: {e}"),
+                        now,
+                    );
+                }
+                match request.method.as_str() {
+                    "BYE" => self.on_bye(&request, &source, &branch, now),
+                    "INFO" | "OPTIONS" => {
+                        self.answer_request(&request, &source, &branch, 200, "OK", now)
+                    }
+                    "REGISTER" | "SUBSCRIBE" | "PUBLISH" | "MESSAGE" | "REFER" | "UPDATE"
+                    | "PRACK" | "NOTIFY" => self.answer_request(
+                        &request,
+                        &source,
+                        &branch,
+                        405,
+                        "Method Not Allowed",
+                        now,
+                    ),
+                    _ => {
+                        self.answer_request(&request, &source, &branch, 501, "Not Implemented", now)
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_ack(&mut self, ack: &Request, now: Instant) {
+        let cseq = ack.cseq().0;
+        if let Some(re) = self.reinvite.as_mut().filter(|re| re.cseq == cseq) {
+            re.tx.on_ack(now);
+            if !ack.body.is_empty() {
+                self.apply_answer(&ack.body);
+            }
+            return;
+        }
+        let was_answered = self.invite_tx.state() == ServerInviteState::Accepted;
+        self.invite_tx.on_ack(now);
+        if was_answered && self.phase == Phase::Answered {
+            self.phase = Phase::Confirmed;
+            if self.media.as_ref().is_some_and(|m| m.negotiated.is_none()) {
+                if ack.body.is_empty() {
+                    warn!(
+                        call_id = self.invite.call_id(),
+                        "delayed offer: ACK carried no SDP answer"
+                    );
+                } else {
+                    self.apply_answer(&ack.body);
+                }
+            }
+        }
+    }
+
+    /// The peer's answer to our offer (in an ACK): sets what we send and whether.
+    fn apply_answer(&mut self, body: &[u8]) {
+        let Some(media) = self.media.as_mut() else {
+            return;
+        };
+        let negotiated = sdp::parse(body)
+            .map_err(|e| e.to_string())
+            .and_then(|answer| {
+                sdp::negotiate_from_answer(&answer, &self.core.settings.codecs)
+                    .map_err(|e| e.to_string())
+            });
+        match negotiated {
+            Ok(n) => {
+                if let Some(echo) = &media.echo {
+                    echo.set_sending(n.direction.sends());
+                }
+                media.negotiated = Some(n);
+            }
+            Err(e) => {
+                warn!(call_id = self.invite.call_id(), error = %e, "unusable SDP answer in ACK")
+            }
+        }
+    }
+
+    fn on_cancel(&mut self, cancel: &Request, source: &Source, branch: &str, now: Instant) {
+        if branch != self.invite_branch {
+            return self.answer_request(
+                cancel,
+                source,
+                branch,
+                481,
+                "Call/Transaction Does Not Exist",
+                now,
+            );
+        }
+        // The CANCEL is answered whatever the INVITE's state (RFC 3261 §9.2).
+        self.answer_request(cancel, source, branch, 200, "OK", now);
+        if self.invite_tx.state() == ServerInviteState::Proceeding {
+            self.end_reason = "cancelled by caller".into();
+            self.reject(487, "Request Terminated", now);
+        }
+    }
+
+    fn on_bye(&mut self, bye: &Request, source: &Source, branch: &str, now: Instant) {
+        self.answer_request(bye, source, branch, 200, "OK", now);
+        if self.invite_tx.state() == ServerInviteState::Proceeding {
+            // BYE in an early dialog: the INVITE ends too.
+            self.reject(487, "Request Terminated", now);
+        }
+        if self.end_reason.is_empty() {
+            self.end_reason = "caller hung up".into();
+        }
+        self.end_media();
+        self.phase = Phase::Done;
+    }
+
+    fn on_reinvite(&mut self, request: Request, source: Source, branch: String, now: Instant) {
+        if let Some(re) = self.reinvite.as_mut() {
+            if re.cseq == request.cseq().0 {
+                return re.tx.on_request_retransmit(now);
+            }
+        }
+        let mut tx = ServerInviteTx::new(source.transport.is_reliable(), self.core.settings.timers);
+        let cseq = request.cseq().0;
+        let answerable = matches!(self.phase, Phase::Confirmed | Phase::Answered);
+        let pending = self
+            .reinvite
+            .as_ref()
+            .is_some_and(|re| re.tx.state() == ServerInviteState::Proceeding);
+        let (status, reason, body) = if !answerable {
+            (481, "Call/Transaction Does Not Exist".to_string(), None)
+        } else if pending {
+            (
+                500,
+                "Server Internal Error: re-INVITE pending".to_string(),
+                None,
+            )
+        } else if let Err(e) = self.dialog.accept_remote_cseq(&request) {
+            (500, format!("Server Internal Error: {e}"), None)
+        } else {
+            match self.renegotiate(&request) {
+                Ok(body) => (200, "OK".to_string(), Some(body)),
+                Err((status, reason)) => (status, reason, None),
+            }
+        };
+        let mut response = request
+            .response(status, &reason)
+            .header("Server", self.core.sender().user_agent());
+        if status == 200 {
+            response = response
+                .header("Contact", self.contact())
+                .header("Allow", ALLOW)
+                .header("Supported", SUPPORTED);
+        }
+        if status == 500 {
+            response = response.header("Retry-After", "1");
+        }
+        if let Some(body) = body {
+            response = response.with_body("application/sdp", body);
+        }
+        tx.respond(status, response.to_bytes(), now);
+        let _ = branch;
+        self.reinvite = Some(Reinvite { cseq, tx });
+    }
+
+    /// A re-INVITE's offer (hold, resume, new address) or, without SDP, our new offer.
+    fn renegotiate(&mut self, request: &Request) -> Result<String, (u16, String)> {
+        let codecs = self.core.settings.codecs.clone();
+        let Some(media) = self.media.as_mut() else {
+            return Err((488, "Not Acceptable Here: no media".into()));
+        };
+        media.local.session_version += 1;
+        if request.body.is_empty() {
+            return Ok(sdp::build_offer(&media.local, &codecs, Direction::SendRecv));
+        }
+        let offer = sdp::parse(&request.body).map_err(|e| (400, format!("Malformed SDP: {e}")))?;
+        let negotiated = sdp::negotiate_answer(&offer, &codecs)
+            .map_err(|e| (488, format!("Not Acceptable Here: {e}")))?;
+        if let Some(echo) = &media.echo {
+            echo.set_sending(negotiated.direction.sends());
+        }
+        let body = sdp::build_answer(&offer, &media.local, &negotiated);
+        media.negotiated = Some(negotiated);
+        Ok(body)
+    }
+
+    /// Answers a non-INVITE request through its own server transaction.
+    fn answer_request(
+        &mut self,
+        request: &Request,
+        source: &Source,
+        branch: &str,
+        status: u16,
+        reason: &str,
+        now: Instant,
+    ) {
+        let mut response: Response = request
+            .response(status, reason)
+            .with_to_tag(&self.local_tag)
+            .header("Server", self.core.sender().user_agent());
+        if status == 405 || status == 501 || (request.method == "OPTIONS" && status == 200) {
+            response = response.header("Allow", ALLOW);
+        }
+        let mut tx =
+            ServerNonInviteTx::new(source.transport.is_reliable(), self.core.settings.timers);
+        tx.respond(status, response.to_bytes(), now);
+        let target = voicegate_sip::message::response_target(
+            &request.headers,
+            source.remote,
+            source.transport.is_reliable(),
+        );
+        while let Some(bytes) = tx.poll_transmit() {
+            self.core.sender().send_to(source, target, bytes);
+        }
+        if !tx.is_terminated() {
+            self.answered
+                .push((branch.to_string(), request.method.clone(), tx));
+        }
+    }
+
+    fn on_response(&mut self, response: &Response, now: Instant) {
+        let Some(bye) = self.bye.as_mut() else { return };
+        if response.cseq().1 == "BYE"
+            && bye.on_response(response.status, now)
+            && response.status >= 200
+        {
+            self.phase = Phase::Done;
+        }
+    }
+
+    /// Ends an answered call from our side (no ACK for our 200).
+    fn send_bye(&mut self, reason: &str, now: Instant) {
+        self.end_media();
+        self.end_reason = reason.to_string();
+        let via = format!(
+            "SIP/2.0/{} {}:{};branch=z9hG4bK{};rport",
+            self.source.transport.as_via(),
+            self.advertised_ip(),
+            self.source.local.port(),
+            random_token()
+        );
+        let mut bye = self.dialog.request("BYE", via, 70);
+        bye.headers
+            .push("Reason", format!("SIP;cause=408;text=\"{reason}\""));
+        bye.headers
+            .push("User-Agent", self.core.sender().user_agent());
+        let tx = ClientNonInviteTx::new(
+            bye.to_bytes(),
+            self.source.transport.is_reliable(),
+            self.core.settings.timers,
+            now,
+        );
+        self.bye = Some(tx);
+        self.phase = Phase::Ending;
+    }
+
+    /// Stops the media and gives its ports back at once (the task may linger for Timer J).
+    fn end_media(&mut self) {
+        self.ended_at.get_or_insert_with(Instant::now);
+        if let Some(media) = self.media.take() {
+            self.media_record = MediaRecord {
+                codec: media.negotiated.as_ref().map(|n| n.codec.encoding_name()),
+                stats: media.echo.as_ref().map(|e| e.stats.clone()),
+            };
+        }
+    }
+
+    fn on_timeout(&mut self, now: Instant) {
+        self.invite_tx.handle_timeout(now);
+        if let Some(re) = self.reinvite.as_mut() {
+            re.tx.handle_timeout(now);
+        }
+        for (_, _, tx) in &mut self.answered {
+            tx.handle_timeout(now);
+        }
+        self.answered.retain(|(_, _, tx)| !tx.is_terminated());
+        if let Some(bye) = self.bye.as_mut() {
+            bye.handle_timeout(now);
+            if bye.is_terminated() {
+                self.phase = Phase::Done;
+            }
+        }
+        if let Phase::Ringing {
+            answer_at,
+            give_up_at,
+        } = self.phase
+        {
+            if answer_at.is_some_and(|t| t <= now) {
+                self.answer(now);
+            } else if give_up_at <= now {
+                self.end_reason = "no answer".into();
+                self.reject(480, "Temporarily Unavailable", now);
+            }
+        }
+    }
+
+    /// Sends what the transactions queued and reacts to their events.
+    fn flush(&mut self) {
+        let now = Instant::now();
+        let sender = self.core.sender().clone();
+        let target = voicegate_sip::message::response_target(
+            &self.invite.headers,
+            self.source.remote,
+            self.source.transport.is_reliable(),
+        );
+        while let Some(bytes) = self.invite_tx.poll_transmit() {
+            sender.send_to(&self.source, target, bytes);
+        }
+        while let Some(event) = self.invite_tx.poll_event() {
+            if event == TxEvent::AckTimeout && self.phase == Phase::Answered {
+                warn!(
+                    call_id = self.invite.call_id(),
+                    "no ACK for our 200: ending the call"
+                );
+                self.send_bye("No ACK", now);
+            }
+        }
+        if let Some(re) = self.reinvite.as_mut() {
+            while let Some(bytes) = re.tx.poll_transmit() {
+                sender.send_to(&self.source, target, bytes);
+            }
+            while re.tx.poll_event().is_some() {}
+        }
+        if let Some(bye) = self.bye.as_mut() {
+            // Our requests go back the way the caller came: symmetric, so NAT does not matter.
+            while let Some(bytes) = bye.poll_transmit() {
+                sender.send_to(&self.source, self.source.remote, bytes);
+            }
+            while let Some(event) = bye.poll_event() {
+                if event == TxEvent::Timeout {
+                    debug!(call_id = self.invite.call_id(), "BYE timed out");
+                    self.phase = Phase::Done;
+                }
+            }
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let mut deadlines = vec![self.invite_tx.poll_timeout()];
+        deadlines.extend(self.reinvite.as_ref().map(|re| re.tx.poll_timeout()));
+        deadlines.extend(self.answered.iter().map(|(_, _, tx)| tx.poll_timeout()));
+        deadlines.extend(self.bye.as_ref().map(|b| b.poll_timeout()));
+        if let Phase::Ringing {
+            answer_at,
+            give_up_at,
+        } = self.phase
+        {
+            deadlines.push(answer_at);
+            deadlines.push(Some(give_up_at));
+        }
+        deadlines.into_iter().flatten().min()
+    }
+
+    /// Over when the call has ended and no transaction still needs to answer retransmissions.
+    fn finished(&self) -> bool {
+        self.phase == Phase::Done
+            && self.invite_tx.is_terminated()
+            && self
+                .reinvite
+                .as_ref()
+                .is_none_or(|re| re.tx.is_terminated())
+            && self.answered.is_empty()
+            && self.bye.as_ref().is_none_or(|b| b.is_terminated())
+    }
+
+    /// The call detail record: one line per call, whatever its outcome.
+    fn record(&mut self) {
+        self.recorded = true;
+        self.core.stats.active.fetch_sub(1, Ordering::Relaxed);
+        let now = self.ended_at.unwrap_or_else(Instant::now);
+        let (rtp_in, rtp_out) = self
+            .media_record
+            .stats
+            .as_ref()
+            .map(|s| {
+                (
+                    s.packets_received.load(Ordering::Relaxed),
+                    s.packets_sent.load(Ordering::Relaxed),
+                )
+            })
+            .unwrap_or_default();
+        let codec = self.media_record.codec.unwrap_or("-");
+        info!(
+            target: "voicegate::cdr",
+            call_id = self.invite.call_id(),
+            number = self.number,
+            from = self.invite.headers.get("From").unwrap_or_default(),
+            remote = %self.source.remote,
+            transport = self.source.transport.as_via(),
+            status = self.final_status,
+            codec,
+            setup_ms = self.answered_at.map(|a| (a - self.started).as_millis() as u64).unwrap_or(0),
+            duration_ms = self.answered_at.map(|a| (now - a).as_millis() as u64).unwrap_or(0),
+            rtp_in,
+            rtp_out,
+            end = self.end_reason,
+            "call ended"
+        );
+    }
+}
+
+/// The local address the kernel would use to reach `remote` (no packet is sent).
+fn local_ip_towards(remote: SocketAddr) -> Option<IpAddr> {
+    let bind = if remote.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    };
+    let socket = UdpSocket::bind(bind).ok()?;
+    socket.connect(remote).ok()?;
+    socket.local_addr().ok().map(|a| a.ip())
+}

@@ -1,0 +1,367 @@
+//! The SIP core: takes every message from the transports and either answers it at once
+//! (OPTIONS, 501, 483, 420, 481…) or hands it to the call task it belongs to.
+//!
+//! Routing is by Call-ID plus the INVITE's branch (retransmissions, CANCEL) or our To-tag
+//! (ACK, BYE, re-INVITE). A call task owns everything about its call; the core holds only the
+//! routing table, touched once per SIP message, never per RTP packet.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::debug;
+use voicegate_rtp::PortPool;
+use voicegate_sip::message::{Message, Request, Response};
+use voicegate_sip::sdp::Codec;
+use voicegate_sip::transaction::{ServerNonInviteTx, Timers};
+use voicegate_sip::transport::{Handler, Incoming, Sender, Source};
+
+use crate::call;
+
+/// Methods we implement, for Allow headers.
+pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO";
+/// Option tags we support (none yet: session timers and 100rel come later).
+pub const SUPPORTED: &str = "";
+/// SIP methods we know of but do not serve here: 405 rather than 501 (RFC 3261 §21.4.6).
+const KNOWN_NOT_ALLOWED: &[&str] = &[
+    "REGISTER",
+    "SUBSCRIBE",
+    "PUBLISH",
+    "MESSAGE",
+    "REFER",
+    "UPDATE",
+    "PRACK",
+    "NOTIFY",
+];
+
+/// What the core needs to know to run calls, derived once from the config.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub codecs: Vec<Codec>,
+    pub echo_numbers: Vec<String>,
+    pub ringing_numbers: Vec<String>,
+    pub ring_duration: Duration,
+    /// How long a never-answered ringing call rings before 480.
+    pub ring_timeout: Duration,
+    pub public_ip: Option<IpAddr>,
+    pub timers: Timers,
+}
+
+/// Counters of calls, for tests and (later) metrics.
+#[derive(Debug, Default)]
+pub struct CallStats {
+    pub invites: AtomicU64,
+    pub answered: AtomicU64,
+    pub rejected: AtomicU64,
+    pub cancelled: AtomicU64,
+    /// Calls started and not yet ended (a task may linger after to answer retransmissions).
+    pub active: AtomicU64,
+}
+
+/// Input to a call task.
+#[derive(Debug)]
+pub enum CallInput {
+    Request(Request, Source),
+    Response(Response, Source),
+}
+
+type CallTx = mpsc::Sender<CallInput>;
+
+#[derive(Default)]
+struct Routes {
+    /// (Call-ID, INVITE branch) → call: INVITE retransmissions and CANCEL.
+    by_branch: HashMap<(String, String), CallTx>,
+    /// (Call-ID, our To-tag) → call: everything inside the dialog.
+    by_tag: HashMap<(String, String), CallTx>,
+}
+
+struct OutOfDialog {
+    tx: ServerNonInviteTx,
+    source: Source,
+    target: SocketAddr,
+}
+
+pub struct Core {
+    pub settings: Settings,
+    pub pool: Arc<PortPool>,
+    pub stats: CallStats,
+    sender: OnceLock<Sender>,
+    routes: Mutex<Routes>,
+    /// Non-INVITE server transactions answered by the core, kept for retransmissions (Timer J).
+    out_of_dialog: Mutex<HashMap<(String, String), OutOfDialog>>,
+}
+
+impl Core {
+    pub fn new(settings: Settings, pool: Arc<PortPool>) -> Arc<Self> {
+        Arc::new(Core {
+            settings,
+            pool,
+            stats: CallStats::default(),
+            sender: OnceLock::new(),
+            routes: Mutex::new(Routes::default()),
+            out_of_dialog: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Completes start-up once the transports are bound, and starts the sweeper.
+    pub fn attach(self: &Arc<Self>, sender: Sender) {
+        let _ = self.sender.set(sender);
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let Some(core) = weak.upgrade() else { break };
+                core.sweep(Instant::now());
+            }
+        });
+    }
+
+    pub fn sender(&self) -> &Sender {
+        self.sender
+            .get()
+            .expect("core used before transports were attached")
+    }
+
+    fn lock_routes(&self) -> std::sync::MutexGuard<'_, Routes> {
+        self.routes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Removes a finished call's routes.
+    pub fn unregister(&self, call_id: &str, branch: &str, local_tag: &str) {
+        let mut routes = self.lock_routes();
+        routes
+            .by_branch
+            .remove(&(call_id.to_string(), branch.to_string()));
+        routes
+            .by_tag
+            .remove(&(call_id.to_string(), local_tag.to_string()));
+    }
+
+    pub fn active_calls(&self) -> usize {
+        self.lock_routes().by_tag.len()
+    }
+
+    fn sweep(&self, now: Instant) {
+        let mut table = self.out_of_dialog.lock().unwrap_or_else(|e| e.into_inner());
+        table.retain(|_, entry| {
+            entry.tx.handle_timeout(now);
+            !entry.tx.is_terminated()
+        });
+    }
+
+    fn on_request(self: &Arc<Self>, request: Request, source: Source) {
+        let call_id = request.call_id().to_string();
+        let branch = request.branch().unwrap_or_default();
+        let is_ack = request.method == "ACK";
+
+        // In-dialog (or answered-transaction) requests carry our To-tag.
+        let target = {
+            let routes = self.lock_routes();
+            match request.to_tag() {
+                Some(tag) => routes
+                    .by_tag
+                    .get(&(call_id.clone(), tag.to_string()))
+                    .cloned(),
+                None => routes
+                    .by_branch
+                    .get(&(call_id.clone(), branch.clone()))
+                    .cloned(),
+            }
+        };
+        if is_ack {
+            match target {
+                Some(call) => forward(&call, CallInput::Request(request, source)),
+                None => debug!(call_id, "ACK matches no call: dropped"),
+            }
+            return;
+        }
+        if self.answer_retransmission(&request, &branch) {
+            return;
+        }
+        if request
+            .headers
+            .get("Max-Forwards")
+            .is_some_and(|mf| mf.trim() == "0")
+        {
+            return self.answer(
+                &request,
+                &source,
+                &branch,
+                request.response(483, "Too Many Hops"),
+            );
+        }
+        if request.method != "CANCEL" {
+            let unsupported: Vec<&str> = request.headers.tokens("Require").collect();
+            if !unsupported.is_empty() {
+                let response = request
+                    .response(420, "Bad Extension")
+                    .header("Unsupported", unsupported.join(", "));
+                return self.answer(&request, &source, &branch, response);
+            }
+        }
+        if let Some(call) = target {
+            return forward(&call, CallInput::Request(request, source));
+        }
+        if request.to_tag().is_some() || request.method == "CANCEL" {
+            let response = request.response(481, "Call/Transaction Does Not Exist");
+            return self.answer(&request, &source, &branch, response);
+        }
+        match request.method.as_str() {
+            "INVITE" => self.new_call(request, source, call_id, branch),
+            "OPTIONS" => {
+                let response = request
+                    .response(200, "OK")
+                    .header("Allow", ALLOW)
+                    .header("Accept", "application/sdp")
+                    .header("Supported", SUPPORTED);
+                self.answer(&request, &source, &branch, response)
+            }
+            "BYE" | "INFO" => {
+                let response = request.response(481, "Call/Transaction Does Not Exist");
+                self.answer(&request, &source, &branch, response)
+            }
+            m if KNOWN_NOT_ALLOWED.contains(&m) => {
+                let response = request
+                    .response(405, "Method Not Allowed")
+                    .header("Allow", ALLOW);
+                self.answer(&request, &source, &branch, response)
+            }
+            _ => {
+                let response = request
+                    .response(501, "Not Implemented")
+                    .header("Allow", ALLOW);
+                self.answer(&request, &source, &branch, response)
+            }
+        }
+    }
+
+    fn new_call(
+        self: &Arc<Self>,
+        request: Request,
+        source: Source,
+        call_id: String,
+        branch: String,
+    ) {
+        let local_tag = random_token();
+        let (tx, rx) = mpsc::channel(64);
+        {
+            let mut routes = self.lock_routes();
+            routes
+                .by_branch
+                .insert((call_id.clone(), branch.clone()), tx.clone());
+            routes.by_tag.insert((call_id, local_tag.clone()), tx);
+        }
+        self.stats.invites.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(call::run(
+            self.clone(),
+            request,
+            source,
+            branch,
+            local_tag,
+            rx,
+        ));
+    }
+
+    /// A retransmitted out-of-dialog request gets the answer it had.
+    fn answer_retransmission(&self, request: &Request, branch: &str) -> bool {
+        if request.method == "INVITE" || branch.is_empty() {
+            return false;
+        }
+        let mut table = self.out_of_dialog.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(entry) = table.get_mut(&(branch.to_string(), request.method.clone())) else {
+            return false;
+        };
+        entry.tx.on_request_retransmit(Instant::now());
+        while let Some(bytes) = entry.tx.poll_transmit() {
+            self.sender().send_to(&entry.source, entry.target, bytes);
+        }
+        true
+    }
+
+    /// Answers a request in the core: statelessly for INVITE (failure responses before any
+    /// call exists), through a non-INVITE server transaction otherwise.
+    fn answer(&self, request: &Request, source: &Source, branch: &str, response: Response) {
+        let sender = self.sender();
+        let mut response = response.header("Server", sender.user_agent());
+        if response.status > 100 && request.to_tag().is_none() {
+            response = response.with_to_tag(&random_token());
+        }
+        let bytes = response.to_bytes();
+        let target = voicegate_sip::message::response_target(
+            &request.headers,
+            source.remote,
+            source.transport.is_reliable(),
+        );
+        if request.method == "INVITE" || request.method == "ACK" || branch.is_empty() {
+            sender.send_to(source, target, bytes);
+            return;
+        }
+        let now = Instant::now();
+        let mut tx = ServerNonInviteTx::new(source.transport.is_reliable(), self.settings.timers);
+        tx.respond(response.status, bytes, now);
+        while let Some(bytes) = tx.poll_transmit() {
+            sender.send_to(source, target, bytes);
+        }
+        if !tx.is_terminated() {
+            let mut table = self.out_of_dialog.lock().unwrap_or_else(|e| e.into_inner());
+            table.insert(
+                (branch.to_string(), request.method.clone()),
+                OutOfDialog {
+                    tx,
+                    source: *source,
+                    target,
+                },
+            );
+        }
+    }
+}
+
+fn forward(call: &CallTx, input: CallInput) {
+    // A full queue means the call is far behind: drop; the peer retransmits over UDP.
+    if call.try_send(input).is_err() {
+        debug!("call input queue full or closed: message dropped");
+    }
+}
+
+/// The transports' entry into the core.
+pub struct CoreHandler(pub Arc<Core>);
+
+impl Handler for CoreHandler {
+    fn on_message(&self, incoming: Incoming) {
+        match incoming.message {
+            Message::Request(request) => self.0.on_request(request, incoming.source),
+            Message::Response(response) => {
+                // Responses belong to our own requests (BYE): route by Call-ID and our From-tag.
+                let call_id = response
+                    .headers
+                    .get("Call-ID")
+                    .unwrap_or_default()
+                    .to_string();
+                let tag = response
+                    .headers
+                    .get("From")
+                    .and_then(voicegate_sip::message::tag_param)
+                    .unwrap_or_default()
+                    .to_string();
+                let call = self.0.lock_routes().by_tag.get(&(call_id, tag)).cloned();
+                match call {
+                    Some(call) => forward(&call, CallInput::Response(response, incoming.source)),
+                    None => debug!(
+                        status = response.status,
+                        "response matches no call: dropped"
+                    ),
+                }
+            }
+        }
+    }
+}
+
+/// A random token for tags and branches.
+pub fn random_token() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}

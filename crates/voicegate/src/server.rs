@@ -1,0 +1,78 @@
+//! Starting voicegate: config → transports, RTP pool and the SIP core, wired together.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use voicegate_rtp::PortPool;
+use voicegate_sip::sdp::Codec;
+use voicegate_sip::transaction::Timers;
+use voicegate_sip::transport::{self, Handler, ListenConfig, LocalAddrs, Sender};
+
+use crate::config::Config;
+use crate::core::{Core, CoreHandler, Settings};
+use crate::tls;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Tls(#[from] tls::TlsSetupError),
+    #[error("config: {0}")]
+    Bind(#[from] transport::BindError),
+}
+
+/// A started voicegate: its bound addresses and its counters.
+pub struct Running {
+    pub local: LocalAddrs,
+    pub core: Arc<Core>,
+    pub sender: Sender,
+}
+
+pub fn settings(config: &Config) -> Settings {
+    Settings {
+        codecs: config
+            .rtp
+            .codec_names()
+            .iter()
+            .filter_map(|n| Codec::from_name(n))
+            .collect(),
+        echo_numbers: config.test_numbers.echo.clone(),
+        ringing_numbers: config.test_numbers.ringing.clone(),
+        ring_duration: config.test_numbers.ring_duration(),
+        ring_timeout: Duration::from_secs(180),
+        public_ip: config.sip.public_ip(),
+        timers: Timers::default(),
+    }
+}
+
+/// Binds every configured transport and starts serving. Must run inside a tokio runtime.
+pub async fn start(config: &Config) -> Result<Running, StartError> {
+    let tls_config = match config.sip.tls_addr() {
+        Some(_) => {
+            if config.sip.tls_files().is_none() {
+                tracing::warn!("sip.tls_cert/sip.tls_key not set: using a self-signed certificate");
+            }
+            Some(tls::server_config(config.sip.tls_files())?)
+        }
+        None => None,
+    };
+    let range = config.rtp.port_range();
+    let core = Core::new(
+        settings(config),
+        PortPool::new(*range.start(), *range.end()),
+    );
+    let listen = ListenConfig {
+        udp: config.sip.udp_addr(),
+        tcp: config.sip.tcp_addr(),
+        tls: config.sip.tls_addr(),
+        max_message_bytes: config.sip.max_message_bytes,
+        user_agent: config.sip.user_agent.clone(),
+    };
+    let handler: Arc<dyn Handler> = Arc::new(CoreHandler(core.clone()));
+    let (sender, local) = transport::start(listen, tls_config, handler).await?;
+    core.attach(sender.clone());
+    Ok(Running {
+        local,
+        core,
+        sender,
+    })
+}
