@@ -1,0 +1,105 @@
+//! Calls from SIPp, a real SIP peer, over UDP, TCP and TLS (SIPp behind socat).
+
+mod common;
+
+use common::*;
+use std::sync::atomic::Ordering;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uac_200_calls_at_20_cps_over_udp() {
+    let running = start(&test_config()).await;
+    let out = sipp(
+        running.local.udp.unwrap(),
+        &[
+            "-sn", "uac", "-s", "echo", "-m", "200", "-r", "20", "-l", "50",
+        ],
+    )
+    .await;
+    assert_sipp_ok(&out, 200);
+    assert_eq!(running.core.stats.answered.load(Ordering::Relaxed), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uac_200_calls_at_20_cps_over_tcp() {
+    let running = start(&test_config()).await;
+    let out = sipp(
+        running.local.tcp.unwrap(),
+        &[
+            "-sn", "uac", "-s", "echo", "-m", "200", "-r", "20", "-l", "50", "-t", "t1",
+        ],
+    )
+    .await;
+    assert_sipp_ok(&out, 200);
+    assert_eq!(running.core.stats.answered.load(Ordering::Relaxed), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_before_answer_gets_487() {
+    let running = start(&test_config()).await;
+    let scenario = scenario("cancel.xml");
+    let out = sipp(
+        running.local.udp.unwrap(),
+        &["-sf", scenario.to_str().unwrap(), "-s", "ring", "-m", "5"],
+    )
+    .await;
+    assert_sipp_ok(&out, 5);
+    assert_eq!(running.core.stats.cancelled.load(Ordering::Relaxed), 5);
+    assert_eq!(running.core.stats.answered.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn options_ping_gets_200_with_allow() {
+    let running = start(&test_config()).await;
+    let scenario = scenario("options.xml");
+    for transport in [&["-t", "u1"][..], &["-t", "t1"][..]] {
+        let addr = if transport[1] == "u1" {
+            running.local.udp
+        } else {
+            running.local.tcp
+        };
+        let mut args = vec!["-sf", scenario.to_str().unwrap(), "-s", "echo", "-m", "3"];
+        args.extend_from_slice(transport);
+        assert_sipp_ok(&sipp(addr.unwrap(), &args).await, 3);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unmapped_number_gets_404() {
+    let running = start(&test_config()).await;
+    let out = sipp(
+        running.local.udp.unwrap(),
+        &["-sn", "uac", "-s", "+15550009999", "-m", "1"],
+    )
+    .await;
+    assert!(!out.status.success(), "the call must fail");
+    assert_eq!(running.core.stats.rejected.load(Ordering::Relaxed), 1);
+    assert_eq!(running.core.stats.answered.load(Ordering::Relaxed), 0);
+}
+
+/// SIPp's Debian build has no TLS: socat terminates TCP from SIPp and speaks TLS to voicegate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_over_tls_through_socat() {
+    let running = start(&test_config()).await;
+    let tls = running.local.tls.unwrap();
+    let listen = free_port();
+    let mut socat = tokio::process::Command::new("socat")
+        .arg(format!("TCP-LISTEN:{listen},bind=127.0.0.1,reuseaddr,fork"))
+        .arg(format!("OPENSSL:{tls},verify=0"))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("socat runs (install socat)");
+    let front: std::net::SocketAddr = format!("127.0.0.1:{listen}").parse().unwrap();
+    let mut ready = false;
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(front).await.is_ok() {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(ready, "socat did not start listening");
+    let out = sipp(front, &["-sn", "uac", "-s", "echo", "-m", "3", "-t", "t1"]).await;
+    assert_sipp_ok(&out, 3);
+    assert_eq!(running.core.stats.answered.load(Ordering::Relaxed), 3);
+    let _ = socat.kill().await;
+}
