@@ -89,8 +89,7 @@ pub fn sipp_counts(output: &Output) -> (u64, u64) {
     let text = String::from_utf8_lossy(&output.stdout);
     let count = |label: &str| {
         text.lines()
-            .filter(|l| l.trim_start().starts_with(label))
-            .last()
+            .rfind(|l| l.trim_start().starts_with(label))
             .and_then(|l| l.split('|').nth(2))
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(0)

@@ -383,10 +383,8 @@ pub fn stamp_received(headers: &mut Headers, source: SocketAddr) {
     let wants_rport = matches!(via.rport(), Some(None));
     let host = via.sent_by().host.to_string();
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    if wants_rport || host != source.ip().to_string() {
-        if via.received().is_none() {
-            let _ = write!(extra, ";received={}", source.ip());
-        }
+    if (wants_rport || host != source.ip().to_string()) && via.received().is_none() {
+        let _ = write!(extra, ";received={}", source.ip());
     }
     let Some(first) = headers
         .0
