@@ -1,6 +1,8 @@
 //! Test harness: voicegate in-process on ephemeral ports, and real peers (SIPp, socat) around it.
 #![allow(dead_code)]
 
+pub mod uac;
+
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::process::Output;

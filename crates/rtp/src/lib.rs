@@ -3,5 +3,5 @@
 pub mod echo;
 pub mod pool;
 
-pub use echo::{EchoHandle, EchoStats};
+pub use echo::{EchoHandle, EchoStats, Renumber};
 pub use pool::{PoolError, PortPool, RtpPorts};

@@ -361,6 +361,17 @@ impl Call {
                     tx.on_request_retransmit(now);
                     return;
                 }
+                if self.phase == Phase::Done {
+                    // The dialog is over; this task only lingers for retransmissions.
+                    return self.answer_request(
+                        &request,
+                        &source,
+                        &branch,
+                        481,
+                        "Call/Transaction Does Not Exist",
+                        now,
+                    );
+                }
                 if let Err(e) = self.dialog.accept_remote_cseq(&request) {
                     return self.answer_request(
                         &request,

@@ -1,0 +1,1 @@
+//! Criterion benchmarks of voicegate's hot paths; the benches live in `benches/`.

@@ -1,0 +1,217 @@
+//! Inside a call: SDP offer/answer, the echo of RTP, hold and resume, delayed offer, and the
+//! failure answers (488, 503), driven by a scripted UA so the SDP and RTP can be checked.
+
+mod common;
+
+use common::uac::{body_text, offer, rtp_packet, Uac};
+use common::*;
+use std::time::Duration;
+use voicegate_sip::message::Message;
+
+/// Sends `count` RTP packets and returns how many came back, checking each echo.
+async fn echo_round(uac: &Uac, target: std::net::SocketAddr, count: u16, first_seq: u16) -> usize {
+    let mut buf = [0u8; 2048];
+    let mut echoed = 0;
+    let mut ssrcs = std::collections::HashSet::new();
+    let mut seqs = Vec::new();
+    for i in 0..count {
+        let packet = rtp_packet(
+            first_seq + i,
+            160 * (first_seq + i) as u32,
+            0x1111,
+            8,
+            (i % 200) as u8,
+        );
+        uac.rtp.send_to(&packet, target).await.unwrap();
+        if let Ok(Ok((n, from))) =
+            tokio::time::timeout(Duration::from_millis(300), uac.rtp.recv_from(&mut buf)).await
+        {
+            assert_eq!(
+                from, target,
+                "echo comes from the port in the SDP (symmetric RTP)"
+            );
+            assert_eq!(&buf[12..n], &packet[12..], "payload echoed unchanged");
+            ssrcs.insert(u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]));
+            seqs.push(u16::from_be_bytes([buf[2], buf[3]]));
+            echoed += 1;
+        }
+    }
+    if echoed > 0 {
+        assert_eq!(ssrcs.len(), 1, "one SSRC of our own");
+        assert!(!ssrcs.contains(&0x1111), "not the caller's SSRC");
+        assert!(
+            seqs.windows(2).all(|w| w[1] == w[0].wrapping_add(1)),
+            "continuous sequence numbers: {seqs:?}"
+        );
+    }
+    echoed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_number_returns_every_rtp_packet() {
+    let running = start(&test_config()).await;
+    let mut uac = Uac::new(running.local.udp.unwrap()).await;
+    uac.invite(&offer(uac.rtp_port(), "8 0 101", "sendrecv"))
+        .await;
+    let ok = uac.final_response().await;
+    assert_eq!(ok.status, 200);
+    let sdp = body_text(&ok);
+    assert!(
+        sdp.contains("m=audio")
+            && sdp.contains(" RTP/AVP 8 101")
+            && sdp.contains("a=rtpmap:8 PCMA/8000"),
+        "{sdp}"
+    );
+    assert!(
+        sdp.contains("a=ptime:20") && sdp.contains("a=sendrecv"),
+        "{sdp}"
+    );
+    let target = Uac::media_target(&ok);
+    uac.ack("").await;
+    assert_eq!(echo_round(&uac, target, 50, 1000).await, 50);
+    assert_eq!(uac.bye().await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hold_stops_the_echo_and_resume_restarts_it() {
+    let running = start(&test_config()).await;
+    let mut uac = Uac::new(running.local.udp.unwrap()).await;
+    uac.invite(&offer(uac.rtp_port(), "8", "sendrecv")).await;
+    let ok = uac.final_response().await;
+    let target = Uac::media_target(&ok);
+    uac.ack("").await;
+    assert_eq!(echo_round(&uac, target, 5, 0).await, 5);
+
+    uac.invite(&offer(uac.rtp_port(), "8", "sendonly")).await;
+    let held = uac.final_response().await;
+    assert_eq!(held.status, 200);
+    assert!(
+        body_text(&held).contains("a=recvonly"),
+        "{}",
+        body_text(&held)
+    );
+    uac.ack("").await;
+    assert_eq!(
+        echo_round(&uac, target, 5, 5).await,
+        0,
+        "no echo while held"
+    );
+
+    uac.invite(&offer(uac.rtp_port(), "8", "inactive")).await;
+    let inactive = uac.final_response().await;
+    assert!(body_text(&inactive).contains("a=inactive"));
+    uac.ack("").await;
+
+    uac.invite(&offer(uac.rtp_port(), "8", "sendrecv")).await;
+    let resumed = uac.final_response().await;
+    assert!(body_text(&resumed).contains("a=sendrecv"));
+    uac.ack("").await;
+    assert_eq!(echo_round(&uac, target, 5, 10).await, 5);
+    assert_eq!(uac.bye().await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delayed_offer_gets_our_offer_and_reads_the_answer_from_the_ack() {
+    let running = start(&test_config()).await;
+    let mut uac = Uac::new(running.local.udp.unwrap()).await;
+    uac.invite("").await;
+    let ok = uac.final_response().await;
+    assert_eq!(ok.status, 200);
+    let sdp = body_text(&ok);
+    assert!(
+        sdp.contains("RTP/AVP 8 0 101") && sdp.contains("telephone-event/8000"),
+        "{sdp}"
+    );
+    let target = Uac::media_target(&ok);
+    uac.ack(&offer(uac.rtp_port(), "0", "sendrecv")).await;
+    assert_eq!(echo_round(&uac, target, 10, 0).await, 10);
+    assert_eq!(uac.bye().await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_common_codec_gets_488_naming_the_offer() {
+    let running = start(&test_config()).await;
+    let mut uac = Uac::new(running.local.udp.unwrap()).await;
+    uac.invite(&offer(uac.rtp_port(), "18", "sendrecv")).await;
+    let refused = uac.final_response().await;
+    assert_eq!(refused.status, 488);
+    assert!(refused.reason.contains("G729"), "{}", refused.reason);
+    uac.ack_failure().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exhausted_rtp_ports_give_503_with_retry_after() {
+    let mut config = test_config();
+    let (min, _) = rtp_range(2);
+    config.rtp.port_min = min;
+    config.rtp.port_max = min + 1; // one RTP/RTCP pair
+    let running = start(&config).await;
+    let mut first = Uac::new(running.local.udp.unwrap()).await;
+    first
+        .invite(&offer(first.rtp_port(), "8", "sendrecv"))
+        .await;
+    assert_eq!(first.final_response().await.status, 200);
+    first.ack("").await;
+
+    let mut second = Uac::new(running.local.udp.unwrap()).await;
+    second
+        .invite(&offer(second.rtp_port(), "8", "sendrecv"))
+        .await;
+    let busy = second.final_response().await;
+    assert_eq!(busy.status, 503);
+    assert!(busy.headers.get("Retry-After").is_some());
+    second.ack_failure().await;
+
+    // The pair comes back when the first call ends.
+    assert_eq!(first.bye().await.status, 200);
+    let mut third = Uac::new(running.local.udp.unwrap()).await;
+    third
+        .invite(&offer(third.rtp_port(), "8", "sendrecv"))
+        .await;
+    assert_eq!(third.final_response().await.status, 200);
+    third.ack("").await;
+    assert_eq!(third.bye().await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_200_is_retransmitted_until_acked() {
+    let running = start(&test_config()).await;
+    let mut uac = Uac::new(running.local.udp.unwrap()).await;
+    uac.invite(&offer(uac.rtp_port(), "8", "sendrecv")).await;
+    assert_eq!(uac.final_response().await.status, 200);
+    // T1 = 500 ms: copies at about 0.5 s and 1.5 s.
+    let mut copies = 0;
+    let until = tokio::time::Instant::now() + Duration::from_millis(1800);
+    while let Some(m) = uac
+        .recv(until.saturating_duration_since(tokio::time::Instant::now()))
+        .await
+    {
+        if matches!(m, Message::Response(ref r) if r.status == 200) {
+            copies += 1;
+        }
+    }
+    assert_eq!(copies, 2, "two retransmissions of the 200 in 1.8 s");
+    uac.ack("").await;
+    assert!(
+        uac.recv(Duration::from_millis(1500)).await.is_none(),
+        "the ACK stops them"
+    );
+    assert_eq!(uac.bye().await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_cancel_is_harmless_and_requests_after_the_end_get_481() {
+    let running = start(&test_config()).await;
+    let mut uac = Uac::new(running.local.udp.unwrap()).await;
+    uac.invite(&offer(uac.rtp_port(), "8", "sendrecv")).await;
+    let ok = uac.final_response().await;
+    assert_eq!(ok.status, 200);
+    let target = Uac::media_target(&ok);
+    uac.ack("").await;
+    // CANCEL after the answer: 200 to the CANCEL, the call goes on (RFC 3261 §9.2).
+    assert_eq!(uac.cancel().await.status, 200);
+    assert_eq!(echo_round(&uac, target, 3, 0).await, 3);
+    assert_eq!(uac.bye().await.status, 200);
+    // A new BYE in the ended dialog.
+    assert_eq!(uac.bye().await.status, 481);
+}
