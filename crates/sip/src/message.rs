@@ -96,9 +96,10 @@ pub enum Message {
 pub enum ParseError {
     /// Not a SIP message we can frame or route an answer for: drop it (UDP) or close (stream).
     Unparseable(String),
-    /// A request whose Via, Call-ID, CSeq, From and To were readable enough to answer with
-    /// `400 <reason>`; `request` holds what was read.
+    /// A request whose top Via was readable enough to answer with `<status> <reason>`: 400,
+    /// or 505 for a SIP version other than 2.0; `request` holds what was read.
     BadRequest {
+        status: u16,
         reason: String,
         request: Box<Request>,
     },
@@ -192,9 +193,17 @@ pub fn parse(data: &[u8]) -> Result<Message, ParseError> {
     if data.is_empty() {
         return Err(ParseError::Unparseable("empty message".into()));
     }
-    let (head_end, body_start) = find_head_end(data).ok_or_else(|| {
-        ParseError::Unparseable("header block not terminated by an empty line".into())
-    })?;
+    // A datagram is the whole message (RFC 3261 §18.3): one that ends right after a header
+    // line lacks only the empty line, and can still be answered (with 400).
+    let (head_end, body_start, terminated) = match find_head_end(data) {
+        Some((head_end, body_start)) => (head_end, body_start, true),
+        None if data.ends_with(b"\n") => (data.len(), data.len(), false),
+        None => {
+            return Err(ParseError::Unparseable(
+                "header block not terminated by an empty line".into(),
+            ))
+        }
+    };
     let head = std::str::from_utf8(&data[..head_end])
         .map_err(|_| ParseError::Unparseable("header block is not UTF-8".into()))?;
     let mut lines = unfold(head).into_iter();
@@ -225,6 +234,11 @@ pub fn parse(data: &[u8]) -> Result<Message, ParseError> {
             Ok(s) if (100..=699).contains(&s) => s,
             _ => return Err(ParseError::BadResponse(format!("bad status code {code:?}"))),
         };
+        if !terminated {
+            return Err(ParseError::BadResponse(
+                "header block not terminated by an empty line".into(),
+            ));
+        }
         let body = body_for(&headers, rest).map_err(ParseError::BadResponse)?;
         for required in ["Via", "From", "To", "Call-ID", "CSeq"] {
             if headers.get(required).is_none() {
@@ -239,19 +253,34 @@ pub fn parse(data: &[u8]) -> Result<Message, ParseError> {
         }));
     }
 
+    // Request-Line = Method SP Request-URI SP SIP-Version CRLF, single spaces (RFC 3261 §25.1).
     let mut parts = start_line.split(' ');
-    let (method, uri, version) = match (parts.next(), parts.next(), parts.next(), parts.next()) {
-        (Some(m), Some(u), Some(v), None) if is_token(m) && !u.is_empty() => (m, u, v),
+    let method = match parts.next() {
+        Some(m) if is_token(m) => m,
+        _ => return Err(unparseable_line(&start_line)),
+    };
+    let (uri, version, line_ok) = match (parts.next(), parts.next(), parts.next()) {
+        (Some(uri), Some(version), None) if !uri.is_empty() => (uri.to_string(), version, true),
+        // Extra or missing spaces (RFC 4475 lwsruri, lwsstart, trws): still a request if it
+        // ends with a SIP version, and answerable (400) once the Via is readable.
         _ => {
-            return Err(ParseError::Unparseable(format!(
-                "bad request line {:?}",
-                start_line.chars().take(60).collect::<String>()
-            )))
+            let words: Vec<&str> = start_line.split_whitespace().collect();
+            match words.last() {
+                Some(v)
+                    if words.len() >= 2
+                        && v.as_bytes()
+                            .get(..4)
+                            .is_some_and(|p| p.eq_ignore_ascii_case(b"SIP/")) =>
+                {
+                    (words[1..words.len() - 1].join(" "), "", false)
+                }
+                _ => return Err(unparseable_line(&start_line)),
+            }
         }
     };
     let mut request = Request {
         method: method.to_string(),
-        uri: uri.to_string(),
+        uri,
         headers,
         body: Bytes::new(),
     };
@@ -263,19 +292,42 @@ pub fn parse(data: &[u8]) -> Result<Message, ParseError> {
         return Err(ParseError::Unparseable("malformed Via".into()));
     }
     let bad = |reason: String, request: Request| ParseError::BadRequest {
+        status: 400,
         reason,
         request: Box::new(request),
     };
+    if !line_ok {
+        return Err(bad("Malformed Request-Line".into(), request));
+    }
+    // SIP-Version is case-insensitive (RFC 3261 §7.1).
+    if !version.eq_ignore_ascii_case("SIP/2.0") {
+        return Err(ParseError::BadRequest {
+            status: 505,
+            reason: "Version Not Supported".into(),
+            request: Box::new(request),
+        });
+    }
     if let Some(line) = malformed_header {
         return Err(bad(format!("Malformed header line {line:?}"), request));
+    }
+    if !request
+        .headers
+        .get_all("Via")
+        .flat_map(|v| split_outside(v, ','))
+        .all(via_parm_well_formed)
+    {
+        return Err(bad("Malformed Via".into(), request));
     }
     for required in ["Call-ID", "CSeq", "From", "To"] {
         if request.headers.get(required).is_none() {
             return Err(bad(format!("Missing {required}"), request));
         }
     }
-    if version != "SIP/2.0" {
-        return Err(bad("Unsupported SIP version".into(), request));
+    // Headers that are not comma-separated lists appear at most once (RFC 3261 §7.3.1).
+    for single in ["Call-ID", "CSeq", "From", "To", "Max-Forwards"] {
+        if request.headers.get_all(single).nth(1).is_some() {
+            return Err(bad(format!("Multiple {single} headers"), request));
+        }
     }
     match parse_cseq(request.headers.get("CSeq").unwrap_or_default()) {
         Some((_, m)) if m == request.method => {}
@@ -290,11 +342,26 @@ pub fn parse(data: &[u8]) -> Result<Message, ParseError> {
     if rsipstack::sip::parse_uri(&request.uri).is_err() || request.uri.contains(['<', '>']) {
         return Err(bad("Malformed Request-URI".into(), request));
     }
+    if sip_uri_has_headers(&request.uri) {
+        // RFC 3261 §19.1.1: headers are not allowed in a Request-URI (RFC 4475 escruri).
+        return Err(bad(
+            "Headers not allowed in the Request-URI".into(),
+            request,
+        ));
+    }
     for name in ["From", "To"] {
         let value = request.headers.get(name).unwrap_or_default();
-        if name_addr_uri(value).is_none() {
+        if !name_addr_well_formed(value) || name_addr_uri(value).is_none() {
             return Err(bad(format!("Malformed {name}"), request));
         }
+    }
+    if !request
+        .headers
+        .get_all("Contact")
+        .flat_map(|v| split_outside(v, ','))
+        .all(|c| c.trim() == "*" || name_addr_well_formed(c))
+    {
+        return Err(bad("Malformed Contact".into(), request));
     }
     if let Some(mf) = request.headers.get("Max-Forwards") {
         if mf.parse::<u8>().is_err() {
@@ -305,7 +372,163 @@ pub fn parse(data: &[u8]) -> Result<Message, ParseError> {
         Ok(body) => request.body = body,
         Err(reason) => return Err(bad(reason, request)),
     }
+    if !terminated {
+        return Err(bad(
+            "Header block not terminated by an empty line".into(),
+            request,
+        ));
+    }
     Ok(Message::Request(request))
+}
+
+fn unparseable_line(start_line: &str) -> ParseError {
+    ParseError::Unparseable(format!(
+        "bad request line {:?}",
+        start_line.chars().take(60).collect::<String>()
+    ))
+}
+
+/// Splits at every `sep` outside double-quoted strings (quoted-pairs honoured) and `<…>`.
+fn split_outside(value: &str, sep: char) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut in_quotes, mut escaped, mut in_angle, mut start) = (false, false, false, 0);
+    for (i, c) in value.char_indices() {
+        if escaped {
+            escaped = false;
+        } else if in_quotes {
+            match c {
+                '\\' => escaped = true,
+                '"' => in_quotes = false,
+                _ => {}
+            }
+        } else {
+            match c {
+                '"' => in_quotes = true,
+                '<' => in_angle = true,
+                '>' => in_angle = false,
+                c if c == sep && !in_angle => {
+                    out.push(&value[start..i]);
+                    start = i + c.len_utf8();
+                }
+                _ => {}
+            }
+        }
+    }
+    out.push(&value[start..]);
+    out
+}
+
+/// Where the `<` of a name-addr is (outside the quoted display name); `Err` when a quoted
+/// string is not closed.
+fn find_laquot(value: &str) -> Result<Option<usize>, ()> {
+    let (mut in_quotes, mut escaped, mut found) = (false, false, None);
+    for (i, c) in value.char_indices() {
+        if escaped {
+            escaped = false;
+        } else if in_quotes {
+            match c {
+                '\\' => escaped = true,
+                '"' => in_quotes = false,
+                _ => {}
+            }
+        } else if c == '"' {
+            in_quotes = true;
+        } else if c == '<' && found.is_none() {
+            found = Some(i);
+        }
+    }
+    if in_quotes {
+        Err(())
+    } else {
+        Ok(found)
+    }
+}
+
+/// display-name = *(token LWS) / quoted-string (RFC 3261 §25.1).
+fn display_name_well_formed(display: &str) -> bool {
+    let display = display.trim();
+    let Some(quoted) = display.strip_prefix('"') else {
+        return display.split_whitespace().all(is_token);
+    };
+    // One quoted string (quoted-pairs honoured) and nothing after it.
+    let mut escaped = false;
+    for (i, c) in quoted.char_indices() {
+        if escaped {
+            escaped = false;
+        } else if c == '\\' {
+            escaped = true;
+        } else if c == '"' {
+            return i + 1 == quoted.len();
+        }
+    }
+    false
+}
+
+/// A From, To or Contact value: `display-name <URI> ;params` or a bare `URI ;params`.
+/// Rejects what RFC 4475 calls invalid: unbalanced quotes (quotbal), an unquoted display
+/// name that is not tokens (baddn), whitespace inside `<…>` (badaspec), and a bare URI
+/// carrying `?` or `,`, which must be in angle brackets (RFC 3261 §20; regbadct).
+fn name_addr_well_formed(value: &str) -> bool {
+    let value = value.trim();
+    match find_laquot(value) {
+        Err(()) => false,
+        Ok(Some(open)) => {
+            let Some(len) = value[open + 1..].find('>') else {
+                return false;
+            };
+            let uri = &value[open + 1..open + 1 + len];
+            let params = value[open + 2 + len..].trim_start();
+            display_name_well_formed(&value[..open])
+                && !uri.is_empty()
+                && !uri.contains(|c: char| c.is_whitespace() || c == '<')
+                && (params.is_empty() || params.starts_with(';'))
+        }
+        Ok(None) => {
+            let uri = value.split(';').next().unwrap_or_default().trim();
+            !uri.is_empty()
+                && !uri.contains(|c: char| c.is_whitespace() || matches!(c, '?' | ',' | '"' | '>'))
+        }
+    }
+}
+
+/// via-parm = sent-protocol LWS sent-by *( SEMI via-params ), LWS allowed around `/`, `;`
+/// and `=` (RFC 3261 §20.42, §25.1); no parameter may be empty (RFC 4475 badinv01).
+fn via_parm_well_formed(hop: &str) -> bool {
+    let mut parts = split_outside(hop, ';').into_iter();
+    let sent = parts.next().unwrap_or_default();
+    let mut protocol = sent.splitn(3, '/');
+    let (Some(name), Some(version), Some(rest)) =
+        (protocol.next(), protocol.next(), protocol.next())
+    else {
+        return false;
+    };
+    let mut rest = rest.split_whitespace();
+    let transport = rest.next().unwrap_or_default();
+    let sent_by: String = rest.collect();
+    is_token(name.trim())
+        && is_token(version.trim())
+        && is_token(transport)
+        && !sent_by.is_empty()
+        && parts.all(|param| {
+            let (name, value) = match param.split_once('=') {
+                Some((n, v)) => (n, Some(v)),
+                None => (param, None),
+            };
+            is_token(name.trim()) && value.is_none_or(|v| !v.trim().is_empty())
+        })
+}
+
+/// True when a sip:/sips: URI has a `?headers` part (after the userinfo, which may itself
+/// contain `?`: RFC 4475 intmeth).
+fn sip_uri_has_headers(uri: &str) -> bool {
+    let Some((scheme, rest)) = uri.split_once(':') else {
+        return false;
+    };
+    if !scheme.eq_ignore_ascii_case("sip") && !scheme.eq_ignore_ascii_case("sips") {
+        return false;
+    }
+    let host_part = rest.split_once('@').map_or(rest, |(_, host)| host);
+    host_part.contains('?')
 }
 
 /// The body as delimited by Content-Length (or everything left when it is absent).
@@ -347,7 +570,7 @@ pub fn name_addr_uri(value: &str) -> Option<rsipstack::sip::Uri> {
 
 /// The URI text of a name-addr or addr-spec, exactly as sent (for echoing it back unchanged).
 pub fn name_addr_uri_text(value: &str) -> Option<&str> {
-    match (value.find('<'), value.rfind('>')) {
+    match (find_laquot(value).ok()?, value.rfind('>')) {
         (Some(open), Some(close)) if open < close => Some(value[open + 1..close].trim()),
         (None, None) => Some(value.split(';').next()?.trim()),
         _ => None,
@@ -702,6 +925,158 @@ l: 4\r\n\r\nv=0\r\nEXTRA";
                 assert_eq!(resp.reason, "Missing Call-ID");
             }
             other => panic!("{other:?}"),
+        }
+    }
+
+    fn bad_request(text: &str) -> (u16, String) {
+        match parse(text.as_bytes()) {
+            Err(ParseError::BadRequest { status, reason, .. }) => (status, reason),
+            other => panic!("expected an answerable bad request, got {other:?}"),
+        }
+    }
+
+    /// RFC 4475 baddn: a datagram that ends after a header line, without the empty line.
+    #[test]
+    fn datagram_without_empty_line_is_answerable() {
+        let text = INVITE
+            .replace("Content-Type: application/sdp\r\n", "")
+            .replace("l: 4\r\n\r\nv=0\r\nEXTRA", "l: 0\r\n");
+        assert_eq!(
+            bad_request(&text),
+            (400, "Header block not terminated by an empty line".into())
+        );
+        // Cut inside a line: nothing to answer.
+        assert!(matches!(
+            parse(&text.as_bytes()[..text.len() - 1]),
+            Err(ParseError::Unparseable(_))
+        ));
+    }
+
+    /// RFC 4475 lwsstart, trws, lwsruri: answerable, with 400.
+    #[test]
+    fn malformed_request_lines_are_400() {
+        for line in [
+            "INVITE  sip:echo@127.0.0.1:5060  SIP/2.0",
+            "INVITE sip:echo@127.0.0.1:5060 SIP/2.0  ",
+            "INVITE sip:echo@127.0.0.1:5060; lr SIP/2.0",
+        ] {
+            let text = INVITE.replace("INVITE sip:echo@127.0.0.1:5060 SIP/2.0", line);
+            assert_eq!(bad_request(&text), (400, "Malformed Request-Line".into()));
+        }
+        let garbage = INVITE.replace("INVITE sip:echo@127.0.0.1:5060 SIP/2.0", "INVITE a b c");
+        assert!(matches!(
+            parse(garbage.as_bytes()),
+            Err(ParseError::Unparseable(_))
+        ));
+    }
+
+    /// RFC 4475 badvers: 505, not 400; the version is case-insensitive (RFC 3261 §7.1).
+    #[test]
+    fn other_sip_versions_get_505() {
+        let text = INVITE.replace("5060 SIP/2.0", "5060 SIP/7.0");
+        assert_eq!(bad_request(&text), (505, "Version Not Supported".into()));
+        assert_eq!(
+            request(&INVITE.replace("5060 SIP/2.0", "5060 sip/2.0")).method,
+            "INVITE"
+        );
+    }
+
+    /// RFC 4475 badinv01 (empty Via parameters) is 400; wsinv's LWS in Via is fine.
+    #[test]
+    fn via_hops_are_checked() {
+        let text = INVITE.replace(
+            "v: SIP/2.0/UDP proxy.example.com;branch=z9hG4bK-0",
+            "v: SIP/2.0/UDP 192.0.2.15;;,;,,",
+        );
+        assert_eq!(bad_request(&text), (400, "Malformed Via".into()));
+        let lws = INVITE.replace(
+            "v: SIP/2.0/UDP proxy.example.com;branch=z9hG4bK-0",
+            "v:  SIP  / 2.0  / TCP     spindle.example.com   ;\r\n  branch  =   z9hG4bK9ikj8  ,\r\n SIP  /    2.0   / UDP  192.168.255.111   ; branch=\r\n z9hG4bK30239",
+        );
+        assert_eq!(request(&lws).headers.get_all("Via").count(), 2);
+    }
+
+    /// RFC 4475 multi01.
+    #[test]
+    fn repeated_single_headers_are_400() {
+        let text = INVITE.replace("CSeq: 1 INVITE\r\n", "CSeq: 1 INVITE\r\nCSeq: 2 INVITE\r\n");
+        assert_eq!(bad_request(&text), (400, "Multiple CSeq headers".into()));
+        let text = INVITE.replace("i: call-1", "Call-ID: call-2@10.0.0.1\r\ni: call-1");
+        assert_eq!(bad_request(&text), (400, "Multiple Call-ID headers".into()));
+    }
+
+    /// RFC 4475 escruri is 400; intmeth's `?` in the user part is not a header.
+    #[test]
+    fn headers_in_request_uri_are_400() {
+        let text = INVITE.replace(
+            "sip:echo@127.0.0.1:5060 SIP",
+            "sip:echo@127.0.0.1?Route=%3Csip:example.com%3E SIP",
+        );
+        assert_eq!(
+            bad_request(&text),
+            (400, "Headers not allowed in the Request-URI".into())
+        );
+        let text = INVITE.replace(
+            "sip:echo@127.0.0.1:5060 SIP",
+            "sip:1_unusual.URI~(to-be!sure)&isn't+it$/crazy?,/;;*:&it+has=1,weird!*pas$wo~d_too.(doesn't-it)@example.com SIP",
+        );
+        request(&text);
+    }
+
+    /// RFC 4475 quotbal, baddn, badaspec are 400; lwsdisp, intmeth, wsinv forms are fine.
+    #[test]
+    fn from_and_to_are_checked() {
+        let to = "t: <sip:echo@127.0.0.1>";
+        for bad in [
+            "t: \"Mr. J. User <sip:j.user@example.com>",
+            "t: Watson, Thomas <sip:t.watson@example.org>",
+            "t: \"Watson, Thomas\" < sip:t.watson@example.org >",
+            "t: \"A\" \"B\" <sip:t.watson@example.org>",
+            "t: <sip:t.watson@example.org> junk",
+        ] {
+            assert_eq!(
+                bad_request(&INVITE.replace(to, bad)),
+                (400, "Malformed To".into()),
+                "{bad}"
+            );
+        }
+        for good in [
+            "t: caller<sip:caller@example.com>",
+            "t: A. Bell <sip:a.g.bell@example.com>;tag=x",
+            "t: \"BEL:\\\x07 NUL:\\\x00 DEL:\\\x7f\" <sip:a@example.com>",
+            "t: \"J Rosenberg \\\\\\\"\"  <sip:jdrosen@example.com>\r\n  ;\r\n  tag = 98asjd8",
+            "t: \"a <b>, c\" <sip:a@example.com>",
+            "t: sip:vivekg@chair-dnrc.example.com ;   tag    = 1918181833n",
+        ] {
+            let r = request(&INVITE.replace(to, good));
+            assert!(name_addr_uri_text(r.headers.get("To").unwrap())
+                .is_some_and(|u| u.starts_with("sip:")));
+        }
+    }
+
+    /// RFC 4475 regbadct: a Contact URI with `?` must be in angle brackets (RFC 3261 §20).
+    #[test]
+    fn contact_is_checked() {
+        let with = |contact: &str| {
+            INVITE.replace(
+                "Max-Forwards: 70\r\n",
+                &format!("Max-Forwards: 70\r\n{contact}\r\n"),
+            )
+        };
+        assert_eq!(
+            bad_request(&with(
+                "Contact: sip:user@example.com?Route=%3Csip:sip.example.com%3E"
+            )),
+            (400, "Malformed Contact".into())
+        );
+        for good in [
+            "m: <sip:user@example.com?Route=%3Csip:sip.example.com%3E>",
+            "Contact: sip:+19725552222@gw1.example.net;unknownparam",
+            "Contact: *",
+            "Contact: <sip:a@b>, \"x, y\" <sip:c@d>;q=0.5",
+            "m:\"Quoted string \\\"\\\"\" <sip:jdrosen@example.com> ; newparam =\r\n      newvalue ;\r\n  secondparam ; q = 0.33",
+        ] {
+            request(&with(good));
         }
     }
 

@@ -351,8 +351,12 @@ fn deliver(bytes: &[u8], source: Source, sender: &Sender, handler: &dyn Handler)
             });
             true
         }
-        Err(ParseError::BadRequest { reason, request }) => {
-            answer_bad_request(sender, &source, *request, &reason);
+        Err(ParseError::BadRequest {
+            status,
+            reason,
+            request,
+        }) => {
+            answer_bad_request(sender, &source, *request, status, &reason);
             true
         }
         Err(ParseError::BadResponse(why)) => {
@@ -368,20 +372,26 @@ fn deliver(bytes: &[u8], source: Source, sender: &Sender, handler: &dyn Handler)
     }
 }
 
-fn answer_bad_request(sender: &Sender, source: &Source, mut request: Request, reason: &str) {
+fn answer_bad_request(
+    sender: &Sender,
+    source: &Source,
+    mut request: Request,
+    status: u16,
+    reason: &str,
+) {
     let n = sender
         .inner
         .stats
         .bad_requests_answered
         .fetch_add(1, Ordering::Relaxed)
         + 1;
-    debug!(remote = %source.remote, reason, bad_requests_total = n, "answering 400");
+    debug!(remote = %source.remote, status, reason, bad_requests_total = n, "answering bad request");
     if request.method == "ACK" {
         return; // ACKs are never answered
     }
     message::stamp_received(&mut request.headers, source.remote);
     let response = request
-        .response(400, reason)
+        .response(status, reason)
         .header("Server", sender.user_agent());
     sender.send_response(&request.headers, source, response.to_bytes());
 }

@@ -91,8 +91,9 @@ pub struct Core {
     pub stats: CallStats,
     sender: OnceLock<Sender>,
     routes: Mutex<Routes>,
-    /// Non-INVITE server transactions answered by the core, kept for retransmissions (Timer J).
-    out_of_dialog: Mutex<HashMap<(String, String), OutOfDialog>>,
+    /// Non-INVITE server transactions answered by the core, kept for retransmissions (Timer J),
+    /// by branch, sent-by and method (RFC 3261 §17.2.3).
+    out_of_dialog: Mutex<HashMap<(String, String, String), OutOfDialog>>,
 }
 
 impl Core {
@@ -196,6 +197,12 @@ impl Core {
             );
         }
         if request.method != "CANCEL" {
+            let scheme = request.uri.split(':').next().unwrap_or_default();
+            if !scheme.eq_ignore_ascii_case("sip") && !scheme.eq_ignore_ascii_case("sips") {
+                // RFC 3261 §8.2.2.1 (RFC 4475 unkscm, novelsc).
+                let response = request.response(416, "Unsupported URI Scheme");
+                return self.answer(&request, &source, &branch, response);
+            }
             let unsupported: Vec<&str> = request.headers.tokens("Require").collect();
             if !unsupported.is_empty() {
                 let response = request
@@ -273,7 +280,7 @@ impl Core {
             return false;
         }
         let mut table = self.out_of_dialog.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(entry) = table.get_mut(&(branch.to_string(), request.method.clone())) else {
+        let Some(entry) = table.get_mut(&tx_key(request, branch)) else {
             return false;
         };
         entry.tx.on_request_retransmit(Instant::now());
@@ -310,7 +317,7 @@ impl Core {
         if !tx.is_terminated() {
             let mut table = self.out_of_dialog.lock().unwrap_or_else(|e| e.into_inner());
             table.insert(
-                (branch.to_string(), request.method.clone()),
+                tx_key(request, branch),
                 OutOfDialog {
                     tx,
                     source: *source,
@@ -319,6 +326,15 @@ impl Core {
             );
         }
     }
+}
+
+/// A non-INVITE server transaction's key: branch, top Via sent-by and method (RFC 3261
+/// §17.2.3); the branch alone is not unique across clients.
+fn tx_key(request: &Request, branch: &str) -> (String, String, String) {
+    let sent_by = voicegate_sip::message::top_via(&request.headers)
+        .map(|via| via.sent_by().to_string())
+        .unwrap_or_default();
+    (branch.to_string(), sent_by, request.method.clone())
 }
 
 fn forward(call: &CallTx, input: CallInput) {
