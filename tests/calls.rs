@@ -162,8 +162,16 @@ async fn exhausted_rtp_ports_give_503_with_retry_after() {
     assert!(busy.headers.get("Retry-After").is_some());
     second.ack_failure().await;
 
-    // The pair comes back when the first call ends.
+    // The pair comes back when the first call ends (its media task stops just after the BYE).
     assert_eq!(first.bye().await.status, 200);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while running.core.pool.in_use() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "ports not given back"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let mut third = Uac::new(running.local.udp.unwrap()).await;
     third
         .invite(&offer(third.rtp_port(), "8", "sendrecv"))
@@ -214,4 +222,18 @@ async fn late_cancel_is_harmless_and_requests_after_the_end_get_481() {
     assert_eq!(uac.bye().await.status, 200);
     // A new BYE in the ended dialog.
     assert_eq!(uac.bye().await.status, 481);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_is_not_sdp_gets_415() {
+    let running = start(&test_config()).await;
+    let mut uac = Uac::new(running.local.udp.unwrap()).await;
+    let text = uac
+        .request_text("INVITE", "hello")
+        .replace("application/sdp", "text/plain");
+    uac.send(&text).await;
+    let refused = uac.final_response().await;
+    assert_eq!(refused.status, 415);
+    assert_eq!(refused.headers.get("Accept"), Some("application/sdp"));
+    uac.ack_failure().await;
 }

@@ -33,12 +33,16 @@ pub async fn start(config: &Config) -> Running {
     server::start(config).await.expect("voicegate starts")
 }
 
-/// A random even-aligned port range of `len` ports, away from the defaults and the
-/// ephemeral range, so parallel tests and other users of the machine rarely collide
-/// (the pool skips ports that are taken anyway).
+/// A random even-aligned port range of `len` ports that is free right now, away from the
+/// defaults, so parallel tests and other users of the machine rarely collide (the pool skips
+/// ports that are taken anyway).
 pub fn rtp_range(len: u16) -> (u16, u16) {
-    let base = 21000 + (rand::random::<u16>() % 80) * 400;
-    (base, base + len - 1)
+    loop {
+        let base = 21000 + (rand::random::<u16>() % 4000) * 8;
+        if (base..base + len).all(|p| UdpSocket::bind(("127.0.0.1", p)).is_ok()) {
+            return (base, base + len - 1);
+        }
+    }
 }
 
 /// A UDP port free right now (SIPp needs its local port named).

@@ -81,6 +81,12 @@ Max-Forwards: 70\r\n\
         )
     }
 
+    /// The text of a request in this call with a fresh branch, to alter before sending.
+    pub fn request_text(&mut self, method: &str, body: &str) -> String {
+        self.invite_branch = format!("z9hG4bK{:x}", rand::random::<u64>());
+        self.request(method, self.cseq, &self.invite_branch.clone(), body)
+    }
+
     pub async fn send(&self, text: &str) {
         self.sip
             .send_to(text.as_bytes(), self.server)

@@ -13,6 +13,8 @@ use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 use tracing::debug;
 
+use crate::pool::{PortLease, RtpPorts};
+
 /// What the echo leg saw, for the call record.
 #[derive(Debug, Default)]
 pub struct EchoStats {
@@ -30,17 +32,29 @@ pub struct EchoHandle {
 }
 
 impl EchoHandle {
-    /// Starts echoing on `socket` (a non-blocking std socket from the pool).
-    pub fn start(socket: &std::net::UdpSocket, ssrc: u32) -> std::io::Result<Self> {
-        let socket = UdpSocket::from_std(socket.try_clone()?)?;
+    /// Starts echoing on the call's ports, which the task owns from now on: they are closed
+    /// and given back to the pool when the task ends.
+    pub fn start(ports: RtpPorts, ssrc: u32) -> std::io::Result<Self> {
+        let RtpPorts { rtp, rtcp, lease } = ports;
+        let leg = Leg {
+            socket: UdpSocket::from_std(rtp)?,
+            _rtcp: rtcp,
+            _lease: lease,
+        };
         let sending = Arc::new(AtomicBool::new(true));
         let stats = Arc::new(EchoStats::default());
-        let task = tokio::spawn(run(socket, ssrc, sending.clone(), stats.clone()));
+        let task = tokio::spawn(run(leg, ssrc, sending.clone(), stats.clone()));
         Ok(EchoHandle {
             task,
             sending,
             stats,
         })
+    }
+
+    /// Stops the task and waits until its ports are closed and back in the pool.
+    pub async fn stop(mut self) {
+        self.task.abort();
+        let _ = (&mut self.task).await;
     }
 
     /// Whether we send at all: off while the peer holds the call (sendonly/inactive from them).
@@ -53,6 +67,13 @@ impl Drop for EchoHandle {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// What the echo task owns. Fields drop in order: sockets closed, then the lease freed.
+struct Leg {
+    socket: UdpSocket,
+    _rtcp: std::net::UdpSocket,
+    _lease: PortLease,
 }
 
 /// Our outgoing stream's numbering, continuous whatever the incoming stream does.
@@ -98,7 +119,8 @@ impl Renumber {
     }
 }
 
-async fn run(socket: UdpSocket, ssrc: u32, sending: Arc<AtomicBool>, stats: Arc<EchoStats>) {
+async fn run(leg: Leg, ssrc: u32, sending: Arc<AtomicBool>, stats: Arc<EchoStats>) {
+    let socket = &leg.socket;
     let mut buf = vec![0u8; 2048];
     let mut renumber = Renumber::new(ssrc, rand::random(), rand::random());
     let mut peer: Option<SocketAddr> = None;
@@ -168,11 +190,12 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn echoes_to_the_source_address() {
-        let server = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        server.set_nonblocking(true).unwrap();
-        let addr = server.local_addr().unwrap();
-        let echo = EchoHandle::start(&server, 42).unwrap();
+    async fn echoes_to_the_source_address_and_frees_its_ports_when_stopped() {
+        let (min, max) = crate::pool::free_range(4);
+        let pool = crate::PortPool::new(min, max);
+        let ports = pool.allocate("127.0.0.1".parse().unwrap()).unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{}", ports.rtp_port()).parse().unwrap();
+        let echo = EchoHandle::start(ports, 42).unwrap();
         let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let mut buf = [0u8; 2048];
         for i in 0..5u16 {
@@ -196,5 +219,12 @@ mod tests {
         assert!(silent.is_err(), "no echo while on hold");
         assert_eq!(echo.stats.packets_sent.load(Ordering::Relaxed), 5);
         assert_eq!(echo.stats.packets_invalid.load(Ordering::Relaxed), 1);
+        assert_eq!(pool.in_use(), 1);
+        echo.stop().await;
+        assert_eq!(pool.in_use(), 0);
+        assert!(
+            std::net::UdpSocket::bind(addr).is_ok(),
+            "port closed when the pool says free"
+        );
     }
 }

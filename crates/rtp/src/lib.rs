@@ -4,4 +4,4 @@ pub mod echo;
 pub mod pool;
 
 pub use echo::{EchoHandle, EchoStats, Renumber};
-pub use pool::{PoolError, PortPool, RtpPorts};
+pub use pool::{PoolError, PortLease, PortPool, RtpPorts};

@@ -24,22 +24,35 @@ struct PoolState {
     cursor: usize,
 }
 
-/// A call's bound RTP and RTCP sockets; dropping it returns the port pair to the pool.
+/// A call's bound RTP and RTCP sockets. The port pair goes back to the pool when the lease
+/// drops; fields drop in declaration order, so the sockets are closed before the pair is free.
 #[derive(Debug)]
 pub struct RtpPorts {
     pub rtp: UdpSocket,
     pub rtcp: UdpSocket,
+    pub lease: PortLease,
+}
+
+impl RtpPorts {
+    pub fn rtp_port(&self) -> u16 {
+        self.lease.rtp_port()
+    }
+}
+
+/// The claim on one port pair; dropping it frees the pair.
+#[derive(Debug)]
+pub struct PortLease {
     pool: Arc<PortPool>,
     slot: usize,
 }
 
-impl RtpPorts {
+impl PortLease {
     pub fn rtp_port(&self) -> u16 {
         self.pool.port_of(self.slot)
     }
 }
 
-impl Drop for RtpPorts {
+impl Drop for PortLease {
     fn drop(&mut self) {
         let mut state = self.pool.state.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(used) = state.in_use.get_mut(self.slot) {
@@ -106,12 +119,11 @@ impl PortPool {
             state.in_use[slot] = true;
             // Rotate so a just-freed port is not reused at once (late packets of the old call).
             state.cursor = (slot + 1) % slots;
-            return Ok(RtpPorts {
-                rtp,
-                rtcp,
+            let lease = PortLease {
                 pool: self.clone(),
                 slot,
-            });
+            };
+            return Ok(RtpPorts { rtp, rtcp, lease });
         }
         Err(PoolError::Exhausted {
             min: self.min,
@@ -120,23 +132,23 @@ impl PortPool {
     }
 }
 
+/// A range of `len` ports nobody holds now, for tests (found from an OS-chosen port).
+#[cfg(test)]
+pub(crate) fn free_range(len: u16) -> (u16, u16) {
+    loop {
+        let probe = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let base = probe.local_addr().unwrap().port() & !1;
+        drop(probe);
+        if base < 60000 && (base..base + len).all(|p| UdpSocket::bind(("127.0.0.1", p)).is_ok()) {
+            return (base, base + len - 1);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::net::Ipv4Addr;
-
-    fn free_range(len: u16) -> (u16, u16) {
-        // Find a range nobody holds, starting at an OS-chosen ephemeral port.
-        loop {
-            let probe = UdpSocket::bind("127.0.0.1:0").unwrap();
-            let base = probe.local_addr().unwrap().port() & !1;
-            drop(probe);
-            if base < 60000 && (base..base + len).all(|p| UdpSocket::bind(("127.0.0.1", p)).is_ok())
-            {
-                return (base, base + len - 1);
-            }
-        }
-    }
 
     #[test]
     fn even_rtp_odd_rtcp_and_release_on_drop() {

@@ -552,6 +552,31 @@ fn body_for(headers: &Headers, rest: &[u8]) -> Result<Bytes, String> {
     Ok(Bytes::copy_from_slice(&rest[..len]))
 }
 
+/// Decodes %HH escapes; a malformed escape is kept as written.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// `CSeq: 4711 INVITE` → (4711, "INVITE").
 pub fn parse_cseq(value: &str) -> Option<(u32, &str)> {
     let mut it = value.split_whitespace();
@@ -695,9 +720,25 @@ impl Request {
     }
 
     /// The user part of the Request-URI (the dialled number).
+    /// The user part of the Request-URI (the dialled number), with %HH escapes decoded
+    /// (RFC 3261 §19.1.4: `sip:%65cho@host` is the same as `sip:echo@host`).
     pub fn uri_user(&self) -> Option<String> {
         let uri = rsipstack::sip::parse_uri(&self.uri).ok()?;
-        uri.auth.map(|a| a.user)
+        uri.auth.map(|a| percent_decode(&a.user))
+    }
+
+    /// The Max-Forwards value, if present and numeric (leading zeros allowed).
+    pub fn max_forwards(&self) -> Option<u32> {
+        self.headers.get("Max-Forwards")?.trim().parse().ok()
+    }
+
+    /// Whether the body is SDP (no body counts as none; parameters after `;` are ignored).
+    pub fn body_is_sdp(&self) -> bool {
+        self.headers.get("Content-Type").is_some_and(|ct| {
+            ct.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/sdp"))
+        })
     }
 
     /// Starts a response that copies Via, From, To, Call-ID and CSeq (RFC 3261 §8.2.6.2).
@@ -836,6 +877,13 @@ l: 4\r\n\r\nv=0\r\nEXTRA";
         assert_eq!(r.headers.get_all("Via").count(), 2);
         assert_eq!(r.branch().as_deref(), Some("z9hG4bK-1"));
         assert_eq!(r.uri_user().as_deref(), Some("echo"));
+    }
+
+    #[test]
+    fn dialled_number_is_unescaped() {
+        let r = request(&INVITE.replace("INVITE sip:echo@", "INVITE sip:%65cho@"));
+        assert_eq!(r.uri_user().as_deref(), Some("echo"));
+        assert_eq!(percent_decode("%2B1555%zz"), "+1555%zz");
     }
 
     #[test]

@@ -58,7 +58,8 @@ enum Phase {
 }
 
 struct Media {
-    ports: RtpPorts,
+    /// Until the echo starts; then the echo task owns them.
+    ports: Option<RtpPorts>,
     echo: Option<EchoHandle>,
     local: LocalMedia,
     negotiated: Option<Negotiated>,
@@ -202,6 +203,8 @@ impl Call {
     fn prepare_media(&mut self) -> Result<(), (u16, String)> {
         let offer = if self.invite.body.is_empty() {
             None
+        } else if !self.invite.body_is_sdp() {
+            return Err((415, "Unsupported Media Type: only application/sdp".into()));
         } else {
             Some(sdp::parse(&self.invite.body).map_err(|e| (400, format!("Malformed SDP: {e}")))?)
         };
@@ -225,7 +228,7 @@ impl Call {
             session_version: 1,
         };
         self.media = Some(Media {
-            ports,
+            ports: Some(ports),
             echo: None,
             local,
             negotiated,
@@ -282,7 +285,10 @@ impl Call {
                 Direction::SendRecv,
             ),
         };
-        match EchoHandle::start(&media.ports.rtp, rand::random()) {
+        let Some(ports) = media.ports.take() else {
+            return self.reject(500, "Server Internal Error: no media", now);
+        };
+        match EchoHandle::start(ports, rand::random()) {
             Ok(echo) => {
                 if let Some(n) = &media.negotiated {
                     echo.set_sending(n.direction.sends());
@@ -333,6 +339,9 @@ impl Call {
         }
         if status == 503 {
             response = response.header("Retry-After", "5");
+        }
+        if status == 415 {
+            response = response.header("Accept", "application/sdp");
         }
         if let Some(body) = sdp_body {
             response = response.with_body("application/sdp", body);

@@ -184,11 +184,7 @@ impl Core {
         if self.answer_retransmission(&request, &branch) {
             return;
         }
-        if request
-            .headers
-            .get("Max-Forwards")
-            .is_some_and(|mf| mf.trim() == "0")
-        {
+        if request.max_forwards() == Some(0) {
             return self.answer(
                 &request,
                 &source,
