@@ -655,15 +655,14 @@ pub fn stamp_received(headers: &mut Headers, source: SocketAddr) {
 }
 
 fn split_first_value(value: &str) -> (&str, Option<&str>) {
-    let mut in_quotes = false;
-    for (i, c) in value.char_indices() {
-        match c {
-            '"' => in_quotes = !in_quotes,
-            ',' if !in_quotes => return (value[..i].trim_end(), Some(&value[i..])),
-            _ => {}
-        }
+    let first = split_outside(value, ',')
+        .into_iter()
+        .next()
+        .unwrap_or(value);
+    match &value[first.len()..] {
+        "" => (first.trim_end(), None),
+        rest => (first.trim_end(), Some(rest)),
     }
-    (value, None)
 }
 
 fn replace_bare_param(value: &str, name: &str, replacement: &str) -> String {

@@ -159,6 +159,10 @@ impl Sender {
     }
 }
 
+fn bind_error(key: &'static str, addr: SocketAddr) -> impl FnOnce(std::io::Error) -> BindError {
+    move |source| BindError { key, addr, source }
+}
+
 /// Binds every configured transport and starts serving; messages go to `handler`.
 pub async fn start(
     config: ListenConfig,
@@ -168,11 +172,9 @@ pub async fn start(
     let mut local = LocalAddrs::default();
     let udp = match config.udp {
         Some(addr) => {
-            let sock = UdpSocket::bind(addr).await.map_err(|source| BindError {
-                key: "sip.udp",
-                addr,
-                source,
-            })?;
+            let sock = UdpSocket::bind(addr)
+                .await
+                .map_err(bind_error("sip.udp", addr))?;
             local.udp = sock.local_addr().ok();
             Some(Arc::new(sock))
         }
@@ -180,11 +182,9 @@ pub async fn start(
     };
     let tcp = match config.tcp {
         Some(addr) => {
-            let l = TcpListener::bind(addr).await.map_err(|source| BindError {
-                key: "sip.tcp",
-                addr,
-                source,
-            })?;
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(bind_error("sip.tcp", addr))?;
             local.tcp = l.local_addr().ok();
             Some(l)
         }
@@ -192,11 +192,9 @@ pub async fn start(
     };
     let tls_listener = match (config.tls, tls) {
         (Some(addr), Some(tls_config)) => {
-            let l = TcpListener::bind(addr).await.map_err(|source| BindError {
-                key: "sip.tls",
-                addr,
-                source,
-            })?;
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(bind_error("sip.tls", addr))?;
             local.tls = l.local_addr().ok();
             Some((l, tokio_rustls::TlsAcceptor::from(tls_config)))
         }
