@@ -388,30 +388,58 @@ fn unparseable_line(start_line: &str) -> ParseError {
     ))
 }
 
-/// Splits at every `sep` outside double-quoted strings (quoted-pairs honoured) and `<…>`.
+/// The characters of a header value that lie outside double-quoted strings (quoted-pairs
+/// honoured), with their byte offsets.
+struct Unquoted<'a> {
+    chars: std::str::CharIndices<'a>,
+    in_quotes: bool,
+    escaped: bool,
+}
+
+fn unquoted(value: &str) -> Unquoted<'_> {
+    Unquoted {
+        chars: value.char_indices(),
+        in_quotes: false,
+        escaped: false,
+    }
+}
+
+impl Iterator for Unquoted<'_> {
+    type Item = (usize, char);
+
+    fn next(&mut self) -> Option<(usize, char)> {
+        loop {
+            let (i, c) = self.chars.next()?;
+            if self.escaped {
+                self.escaped = false;
+            } else if self.in_quotes {
+                match c {
+                    '\\' => self.escaped = true,
+                    '"' => self.in_quotes = false,
+                    _ => {}
+                }
+            } else if c == '"' {
+                self.in_quotes = true;
+            } else {
+                return Some((i, c));
+            }
+        }
+    }
+}
+
+/// Splits at every `sep` outside double-quoted strings and `<…>`.
 fn split_outside(value: &str, sep: char) -> Vec<&str> {
     let mut out = Vec::new();
-    let (mut in_quotes, mut escaped, mut in_angle, mut start) = (false, false, false, 0);
-    for (i, c) in value.char_indices() {
-        if escaped {
-            escaped = false;
-        } else if in_quotes {
-            match c {
-                '\\' => escaped = true,
-                '"' => in_quotes = false,
-                _ => {}
+    let (mut in_angle, mut start) = (false, 0);
+    for (i, c) in unquoted(value) {
+        match c {
+            '<' => in_angle = true,
+            '>' => in_angle = false,
+            c if c == sep && !in_angle => {
+                out.push(&value[start..i]);
+                start = i + c.len_utf8();
             }
-        } else {
-            match c {
-                '"' => in_quotes = true,
-                '<' => in_angle = true,
-                '>' => in_angle = false,
-                c if c == sep && !in_angle => {
-                    out.push(&value[start..i]);
-                    start = i + c.len_utf8();
-                }
-                _ => {}
-            }
+            _ => {}
         }
     }
     out.push(&value[start..]);
@@ -421,23 +449,10 @@ fn split_outside(value: &str, sep: char) -> Vec<&str> {
 /// Where the `<` of a name-addr is (outside the quoted display name); `Err` when a quoted
 /// string is not closed.
 fn find_laquot(value: &str) -> Result<Option<usize>, ()> {
-    let (mut in_quotes, mut escaped, mut found) = (false, false, None);
-    for (i, c) in value.char_indices() {
-        if escaped {
-            escaped = false;
-        } else if in_quotes {
-            match c {
-                '\\' => escaped = true,
-                '"' => in_quotes = false,
-                _ => {}
-            }
-        } else if c == '"' {
-            in_quotes = true;
-        } else if c == '<' && found.is_none() {
-            found = Some(i);
-        }
-    }
-    if in_quotes {
+    let mut chars = unquoted(value);
+    let found = chars.by_ref().find(|(_, c)| *c == '<').map(|(i, _)| i);
+    chars.by_ref().for_each(drop);
+    if chars.in_quotes {
         Err(())
     } else {
         Ok(found)

@@ -219,71 +219,85 @@ pub async fn start(
         info!(%addr, "SIP listening on UDP");
     }
     let next_id = Arc::new(AtomicU64::new(1));
+    let max = config.max_message_bytes;
     if let (Some(l), Some(addr)) = (tcp, local.tcp) {
-        let (sender, handler, next_id, max) = (
-            sender.clone(),
-            handler.clone(),
-            next_id.clone(),
-            config.max_message_bytes,
-        );
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, remote)) = l.accept().await else {
-                    continue;
-                };
-                let _ = stream.set_nodelay(true);
-                let id = next_id.fetch_add(1, Ordering::Relaxed);
-                let source = Source {
-                    transport: TransportKind::Tcp,
-                    remote,
-                    local: addr,
-                    connection: Some(id),
-                };
-                tokio::spawn(serve_stream(
-                    stream,
-                    source,
-                    sender.clone(),
-                    handler.clone(),
-                    max,
-                ));
-            }
-        });
+        let ctx = StreamContext {
+            kind: TransportKind::Tcp,
+            local: addr,
+            sender: sender.clone(),
+            handler: handler.clone(),
+            next_id: next_id.clone(),
+            max,
+        };
+        tokio::spawn(accept_loop(l, ctx, |stream| async move { Ok(stream) }));
         info!(%addr, "SIP listening on TCP");
     }
     if let (Some((l, acceptor)), Some(addr)) = (tls_listener, local.tls) {
-        let (sender, handler, max) = (sender.clone(), handler.clone(), config.max_message_bytes);
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, remote)) = l.accept().await else {
-                    continue;
-                };
-                let _ = stream.set_nodelay(true);
-                let id = next_id.fetch_add(1, Ordering::Relaxed);
-                let (acceptor, sender, handler) =
-                    (acceptor.clone(), sender.clone(), handler.clone());
-                tokio::spawn(async move {
-                    let handshake =
-                        tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
-                            .await;
-                    match handshake {
-                        Ok(Ok(tls)) => {
-                            let source = Source {
-                                transport: TransportKind::Tls,
-                                remote,
-                                local: addr,
-                                connection: Some(id),
-                            };
-                            serve_stream(tls, source, sender, handler, max).await;
-                        }
-                        Ok(Err(e)) => debug!(%remote, error = %e, "TLS handshake failed"),
-                        Err(_) => debug!(%remote, "TLS handshake timed out"),
-                    }
-                });
+        let ctx = StreamContext {
+            kind: TransportKind::Tls,
+            local: addr,
+            sender: sender.clone(),
+            handler: handler.clone(),
+            next_id,
+            max,
+        };
+        tokio::spawn(accept_loop(l, ctx, move |stream| {
+            let acceptor = acceptor.clone();
+            async move {
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                    Ok(result) => result,
+                    Err(_) => Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "TLS handshake timed out",
+                    )),
+                }
             }
-        });
+        }));
         info!(%addr, "SIP listening on TLS");
     }
     Ok((sender, local))
+}
+
+/// What every connection of one stream listener shares.
+struct StreamContext {
+    kind: TransportKind,
+    local: SocketAddr,
+    sender: Sender,
+    handler: Arc<dyn Handler>,
+    next_id: Arc<AtomicU64>,
+    max: usize,
+}
+
+/// Accepts connections, sets each up with `open` (TLS handshake, or nothing for TCP) on its
+/// own task, then serves it.
+async fn accept_loop<S, F, Fut>(listener: TcpListener, ctx: StreamContext, open: F)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+    F: Fn(tokio::net::TcpStream) -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<S>> + Send + 'static,
+{
+    loop {
+        let Ok((stream, remote)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let source = Source {
+            transport: ctx.kind,
+            remote,
+            local: ctx.local,
+            connection: Some(ctx.next_id.fetch_add(1, Ordering::Relaxed)),
+        };
+        let (sender, handler, max) = (ctx.sender.clone(), ctx.handler.clone(), ctx.max);
+        let opening = open(stream);
+        tokio::spawn(async move {
+            match opening.await {
+                Ok(stream) => serve_stream(stream, source, sender, handler, max).await,
+                Err(e) => {
+                    debug!(%remote, error = %e, transport = ?source.transport, "connection setup failed")
+                }
+            }
+        });
+    }
 }
 
 async fn serve_udp(
