@@ -1,7 +1,11 @@
-//! RTP media for voicegate: the UDP port pool and RTP legs (the echo leg for now).
+//! RTP media for voicegate: the UDP port pool, RTP legs, the jitter buffer, RFC 4733 DTMF
+//! and RTCP.
 
+pub mod dtmf;
 pub mod echo;
+pub mod jitter;
 pub mod pool;
+pub mod rtcp;
 
 pub use echo::{EchoHandle, EchoStats, Renumber};
 pub use pool::{PoolError, PortLease, PortPool, RtpPorts};
