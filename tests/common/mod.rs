@@ -1,6 +1,7 @@
 //! Test harness: voicegate in-process on ephemeral ports, and real peers (SIPp, socat) around it.
 #![allow(dead_code)]
 
+pub mod pcap;
 pub mod uac;
 
 use std::net::{SocketAddr, UdpSocket};
@@ -64,9 +65,27 @@ pub fn scenario(name: &str) -> PathBuf {
 
 /// Runs SIPp against `target` and returns its output; `args` come after the common ones.
 pub async fn sipp(target: SocketAddr, args: &[&str]) -> Output {
+    sipp_with_media_port(target, free_even_port(), args).await
+}
+
+/// An even UDP port with its odd neighbour free right now (SIPp's media port and RTCP).
+pub fn free_even_port() -> u16 {
+    loop {
+        let port = free_port() & !1;
+        if port > 1024
+            && UdpSocket::bind(("127.0.0.1", port)).is_ok()
+            && UdpSocket::bind(("127.0.0.1", port + 1)).is_ok()
+        {
+            return port;
+        }
+    }
+}
+
+/// SIPp with its RTP (`-mp`) on `media_port`, for tests that capture what reaches it.
+pub async fn sipp_with_media_port(target: SocketAddr, media_port: u16, args: &[&str]) -> Output {
     let mut cmd = tokio::process::Command::new("sipp");
     let local = free_port().to_string();
-    let media = (free_port() & !1).to_string();
+    let media = media_port.to_string();
     let tmp = std::env::temp_dir();
     cmd.current_dir(&tmp)
         .arg(target.to_string())
@@ -127,4 +146,85 @@ pub async fn good_call(target: SocketAddr, transport: &str) {
     )
     .await;
     assert_sipp_ok(&out, 1);
+}
+
+/// A tcpdump capture on the loopback interface, for looking at what really went over the wire.
+pub struct Capture {
+    child: tokio::process::Child,
+    path: PathBuf,
+}
+
+impl Capture {
+    /// Starts capturing packets that match `filter` (tcpdump syntax); returns once it listens.
+    pub async fn start(filter: &str) -> Capture {
+        use tokio::io::AsyncBufReadExt;
+        let path =
+            std::env::temp_dir().join(format!("vg-capture-{:x}.pcap", rand::random::<u64>()));
+        let mut child = tokio::process::Command::new("tcpdump")
+            .args(["-i", "lo", "-n", "-U", "-s", "2048", "-w"])
+            .arg(&path)
+            .arg(filter)
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("tcpdump runs (install tcpdump; it needs root or CAP_NET_RAW)");
+        let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let listening = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.contains("listening on") {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        assert_eq!(
+            listening.ok(),
+            Some(true),
+            "tcpdump did not start capturing"
+        );
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Capture { child, path }
+    }
+
+    /// Stops the capture (after a moment for the last packets) and returns its UDP datagrams.
+    pub async fn finish(mut self) -> Vec<pcap::Datagram> {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-INT", &pid.to_string()])
+                .status();
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
+        let bytes = std::fs::read(&self.path).expect("capture file");
+        let _ = std::fs::remove_file(&self.path);
+        pcap::read(&bytes)
+    }
+}
+
+/// Writes a SIPp scenario from `tests/scenarios/play_pcap.xml` that offers `formats` (with
+/// their `rtpmaps`) and plays each capture in turn, pausing `pause_ms` after each.
+pub fn play_pcap_scenario(
+    formats: &str,
+    rtpmaps: &[&str],
+    captures: &[(&std::path::Path, u64)],
+) -> PathBuf {
+    let template = std::fs::read_to_string(scenario("play_pcap.xml")).unwrap();
+    let playback: String = captures
+        .iter()
+        .map(|(path, pause_ms)| {
+            format!(
+                "  <nop><action><exec play_pcap_audio=\"{}\"/></action></nop>\n  <pause milliseconds=\"{pause_ms}\"/>\n",
+                path.display()
+            )
+        })
+        .collect();
+    let rtpmaps: String = rtpmaps.iter().map(|r| format!("      {r}\n")).collect();
+    let text = template
+        .replace("FORMATS", formats)
+        .replace("RTPMAPS\n", &rtpmaps)
+        .replace("  <!-- PLAYBACK -->\n", &playback);
+    let path = std::env::temp_dir().join(format!("vg-play-{:x}.xml", rand::random::<u64>()));
+    std::fs::write(&path, text).unwrap();
+    path
 }

@@ -1,65 +1,129 @@
-//! The echo leg: every RTP packet is sent back to the address it came from (symmetric RTP, so
-//! it works behind NAT whatever the SDP said), under our own SSRC, sequence numbers and
-//! timestamps, as carriers' echo-test numbers do.
+//! The echo leg: every RTP packet is sent back (to where the caller's packets come from, or to
+//! its SDP address, as `rtp.latching` says) under our own SSRC, sequence numbers and
+//! timestamps, as carriers' echo-test numbers do. On the way it keeps the call's RTP
+//! statistics, sends RTCP reports, reports RFC 4733 digits and notices when RTP stops.
 //!
 //! The packet is rewritten in the receive buffer: no allocation per packet.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::time::Duration;
 
 use rtp_rs::RtpReader;
 use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+use tokio::time::{sleep_until, Instant};
 use tracing::debug;
 
+use crate::dtmf::{DtmfEvent, Rfc4733Receiver};
+use crate::latch::{LatchPolicy, RemoteAddress};
 use crate::pool::{PortLease, RtpPorts};
+use crate::rtcp::{self, MosCodec, ReceptionStats, RtcpPacket, SenderStats};
 
-/// What the echo leg saw, for the call record.
-#[derive(Debug, Default)]
-pub struct EchoStats {
-    pub packets_received: AtomicU64,
-    pub packets_sent: AtomicU64,
-    pub packets_invalid: AtomicU64,
+/// RTCP report interval (RFC 3550 §6.2 minimum for a two-party call, before randomisation).
+const RTCP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// What the call tells the leg, and may change mid-call (re-INVITE, ACK with an answer).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LegControl {
+    /// Whether we send (our SDP direction is sendrecv or sendonly).
+    pub sending: bool,
+    /// Whether RTP is expected from the peer (its direction sends): the media timeout runs
+    /// only then, so a call on hold is not cut off.
+    pub expect_rtp: bool,
+    /// The peer's RTP address from its SDP.
+    pub signalled: Option<SocketAddr>,
+    pub rtcp_mux: bool,
+    /// Payload type of telephone-event, if negotiated.
+    pub telephone_event: Option<u8>,
+    /// RTP clock rate of the negotiated codec.
+    pub clock_rate: u32,
+    pub mos_codec: MosCodec,
+}
+
+/// Settings fixed for the call's life.
+#[derive(Clone, Debug)]
+pub struct LegConfig {
+    pub ssrc: u32,
+    pub latching: LatchPolicy,
+    /// No RTP for this long while it is expected gives [`MediaEvent::RtpTimeout`].
+    pub timeout: Duration,
+    pub cname: String,
+}
+
+/// What the leg tells the call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MediaEvent {
+    Dtmf(DtmfEvent),
+    /// RTP was expected and none came for the configured time.
+    RtpTimeout,
+}
+
+/// The call's media statistics, for its record.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LegReport {
+    pub packets_in: u64,
+    pub bytes_in: u64,
+    pub packets_out: u64,
+    pub bytes_out: u64,
+    /// RTP packets lost on the way to us (RFC 3550 cumulative count).
+    pub lost: i64,
+    pub loss_percent: f64,
+    /// RFC 3550 interarrival jitter of what we received.
+    pub jitter_ms: f64,
+    /// Round trip from the peer's reports about our stream, if it sent any.
+    pub rtt_ms: Option<f64>,
+    /// Loss the peer reported for our stream.
+    pub peer_reported_lost: Option<i64>,
+    /// Estimated MOS of what we received (simplified E-model).
+    pub mos: f64,
+    pub invalid_packets: u64,
+    pub rtcp_sent: u64,
+    pub rtcp_received: u64,
+    pub dtmf_events: u64,
+    pub dtmf_end_retransmissions: u64,
 }
 
 /// Owns the echo task; dropping it stops the task.
 #[derive(Debug)]
 pub struct EchoHandle {
-    task: JoinHandle<()>,
-    sending: Arc<AtomicBool>,
-    pub stats: Arc<EchoStats>,
+    task: JoinHandle<LegReport>,
+    control: watch::Sender<(LegControl, bool)>,
 }
 
 impl EchoHandle {
     /// Starts echoing on the call's ports, which the task owns from now on: they are closed
-    /// and given back to the pool when the task ends.
-    pub fn start(ports: RtpPorts, ssrc: u32) -> std::io::Result<Self> {
+    /// and given back to the pool when the task ends. Events go to `events`.
+    pub fn start(
+        ports: RtpPorts,
+        config: LegConfig,
+        control: LegControl,
+        events: mpsc::Sender<MediaEvent>,
+    ) -> std::io::Result<Self> {
         let RtpPorts { rtp, rtcp, lease } = ports;
         let leg = Leg {
-            socket: UdpSocket::from_std(rtp)?,
-            _rtcp: rtcp,
+            rtp: UdpSocket::from_std(rtp)?,
+            rtcp: UdpSocket::from_std(rtcp)?,
             _lease: lease,
         };
-        let sending = Arc::new(AtomicBool::new(true));
-        let stats = Arc::new(EchoStats::default());
-        let task = tokio::spawn(run(leg, ssrc, sending.clone(), stats.clone()));
-        Ok(EchoHandle {
-            task,
-            sending,
-            stats,
-        })
+        let (tx, rx) = watch::channel((control, false));
+        let task = tokio::spawn(run(leg, config, rx, events));
+        Ok(EchoHandle { task, control: tx })
     }
 
-    /// Stops the task and waits until its ports are closed and back in the pool.
-    pub async fn stop(mut self) {
-        self.task.abort();
-        let _ = (&mut self.task).await;
+    /// Applies a change of direction or address.
+    pub fn update(&self, control: LegControl) {
+        self.control.send_modify(|(c, _)| *c = control);
     }
 
-    /// Whether we send at all: off while the peer holds the call (sendonly/inactive from them).
-    pub fn set_sending(&self, on: bool) {
-        self.sending.store(on, Ordering::Relaxed);
+    /// Stops the task (with an RTCP BYE) and returns its report once its ports are closed
+    /// and back in the pool.
+    pub async fn stop(mut self) -> LegReport {
+        self.control.send_modify(|(_, stop)| *stop = true);
+        match (&mut self.task).await {
+            Ok(report) => report,
+            Err(_) => LegReport::default(),
+        }
     }
 }
 
@@ -71,8 +135,8 @@ impl Drop for EchoHandle {
 
 /// What the echo task owns. Fields drop in order: sockets closed, then the lease freed.
 struct Leg {
-    socket: UdpSocket,
-    _rtcp: std::net::UdpSocket,
+    rtp: UdpSocket,
+    rtcp: UdpSocket,
     _lease: PortLease,
 }
 
@@ -98,10 +162,10 @@ impl Renumber {
         }
     }
 
-    /// Rewrites the header of a valid RTP packet in place.
-    pub fn rewrite(&mut self, packet: &mut [u8]) {
+    /// Rewrites the header of a valid RTP packet in place; returns our timestamp.
+    pub fn rewrite(&mut self, packet: &mut [u8]) -> u32 {
         if packet.len() < 12 {
-            return;
+            return self.last_ts;
         }
         let peer_ssrc = u32::from_be_bytes([packet[8], packet[9], packet[10], packet[11]]);
         let peer_ts = u32::from_be_bytes([packet[4], packet[5], packet[6], packet[7]]);
@@ -116,38 +180,284 @@ impl Renumber {
         packet[4..8].copy_from_slice(&ts.to_be_bytes());
         packet[8..12].copy_from_slice(&self.ssrc.to_be_bytes());
         self.next_seq = self.next_seq.wrapping_add(1);
+        ts
     }
 }
 
-async fn run(leg: Leg, ssrc: u32, sending: Arc<AtomicBool>, stats: Arc<EchoStats>) {
-    let socket = &leg.socket;
+/// RTCP shares the RTP port under rtcp-mux; RFC 5761 §4 tells them apart by payload type.
+fn is_rtcp(packet: &[u8]) -> bool {
+    packet.len() >= 2 && (200..=204).contains(&packet[1])
+}
+
+struct State {
+    config: LegConfig,
+    control: LegControl,
+    renumber: Renumber,
+    rtp_remote: RemoteAddress,
+    rtcp_remote: RemoteAddress,
+    reception: ReceptionStats,
+    sent: SenderStats,
+    dtmf: Rfc4733Receiver,
+    peer_ssrc: Option<u32>,
+    last_rtp: Instant,
+    timed_out: bool,
+    report: LegReport,
+    rtcp_buf: Vec<u8>,
+    events: mpsc::Sender<MediaEvent>,
+}
+
+async fn run(
+    leg: Leg,
+    config: LegConfig,
+    mut control_rx: watch::Receiver<(LegControl, bool)>,
+    events: mpsc::Sender<MediaEvent>,
+) -> LegReport {
+    let control = control_rx.borrow_and_update().0.clone();
+    let now = Instant::now();
+    let mut state = State {
+        renumber: Renumber::new(config.ssrc, rand::random(), rand::random()),
+        rtp_remote: RemoteAddress::new(config.latching, control.signalled),
+        rtcp_remote: RemoteAddress::new(config.latching, rtcp_address(&control)),
+        reception: ReceptionStats::new(),
+        sent: SenderStats::new(control.clock_rate),
+        dtmf: Rfc4733Receiver::new(8000),
+        peer_ssrc: None,
+        last_rtp: now,
+        timed_out: false,
+        report: LegReport::default(),
+        rtcp_buf: Vec::with_capacity(512),
+        events,
+        config,
+        control,
+    };
     let mut buf = vec![0u8; 2048];
-    let mut renumber = Renumber::new(ssrc, rand::random(), rand::random());
-    let mut peer: Option<SocketAddr> = None;
+    let mut rtcp_in = vec![0u8; 2048];
+    // The first report goes out early (RFC 3550 §6.2: half the interval at the start).
+    let mut next_report = now + RTCP_INTERVAL / 2;
+    let mut dtmf_poll = tokio::time::interval(Duration::from_millis(200));
     loop {
-        let (len, from) = match socket.recv_from(&mut buf).await {
-            Ok(r) => r,
-            Err(e) => {
-                debug!(error = %e, "RTP receive error");
-                continue;
+        let rtp_deadline = state.last_rtp + state.config.timeout;
+        let watch_timeout = state.control.expect_rtp && !state.timed_out;
+        tokio::select! {
+            received = leg.rtp.recv_from(&mut buf) => match received {
+                Ok((len, from)) => {
+                    let now = Instant::now();
+                    if state.control.rtcp_mux && is_rtcp(&buf[..len]) {
+                        state.on_rtcp(&buf[..len], from, now);
+                    } else if let Some(len) = state.on_rtp(&mut buf[..len], from, now) {
+                        if let Some(to) = state.rtp_remote.target() {
+                            if leg.rtp.send_to(&buf[..len], to).await.is_ok() {
+                                state.report.packets_out += 1;
+                                state.report.bytes_out += len.saturating_sub(12) as u64;
+                            }
+                        }
+                    }
+                }
+                Err(e) => debug!(error = %e, "RTP receive error"),
+            },
+            received = leg.rtcp.recv_from(&mut rtcp_in) => {
+                if let Ok((len, from)) = received {
+                    state.on_rtcp(&rtcp_in[..len], from, Instant::now());
+                }
+            }
+            _ = sleep_until(next_report) => {
+                let now = Instant::now();
+                state.write_report(now, false);
+                send_rtcp(&leg, &mut state).await;
+                // Randomised between 0.5 and 1.5 intervals so calls do not report in step.
+                next_report = now + RTCP_INTERVAL.mul_f64(0.5 + rand::random::<f64>());
+            }
+            _ = sleep_until(rtp_deadline), if watch_timeout => {
+                state.timed_out = true;
+                let _ = state.events.try_send(MediaEvent::RtpTimeout);
+            }
+            _ = dtmf_poll.tick() => {
+                if let Some(event) = state.dtmf.poll_timeout(Instant::now()) {
+                    let _ = state.events.try_send(MediaEvent::Dtmf(event));
+                }
+            }
+            changed = control_rx.changed() => {
+                let (control, stop) = control_rx.borrow_and_update().clone();
+                if changed.is_err() || stop {
+                    break;
+                }
+                state.apply(control);
+            }
+        }
+    }
+    state.write_report(Instant::now(), true);
+    send_rtcp(&leg, &mut state).await;
+    state.finish()
+}
+
+fn rtcp_address(control: &LegControl) -> Option<SocketAddr> {
+    let rtp = control.signalled?;
+    Some(if control.rtcp_mux {
+        rtp
+    } else {
+        SocketAddr::new(rtp.ip(), rtp.port().wrapping_add(1))
+    })
+}
+
+async fn send_rtcp(leg: &Leg, state: &mut State) {
+    let target = if state.control.rtcp_mux {
+        state.rtp_remote.target()
+    } else {
+        state.rtcp_remote.target()
+    };
+    let (Some(to), false) = (target, state.rtcp_buf.is_empty()) else {
+        return;
+    };
+    let socket = if state.control.rtcp_mux {
+        &leg.rtp
+    } else {
+        &leg.rtcp
+    };
+    if socket.send_to(&state.rtcp_buf, to).await.is_ok() {
+        state.report.rtcp_sent += 1;
+    }
+}
+
+impl State {
+    fn apply(&mut self, control: LegControl) {
+        if control.signalled != self.control.signalled || control.rtcp_mux != self.control.rtcp_mux
+        {
+            self.rtp_remote.set_signalled(control.signalled);
+            self.rtcp_remote.set_signalled(rtcp_address(&control));
+        }
+        if control.expect_rtp && !self.control.expect_rtp {
+            // Resumed from hold: the timeout counts from now.
+            self.last_rtp = Instant::now();
+            self.timed_out = false;
+        }
+        self.control = control;
+    }
+
+    /// Takes one datagram from the RTP port; returns the length to echo, if any.
+    fn on_rtp(&mut self, packet: &mut [u8], from: SocketAddr, now: Instant) -> Option<usize> {
+        let (seq, ts, ssrc, pt, marker, payload_range) = match RtpReader::new(packet) {
+            Ok(r) => {
+                let offset = r.payload_offset();
+                (
+                    u16::from(r.sequence_number()),
+                    r.timestamp(),
+                    r.ssrc(),
+                    r.payload_type(),
+                    r.mark(),
+                    offset..offset + r.payload().len(),
+                )
+            }
+            Err(_) => {
+                self.report.invalid_packets += 1;
+                return None;
             }
         };
-        stats.packets_received.fetch_add(1, Ordering::Relaxed);
-        if RtpReader::new(&buf[..len]).is_err() {
-            stats.packets_invalid.fetch_add(1, Ordering::Relaxed);
-            continue;
-        }
-        if peer != Some(from) {
+        if self.rtp_remote.on_packet(from) {
             debug!(%from, "RTP latched to source");
-            peer = Some(from);
         }
-        if !sending.load(Ordering::Relaxed) {
-            continue;
+        self.last_rtp = now;
+        self.timed_out = false;
+        if self.peer_ssrc != Some(ssrc) {
+            // A new source (the far end switched streams): its sequence starts afresh.
+            self.reception.reset();
+            self.peer_ssrc = Some(ssrc);
         }
-        renumber.rewrite(&mut buf[..len]);
-        if socket.send_to(&buf[..len], from).await.is_ok() {
-            stats.packets_sent.fetch_add(1, Ordering::Relaxed);
+        self.reception
+            .on_rtp(seq, ts, self.control.clock_rate, payload_range.len(), now);
+        self.report.packets_in += 1;
+        self.report.bytes_in += payload_range.len() as u64;
+        if Some(pt) == self.control.telephone_event {
+            if let Some(event) = self.dtmf.on_packet(ts, marker, &packet[payload_range], now) {
+                let _ = self.events.try_send(MediaEvent::Dtmf(event));
+            }
         }
+        if !self.control.sending {
+            return None;
+        }
+        let our_ts = self.renumber.rewrite(packet);
+        self.sent
+            .on_sent(our_ts, packet.len().saturating_sub(12), now);
+        Some(packet.len())
+    }
+
+    fn on_rtcp(&mut self, packet: &[u8], from: SocketAddr, now: Instant) {
+        let Ok(parsed) = rtcp::parse(packet) else {
+            return;
+        };
+        self.rtcp_remote.on_packet(from);
+        self.report.rtcp_received += 1;
+        let now_ntp = rtcp::ntp_now();
+        for p in parsed {
+            let blocks = match p {
+                RtcpPacket::SenderReport { ntp, reports, .. } => {
+                    self.reception.on_sender_report(ntp, now);
+                    reports
+                }
+                RtcpPacket::ReceiverReport { reports, .. } => reports,
+                _ => continue,
+            };
+            for block in blocks.iter().filter(|b| b.ssrc == self.config.ssrc) {
+                if let Some(rtt) = rtcp::round_trip(block, now_ntp) {
+                    self.report.rtt_ms = Some(rtt.as_secs_f64() * 1000.0);
+                }
+                self.report.peer_reported_lost = Some(block.cumulative_lost as i64);
+            }
+        }
+    }
+
+    /// Writes our next compound report (SR once we have sent, else RR) into `rtcp_buf`.
+    fn write_report(&mut self, now: Instant, bye: bool) {
+        self.rtcp_buf.clear();
+        let block = self
+            .peer_ssrc
+            .map(|ssrc| self.reception.report_block(ssrc, now));
+        let blocks = block.as_slice();
+        if self.sent.packets > 0 {
+            let rtp_ts = self.sent.rtp_timestamp_at(now);
+            let (packets, octets) = (self.sent.packets, self.sent.octets);
+            rtcp::write_sender_report(
+                &mut self.rtcp_buf,
+                self.config.ssrc,
+                rtcp::ntp_now(),
+                rtp_ts,
+                packets,
+                octets,
+                blocks,
+                &self.config.cname,
+            );
+        } else {
+            rtcp::write_receiver_report(
+                &mut self.rtcp_buf,
+                self.config.ssrc,
+                blocks,
+                &self.config.cname,
+            );
+        }
+        if bye {
+            rtcp::write_bye(&mut self.rtcp_buf, self.config.ssrc, Some("call ended"));
+        }
+    }
+
+    fn finish(mut self) -> LegReport {
+        let expected = self.reception.packets() as i64 + self.reception.cumulative_lost().max(0);
+        let loss_percent = if expected > 0 {
+            self.reception.cumulative_lost().max(0) as f64 * 100.0 / expected as f64
+        } else {
+            0.0
+        };
+        let dtmf = self.dtmf.stats();
+        self.report.lost = self.reception.cumulative_lost();
+        self.report.loss_percent = loss_percent;
+        self.report.jitter_ms = self.reception.jitter_ms();
+        self.report.mos = rtcp::estimate_mos(
+            loss_percent,
+            self.report.jitter_ms,
+            self.report.rtt_ms.unwrap_or(0.0),
+            self.control.mos_codec,
+        );
+        self.report.dtmf_events = dtmf.events;
+        self.report.dtmf_end_retransmissions = dtmf.end_retransmissions_ignored;
+        self.report
     }
 }
 
@@ -167,6 +477,27 @@ mod tests {
     fn fields(p: &[u8]) -> (u16, u32, u32) {
         let r = RtpReader::new(p).unwrap();
         (u16::from(r.sequence_number()), r.timestamp(), r.ssrc())
+    }
+
+    fn control(signalled: Option<SocketAddr>) -> LegControl {
+        LegControl {
+            sending: true,
+            expect_rtp: true,
+            signalled,
+            rtcp_mux: false,
+            telephone_event: Some(101),
+            clock_rate: 8000,
+            mos_codec: MosCodec::G711,
+        }
+    }
+
+    fn config(timeout: Duration) -> LegConfig {
+        LegConfig {
+            ssrc: 42,
+            latching: LatchPolicy::Auto,
+            timeout,
+            cname: "test@voicegate".into(),
+        }
     }
 
     #[test]
@@ -195,8 +526,15 @@ mod tests {
         let pool = crate::PortPool::new(min, max);
         let ports = pool.allocate("127.0.0.1".parse().unwrap()).unwrap();
         let addr: SocketAddr = format!("127.0.0.1:{}", ports.rtp_port()).parse().unwrap();
-        let echo = EchoHandle::start(ports, 42).unwrap();
         let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let (tx, _rx) = mpsc::channel(16);
+        let echo = EchoHandle::start(
+            ports,
+            config(Duration::from_secs(30)),
+            control(Some(client.local_addr().unwrap())),
+            tx,
+        )
+        .unwrap();
         let mut buf = [0u8; 2048];
         for i in 0..5u16 {
             client
@@ -209,22 +547,85 @@ mod tests {
             assert_eq!(fields(&buf[..n]).2, 42);
         }
         client.send_to(b"not rtp", addr).await.unwrap();
-        echo.set_sending(false);
+        echo.update(LegControl {
+            sending: false,
+            ..control(Some(client.local_addr().unwrap()))
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
         client.send_to(&packet(9, 0, 1), addr).await.unwrap();
-        let silent = tokio::time::timeout(
-            std::time::Duration::from_millis(200),
-            client.recv_from(&mut buf),
-        )
-        .await;
+        let silent =
+            tokio::time::timeout(Duration::from_millis(200), client.recv_from(&mut buf)).await;
         assert!(silent.is_err(), "no echo while on hold");
-        assert_eq!(echo.stats.packets_sent.load(Ordering::Relaxed), 5);
-        assert_eq!(echo.stats.packets_invalid.load(Ordering::Relaxed), 1);
         assert_eq!(pool.in_use(), 1);
-        echo.stop().await;
+        let report = echo.stop().await;
+        assert_eq!(report.packets_out, 5);
+        assert_eq!(report.packets_in, 6);
+        assert_eq!(report.invalid_packets, 1);
         assert_eq!(pool.in_use(), 0);
         assert!(
             std::net::UdpSocket::bind(addr).is_ok(),
             "port closed when the pool says free"
         );
+    }
+
+    #[tokio::test]
+    async fn reports_digits_and_rtp_timeout() {
+        let (min, max) = crate::pool::free_range(4);
+        let pool = crate::PortPool::new(min, max);
+        let ports = pool.allocate("127.0.0.1".parse().unwrap()).unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{}", ports.rtp_port()).parse().unwrap();
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let (tx, mut events) = mpsc::channel(16);
+        let echo = EchoHandle::start(
+            ports,
+            config(Duration::from_millis(300)),
+            control(Some(client.local_addr().unwrap())),
+            tx,
+        )
+        .unwrap();
+        // Digit 5: a start packet, two updates, three end packets (same timestamp).
+        for (i, (duration, end)) in [
+            (160u16, false),
+            (320, false),
+            (480, false),
+            (640, true),
+            (640, true),
+            (640, true),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut p = vec![0x80, 101 | if i == 0 { 0x80 } else { 0 }];
+            p.extend_from_slice(&(100 + i as u16).to_be_bytes());
+            p.extend_from_slice(&8000u32.to_be_bytes());
+            p.extend_from_slice(&7u32.to_be_bytes());
+            p.extend_from_slice(&[5, if end { 0x80 | 10 } else { 10 }]);
+            p.extend_from_slice(&duration.to_be_bytes());
+            client.send_to(&p, addr).await.unwrap();
+        }
+        let first = tokio::time::timeout(Duration::from_secs(1), events.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            first,
+            MediaEvent::Dtmf(DtmfEvent {
+                digit: '5',
+                duration_ms: 80,
+                volume: 10
+            })
+        );
+        let second = tokio::time::timeout(Duration::from_secs(2), events.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            second,
+            MediaEvent::RtpTimeout,
+            "the digit is reported once, then RTP stops"
+        );
+        let report = echo.stop().await;
+        assert_eq!(report.dtmf_events, 1);
+        assert_eq!(report.dtmf_end_retransmissions, 2);
     }
 }

@@ -4,8 +4,9 @@
 pub mod dtmf;
 pub mod echo;
 pub mod jitter;
+pub mod latch;
 pub mod pool;
 pub mod rtcp;
 
-pub use echo::{EchoHandle, EchoStats, Renumber};
+pub use echo::{EchoHandle, LegConfig, LegControl, LegReport, MediaEvent, Renumber};
 pub use pool::{PoolError, PortLease, PortPool, RtpPorts};

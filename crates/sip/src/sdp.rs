@@ -27,22 +27,54 @@ pub const TELEPHONE_EVENT_PT: u8 = 101;
 /// hostile line cannot bloat logs.
 const EXCERPT_CHARS: usize = 80;
 
-/// Audio codecs voicegate can negotiate (Opus/L16 will be added later: keep it an enum that is easy to extend).
+/// Audio codecs voicegate can negotiate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Codec {
     Pcma,
     Pcmu,
+    /// Opus (RFC 7587): 48 kHz RTP clock, dynamic payload type.
+    Opus,
 }
+
+/// The dynamic payload type we give Opus in our offers.
+pub const OPUS_PT: u8 = 111;
 
 impl Codec {
     /// Every codec we know, for iteration (e.g. name lookup).
-    pub const ALL: &'static [Codec] = &[Codec::Pcma, Codec::Pcmu];
+    pub const ALL: &'static [Codec] = &[Codec::Pcma, Codec::Pcmu, Codec::Opus];
 
-    /// Static payload type (RFC 3551): PCMU 0, PCMA 8.
+    /// The payload type we use in our own offers: static for G.711 (RFC 3551), 111 for Opus.
     pub fn payload_type(self) -> u8 {
         match self {
             Codec::Pcmu => 0,
             Codec::Pcma => 8,
+            Codec::Opus => OPUS_PT,
+        }
+    }
+
+    /// The static payload type (RFC 3551), which needs no rtpmap; None for dynamic codecs.
+    pub fn static_payload_type(self) -> Option<u8> {
+        match self {
+            Codec::Pcmu => Some(0),
+            Codec::Pcma => Some(8),
+            Codec::Opus => None,
+        }
+    }
+
+    /// The rtpmap encoding parameters: RFC 7587 requires `opus/48000/2` whatever is sent.
+    fn rtpmap_channels(self) -> Option<u8> {
+        match self {
+            Codec::Opus => Some(2),
+            Codec::Pcma | Codec::Pcmu => None,
+        }
+    }
+
+    /// The fmtp we write for this codec, if any.
+    fn fmtp(self) -> Option<&'static str> {
+        match self {
+            // In-band FEC is what makes Opus survive loss; mono is what telephony carries.
+            Codec::Opus => Some("useinbandfec=1; stereo=0; sprop-stereo=0"),
+            Codec::Pcma | Codec::Pcmu => None,
         }
     }
 
@@ -51,6 +83,7 @@ impl Codec {
         match self {
             Codec::Pcma => "PCMA",
             Codec::Pcmu => "PCMU",
+            Codec::Opus => "opus",
         }
     }
 
@@ -58,6 +91,7 @@ impl Codec {
     pub fn clock_rate(self) -> u32 {
         match self {
             Codec::Pcma | Codec::Pcmu => 8000,
+            Codec::Opus => 48000,
         }
     }
 
@@ -73,8 +107,11 @@ impl Codec {
     /// right clock rate and mono (a PCMU/16000 line is not our PCMU).
     pub fn from_rtpmap(rtpmap: &RtpMap) -> Option<Codec> {
         let codec = Codec::from_name(&rtpmap.encoding)?;
-        let mono = matches!(rtpmap.channels, None | Some(1));
-        (rtpmap.clock_rate == codec.clock_rate() && mono).then_some(codec)
+        let channels_ok = match codec {
+            Codec::Opus => matches!(rtpmap.channels, None | Some(1) | Some(2)),
+            Codec::Pcma | Codec::Pcmu => matches!(rtpmap.channels, None | Some(1)),
+        };
+        (rtpmap.clock_rate == codec.clock_rate() && channels_ok).then_some(codec)
     }
 }
 
@@ -119,6 +156,11 @@ impl Direction {
     }
 
     /// Attribute name, as in `a=sendrecv`.
+    /// Whether this direction receives media (sendrecv or recvonly).
+    pub fn receives(self) -> bool {
+        matches!(self, Direction::SendRecv | Direction::RecvOnly)
+    }
+
     /// Whether this direction sends media (sendrecv or sendonly).
     pub fn sends(self) -> bool {
         matches!(self, Direction::SendRecv | Direction::SendOnly)
@@ -218,7 +260,7 @@ impl MediaDescription {
             None => Codec::ALL
                 .iter()
                 .copied()
-                .find(|c| c.payload_type() == payload_type),
+                .find(|c| c.static_payload_type() == Some(payload_type)),
         }
     }
 
@@ -713,14 +755,27 @@ fn push_audio(out: &mut String, audio: &AudioLine<'_>) {
     }
     push_line(out, format_args!("{m_line}"));
     for &(pt, codec) in audio.codecs {
-        push_line(
-            out,
-            format_args!(
-                "a=rtpmap:{pt} {}/{}",
-                codec.encoding_name(),
-                codec.clock_rate()
+        match codec.rtpmap_channels() {
+            Some(channels) => push_line(
+                out,
+                format_args!(
+                    "a=rtpmap:{pt} {}/{}/{channels}",
+                    codec.encoding_name(),
+                    codec.clock_rate()
+                ),
             ),
-        );
+            None => push_line(
+                out,
+                format_args!(
+                    "a=rtpmap:{pt} {}/{}",
+                    codec.encoding_name(),
+                    codec.clock_rate()
+                ),
+            ),
+        }
+        if let Some(fmtp) = codec.fmtp() {
+            push_line(out, format_args!("a=fmtp:{pt} {fmtp}"));
+        }
     }
     if let Some(pt) = audio.telephone_event {
         push_line(out, format_args!("a=rtpmap:{pt} telephone-event/8000"));
@@ -815,6 +870,50 @@ mod tests {
 
     fn m_lines(text: &str) -> Vec<&str> {
         text.split("\r\n").filter(|l| l.starts_with("m=")).collect()
+    }
+
+    #[test]
+    fn opus_is_negotiated_with_its_dynamic_payload_type() {
+        let offer = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+m=audio 4000 RTP/AVP 96 0 101\r\na=rtpmap:96 opus/48000/2\r\na=fmtp:96 useinbandfec=1\r\n\
+a=rtpmap:101 telephone-event/8000\r\n";
+        let sd = parse(offer.as_bytes()).expect("parses");
+        let n =
+            negotiate_answer(&sd, &[Codec::Opus, Codec::Pcma, Codec::Pcmu]).expect("negotiates");
+        assert_eq!((n.codec, n.payload_type), (Codec::Opus, 96));
+        let local = LocalMedia {
+            address: "127.0.0.1".parse().unwrap(),
+            port: 5000,
+            session_id: 1,
+            session_version: 1,
+        };
+        let answer = build_answer(&sd, &local, &n);
+        assert!(
+            answer.contains("m=audio 5000 RTP/AVP 96 101\r\n"),
+            "{answer}"
+        );
+        assert!(
+            answer.contains("a=rtpmap:96 opus/48000/2\r\na=fmtp:96 useinbandfec=1"),
+            "{answer}"
+        );
+        // Without Opus in our preferences, G.711 is chosen from the same offer.
+        let n = negotiate_answer(&sd, &[Codec::Pcma, Codec::Pcmu]).expect("negotiates");
+        assert_eq!(n.codec, Codec::Pcmu);
+        // PT 111 without an rtpmap is not Opus: dynamic types need one.
+        let bare = offer.replace("a=rtpmap:96 opus/48000/2\r\n", "");
+        let sd = parse(bare.as_bytes()).unwrap();
+        assert_eq!(
+            negotiate_answer(&sd, &[Codec::Opus]).unwrap_err(),
+            NegotiationError::NoCommonCodec {
+                offered: "PT 96, PCMU, telephone-event".into(),
+                accepted: "opus".into()
+            }
+        );
+        let offer = build_offer(&local, &[Codec::Opus, Codec::Pcma], Direction::SendRecv);
+        assert!(
+            offer.contains("m=audio 5000 RTP/AVP 111 8 101\r\n"),
+            "{offer}"
+        );
     }
 
     #[test]

@@ -12,7 +12,9 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
 use tracing::{debug, info, warn};
-use voicegate_rtp::{EchoHandle, EchoStats, RtpPorts};
+use voicegate_rtp::dtmf::{self, DtmfEvent};
+use voicegate_rtp::rtcp::MosCodec;
+use voicegate_rtp::{EchoHandle, LegConfig, LegControl, LegReport, MediaEvent, RtpPorts};
 use voicegate_sip::dialog::Dialog;
 use voicegate_sip::message::{Request, Response};
 use voicegate_sip::sdp::{self, Direction, LocalMedia, Negotiated};
@@ -21,7 +23,7 @@ use voicegate_sip::transaction::{
 };
 use voicegate_sip::transport::Source;
 
-use crate::core::{random_token, CallInput, Core, ALLOW, SUPPORTED};
+use crate::core::{random_token, CallEvent, CallInput, Core, ALLOW, SUPPORTED};
 
 /// What a dialled number leads to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,7 +71,8 @@ struct Media {
 #[derive(Default)]
 struct MediaRecord {
     codec: Option<&'static str>,
-    stats: Option<Arc<EchoStats>>,
+    report: Option<LegReport>,
+    digits: String,
 }
 
 /// A re-INVITE in progress (RFC 3261 §14.2).
@@ -94,6 +97,10 @@ struct Call {
     phase: Phase,
     media: Option<Media>,
     media_record: MediaRecord,
+    /// Events from the media leg (digits, RTP timeout).
+    media_events: Option<mpsc::Receiver<MediaEvent>>,
+    /// A leg being stopped: its report is collected by the run loop.
+    stopping: Option<EchoHandle>,
     started: Instant,
     answered_at: Option<Instant>,
     ended_at: Option<Instant>,
@@ -127,6 +134,8 @@ pub async fn run(
         phase: Phase::Done,
         media: None,
         media_record: MediaRecord::default(),
+        media_events: None,
+        stopping: None,
         started: now,
         answered_at: None,
         ended_at: None,
@@ -139,22 +148,32 @@ pub async fn run(
     call.flush();
     while !call.finished() {
         let deadline = call.next_deadline();
+        let media_event = async {
+            match call.media_events.as_mut() {
+                Some(events) => events.recv().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             input = rx.recv() => match input {
                 Some(CallInput::Request(request, source)) => call.on_request(request, source, Instant::now()),
                 Some(CallInput::Response(response, _)) => call.on_response(&response, Instant::now()),
                 None => break,
             },
+            Some(event) = media_event => call.on_media_event(event, Instant::now()),
             _ = sleep_until(deadline.unwrap_or_else(far_future)), if deadline.is_some() => call.on_timeout(Instant::now()),
         }
         call.flush();
+        call.collect_media_report().await;
         if call.phase == Phase::Done && !call.recorded {
             // The record is written when the call ends, not when its last transaction expires.
             call.end_media();
+            call.collect_media_report().await;
             call.record();
         }
     }
     call.end_media();
+    call.collect_media_report().await;
     core.unregister(call.invite.call_id(), &branch, &local_tag);
     if !call.recorded {
         call.record();
@@ -288,12 +307,32 @@ impl Call {
         let Some(ports) = media.ports.take() else {
             return self.reject(500, "Server Internal Error: no media", now);
         };
-        match EchoHandle::start(ports, rand::random()) {
+        let settings = &self.core.settings;
+        let config = LegConfig {
+            ssrc: rand::random(),
+            latching: settings.latching,
+            timeout: settings.rtp_timeout,
+            cname: format!("voicegate@{}", media.local.address),
+        };
+        let control = media
+            .negotiated
+            .as_ref()
+            .map(leg_control)
+            .unwrap_or_else(|| LegControl {
+                // Delayed offer: until the ACK's answer, send where the caller's packets come from.
+                sending: true,
+                expect_rtp: true,
+                signalled: None,
+                rtcp_mux: false,
+                telephone_event: None,
+                clock_rate: 8000,
+                mos_codec: MosCodec::G711,
+            });
+        let (events_tx, events_rx) = mpsc::channel(32);
+        match EchoHandle::start(ports, config, control, events_tx) {
             Ok(echo) => {
-                if let Some(n) = &media.negotiated {
-                    echo.set_sending(n.direction.sends());
-                }
                 media.echo = Some(echo);
+                self.media_events = Some(events_rx);
             }
             Err(e) => {
                 warn!(error = %e, "could not start the echo leg");
@@ -393,9 +432,14 @@ impl Call {
                 }
                 match request.method.as_str() {
                     "BYE" => self.on_bye(&request, &source, &branch, now),
-                    "INFO" | "OPTIONS" => {
+                    "INFO" => {
+                        let content_type = request.headers.get("Content-Type").unwrap_or_default();
+                        if let Some(event) = dtmf::parse_info(content_type, &request.body) {
+                            self.on_dtmf(event, "info");
+                        }
                         self.answer_request(&request, &source, &branch, 200, "OK", now)
                     }
+                    "OPTIONS" => self.answer_request(&request, &source, &branch, 200, "OK", now),
                     "REGISTER" | "SUBSCRIBE" | "PUBLISH" | "MESSAGE" | "REFER" | "UPDATE"
                     | "PRACK" | "NOTIFY" => self.answer_request(
                         &request,
@@ -453,7 +497,7 @@ impl Call {
         match negotiated {
             Ok(n) => {
                 if let Some(echo) = &media.echo {
-                    echo.set_sending(n.direction.sends());
+                    echo.update(leg_control(&n));
                 }
                 media.negotiated = Some(n);
             }
@@ -558,7 +602,7 @@ impl Call {
         let negotiated = sdp::negotiate_answer(&offer, &codecs)
             .map_err(|e| (488, format!("Not Acceptable Here: {e}")))?;
         if let Some(echo) = &media.echo {
-            echo.set_sending(negotiated.direction.sends());
+            echo.update(leg_control(&negotiated));
         }
         let body = sdp::build_answer(&offer, &media.local, &negotiated);
         media.negotiated = Some(negotiated);
@@ -609,10 +653,11 @@ impl Call {
         }
     }
 
-    /// Ends an answered call from our side (no ACK for our 200).
-    fn send_bye(&mut self, reason: &str, now: Instant) {
+    /// Ends an answered call from our side; `reason` becomes the BYE's Reason header
+    /// (RFC 3326), e.g. `SIP;cause=408;text="No ACK"`.
+    fn send_bye(&mut self, why: &str, reason: &str, now: Instant) {
         self.end_media();
-        self.end_reason = reason.to_string();
+        self.end_reason = why.to_string();
         let via = format!(
             "SIP/2.0/{} {}:{};branch=z9hG4bK{};rport",
             self.source.transport.as_via(),
@@ -621,8 +666,7 @@ impl Call {
             random_token()
         );
         let mut bye = self.dialog.request("BYE", via, 70);
-        bye.headers
-            .push("Reason", format!("SIP;cause=408;text=\"{reason}\""));
+        bye.headers.push("Reason", reason);
         bye.headers
             .push("User-Agent", self.core.sender().user_agent());
         let tx = ClientNonInviteTx::new(
@@ -639,11 +683,50 @@ impl Call {
     fn end_media(&mut self) {
         self.ended_at.get_or_insert_with(Instant::now);
         if let Some(media) = self.media.take() {
-            self.media_record = MediaRecord {
-                codec: media.negotiated.as_ref().map(|n| n.codec.encoding_name()),
-                stats: media.echo.as_ref().map(|e| e.stats.clone()),
-            };
+            self.media_record.codec = media.negotiated.as_ref().map(|n| n.codec.encoding_name());
+            self.stopping = media.echo;
         }
+        self.media_events = None;
+    }
+
+    /// Waits for a stopping leg's last RTCP and its report (its ports are free after this).
+    async fn collect_media_report(&mut self) {
+        if let Some(echo) = self.stopping.take() {
+            self.media_record.report = Some(echo.stop().await);
+        }
+    }
+
+    fn on_media_event(&mut self, event: MediaEvent, now: Instant) {
+        match event {
+            MediaEvent::Dtmf(digit) => self.on_dtmf(digit, "rfc4733"),
+            MediaEvent::RtpTimeout => {
+                if matches!(self.phase, Phase::Answered | Phase::Confirmed) {
+                    let secs = self.core.settings.rtp_timeout.as_secs();
+                    warn!(
+                        call_id = self.invite.call_id(),
+                        secs, "no RTP: ending the call"
+                    );
+                    self.send_bye(
+                        "RTP timeout",
+                        &format!("SIP;cause=408;text=\"no RTP for {secs} s\""),
+                        now,
+                    );
+                }
+            }
+        }
+    }
+
+    /// A key press from the caller, by RFC 4733 or SIP INFO: one event whichever way it came.
+    fn on_dtmf(&mut self, event: DtmfEvent, via: &'static str) {
+        info!(call_id = self.invite.call_id(), digit = %event.digit, duration_ms = event.duration_ms, via, "DTMF");
+        self.media_record.digits.push(event.digit);
+        self.core.stats.dtmf.fetch_add(1, Ordering::Relaxed);
+        let _ = self.core.events.send(CallEvent::Dtmf {
+            call_id: self.invite.call_id().to_string(),
+            digit: event.digit,
+            duration_ms: event.duration_ms,
+            via,
+        });
     }
 
     fn on_timeout(&mut self, now: Instant) {
@@ -693,7 +776,7 @@ impl Call {
                     call_id = self.invite.call_id(),
                     "no ACK for our 200: ending the call"
                 );
-                self.send_bye("No ACK", now);
+                self.send_bye("no ACK", "SIP;cause=408;text=\"no ACK for 200\"", now);
             }
         }
         if let Some(re) = self.reinvite.as_mut() {
@@ -749,17 +832,7 @@ impl Call {
         self.recorded = true;
         self.core.stats.active.fetch_sub(1, Ordering::Relaxed);
         let now = self.ended_at.unwrap_or_else(Instant::now);
-        let (rtp_in, rtp_out) = self
-            .media_record
-            .stats
-            .as_ref()
-            .map(|s| {
-                (
-                    s.packets_received.load(Ordering::Relaxed),
-                    s.packets_sent.load(Ordering::Relaxed),
-                )
-            })
-            .unwrap_or_default();
+        let media = self.media_record.report.clone().unwrap_or_default();
         let codec = self.media_record.codec.unwrap_or("-");
         info!(
             target: "voicegate::cdr",
@@ -772,11 +845,32 @@ impl Call {
             codec,
             setup_ms = self.answered_at.map(|a| (a - self.started).as_millis() as u64).unwrap_or(0),
             duration_ms = self.answered_at.map(|a| (now - a).as_millis() as u64).unwrap_or(0),
-            rtp_in,
-            rtp_out,
+            rtp_in = media.packets_in,
+            rtp_out = media.packets_out,
+            rtp_lost = media.lost,
+            jitter_ms = format_args!("{:.1}", media.jitter_ms),
+            rtt_ms = format_args!("{:.1}", media.rtt_ms.unwrap_or(0.0)),
+            mos = format_args!("{:.2}", media.mos),
+            dtmf = self.media_record.digits,
             end = self.end_reason,
             "call ended"
         );
+    }
+}
+
+/// What the media leg needs from a negotiation.
+fn leg_control(n: &Negotiated) -> LegControl {
+    LegControl {
+        sending: n.direction.sends(),
+        expect_rtp: n.direction.receives(),
+        signalled: n.remote,
+        rtcp_mux: n.rtcp_mux,
+        telephone_event: n.telephone_event,
+        clock_rate: n.codec.clock_rate(),
+        mos_codec: match n.codec {
+            sdp::Codec::Opus => MosCodec::Opus,
+            sdp::Codec::Pcma | sdp::Codec::Pcmu => MosCodec::G711,
+        },
     }
 }
 

@@ -36,7 +36,10 @@ use toml::{Table, Value};
 pub const ENV_PREFIX: &str = "VOICEGATE";
 
 /// Codecs voicegate can negotiate, in canonical spelling.
-pub const KNOWN_CODECS: &[&str] = &["PCMA", "PCMU"];
+pub const KNOWN_CODECS: &[&str] = &["PCMA", "PCMU", "OPUS"];
+
+/// Values of `rtp.latching`.
+pub const LATCHING_MODES: &[&str] = &["auto", "always", "never"];
 
 /// Bounds for `sip.max_message_bytes`.
 pub const MESSAGE_BYTES_RANGE: RangeInclusive<usize> = 1024..=16 * 1024 * 1024;
@@ -99,6 +102,12 @@ pub struct RtpConfig {
     pub port_max: u16,
     /// Codec names in preference order (case-insensitive, see [`KNOWN_CODECS`]).
     pub codecs: Vec<String>,
+    /// An answered call with no RTP for this long is ended with a BYE (not while held).
+    pub timeout_secs: u64,
+    /// Where we send RTP: `auto` latches to the address packets really come from when the SDP
+    /// address is private or unspecified (NAT), `always` latches whatever the SDP says,
+    /// `never` keeps to the SDP address.
+    pub latching: String,
 }
 
 impl Default for RtpConfig {
@@ -107,6 +116,8 @@ impl Default for RtpConfig {
             port_min: 10000,
             port_max: 20000,
             codecs: vec!["PCMA".into(), "PCMU".into()],
+            timeout_secs: 30,
+            latching: "auto".into(),
         }
     }
 }
@@ -609,6 +620,22 @@ impl RtpConfig {
                 "rtp.codecs: at least one codec is required",
             ));
         }
+        if !LATCHING_MODES.contains(&self.latching.as_str()) {
+            return Err(invalid(
+                "rtp.latching",
+                format!(
+                    "rtp.latching: {:?} is not one of {}",
+                    self.latching,
+                    LATCHING_MODES.join(", ")
+                ),
+            ));
+        }
+        if self.timeout_secs == 0 {
+            return Err(invalid(
+                "rtp.timeout_secs",
+                "rtp.timeout_secs: must be at least 1",
+            ));
+        }
         if let Some(unknown) = self.codecs.iter().find(|c| canonical_codec(c).is_none()) {
             return Err(invalid(
                 "rtp.codecs",
@@ -936,7 +963,7 @@ mod tests {
     fn unknown_codec() {
         assert_eq!(
             env_err(&[("VOICEGATE_RTP_CODECS", "PCMA,G729")]),
-            r#"config: rtp.codecs: unknown codec "G729" (known: PCMA, PCMU)"#
+            r#"config: rtp.codecs: unknown codec "G729" (known: PCMA, PCMU, OPUS)"#
         );
         let err = env_err(&[("VOICEGATE_RTP_CODECS", "")]);
         assert!(err.contains("at least one codec"), "{err}");

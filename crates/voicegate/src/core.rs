@@ -49,6 +49,9 @@ pub struct Settings {
     pub ring_timeout: Duration,
     pub public_ip: Option<IpAddr>,
     pub timers: Timers,
+    pub latching: voicegate_rtp::latch::LatchPolicy,
+    /// An answered call with no RTP for this long is ended.
+    pub rtp_timeout: Duration,
 }
 
 /// Counters of calls, for tests and (later) metrics.
@@ -58,8 +61,21 @@ pub struct CallStats {
     pub answered: AtomicU64,
     pub rejected: AtomicU64,
     pub cancelled: AtomicU64,
+    /// DTMF digits received (RFC 4733 and SIP INFO).
+    pub dtmf: AtomicU64,
     /// Calls started and not yet ended (a task may linger after to answer retransmissions).
     pub active: AtomicU64,
+}
+
+/// Something that happened in a call, for whoever listens (tests now; bots and callbacks later).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CallEvent {
+    Dtmf {
+        call_id: String,
+        digit: char,
+        duration_ms: u32,
+        via: &'static str,
+    },
 }
 
 /// Input to a call task.
@@ -89,6 +105,8 @@ pub struct Core {
     pub settings: Settings,
     pub pool: Arc<PortPool>,
     pub stats: CallStats,
+    /// Call events; sending with no subscriber is fine (they are dropped).
+    pub events: tokio::sync::broadcast::Sender<CallEvent>,
     sender: OnceLock<Sender>,
     routes: Mutex<Routes>,
     /// Non-INVITE server transactions answered by the core, kept for retransmissions (Timer J),
@@ -102,6 +120,7 @@ impl Core {
             settings,
             pool,
             stats: CallStats::default(),
+            events: tokio::sync::broadcast::channel(256).0,
             sender: OnceLock::new(),
             routes: Mutex::new(Routes::default()),
             out_of_dialog: Mutex::new(HashMap::new()),

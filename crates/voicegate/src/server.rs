@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use voicegate_rtp::latch::LatchPolicy;
 use voicegate_rtp::PortPool;
 use voicegate_sip::sdp::Codec;
 use voicegate_sip::transaction::Timers;
@@ -41,6 +42,8 @@ pub fn settings(config: &Config) -> Settings {
         ring_timeout: Duration::from_secs(180),
         public_ip: config.sip.public_ip(),
         timers: Timers::default(),
+        latching: LatchPolicy::from_name(&config.rtp.latching).unwrap_or(LatchPolicy::Auto),
+        rtp_timeout: Duration::from_secs(config.rtp.timeout_secs),
     }
 }
 

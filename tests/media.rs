@@ -1,0 +1,98 @@
+//! Media through the echo number with real captures played by SIPp, and what came back
+//! measured on the wire with tcpdump.
+
+mod common;
+
+use common::*;
+use std::path::Path;
+
+const G711A_PCAP: &str = "/usr/share/sip-tester/g711a.pcap";
+
+/// Plays `capture` to the echo number offering `formats`, and compares what voicegate sent back
+/// to SIPp's media port with what SIPp sent.
+async fn echo_capture(capture: &Path, formats: &str, rtpmaps: &[&str]) {
+    let running = start(&test_config()).await;
+    let media_port = free_even_port();
+    let tap = Capture::start(&format!("udp and dst port {media_port}")).await;
+    let scenario = play_pcap_scenario(formats, rtpmaps, &[(capture, 8000)]);
+    let out = sipp_with_media_port(
+        running.local.udp.unwrap(),
+        media_port,
+        &["-sf", scenario.to_str().unwrap(), "-s", "echo", "-m", "1"],
+    )
+    .await;
+    let _ = std::fs::remove_file(&scenario);
+    assert_sipp_ok(&out, 1);
+    let echoed: Vec<_> = tap
+        .finish()
+        .await
+        .into_iter()
+        .filter(|d| d.payload.len() >= 12)
+        .collect();
+    let sent: Vec<_> = pcap::read(&std::fs::read(capture).unwrap())
+        .into_iter()
+        .filter(|d| d.payload.len() >= 12)
+        .collect();
+    assert!(!sent.is_empty());
+    let missing = sent.len().abs_diff(echoed.len());
+    assert!(
+        missing * 100 <= sent.len() * 2,
+        "echoed {} of {} packets (more than 2% apart)",
+        echoed.len(),
+        sent.len()
+    );
+    // Payloads identical and in order (UDP on loopback does not reorder).
+    for (i, (s, e)) in sent.iter().zip(echoed.iter()).enumerate() {
+        assert_eq!(
+            &s.payload[12..],
+            &e.payload[12..],
+            "payload of packet {i} differs"
+        );
+        assert_eq!(
+            s.payload[1] & 0x7f,
+            e.payload[1] & 0x7f,
+            "payload type of packet {i}"
+        );
+    }
+    // Our own SSRC and a continuous sequence.
+    let ssrc = |d: &pcap::Datagram| {
+        u32::from_be_bytes([d.payload[8], d.payload[9], d.payload[10], d.payload[11]])
+    };
+    let seq = |d: &pcap::Datagram| u16::from_be_bytes([d.payload[2], d.payload[3]]);
+    assert!(echoed.iter().all(|d| ssrc(d) == ssrc(&echoed[0])));
+    assert_ne!(ssrc(&echoed[0]), ssrc(&sent[0]));
+    assert!(echoed
+        .windows(2)
+        .all(|w| seq(&w[1]) == seq(&w[0]).wrapping_add(1)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pcma_capture_is_echoed_packet_for_packet() {
+    echo_capture(
+        Path::new(G711A_PCAP),
+        "8 101",
+        &["a=rtpmap:8 PCMA/8000", "a=rtpmap:101 telephone-event/8000"],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pcmu_capture_is_echoed_packet_for_packet() {
+    // The mu-law capture: SIPp's A-law one transcoded sample by sample.
+    let alaw = std::fs::read(G711A_PCAP).unwrap();
+    let ulaw = pcap::rewrite_rtp(&alaw, |pt, payload| {
+        *pt = 0;
+        for byte in payload.iter_mut() {
+            *byte = voicegate_audio::g711::ulaw_encode(voicegate_audio::g711::alaw_decode(*byte));
+        }
+    });
+    let path = std::env::temp_dir().join(format!("vg-ulaw-{:x}.pcap", rand::random::<u64>()));
+    std::fs::write(&path, ulaw).unwrap();
+    echo_capture(
+        &path,
+        "0 101",
+        &["a=rtpmap:0 PCMU/8000", "a=rtpmap:101 telephone-event/8000"],
+    )
+    .await;
+    let _ = std::fs::remove_file(&path);
+}
