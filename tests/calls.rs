@@ -237,3 +237,93 @@ async fn a_body_that_is_not_sdp_gets_415() {
     assert_eq!(refused.headers.get("Accept"), Some("application/sdp"));
     uac.ack_failure().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn info_dtmf_becomes_the_same_event_as_rfc4733() {
+    let running = start(&test_config()).await;
+    let mut events = running.core.events.subscribe();
+    let mut uac = Uac::new(running.local.udp.unwrap()).await;
+    uac.invite(&offer(uac.rtp_port(), "8 101", "sendrecv"))
+        .await;
+    assert_eq!(uac.final_response().await.status, 200);
+    uac.ack("").await;
+    for (content_type, body) in [
+        ("application/dtmf-relay", "Signal=5\r\nDuration=160\r\n"),
+        ("application/dtmf", "#"),
+    ] {
+        let text = uac
+            .request_text("INFO", body)
+            .replace("application/sdp", content_type);
+        uac.cseq += 1;
+        uac.send(&text).await;
+        assert_eq!(uac.final_response().await.status, 200);
+    }
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        match tokio::time::timeout(Duration::from_secs(1), events.recv())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            voicegate::core::CallEvent::Dtmf { digit, via, .. } => got.push((digit, via)),
+        }
+    }
+    assert_eq!(got, vec![('5', "info"), ('#', "info")]);
+    assert_eq!(uac.bye().await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_call_is_ended_with_a_bye_carrying_a_reason() {
+    let mut config = test_config();
+    config.rtp.timeout_secs = 1;
+    let running = start(&config).await;
+    let mut uac = Uac::new(running.local.udp.unwrap()).await;
+    uac.invite(&offer(uac.rtp_port(), "8", "sendrecv")).await;
+    let ok = uac.final_response().await;
+    let target = Uac::media_target(&ok);
+    uac.ack("").await;
+    uac.rtp
+        .send_to(&rtp_packet(1, 160, 0x2222, 8, 0xd5), target)
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let bye = loop {
+        match uac.recv(Duration::from_secs(4)).await {
+            Some(Message::Request(r)) if r.method == "BYE" => break r,
+            Some(_) => continue,
+            None => panic!("no BYE after the RTP timeout"),
+        }
+    };
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+    let reason = bye.headers.get("Reason").unwrap_or_default();
+    assert!(
+        reason.starts_with("SIP;cause=408") && reason.contains("no RTP"),
+        "{reason}"
+    );
+    let ok = bye.response(200, "OK").to_bytes();
+    uac.sip
+        .send_to(&ok, running.local.udp.unwrap())
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_on_hold_is_not_cut_off_by_the_rtp_timeout() {
+    let mut config = test_config();
+    config.rtp.timeout_secs = 1;
+    let running = start(&config).await;
+    let mut uac = Uac::new(running.local.udp.unwrap()).await;
+    uac.invite(&offer(uac.rtp_port(), "8", "inactive")).await;
+    assert_eq!(uac.final_response().await.status, 200);
+    uac.ack("").await;
+    // Longer than the timeout, with no RTP at all: a held call stays up.
+    assert!(
+        uac.recv(Duration::from_millis(2500)).await.is_none(),
+        "no BYE while held"
+    );
+    assert_eq!(uac.bye().await.status, 200);
+}

@@ -96,3 +96,53 @@ async fn pcmu_capture_is_echoed_packet_for_packet() {
     .await;
     let _ = std::fs::remove_file(&path);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rfc4733_digits_from_sipp_are_reported_once_each() {
+    let running = start(&test_config()).await;
+    let mut events = running.core.events.subscribe();
+    // In the order of their RTP timestamps: SIPp replays each capture's own timestamps, and
+    // an event older than the last one is a straggler, not a new key press.
+    let digits = ["1", "2", "3", "star", "pound"];
+    let files: Vec<std::path::PathBuf> = digits
+        .iter()
+        .map(|d| format!("/usr/share/sip-tester/dtmf_2833_{d}.pcap").into())
+        .collect();
+    let playback: Vec<(&Path, u64)> = files.iter().map(|f| (f.as_path(), 400)).collect();
+    let scenario = play_pcap_scenario(
+        "8 101",
+        &[
+            "a=rtpmap:8 PCMA/8000",
+            "a=rtpmap:101 telephone-event/8000",
+            "a=fmtp:101 0-16",
+        ],
+        &playback,
+    );
+    let out = sipp(
+        running.local.udp.unwrap(),
+        &["-sf", scenario.to_str().unwrap(), "-s", "echo", "-m", "1"],
+    )
+    .await;
+    let _ = std::fs::remove_file(&scenario);
+    assert_sipp_ok(&out, 1);
+    let mut got = String::new();
+    while let Ok(Ok(event)) =
+        tokio::time::timeout(std::time::Duration::from_millis(1500), events.recv()).await
+    {
+        match event {
+            voicegate::core::CallEvent::Dtmf { digit, via, .. } => {
+                assert_eq!(via, "rfc4733");
+                got.push(digit);
+            }
+        }
+    }
+    assert_eq!(got, "123*#", "each digit once, in order");
+    assert_eq!(
+        running
+            .core
+            .stats
+            .dtmf
+            .load(std::sync::atomic::Ordering::Relaxed),
+        5
+    );
+}

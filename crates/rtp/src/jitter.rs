@@ -745,6 +745,8 @@ mod tests {
         arrivals: Vec<(Duration, u16, u32)>,
         next: usize,
         tick: Duration,
+        /// Packets whose sequence number is a multiple of this carry the marker bit.
+        marker_every: Option<u16>,
     }
 
     impl<'a> Sim<'a> {
@@ -760,6 +762,7 @@ mod tests {
                 arrivals,
                 next: 0,
                 tick: 10 * MS,
+                marker_every: None,
             }
         }
 
@@ -771,7 +774,8 @@ mod tests {
                     if at > self.tick {
                         break;
                     }
-                    self.jb.push(seq, ts, false, &payload(seq), self.t0 + at);
+                    let marker = self.marker_every.is_some_and(|n| seq % n == 0);
+                    self.jb.push(seq, ts, marker, &payload(seq), self.t0 + at);
                     self.next += 1;
                 }
                 out.push(pop(self.jb, self.t0 + self.tick));
@@ -862,7 +866,7 @@ mod tests {
     fn late_packets_dropped_and_counted() {
         let mut jb = JitterBuffer::new(JitterConfig::default());
         let t0 = Instant::now();
-        let mut arrivals: Vec<_> = (0..50u16)
+        let arrivals: Vec<_> = (0..50u16)
             .map(|i| {
                 // Packet 20 is held up 120 ms; its turn comes at about 60 ms.
                 let extra = if i == 20 { 120 * MS } else { Duration::ZERO };
@@ -934,7 +938,7 @@ mod tests {
         let t0 = Instant::now();
         let mut rng = Rng(42);
         // 10 s with up to 80 ms of random delay, then 40 s of a steady network.
-        let mut arrivals: Vec<_> = (0..2500u32)
+        let arrivals: Vec<_> = (0..2500u32)
             .map(|i| {
                 let extra = if i < 500 {
                     MS * rng.below(80) as u32
@@ -967,6 +971,74 @@ mod tests {
             (w[0], w[1]),
             (Out::Frame(a, _), Out::Frame(b, _)) if b == a.wrapping_add(1)
         )));
+    }
+
+    #[test]
+    fn shrinks_before_talk_spurts() {
+        let mut jb = JitterBuffer::new(JitterConfig {
+            initial_delay: 100 * MS,
+            ..JitterConfig::default()
+        });
+        let t0 = Instant::now();
+        // A steady network; a talk spurt starts every 500 ms.
+        let arrivals: Vec<_> = (0..450u32)
+            .map(|i| (20 * MS * i + 5 * MS, i as u16, 160 * i))
+            .collect();
+        let mut sim = Sim::new(&mut jb, t0, arrivals);
+        sim.marker_every = Some(25);
+        let out = sim.run_until(9000 * MS);
+        let s = jb.stats();
+        assert_eq!(s.target_delay, 20 * MS, "{s:?}");
+        assert_eq!(s.current_delay, 20 * MS, "{s:?}");
+        assert_eq!(s.removed, 4, "{s:?}");
+        assert_eq!(
+            (s.lost, s.concealed, s.late, s.inserted),
+            (0, 0, 0, 0),
+            "{s:?}"
+        );
+        // The frames that went are the last ones before a marker.
+        let played: Vec<u16> = out
+            .iter()
+            .filter_map(|o| match o {
+                Out::Frame(seq, _) => Some(*seq),
+                _ => None,
+            })
+            .collect();
+        let skipped: Vec<u16> = (0..*played.last().unwrap())
+            .filter(|s| !played.contains(s))
+            .collect();
+        assert_eq!(skipped.len(), 4);
+        assert!(skipped.iter().all(|s| (s + 1) % 25 == 0), "{skipped:?}");
+    }
+
+    #[test]
+    fn shrinks_in_silence_without_dropping_audio() {
+        let mut jb = JitterBuffer::new(JitterConfig {
+            initial_delay: 100 * MS,
+            ..JitterConfig::default()
+        });
+        let t0 = Instant::now();
+        // DTX: 400 ms of speech, then 400 ms without packets (the timestamp runs on, the
+        // sequence number does not), over and over.
+        let arrivals: Vec<_> = (0..250u32)
+            .map(|i| {
+                let frame = i / 20 * 40 + i % 20;
+                (20 * MS * frame + 5 * MS, i as u16, 160 * frame)
+            })
+            .collect();
+        let out = Sim::new(&mut jb, t0, arrivals).run_until(10_100 * MS);
+        let s = jb.stats();
+        assert_eq!(s.current_delay, 20 * MS, "{s:?}");
+        assert_eq!(s.removed, 4, "{s:?}");
+        assert_eq!((s.played, s.lost, s.late), (250, 0, 0), "{s:?}");
+        let played: Vec<u16> = out
+            .iter()
+            .filter_map(|o| match o {
+                Out::Frame(seq, _) => Some(*seq),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(played, (0..250).collect::<Vec<u16>>());
     }
 
     #[test]
@@ -1031,7 +1103,7 @@ mod tests {
         let mut jb = JitterBuffer::new(JitterConfig::default());
         let t0 = Instant::now();
         // 10 frames, 200 ms of DTX (timestamps jump, sequence does not), 10 more frames.
-        let mut arrivals: Vec<_> = (0..20u32)
+        let arrivals: Vec<_> = (0..20u32)
             .map(|i| {
                 let silence = if i >= 10 { 10 } else { 0 };
                 (20 * MS * (i + silence), i as u16, 160 * (i + silence))

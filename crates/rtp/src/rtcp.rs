@@ -334,9 +334,8 @@ fn start_packet(out: &mut Vec<u8>, count: u8, packet_type: u8) -> usize {
 
 /// Pads to 32 bits and sets the length field (in 32-bit words minus one).
 fn finish_packet(out: &mut Vec<u8>, start: usize) {
-    while (out.len() - start) % 4 != 0 {
-        out.push(0);
-    }
+    let pad = (4 - (out.len() - start) % 4) % 4;
+    out.resize(out.len() + pad, 0);
     let words = ((out.len() - start) / 4 - 1).min(0xffff) as u16;
     out[start + 2..start + 4].copy_from_slice(&words.to_be_bytes());
 }
