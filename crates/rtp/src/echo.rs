@@ -12,7 +12,7 @@ use rtp_rs::RtpReader;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tokio::time::{sleep_until, Instant};
+use tokio::time::Instant;
 use tracing::debug;
 
 use crate::dtmf::{DtmfEvent, Rfc4733Receiver};
@@ -22,6 +22,9 @@ use crate::rtcp::{self, MosCodec, ReceptionStats, RtcpPacket, SenderStats};
 
 /// RTCP report interval (RFC 3550 §6.2 minimum for a two-party call, before randomisation).
 const RTCP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How often the leg looks at its clocks: the RTP timeout and DTMF timeout are this precise.
+const HOUSEKEEPING: Duration = Duration::from_millis(100);
 
 /// What the call tells the leg, and may change mid-call (re-INVITE, ACK with an answer).
 #[derive(Clone, Debug, PartialEq)]
@@ -120,10 +123,8 @@ impl EchoHandle {
     /// and back in the pool.
     pub async fn stop(mut self) -> LegReport {
         self.control.send_modify(|(_, stop)| *stop = true);
-        match (&mut self.task).await {
-            Ok(report) => report,
-            Err(_) => LegReport::default(),
-        }
+        // A task that panicked or was aborted leaves an empty report.
+        (&mut self.task).await.unwrap_or_default()
     }
 }
 
@@ -234,10 +235,11 @@ async fn run(
     let mut rtcp_in = vec![0u8; 2048];
     // The first report goes out early (RFC 3550 §6.2: half the interval at the start).
     let mut next_report = now + RTCP_INTERVAL / 2;
-    let mut dtmf_poll = tokio::time::interval(Duration::from_millis(200));
+    // One timer per call for everything that is not a packet (reports, the RTP timeout,
+    // DTMF whose end was lost), rather than timers re-armed on every packet.
+    let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
+    housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let rtp_deadline = state.last_rtp + state.config.timeout;
-        let watch_timeout = state.control.expect_rtp && !state.timed_out;
         tokio::select! {
             received = leg.rtp.recv_from(&mut buf) => match received {
                 Ok((len, from)) => {
@@ -260,19 +262,19 @@ async fn run(
                     state.on_rtcp(&rtcp_in[..len], from, Instant::now());
                 }
             }
-            _ = sleep_until(next_report) => {
+            _ = housekeeping.tick() => {
                 let now = Instant::now();
-                state.write_report(now, false);
-                send_rtcp(&leg, &mut state).await;
-                // Randomised between 0.5 and 1.5 intervals so calls do not report in step.
-                next_report = now + RTCP_INTERVAL.mul_f64(0.5 + rand::random::<f64>());
-            }
-            _ = sleep_until(rtp_deadline), if watch_timeout => {
-                state.timed_out = true;
-                let _ = state.events.try_send(MediaEvent::RtpTimeout);
-            }
-            _ = dtmf_poll.tick() => {
-                if let Some(event) = state.dtmf.poll_timeout(Instant::now()) {
+                if now >= next_report {
+                    state.write_report(now, false);
+                    send_rtcp(&leg, &mut state).await;
+                    // Randomised between 0.5 and 1.5 intervals so calls do not report in step.
+                    next_report = now + RTCP_INTERVAL.mul_f64(0.5 + rand::random::<f64>());
+                }
+                if state.control.expect_rtp && !state.timed_out && now >= state.last_rtp + state.config.timeout {
+                    state.timed_out = true;
+                    let _ = state.events.try_send(MediaEvent::RtpTimeout);
+                }
+                if let Some(event) = state.dtmf.poll_timeout(now) {
                     let _ = state.events.try_send(MediaEvent::Dtmf(event));
                 }
             }

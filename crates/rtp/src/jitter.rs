@@ -13,10 +13,11 @@
 //! comes up is reported once as [`Playout::Missing`] so the caller can conceal it (G.711 PLC,
 //! or Opus PLC / in-band FEC from [`JitterBuffer::peek_next`]). An interval with no packet
 //! because the sender sent none (DTX, silence suppression: the timestamp jumps but the sequence
-//! does not) is a [`Playout::Gap`] and is not loss. When nothing at all is buffered the frame
-//! is reported as `Missing` with the sequence number expected; if that packet turns up later
-//! it is late, and a sender silent for [`PAUSE`] sends the buffer back to
-//! [`Playout::Waiting`] until packets return.
+//! does not) is a [`Playout::Gap`] and is not loss. When nothing at all is buffered the buffer
+//! cannot tell loss from a pause yet: the interval is reported as `Missing` with the sequence
+//! number expected, which still plays if it turns up with a later timestamp (the sender was
+//! pausing) and is late otherwise. A sender silent for [`PAUSE`] sends the buffer back to
+//! [`Playout::Waiting`] until packets return, which are then buffered afresh.
 //!
 //! # Depth
 //!
@@ -632,7 +633,7 @@ impl JitterBuffer {
                 .is_some_and(|t| now.saturating_duration_since(t) >= SHRINK_PATIENCE);
             let idx = self.index(seq);
             self.slots[idx].state = SlotState::Done;
-            self.buffered -= 1;
+            self.buffered = self.buffered.saturating_sub(1);
             self.next_seq = seq + 1;
             self.play_ts = self.play_ts.max(ts) + fs;
             if want_shrink
