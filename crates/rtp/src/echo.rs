@@ -522,21 +522,48 @@ mod tests {
         assert!(out.iter().all(|f| f.2 == 0xabcd));
     }
 
-    #[tokio::test]
-    async fn echoes_to_the_source_address_and_frees_its_ports_when_stopped() {
+    struct Started {
+        pool: std::sync::Arc<crate::PortPool>,
+        echo: EchoHandle,
+        /// The leg's RTP address.
+        addr: SocketAddr,
+        /// The caller's socket, also the leg's signalled peer.
+        client: UdpSocket,
+        events: mpsc::Receiver<MediaEvent>,
+    }
+
+    async fn start_leg(timeout: Duration) -> Started {
         let (min, max) = crate::pool::free_range(4);
         let pool = crate::PortPool::new(min, max);
         let ports = pool.allocate("127.0.0.1".parse().unwrap()).unwrap();
-        let addr: SocketAddr = format!("127.0.0.1:{}", ports.rtp_port()).parse().unwrap();
+        let addr = format!("127.0.0.1:{}", ports.rtp_port()).parse().unwrap();
         let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let (tx, _rx) = mpsc::channel(16);
+        let (tx, events) = mpsc::channel(16);
         let echo = EchoHandle::start(
             ports,
-            config(Duration::from_secs(30)),
+            config(timeout),
             control(Some(client.local_addr().unwrap())),
             tx,
         )
         .unwrap();
+        Started {
+            pool,
+            echo,
+            addr,
+            client,
+            events,
+        }
+    }
+
+    #[tokio::test]
+    async fn echoes_to_the_source_address_and_frees_its_ports_when_stopped() {
+        let Started {
+            pool,
+            echo,
+            addr,
+            client,
+            ..
+        } = start_leg(Duration::from_secs(30)).await;
         let mut buf = [0u8; 2048];
         for i in 0..5u16 {
             client
@@ -572,19 +599,13 @@ mod tests {
 
     #[tokio::test]
     async fn reports_digits_and_rtp_timeout() {
-        let (min, max) = crate::pool::free_range(4);
-        let pool = crate::PortPool::new(min, max);
-        let ports = pool.allocate("127.0.0.1".parse().unwrap()).unwrap();
-        let addr: SocketAddr = format!("127.0.0.1:{}", ports.rtp_port()).parse().unwrap();
-        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let (tx, mut events) = mpsc::channel(16);
-        let echo = EchoHandle::start(
-            ports,
-            config(Duration::from_millis(300)),
-            control(Some(client.local_addr().unwrap())),
-            tx,
-        )
-        .unwrap();
+        let Started {
+            echo,
+            addr,
+            client,
+            mut events,
+            ..
+        } = start_leg(Duration::from_millis(300)).await;
         // Digit 5: a start packet, two updates, three end packets (same timestamp).
         for (i, (duration, end)) in [
             (160u16, false),
