@@ -1,0 +1,6 @@
+//! The StreamKit bridge: a call's media streamed to a voice bot over WebSocket (Exotel or
+//! Twilio dialect) and the bot's audio played back to the caller.
+
+pub mod dialect;
+pub mod playout;
+pub mod ws;
