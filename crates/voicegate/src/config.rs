@@ -49,10 +49,89 @@ pub const MESSAGE_BYTES_RANGE: RangeInclusive<usize> = 1024..=16 * 1024 * 1024;
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    /// Bot flows and the numbers mapped to them (until the trunk API provides them). Arrays
+    /// of tables have no environment override.
+    pub flows: Vec<FlowConfig>,
     pub sip: SipConfig,
     pub rtp: RtpConfig,
+    pub bridge: BridgeConfig,
     pub test_numbers: TestNumbersConfig,
     pub log: LogConfig,
+}
+
+/// Keys whose values are tables of their own (set in the file only, no env override).
+const FILE_ONLY_KEYS: &[&str] = &["flows"];
+
+/// Values of `flows.protocol`, `flows.direction` and `flows.on_stream_end`.
+pub const FLOW_PROTOCOLS: &[&str] = &["exotel", "twilio"];
+pub const FLOW_DIRECTIONS: &[&str] = &["bidirectional", "unidirectional"];
+pub const FLOW_END_ACTIONS: &[&str] = &["hangup"];
+
+/// `[[flows]]`: a voice bot reached over WebSocket, and the numbers that go to it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FlowConfig {
+    pub name: String,
+    /// The bot's WebSocket URL (ws:// or wss://); `user:pass@` becomes Basic auth, query
+    /// parameters become custom parameters (`sample-rate` picks 8000, 16000 or 24000 Hz).
+    pub url: String,
+    /// `exotel` (default) or `twilio`.
+    pub protocol: String,
+    /// `bidirectional` (a voicebot that talks back) or `unidirectional` (a listen-only stream).
+    pub direction: String,
+    /// What happens when the bot step ends: `hangup`.
+    pub on_stream_end: String,
+    /// Dialled numbers (Request-URI user parts) answered by this flow.
+    pub numbers: Vec<String>,
+}
+
+impl Default for FlowConfig {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            url: String::new(),
+            protocol: "exotel".into(),
+            direction: "bidirectional".into(),
+            on_stream_end: "hangup".into(),
+            numbers: Vec::new(),
+        }
+    }
+}
+
+/// `[bridge]`: streaming calls to bots.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BridgeConfig {
+    /// How much caller audio each `media` message carries in the Exotel dialect (20-200 ms;
+    /// the Twilio dialect always sends 20 ms).
+    pub media_interval_ms: u64,
+    /// A bot session longer than this is ended (the flow's next step is taken).
+    pub max_session_secs: u64,
+    /// How long the bot's WebSocket handshake may take; one retry follows a failure.
+    pub handshake_timeout_secs: u64,
+    /// Most bot audio queued for playout; beyond it audio is dropped (and counted).
+    pub playout_max_secs: u64,
+    /// Send RTP silence while the bot has nothing queued (`true`), or send nothing.
+    pub silence_when_idle: bool,
+    /// PEM file of extra CA certificates for private wss:// bots ("" = none).
+    pub extra_ca_file: String,
+    /// SIP headers of the INVITE passed to the bot as custom parameters (a trailing `*`
+    /// matches a prefix).
+    pub forward_headers: Vec<String>,
+}
+
+impl Default for BridgeConfig {
+    fn default() -> Self {
+        Self {
+            media_interval_ms: 100,
+            max_session_secs: 3600,
+            handshake_timeout_secs: 10,
+            playout_max_secs: 60,
+            silence_when_idle: true,
+            extra_ca_file: String::new(),
+            forward_headers: vec!["X-UUI".into(), "X-Exotel-*".into()],
+        }
+    }
 }
 
 /// `[sip]`: SIP listeners and identity.
@@ -286,6 +365,9 @@ impl Config {
     pub fn env_var_names() -> Vec<String> {
         fn walk(table: &Table, prefix: &str, out: &mut Vec<String>) {
             for (key, value) in table {
+                if prefix == ENV_PREFIX && FILE_ONLY_KEYS.contains(&key.as_str()) {
+                    continue;
+                }
                 let var = format!("{prefix}_{}", key.to_ascii_uppercase());
                 match value {
                     Value::Table(sub) => walk(sub, &var, out),
@@ -302,8 +384,88 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.sip.validate()?;
         self.rtp.validate()?;
+        self.bridge.validate()?;
         self.test_numbers.validate()?;
+        self.validate_flows()?;
         self.log.validate()
+    }
+}
+
+impl Config {
+    fn validate_flows(&self) -> Result<(), ConfigError> {
+        let mut seen: Vec<&str> = Vec::new();
+        for (i, flow) in self.flows.iter().enumerate() {
+            let key = |field: &str| format!("flows[{i}].{field}");
+            if flow.name.trim().is_empty() {
+                return Err(invalid(
+                    &key("name"),
+                    format!("{}: every flow needs a name", key("name")),
+                ));
+            }
+            if !(flow.url.starts_with("ws://") || flow.url.starts_with("wss://")) {
+                return Err(invalid(
+                    &key("url"),
+                    format!(
+                        "{}: {:?} is not a ws:// or wss:// URL",
+                        key("url"),
+                        flow.url
+                    ),
+                ));
+            }
+            for (field, value, allowed) in [
+                ("protocol", &flow.protocol, FLOW_PROTOCOLS),
+                ("direction", &flow.direction, FLOW_DIRECTIONS),
+                ("on_stream_end", &flow.on_stream_end, FLOW_END_ACTIONS),
+            ] {
+                if !allowed.contains(&value.as_str()) {
+                    return Err(invalid(
+                        &key(field),
+                        format!(
+                            "{}: {value:?} is not one of {}",
+                            key(field),
+                            allowed.join(", ")
+                        ),
+                    ));
+                }
+            }
+            for number in &flow.numbers {
+                if seen.contains(&number.as_str())
+                    || self.test_numbers.is_echo(number)
+                    || self.test_numbers.is_ringing(number)
+                {
+                    return Err(invalid(
+                        &key("numbers"),
+                        format!("{}: number {number:?} is mapped twice", key("numbers")),
+                    ));
+                }
+                seen.push(number);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl BridgeConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(20..=200).contains(&self.media_interval_ms) {
+            return Err(invalid(
+                "bridge.media_interval_ms",
+                format!(
+                    "bridge.media_interval_ms: {} is outside 20-200",
+                    self.media_interval_ms
+                ),
+            ));
+        }
+        for (key, value) in [
+            ("bridge.max_session_secs", self.max_session_secs),
+            ("bridge.handshake_timeout_secs", self.handshake_timeout_secs),
+            ("bridge.playout_max_secs", self.playout_max_secs),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, format!("{key}: must be at least 1")));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -381,6 +543,9 @@ fn apply_env(
     origins: &mut HashMap<String, String>,
 ) -> Result<(), ConfigError> {
     for (key, default) in schema {
+        if key_prefix.is_empty() && FILE_ONLY_KEYS.contains(&key.as_str()) {
+            continue;
+        }
         let dotted = join_key(key_prefix, key);
         let var = format!("{var_prefix}_{}", key.to_ascii_uppercase());
         if let Value::Table(sub_schema) = default {
@@ -1008,5 +1173,35 @@ mod tests {
             err.to_string(),
             "config: cannot read config/x.toml: No such file or directory"
         );
+    }
+
+    #[test]
+    fn flows_load_from_the_file_and_are_checked() {
+        let dir = std::env::temp_dir().join(format!("vg-flows-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("flows.toml");
+        std::fs::write(&path, "[[flows]]\nname = \"bot\"\nurl = \"ws://127.0.0.1:9/x?sample-rate=16000\"\nnumbers = [\"+15550100\"]\n").unwrap();
+        let config = Config::load(Some(&path), no_env).unwrap();
+        assert_eq!(config.flows.len(), 1);
+        assert_eq!(config.flows[0].protocol, "exotel");
+        assert_eq!(config.flows[0].direction, "bidirectional");
+        std::fs::write(
+            &path,
+            "[[flows]]\nname = \"bot\"\nurl = \"ws://h/\"\nprotocol = \"sip\"\n",
+        )
+        .unwrap();
+        let err = Config::load(Some(&path), no_env).unwrap_err().to_string();
+        assert!(err.contains("flows[0].protocol"), "{err}");
+        std::fs::write(&path, "[[flows]]\nname = \"bot\"\nurl = \"http://h/\"\n").unwrap();
+        let err = Config::load(Some(&path), no_env).unwrap_err().to_string();
+        assert!(err.contains("flows[0].url"), "{err}");
+        std::fs::write(
+            &path,
+            "[[flows]]\nname = \"bot\"\nurl = \"ws://h/\"\nnumbers = [\"echo\"]\n",
+        )
+        .unwrap();
+        let err = Config::load(Some(&path), no_env).unwrap_err().to_string();
+        assert!(err.contains("mapped twice"), "{err}");
+        std::fs::remove_dir_all(&dir).ok();
     }
 }
