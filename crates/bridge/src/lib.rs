@@ -2,5 +2,7 @@
 //! Twilio dialect) and the bot's audio played back to the caller.
 
 pub mod dialect;
+pub mod echo_bot;
 pub mod playout;
+pub mod session;
 pub mod ws;

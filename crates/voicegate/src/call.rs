@@ -12,6 +12,9 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
 use tracing::{debug, info, warn};
+use voicegate_bridge::session::{
+    BotSettings, BridgeHandle, CallCodec, CallMedia, SessionEnd, SessionReport,
+};
 use voicegate_rtp::dtmf::{self, DtmfEvent};
 use voicegate_rtp::rtcp::MosCodec;
 use voicegate_rtp::{EchoHandle, LegConfig, LegControl, LegReport, MediaEvent, RtpPorts};
@@ -30,6 +33,8 @@ use crate::core::{random_token, CallEvent, CallInput, Core, ALLOW, SUPPORTED};
 pub enum Route {
     Echo,
     Ringing,
+    /// A bot flow, by its index in the settings.
+    Flow(usize),
     NotFound,
 }
 
@@ -38,9 +43,22 @@ pub fn route(core: &Core, number: &str) -> Route {
         Route::Echo
     } else if core.settings.ringing_numbers.iter().any(|n| n == number) {
         Route::Ringing
+    } else if let Some(i) = core
+        .settings
+        .flows
+        .iter()
+        .position(|f| f.numbers.iter().any(|n| n == number))
+    {
+        Route::Flow(i)
     } else {
         Route::NotFound
     }
+}
+
+/// The media leg of an answered call.
+enum Leg {
+    Echo(EchoHandle),
+    Bot(BridgeHandle),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,7 +80,7 @@ enum Phase {
 struct Media {
     /// Until the echo starts; then the echo task owns them.
     ports: Option<RtpPorts>,
-    echo: Option<EchoHandle>,
+    leg: Option<Leg>,
     local: LocalMedia,
     negotiated: Option<Negotiated>,
 }
@@ -72,6 +90,7 @@ struct Media {
 struct MediaRecord {
     codec: Option<&'static str>,
     report: Option<LegReport>,
+    bot: Option<SessionReport>,
     digits: String,
 }
 
@@ -99,8 +118,13 @@ struct Call {
     media_record: MediaRecord,
     /// Events from the media leg (digits, RTP timeout).
     media_events: Option<mpsc::Receiver<MediaEvent>>,
+    /// How the bot step ended, from the bridge.
+    bot_events: Option<mpsc::Receiver<SessionEnd>>,
     /// A leg being stopped: its report is collected by the run loop.
-    stopping: Option<EchoHandle>,
+    stopping: Option<Leg>,
+    route: Route,
+    /// Our id for the call towards bots (Exotel's CallSid).
+    call_sid: String,
     started: Instant,
     answered_at: Option<Instant>,
     ended_at: Option<Instant>,
@@ -136,6 +160,9 @@ pub async fn run(
         media_record: MediaRecord::default(),
         media_events: None,
         stopping: None,
+        bot_events: None,
+        route: Route::NotFound,
+        call_sid: format!("{:032x}", rand::random::<u128>()),
         started: now,
         answered_at: None,
         ended_at: None,
@@ -154,6 +181,12 @@ pub async fn run(
                 None => std::future::pending().await,
             }
         };
+        let bot_event = async {
+            match call.bot_events.as_mut() {
+                Some(events) => events.recv().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             input = rx.recv() => match input {
                 Some(CallInput::Request(request, source)) => call.on_request(request, source, Instant::now()),
@@ -161,6 +194,7 @@ pub async fn run(
                 None => break,
             },
             Some(event) = media_event => call.on_media_event(event, Instant::now()),
+            Some(end) = bot_event => call.on_bot_end(end, Instant::now()),
             _ = sleep_until(deadline.unwrap_or_else(far_future)), if deadline.is_some() => call.on_timeout(Instant::now()),
         }
         call.flush();
@@ -187,7 +221,8 @@ fn far_future() -> Instant {
 impl Call {
     fn start(&mut self, now: Instant) {
         self.respond_invite(100, "Trying", None, now);
-        match route(&self.core, &self.number) {
+        self.route = route(&self.core, &self.number);
+        match self.route {
             Route::NotFound => {
                 self.reject(404, "Number not mapped", now);
             }
@@ -199,7 +234,7 @@ impl Call {
                     give_up_at,
                 };
             }
-            Route::Echo => {
+            Route::Echo | Route::Flow(_) => {
                 if let Err((status, reason)) = self.prepare_media() {
                     return self.reject(status, &reason, now);
                 }
@@ -248,7 +283,7 @@ impl Call {
         };
         self.media = Some(Media {
             ports: Some(ports),
-            echo: None,
+            leg: None,
             local,
             negotiated,
         });
@@ -304,6 +339,20 @@ impl Call {
                 Direction::SendRecv,
             ),
         };
+        if let Route::Flow(flow) = self.route {
+            // A bot needs the codec: with a delayed offer it starts when the ACK brings the answer.
+            if media.negotiated.is_some() {
+                if let Err(e) = self.start_bot(flow) {
+                    warn!(error = %e, "could not start the bot session");
+                    return self.reject(500, "Server Internal Error: media", now);
+                }
+            }
+            self.respond_invite(200, "OK", Some(Bytes::from(body)), now);
+            self.phase = Phase::Answered;
+            self.answered_at = Some(now);
+            self.core.stats.answered.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let Some(ports) = media.ports.take() else {
             return self.reject(500, "Server Internal Error: no media", now);
         };
@@ -331,7 +380,7 @@ impl Call {
         let (events_tx, events_rx) = mpsc::channel(32);
         match EchoHandle::start(ports, config, control, events_tx) {
             Ok(echo) => {
-                media.echo = Some(echo);
+                media.leg = Some(Leg::Echo(echo));
                 self.media_events = Some(events_rx);
             }
             Err(e) => {
@@ -496,10 +545,15 @@ impl Call {
             });
         match negotiated {
             Ok(n) => {
-                if let Some(echo) = &media.echo {
+                if let Some(Leg::Echo(echo)) = &media.leg {
                     echo.update(leg_control(&n));
                 }
                 media.negotiated = Some(n);
+                if let (Route::Flow(flow), None) = (self.route, &media.leg) {
+                    if let Err(e) = self.start_bot(flow) {
+                        warn!(error = %e, "could not start the bot session");
+                    }
+                }
             }
             Err(e) => {
                 warn!(call_id = self.invite.call_id(), error = %e, "unusable SDP answer in ACK")
@@ -601,8 +655,10 @@ impl Call {
         let offer = sdp::parse(&request.body).map_err(|e| (400, format!("Malformed SDP: {e}")))?;
         let negotiated = sdp::negotiate_answer(&offer, &codecs)
             .map_err(|e| (488, format!("Not Acceptable Here: {e}")))?;
-        if let Some(echo) = &media.echo {
-            echo.update(leg_control(&negotiated));
+        match &media.leg {
+            Some(Leg::Echo(echo)) => echo.update(leg_control(&negotiated)),
+            // The bot keeps streaming through hold and resume; its RTP follows the caller.
+            Some(Leg::Bot(_)) | None => {}
         }
         let body = sdp::build_answer(&offer, &media.local, &negotiated);
         media.negotiated = Some(negotiated);
@@ -684,15 +740,89 @@ impl Call {
         self.ended_at.get_or_insert_with(Instant::now);
         if let Some(media) = self.media.take() {
             self.media_record.codec = media.negotiated.as_ref().map(|n| n.codec.encoding_name());
-            self.stopping = media.echo;
+            if let Some(Leg::Bot(bot)) = &media.leg {
+                bot.caller_hung_up();
+            }
+            self.stopping = media.leg;
         }
         self.media_events = None;
+        self.bot_events = None;
     }
 
-    /// Waits for a stopping leg's last RTCP and its report (its ports are free after this).
+    /// Waits for a stopping leg's report (its ports are free after this).
     async fn collect_media_report(&mut self) {
-        if let Some(echo) = self.stopping.take() {
-            self.media_record.report = Some(echo.stop().await);
+        match self.stopping.take() {
+            Some(Leg::Echo(echo)) => self.media_record.report = Some(echo.stop().await),
+            Some(Leg::Bot(bot)) => self.media_record.bot = Some(bot.finish().await),
+            None => {}
+        }
+    }
+
+    /// Starts streaming to the flow's bot on the call's ports.
+    fn start_bot(&mut self, flow: usize) -> Result<(), String> {
+        let settings = &self.core.settings;
+        let flow = &settings.flows[flow];
+        let media = self.media.as_mut().ok_or("no media")?;
+        let negotiated = media.negotiated.as_ref().ok_or("no negotiated codec")?;
+        let ports = media.ports.take().ok_or("no RTP ports")?;
+        let call_media = CallMedia {
+            codec: match negotiated.codec {
+                sdp::Codec::Pcma => CallCodec::Pcma,
+                sdp::Codec::Pcmu => CallCodec::Pcmu,
+                sdp::Codec::Opus => CallCodec::Opus,
+            },
+            payload_type: negotiated.payload_type,
+            telephone_event: negotiated.telephone_event,
+            signalled: negotiated.remote,
+            latching: settings.latching,
+            ssrc: rand::random(),
+        };
+        let from = self
+            .invite
+            .headers
+            .get("From")
+            .and_then(voicegate_sip::message::name_addr_uri)
+            .and_then(|u| u.auth.map(|a| a.user))
+            .unwrap_or_default();
+        let bot = BotSettings {
+            url: flow.url.clone(),
+            protocol: flow.protocol,
+            bidirectional: flow.bidirectional,
+            client: settings.bridge.client.clone(),
+            media_interval: settings.bridge.media_interval,
+            max_session: settings.bridge.max_session,
+            playout_max: settings.bridge.playout_max,
+            silence_when_idle: settings.bridge.silence_when_idle,
+            call_sid: self.call_sid.clone(),
+            account_sid: settings.bridge.account_sid.clone(),
+            from,
+            to: self.number.clone(),
+            extra_parameters: forwarded_headers(&self.invite, &settings.bridge.forward_headers),
+        };
+        let (ended_tx, ended_rx) = mpsc::channel(2);
+        let handle =
+            BridgeHandle::start(ports, call_media, bot, ended_tx).map_err(|e| e.to_string())?;
+        media.leg = Some(Leg::Bot(handle));
+        self.bot_events = Some(ended_rx);
+        Ok(())
+    }
+
+    /// The bot step ended: the flow's next step (hang up) unless the caller already left.
+    fn on_bot_end(&mut self, end: SessionEnd, now: Instant) {
+        let reason = match &end {
+            SessionEnd::CallerHungUp => return,
+            SessionEnd::BotClosed(why) => format!("bot closed the stream: {why}"),
+            SessionEnd::BotUnreachable(why) => format!("bot unreachable: {why}"),
+            SessionEnd::MaxDuration => "bot session reached its maximum length".to_string(),
+            SessionEnd::BotHangup => "bot hung up".to_string(),
+        };
+        info!(
+            call_id = self.invite.call_id(),
+            reason, "bot step ended: hanging up"
+        );
+        if matches!(self.phase, Phase::Answered | Phase::Confirmed) {
+            let text = reason.replace('"', "'");
+            self.send_bye(&reason, &format!("Q.850;cause=16;text=\"{text}\""), now);
         }
     }
 
@@ -718,6 +848,15 @@ impl Call {
 
     /// A key press from the caller, by RFC 4733 or SIP INFO: one event whichever way it came.
     fn on_dtmf(&mut self, event: DtmfEvent, via: &'static str) {
+        if via == "info" {
+            if let Some(Media {
+                leg: Some(Leg::Bot(bot)),
+                ..
+            }) = &self.media
+            {
+                bot.dtmf(event.digit, event.duration_ms);
+            }
+        }
         info!(call_id = self.invite.call_id(), digit = %event.digit, duration_ms = event.duration_ms, via, "DTMF");
         self.media_record.digits.push(event.digit);
         self.core.stats.dtmf.fetch_add(1, Ordering::Relaxed);
@@ -833,6 +972,7 @@ impl Call {
         self.core.stats.active.fetch_sub(1, Ordering::Relaxed);
         let now = self.ended_at.unwrap_or_else(Instant::now);
         let media = self.media_record.report.clone().unwrap_or_default();
+        let bot = self.media_record.bot.clone().unwrap_or_default();
         let codec = self.media_record.codec.unwrap_or("-");
         info!(
             target: "voicegate::cdr",
@@ -845,17 +985,43 @@ impl Call {
             codec,
             setup_ms = self.answered_at.map(|a| (a - self.started).as_millis() as u64).unwrap_or(0),
             duration_ms = self.answered_at.map(|a| (now - a).as_millis() as u64).unwrap_or(0),
-            rtp_in = media.packets_in,
-            rtp_out = media.packets_out,
+            // One leg or the other carried the call's RTP.
+            rtp_in = media.packets_in + bot.packets_in,
+            rtp_out = media.packets_out + bot.packets_out,
             rtp_lost = media.lost,
             jitter_ms = format_args!("{:.1}", media.jitter_ms),
             rtt_ms = format_args!("{:.1}", media.rtt_ms.unwrap_or(0.0)),
             mos = format_args!("{:.2}", media.mos),
             dtmf = self.media_record.digits,
+            bot_media_sent = bot.media_messages_sent,
+            bot_media_received = bot.bot_media_messages,
+            bot_marks = bot.marks_echoed,
+            bot_clears = bot.clears,
+            bot_frames_invalid = bot.bot_frames_invalid,
             end = self.end_reason,
             "call ended"
         );
     }
+}
+
+/// INVITE headers named in `bridge.forward_headers` (a trailing `*` matches a prefix), as
+/// custom parameters for the bot.
+fn forwarded_headers(invite: &Request, patterns: &[String]) -> Vec<(String, String)> {
+    let matches = |name: &str| {
+        patterns.iter().any(|p| match p.strip_suffix('*') {
+            Some(prefix) => {
+                name.len() >= prefix.len() && name[..prefix.len()].eq_ignore_ascii_case(prefix)
+            }
+            None => name.eq_ignore_ascii_case(p),
+        })
+    };
+    invite
+        .headers
+        .0
+        .iter()
+        .filter(|h| matches(&h.name))
+        .map(|h| (h.name.clone(), h.value.clone()))
+        .collect()
 }
 
 /// What the media leg needs from a negotiation.

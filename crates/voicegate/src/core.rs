@@ -50,8 +50,34 @@ pub struct Settings {
     pub public_ip: Option<IpAddr>,
     pub timers: Timers,
     pub latching: voicegate_rtp::latch::LatchPolicy,
+    /// Bot flows and their numbers.
+    pub flows: Vec<FlowRoute>,
+    pub bridge: BridgeSettings,
     /// An answered call with no RTP for this long is ended.
     pub rtp_timeout: Duration,
+}
+
+/// A bot flow as calls use it (its URL parsed once, at start-up).
+#[derive(Clone, Debug)]
+pub struct FlowRoute {
+    pub name: String,
+    pub url: voicegate_bridge::ws::BotUrl,
+    pub protocol: voicegate_bridge::dialect::Protocol,
+    pub bidirectional: bool,
+    pub numbers: Vec<String>,
+}
+
+/// What every bot session shares.
+#[derive(Clone, Debug)]
+pub struct BridgeSettings {
+    pub client: voicegate_bridge::ws::ClientConfig,
+    pub media_interval: Duration,
+    pub max_session: Duration,
+    pub playout_max: Duration,
+    pub silence_when_idle: bool,
+    pub forward_headers: Vec<String>,
+    /// The account id bots see in `start` (the trunk API gives real ones later).
+    pub account_sid: String,
 }
 
 /// Counters of calls, for tests and (later) metrics.

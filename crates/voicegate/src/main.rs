@@ -25,6 +25,16 @@ enum Command {
         #[arg(long, short, env = "VOICEGATE_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Run the example bot: a WebSocket server that plays each caller's audio back to them
+    /// (Exotel dialect, Twilio when the stream starts in it), for trying the bridge.
+    EchoBot {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8765")]
+        listen: String,
+        /// How long to hold the caller's audio before playing it back, in milliseconds.
+        #[arg(long, default_value_t = 500)]
+        delay_ms: u64,
+    },
     /// Check a config file (and the environment overrides) and print the result.
     CheckConfig {
         #[arg(long, short, env = "VOICEGATE_CONFIG")]
@@ -36,6 +46,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config } => serve(config),
+        Command::EchoBot { listen, delay_ms } => echo_bot(&listen, delay_ms),
         Command::CheckConfig { config } => match Config::load_from_process_env(config.as_deref()) {
             Ok(_) => {
                 println!("config ok");
@@ -85,6 +96,46 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
         wait_for_shutdown().await;
         tracing::info!("shutting down");
         ExitCode::SUCCESS
+    })
+}
+
+fn echo_bot(listen: &str, delay_ms: u64) -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let listener = match tokio::net::TcpListener::bind(listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("echo-bot: cannot listen on {listen}: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        tracing::info!(%listen, "echo bot listening (ws://{listen}/)");
+        let options = voicegate_bridge::echo_bot::EchoBotOptions {
+            delay: std::time::Duration::from_millis(delay_ms),
+        };
+        tokio::select! {
+            result = voicegate_bridge::echo_bot::serve(listener, options) => match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("echo-bot: {e}");
+                    ExitCode::FAILURE
+                }
+            },
+            _ = wait_for_shutdown() => ExitCode::SUCCESS,
+        }
     })
 }
 

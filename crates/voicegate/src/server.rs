@@ -10,8 +10,10 @@ use voicegate_sip::transaction::Timers;
 use voicegate_sip::transport::{self, Handler, ListenConfig, LocalAddrs, Sender};
 
 use crate::config::Config;
-use crate::core::{Core, CoreHandler, Settings};
+use crate::core::{BridgeSettings, Core, CoreHandler, FlowRoute, Settings};
 use crate::tls;
+use voicegate_bridge::dialect::Protocol;
+use voicegate_bridge::ws::{BotUrl, ClientConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -19,6 +21,8 @@ pub enum StartError {
     Tls(#[from] tls::TlsSetupError),
     #[error("config: {0}")]
     Bind(#[from] transport::BindError),
+    #[error("{0}")]
+    Flow(String),
 }
 
 /// A started voicegate: its bound addresses and its counters.
@@ -28,8 +32,23 @@ pub struct Running {
     pub sender: Sender,
 }
 
-pub fn settings(config: &Config) -> Settings {
-    Settings {
+pub fn settings(config: &Config) -> Result<Settings, StartError> {
+    let mut flows = Vec::new();
+    for (i, flow) in config.flows.iter().enumerate() {
+        let url = BotUrl::parse(&flow.url)
+            .map_err(|e| StartError::Flow(format!("config: flows[{i}].url: {e}")))?;
+        flows.push(FlowRoute {
+            name: flow.name.clone(),
+            url,
+            protocol: Protocol::from_name(&flow.protocol).unwrap_or_default(),
+            bidirectional: flow.direction == "bidirectional",
+            numbers: flow.numbers.clone(),
+        });
+    }
+    let bridge = &config.bridge;
+    let extra_ca =
+        (!bridge.extra_ca_file.is_empty()).then(|| std::path::PathBuf::from(&bridge.extra_ca_file));
+    Ok(Settings {
         codecs: config
             .rtp
             .codec_names()
@@ -44,7 +63,21 @@ pub fn settings(config: &Config) -> Settings {
         timers: Timers::default(),
         latching: LatchPolicy::from_name(&config.rtp.latching).unwrap_or(LatchPolicy::Auto),
         rtp_timeout: Duration::from_secs(config.rtp.timeout_secs),
-    }
+        flows,
+        bridge: BridgeSettings {
+            client: ClientConfig {
+                handshake_timeout: Duration::from_secs(bridge.handshake_timeout_secs),
+                retries: 1,
+                extra_ca_file: extra_ca,
+            },
+            media_interval: Duration::from_millis(bridge.media_interval_ms),
+            max_session: Duration::from_secs(bridge.max_session_secs),
+            playout_max: Duration::from_secs(bridge.playout_max_secs),
+            silence_when_idle: bridge.silence_when_idle,
+            forward_headers: bridge.forward_headers.clone(),
+            account_sid: "voicegate".into(),
+        },
+    })
 }
 
 /// Binds every configured transport and starts serving. Must run inside a tokio runtime.
@@ -60,7 +93,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     };
     let range = config.rtp.port_range();
     let core = Core::new(
-        settings(config),
+        settings(config)?,
         PortPool::new(*range.start(), *range.end()),
     );
     let listen = ListenConfig {

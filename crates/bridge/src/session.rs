@@ -1,0 +1,590 @@
+//! One bridged call, one task: the caller's RTP goes through the jitter buffer, is decoded,
+//! resampled to the bot's rate, cut into chunks and sent as `media` events; the bot's audio
+//! goes through the playout queue and comes out as 20 ms RTP frames paced by a monotonic
+//! clock. Marks, `clear`, DTMF and the endings of both sides are handled here too.
+//!
+//! Buffers are allocated when the session starts and reused for every frame.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use rtp_rs::RtpReader;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::{sleep_until, Instant};
+use tokio_tungstenite::tungstenite::Message;
+use tracing::{debug, info, warn};
+use voicegate_audio::{g711, G711Plc, OpusDecoder, OpusEncoder, Resampler};
+use voicegate_rtp::dtmf::Rfc4733Receiver;
+use voicegate_rtp::jitter::{JitterBuffer, JitterConfig, Playout};
+use voicegate_rtp::latch::{LatchPolicy, RemoteAddress};
+use voicegate_rtp::pool::{PortLease, RtpPorts};
+
+use crate::dialect::{self, Encoder, Protocol, StopReason, StreamInfo};
+use crate::playout::{Chunker, Frame, Pacer, PlayoutQueue};
+use crate::ws::{self, BotUrl, ClientConfig};
+
+const FRAME: Duration = Duration::from_millis(20);
+
+/// The call's negotiated audio, as the bridge needs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallCodec {
+    Pcma,
+    Pcmu,
+    Opus,
+}
+
+impl CallCodec {
+    fn clock_rate(self) -> u32 {
+        match self {
+            CallCodec::Pcma | CallCodec::Pcmu => 8000,
+            CallCodec::Opus => 48000,
+        }
+    }
+}
+
+/// The caller's side of the media.
+#[derive(Clone, Debug)]
+pub struct CallMedia {
+    pub codec: CallCodec,
+    pub payload_type: u8,
+    pub telephone_event: Option<u8>,
+    /// The caller's RTP address from its SDP.
+    pub signalled: Option<SocketAddr>,
+    pub latching: LatchPolicy,
+    pub ssrc: u32,
+}
+
+/// The bot's side.
+#[derive(Clone, Debug)]
+pub struct BotSettings {
+    pub url: BotUrl,
+    pub protocol: Protocol,
+    pub bidirectional: bool,
+    pub client: ClientConfig,
+    /// Caller audio per `media` message (Exotel); Twilio always uses 20 ms.
+    pub media_interval: Duration,
+    pub max_session: Duration,
+    pub playout_max: Duration,
+    pub silence_when_idle: bool,
+    /// For the `start` event.
+    pub call_sid: String,
+    pub account_sid: String,
+    pub from: String,
+    pub to: String,
+    /// Parameters from SIP headers, after the URL's own.
+    pub extra_parameters: Vec<(String, String)>,
+}
+
+/// Why the bot step ended: the call decides what comes next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// The caller hung up; the bot got `stop` (`callended`).
+    CallerHungUp,
+    /// The bot closed the socket or it broke.
+    BotClosed(String),
+    /// The handshake failed twice (or timed out).
+    BotUnreachable(String),
+    /// The session reached its maximum length; the bot got `stop` (`stopped`).
+    MaxDuration,
+    /// The bot asked to hang up (extension message).
+    BotHangup,
+}
+
+/// What happened, for the call record.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SessionReport {
+    pub packets_in: u64,
+    pub packets_out: u64,
+    pub media_messages_sent: u64,
+    pub bot_media_messages: u64,
+    pub bot_frames_invalid: u64,
+    pub marks_echoed: u64,
+    pub clears: u64,
+    pub playout_samples_dropped: u64,
+    pub concealed_frames: u64,
+    pub dtmf_events: u64,
+}
+
+/// What the call tells a running session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Control {
+    /// A digit that came by SIP INFO (RFC 4733 digits are read from the RTP here).
+    Dtmf {
+        digit: char,
+        duration_ms: u32,
+    },
+    CallerHungUp,
+}
+
+/// Owns the session task.
+pub struct BridgeHandle {
+    task: JoinHandle<SessionReport>,
+    control: mpsc::Sender<Control>,
+}
+
+impl BridgeHandle {
+    /// Starts the session: connects to the bot and streams until one side ends. The end
+    /// is reported on `ended` (once); the report comes from [`Self::finish`].
+    pub fn start(
+        ports: RtpPorts,
+        media: CallMedia,
+        bot: BotSettings,
+        ended: mpsc::Sender<SessionEnd>,
+    ) -> std::io::Result<Self> {
+        let RtpPorts { rtp, rtcp, lease } = ports;
+        let sockets = Sockets {
+            rtp: UdpSocket::from_std(rtp)?,
+            _rtcp: rtcp,
+            _lease: lease,
+        };
+        let (control_tx, control_rx) = mpsc::channel(16);
+        let task = tokio::spawn(run(sockets, media, bot, control_rx, ended));
+        Ok(BridgeHandle {
+            task,
+            control: control_tx,
+        })
+    }
+
+    /// The caller hung up: the bot gets `stop` (`callended`) and the socket is closed.
+    pub fn caller_hung_up(&self) {
+        let _ = self.control.try_send(Control::CallerHungUp);
+    }
+
+    /// A digit the caller sent by SIP INFO: it reaches the bot like an RFC 4733 one.
+    pub fn dtmf(&self, digit: char, duration_ms: u32) {
+        let _ = self.control.try_send(Control::Dtmf { digit, duration_ms });
+    }
+
+    /// Ends the session if it still runs (as a caller hang-up), waits for the task and
+    /// returns its report; the RTP ports are free after this.
+    pub async fn finish(mut self) -> SessionReport {
+        self.caller_hung_up();
+        match tokio::time::timeout(Duration::from_secs(5), &mut self.task).await {
+            Ok(Ok(report)) => report,
+            _ => {
+                self.task.abort();
+                SessionReport::default()
+            }
+        }
+    }
+}
+
+impl Drop for BridgeHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Fields drop in order: the sockets close before the ports go back to the pool.
+struct Sockets {
+    rtp: UdpSocket,
+    _rtcp: std::net::UdpSocket,
+    _lease: PortLease,
+}
+
+/// Decoding the caller's audio to PCM at the bot's rate.
+// One per session, built once: the size difference between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
+enum Decoder {
+    G711 {
+        alaw: bool,
+        plc: G711Plc,
+        pcm: Vec<i16>,
+        resampler: Resampler,
+    },
+    Opus(OpusDecoder),
+}
+
+/// Encoding the bot's audio for the caller.
+#[allow(clippy::large_enum_variant)]
+enum EncoderKind {
+    G711 {
+        alaw: bool,
+        pcm: Vec<i16>,
+        resampler: Resampler,
+    },
+    Opus(OpusEncoder),
+}
+
+/// The per-session buffers and codecs: built once, reused for every frame.
+struct Pipeline {
+    codec: CallCodec,
+    decoder: Decoder,
+    encoder: EncoderKind,
+    /// One 20 ms frame at the bot's rate.
+    bot_frame: Vec<i16>,
+    /// The RTP packet we send.
+    packet: Vec<u8>,
+    seq: u16,
+    timestamp: u32,
+    ssrc: u32,
+    payload_type: u8,
+}
+
+impl Pipeline {
+    fn new(media: &CallMedia, bot_rate: u32) -> Result<Self, String> {
+        let frame_at = |rate: u32| (rate / 50) as usize;
+        let (decoder, encoder) = match media.codec {
+            CallCodec::Pcma | CallCodec::Pcmu => {
+                let alaw = media.codec == CallCodec::Pcma;
+                let up = Resampler::new(8000, bot_rate, 160).map_err(|e| e.to_string())?;
+                let down = Resampler::new(bot_rate, 8000, frame_at(bot_rate))
+                    .map_err(|e| e.to_string())?;
+                (
+                    Decoder::G711 {
+                        alaw,
+                        plc: G711Plc::new(),
+                        pcm: vec![0; 160],
+                        resampler: up,
+                    },
+                    EncoderKind::G711 {
+                        alaw,
+                        pcm: vec![0; 160],
+                        resampler: down,
+                    },
+                )
+            }
+            CallCodec::Opus => (
+                // libopus decodes and encodes at the bot's rate directly: no resampler.
+                Decoder::Opus(OpusDecoder::new(bot_rate).map_err(|e| e.to_string())?),
+                EncoderKind::Opus(OpusEncoder::new(bot_rate, 5).map_err(|e| e.to_string())?),
+            ),
+        };
+        Ok(Pipeline {
+            codec: media.codec,
+            decoder,
+            encoder,
+            bot_frame: vec![0; frame_at(bot_rate)],
+            packet: Vec::with_capacity(1500),
+            seq: rand::random(),
+            timestamp: rand::random(),
+            ssrc: media.ssrc,
+            payload_type: media.payload_type,
+        })
+    }
+
+    /// Decodes one caller frame (or conceals a lost one) into `out` at the bot's rate.
+    fn decode(&mut self, payload: Option<&[u8]>, out: &mut Vec<i16>) {
+        out.clear();
+        match &mut self.decoder {
+            Decoder::G711 {
+                alaw,
+                plc,
+                pcm,
+                resampler,
+            } => {
+                match payload {
+                    Some(p) => {
+                        let n = if *alaw {
+                            g711::decode_alaw(p, pcm)
+                        } else {
+                            g711::decode_ulaw(p, pcm)
+                        };
+                        pcm[n..].fill(0);
+                        plc.good_frame(pcm);
+                    }
+                    None => plc.conceal(pcm),
+                }
+                let _ = resampler.process_vec(pcm, out);
+            }
+            Decoder::Opus(decoder) => {
+                out.resize(self.bot_frame.len(), 0);
+                let n = match payload {
+                    Some(p) => decoder
+                        .decode(p, out)
+                        .unwrap_or_else(|_| decoder.conceal(out)),
+                    None => decoder.conceal(out),
+                };
+                out.truncate(n);
+            }
+        }
+    }
+
+    /// Encodes `self.bot_frame` into `self.packet` as the next RTP packet.
+    fn encode_frame(&mut self, marker: bool) -> Result<(), String> {
+        self.packet.clear();
+        self.packet
+            .extend_from_slice(&[0x80, self.payload_type | if marker { 0x80 } else { 0 }]);
+        self.packet.extend_from_slice(&self.seq.to_be_bytes());
+        self.packet.extend_from_slice(&self.timestamp.to_be_bytes());
+        self.packet.extend_from_slice(&self.ssrc.to_be_bytes());
+        match &mut self.encoder {
+            EncoderKind::G711 {
+                alaw,
+                pcm,
+                resampler,
+            } => {
+                let n = resampler
+                    .process(&self.bot_frame, pcm)
+                    .map_err(|e| e.to_string())?;
+                let start = self.packet.len();
+                self.packet.resize(start + n, 0);
+                if *alaw {
+                    g711::encode_alaw(&pcm[..n], &mut self.packet[start..]);
+                } else {
+                    g711::encode_ulaw(&pcm[..n], &mut self.packet[start..]);
+                }
+            }
+            EncoderKind::Opus(encoder) => {
+                let start = self.packet.len();
+                self.packet
+                    .resize(start + voicegate_audio::opus::MAX_PACKET_BYTES, 0);
+                let n = encoder
+                    .encode(&self.bot_frame, &mut self.packet[start..])
+                    .map_err(|e| e.to_string())?;
+                self.packet.truncate(start + n);
+            }
+        }
+        self.seq = self.seq.wrapping_add(1);
+        self.timestamp = self.timestamp.wrapping_add(self.codec.clock_rate() / 50);
+        Ok(())
+    }
+}
+
+async fn run(
+    sockets: Sockets,
+    media: CallMedia,
+    bot: BotSettings,
+    mut control: mpsc::Receiver<Control>,
+    ended: mpsc::Sender<SessionEnd>,
+) -> SessionReport {
+    let mut report = SessionReport::default();
+    let end = session(&sockets, &media, &bot, &mut control, &mut report).await;
+    info!(end = ?end, "bot session ended");
+    let _ = ended.try_send(end);
+    report
+}
+
+async fn session(
+    sockets: &Sockets,
+    media: &CallMedia,
+    bot: &BotSettings,
+    control: &mut mpsc::Receiver<Control>,
+    report: &mut SessionReport,
+) -> SessionEnd {
+    // Connect while the caller waits; a caller who hangs up meanwhile ends it all.
+    let socket = tokio::select! {
+        result = ws::connect(&bot.url, &bot.client) => match result {
+            Ok(socket) => socket,
+            Err(e) => {
+                warn!(url = %bot.url, error = %e, "bot unreachable");
+                return SessionEnd::BotUnreachable(e.to_string());
+            }
+        },
+        _ = wait_for_hangup(control) => return SessionEnd::CallerHungUp,
+    };
+    let (mut to_bot, mut from_bot) = socket.split();
+    let bot_rate = match bot.protocol {
+        Protocol::Twilio => 8000,
+        Protocol::Exotel => bot.url.sample_rate(),
+    };
+    let mut pipeline = match Pipeline::new(media, bot_rate) {
+        Ok(p) => p,
+        Err(e) => return SessionEnd::BotClosed(format!("media setup failed: {e}")),
+    };
+    let mut custom_parameters = bot.url.custom_parameters().to_vec();
+    custom_parameters.extend(bot.extra_parameters.iter().cloned());
+    let mut encoder = Encoder::new(
+        bot.protocol,
+        StreamInfo {
+            stream_sid: format!("{:032x}", rand::random::<u128>()),
+            call_sid: bot.call_sid.clone(),
+            account_sid: bot.account_sid.clone(),
+            from: bot.from.clone(),
+            to: bot.to.clone(),
+            custom_parameters,
+            sample_rate: bot_rate,
+            bidirectional: bot.bidirectional,
+        },
+    );
+    let mut out = String::with_capacity(4096);
+    encoder.connected(&mut out);
+    if to_bot.send(Message::text(out.clone())).await.is_err() {
+        return SessionEnd::BotClosed("socket closed before start".into());
+    }
+    encoder.start(&mut out);
+    if to_bot.send(Message::text(out.clone())).await.is_err() {
+        return SessionEnd::BotClosed("socket closed before start".into());
+    }
+
+    let chunk = match bot.protocol {
+        Protocol::Twilio => FRAME,
+        Protocol::Exotel => bot.media_interval,
+    };
+    let mut chunker = Chunker::new(bot_rate, chunk);
+    let mut playout = PlayoutQueue::new(bot_rate, bot.playout_max);
+    let clock = media.codec.clock_rate();
+    let mut jitter = JitterBuffer::new(JitterConfig {
+        clock_rate: clock,
+        frame_samples: clock / 50,
+        ..JitterConfig::default()
+    });
+    let mut dtmf = Rfc4733Receiver::new(8000);
+    let mut remote = RemoteAddress::new(media.latching, media.signalled);
+    let mut decoded: Vec<i16> = Vec::with_capacity(pipeline.bot_frame.len() * 2);
+    let mut rtp_in = vec![0u8; 2048];
+    let mut bot_pcm: Vec<i16> = Vec::with_capacity(bot_rate as usize * 2);
+    let started = Instant::now();
+    let deadline = started + bot.max_session;
+    let mut pacer = Pacer::new(started + FRAME, FRAME);
+    let mut peer_ssrc = None;
+
+    let end = loop {
+        tokio::select! {
+            received = sockets.rtp.recv_from(&mut rtp_in) => {
+                let Ok((len, from)) = received else { continue };
+                let now = Instant::now();
+                let Ok(packet) = RtpReader::new(&rtp_in[..len]) else { continue };
+                report.packets_in += 1;
+                remote.on_packet(from);
+                if peer_ssrc != Some(packet.ssrc()) {
+                    peer_ssrc = Some(packet.ssrc());
+                    jitter.set_ssrc(packet.ssrc());
+                }
+                let seq = u16::from(packet.sequence_number());
+                if Some(packet.payload_type()) == media.telephone_event {
+                    if let Some(event) = dtmf.on_packet(packet.timestamp(), packet.mark(), packet.payload(), now) {
+                        report.dtmf_events += 1;
+                        if bot.bidirectional {
+                            encoder.dtmf(event.digit, event.duration_ms, &mut out);
+                            if to_bot.send(Message::text(out.clone())).await.is_err() {
+                                break SessionEnd::BotClosed("socket closed".into());
+                            }
+                        }
+                    }
+                } else if packet.payload_type() == media.payload_type {
+                    jitter.push(seq, packet.timestamp(), packet.mark(), packet.payload(), now);
+                }
+            }
+            message = from_bot.next() => {
+                let text = match message {
+                    Some(Ok(Message::Text(text))) => text,
+                    Some(Ok(Message::Close(frame))) => {
+                        break SessionEnd::BotClosed(frame.map(|f| f.reason.to_string()).unwrap_or_else(|| "closed".into()));
+                    }
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => break SessionEnd::BotClosed(e.to_string()),
+                    None => break SessionEnd::BotClosed("socket closed".into()),
+                };
+                if !bot.bidirectional {
+                    continue;
+                }
+                match dialect::parse_into(bot.protocol, text.as_str(), &mut bot_pcm) {
+                    Ok(dialect::BotMessageRef::Media) => {
+                        report.bot_media_messages += 1;
+                        let pushed = playout.push_audio(&bot_pcm);
+                        if pushed.dropped > 0 {
+                            report.playout_samples_dropped += pushed.dropped as u64;
+                            warn!(dropped = pushed.dropped, "playout queue full: bot audio dropped");
+                        }
+                    }
+                    Ok(dialect::BotMessageRef::Mark(name)) => {
+                        if !playout.push_mark(name) {
+                            warn!("too many pending marks: mark dropped");
+                        }
+                    }
+                    Ok(dialect::BotMessageRef::Clear) => {
+                        report.clears += 1;
+                        playout.clear();
+                    }
+                    Ok(dialect::BotMessageRef::Hangup) => break SessionEnd::BotHangup,
+                    Ok(dialect::BotMessageRef::Transfer(to)) => {
+                        // Escalation to agents comes with the routing work; for now it is logged.
+                        warn!(to, "bot asked for a transfer: not supported yet, ignored");
+                    }
+                    Ok(dialect::BotMessageRef::Other(event)) => debug!(event, "unknown bot event ignored"),
+                    Err(e) => {
+                        report.bot_frames_invalid += 1;
+                        warn!(error = %e, "malformed bot frame ignored");
+                    }
+                }
+                // Marks due now (an empty queue, or a clear) go back at once.
+                while let Some(name) = playout.poll_mark() {
+                    report.marks_echoed += 1;
+                    encoder.mark(&name, &mut out);
+                    if to_bot.send(Message::text(out.clone())).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            _ = sleep_until(pacer.next_deadline()) => {
+                let now = Instant::now();
+                for _ in 0..pacer.tick(now) {
+                    // Caller → bot.
+                    match jitter.pop(now) {
+                        Playout::Frame { payload, .. } => pipeline.decode(Some(payload), &mut decoded),
+                        Playout::Missing { .. } => {
+                            report.concealed_frames += 1;
+                            pipeline.decode(None, &mut decoded);
+                        }
+                        Playout::Gap { .. } | Playout::Waiting => {
+                            decoded.clear();
+                            decoded.resize(pipeline.bot_frame.len(), 0);
+                        }
+                    }
+                    chunker.push(&decoded);
+                    while let Some(chunk) = chunker.take_chunk() {
+                        encoder.media(&chunk, chunk.timestamp_ms, &mut out);
+                        report.media_messages_sent += 1;
+                        if to_bot.send(Message::text(out.clone())).await.is_err() {
+                            break;
+                        }
+                    }
+                    // Bot → caller.
+                    if bot.bidirectional {
+                        let frame = playout.next_frame(&mut pipeline.bot_frame);
+                        let send = match frame {
+                            Frame::Audio { talkspurt_start, .. } => Some(talkspurt_start),
+                            Frame::Silence => bot.silence_when_idle.then_some(false),
+                        };
+                        if let (Some(marker), Some(to)) = (send, remote.target()) {
+                            if pipeline.encode_frame(marker).is_ok() && sockets.rtp.send_to(&pipeline.packet, to).await.is_ok() {
+                                report.packets_out += 1;
+                            }
+                        }
+                        while let Some(name) = playout.poll_mark() {
+                            report.marks_echoed += 1;
+                            encoder.mark(&name, &mut out);
+                            let _ = to_bot.send(Message::text(out.clone())).await;
+                        }
+                    }
+                }
+            }
+            _ = sleep_until(deadline) => {
+                encoder.stop(StopReason::Stopped, &mut out);
+                let _ = to_bot.send(Message::text(out.clone())).await;
+                let _ = to_bot.close().await;
+                break SessionEnd::MaxDuration;
+            }
+            command = control.recv() => match command {
+                Some(Control::Dtmf { digit, duration_ms }) => {
+                    report.dtmf_events += 1;
+                    if bot.bidirectional {
+                        encoder.dtmf(digit, duration_ms, &mut out);
+                        let _ = to_bot.send(Message::text(out.clone())).await;
+                    }
+                }
+                Some(Control::CallerHungUp) | None => {
+                    encoder.stop(StopReason::CallEnded, &mut out);
+                    let _ = to_bot.send(Message::text(out.clone())).await;
+                    let _ = to_bot.close().await;
+                    break SessionEnd::CallerHungUp;
+                }
+            },
+        }
+    };
+    report.playout_samples_dropped = playout.stats().samples_dropped;
+    end
+}
+
+/// Waits until the call says the caller hung up (digits before the bot answers are dropped).
+async fn wait_for_hangup(control: &mut mpsc::Receiver<Control>) {
+    while let Some(command) = control.recv().await {
+        if command == Control::CallerHungUp {
+            return;
+        }
+    }
+}
