@@ -1,0 +1,685 @@
+//! Calls bridged to a bot: a real WebSocket server plays the bot, SIPp or a scripted UA the
+//! caller. Events and fields as in shared/spec/bot-protocols.md, audio both ways, marks,
+//! clear, DTMF and the endings of both sides.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use base64::Engine;
+use common::uac::{offer, Uac};
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+use voicegate::config::{Config, FlowConfig};
+use voicegate_audio::g711;
+use voicegate_sip::message::Message as Sip;
+
+/// One connection to the test bot: what voicegate sent (with arrival times), and a way to
+/// send frames back.
+struct BotConn {
+    received: mpsc::UnboundedReceiver<(Instant, Value)>,
+    send: mpsc::UnboundedSender<Message>,
+}
+
+impl BotConn {
+    /// The next frame within `wait`.
+    async fn next(&mut self, wait: Duration) -> Option<(Instant, Value)> {
+        tokio::time::timeout(wait, self.received.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Frames until one with this event arrives (the ones skipped are returned too).
+    async fn until(&mut self, event: &str, wait: Duration) -> (Vec<Value>, (Instant, Value)) {
+        let mut skipped = Vec::new();
+        let deadline = Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.next(left).await {
+                Some((at, v)) if v["event"] == event => return (skipped, (at, v)),
+                Some((_, v)) => skipped.push(v),
+                None => panic!(
+                    "no {event} event within {wait:?}; got {} others",
+                    skipped.len()
+                ),
+            }
+        }
+    }
+
+    fn send_json(&self, value: Value) {
+        self.send.send(Message::text(value.to_string())).unwrap();
+    }
+}
+
+/// A WebSocket server standing in for the bot; each accepted connection comes out of the
+/// receiver.
+async fn bot_server() -> (SocketAddr, mpsc::UnboundedReceiver<BotConn>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (conn_tx, conn_rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let Ok(ws) = tokio_tungstenite::accept_async(stream).await else {
+                continue;
+            };
+            let (mut sink, mut stream) = ws.split();
+            let (recv_tx, recv_rx) = mpsc::unbounded_channel();
+            let (send_tx, mut send_rx) = mpsc::unbounded_channel::<Message>();
+            tokio::spawn(async move {
+                while let Some(Ok(message)) = stream.next().await {
+                    match message {
+                        Message::Text(text) => {
+                            let value: Value =
+                                serde_json::from_str(text.as_str()).expect("voicegate sends JSON");
+                            let _ = recv_tx.send((Instant::now(), value));
+                        }
+                        Message::Close(_) => {
+                            let _ = recv_tx.send((Instant::now(), json!({"event": "<closed>"})));
+                            break;
+                        }
+                        _ => {}
+                    }
+                }
+            });
+            tokio::spawn(async move {
+                while let Some(message) = send_rx.recv().await {
+                    let close = matches!(message, Message::Close(_));
+                    if sink.send(message).await.is_err() || close {
+                        break;
+                    }
+                }
+            });
+            let _ = conn_tx.send(BotConn {
+                received: recv_rx,
+                send: send_tx,
+            });
+        }
+    });
+    (addr, conn_rx)
+}
+
+fn flow_config(url: String, protocol: &str, number: &str) -> Config {
+    let mut config = test_config();
+    config.flows = vec![FlowConfig {
+        name: "test-bot".into(),
+        url,
+        protocol: protocol.into(),
+        numbers: vec![number.into()],
+        ..FlowConfig::default()
+    }];
+    config
+}
+
+/// A tone as 16-bit samples.
+fn tone(frequency: f64, rate: u32, samples: usize, amplitude: f64) -> Vec<i16> {
+    (0..samples)
+        .map(|i| {
+            (amplitude * (2.0 * std::f64::consts::PI * frequency * i as f64 / rate as f64).sin())
+                as i16
+        })
+        .collect()
+}
+
+/// Frequency from zero crossings, and RMS level.
+fn analyse(samples: &[i16], rate: u32) -> (f64, f64) {
+    let crossings = samples
+        .windows(2)
+        .filter(|w| (w[0] < 0) != (w[1] < 0))
+        .count();
+    let rms = (samples.iter().map(|s| (*s as f64).powi(2)).sum::<f64>()
+        / samples.len().max(1) as f64)
+        .sqrt();
+    (
+        crossings as f64 / 2.0 / (samples.len() as f64 / rate as f64),
+        rms,
+    )
+}
+
+fn pcm16_base64(samples: &[i16]) -> String {
+    let bytes: Vec<u8> = samples.iter().flat_map(|s| s.to_le_bytes()).collect();
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn decode_pcm16(payload: &str) -> Vec<i16> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(payload)
+        .unwrap();
+    bytes
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]))
+        .collect()
+}
+
+/// Sends `frames` 20 ms RTP frames of a 1 kHz tone (G.711, A-law or mu-law) in real time.
+async fn send_tone(uac: &Uac, target: SocketAddr, frames: usize, alaw: bool) {
+    let pcm = tone(1000.0, 8000, 160 * frames, 8000.0);
+    let mut next = Instant::now();
+    for (i, frame) in pcm.chunks(160).enumerate() {
+        let mut packet = vec![0x80, if alaw { 8 } else { 0 }];
+        packet.extend_from_slice(&(i as u16).to_be_bytes());
+        packet.extend_from_slice(&(160 * i as u32).to_be_bytes());
+        packet.extend_from_slice(&0x5151u32.to_be_bytes());
+        packet.extend(frame.iter().map(|s| {
+            if alaw {
+                g711::alaw_encode(*s)
+            } else {
+                g711::ulaw_encode(*s)
+            }
+        }));
+        uac.rtp.send_to(&packet, target).await.unwrap();
+        next += Duration::from_millis(20);
+        tokio::time::sleep_until(next).await;
+    }
+}
+
+/// RTP from voicegate for `wait`, decoded to PCM (A-law or mu-law).
+async fn receive_audio(uac: &Uac, wait: Duration, alaw: bool) -> Vec<i16> {
+    let mut pcm = Vec::new();
+    let mut buf = [0u8; 2048];
+    let deadline = Instant::now() + wait;
+    while let Ok(Ok((n, _))) = tokio::time::timeout(
+        deadline.saturating_duration_since(Instant::now()),
+        uac.rtp.recv_from(&mut buf),
+    )
+    .await
+    {
+        if n > 12 {
+            pcm.extend(buf[12..n].iter().map(|b| {
+                if alaw {
+                    g711::alaw_decode(*b)
+                } else {
+                    g711::ulaw_decode(*b)
+                }
+            }));
+        }
+    }
+    pcm
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exotel_events_fields_and_audio_both_ways() {
+    let (bot_addr, mut conns) = bot_server().await;
+    let config = flow_config(
+        format!("ws://{bot_addr}/stream?sample-rate=16000&campaign=spring"),
+        "exotel",
+        "+15550100",
+    );
+    let running = start(&config).await;
+    let mut uac = Uac::new(running.local.udp.unwrap()).await;
+    let invite = uac
+        .request_text("INVITE", &offer(uac.rtp_port(), "8 101", "sendrecv"))
+        .replace("sip:echo@", "sip:+15550100@")
+        .replace(
+            "Max-Forwards: 70\r\n",
+            "Max-Forwards: 70\r\nX-UUI: order-42\r\n",
+        );
+    uac.send(&invite).await;
+    let ok = uac.final_response().await;
+    assert_eq!(ok.status, 200);
+    let target = Uac::media_target(&ok);
+    uac.ack("").await;
+
+    let mut bot = tokio::time::timeout(Duration::from_secs(5), conns.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let (_, connected) = bot.next(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(connected, json!({"event": "connected"}));
+    let (started_at, start) = bot.next(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(start["event"], "start");
+    assert_eq!(start["sequence_number"], "1");
+    let s = &start["start"];
+    assert_eq!(start["stream_sid"], s["stream_sid"]);
+    for key in ["stream_sid", "call_sid", "account_sid"] {
+        assert!(
+            s[key].as_str().is_some_and(|v| !v.is_empty()),
+            "start.{key}: {start}"
+        );
+    }
+    assert_eq!(s["to"], "+15550100");
+    assert_eq!(s["from"], "tester");
+    assert_eq!(s["custom_parameters"]["campaign"], "spring");
+    assert_eq!(s["custom_parameters"]["X-UUI"], "order-42");
+    assert_eq!(s["media_format"]["sample_rate"], "16000");
+
+    // Caller → bot: 2 s of a 1 kHz tone.
+    let sender = send_tone(&uac, target, 100, true);
+    // Bot → caller: 1 s of a 1 kHz tone at 16 kHz, then a mark.
+    let bot_tone = tone(1000.0, 16000, 16000, 8000.0);
+    bot.send_json(json!({"event": "media", "stream_sid": s["stream_sid"], "media": {"payload": pcm16_base64(&bot_tone)}}));
+    bot.send_json(
+        json!({"event": "mark", "stream_sid": s["stream_sid"], "mark": {"name": "greeting"}}),
+    );
+    let mark_sent = Instant::now();
+    let (_, heard) = tokio::join!(
+        sender,
+        receive_audio(&uac, Duration::from_millis(1500), true)
+    );
+    // The caller heard the bot's tone, transcoded 16 kHz → 8 kHz A-law.
+    let voiced: Vec<i16> = heard
+        .iter()
+        .copied()
+        .skip_while(|s| s.abs() < 500)
+        .take(6000)
+        .collect();
+    let (frequency, rms) = analyse(&voiced, 8000);
+    assert!(
+        (950.0..1050.0).contains(&frequency) && rms > 2000.0,
+        "caller heard {frequency:.0} Hz at rms {rms:.0}"
+    );
+
+    // The mark comes back once its audio has played (1 s), not before.
+    let (media_before_mark, (mark_at, mark)) = bot.until("mark", Duration::from_secs(3)).await;
+    assert_eq!(mark["mark"]["name"], "greeting");
+    let waited = mark_at - mark_sent;
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_millis(1600),
+        "mark after {waited:?}"
+    );
+
+    // Caller hangs up: stop (callended), then the socket closes.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(uac.bye().await.status, 200);
+    let (media_after_mark, (stopped_at, stop)) = bot.until("stop", Duration::from_secs(3)).await;
+    assert_eq!(stop["stop"]["reason"], "callended");
+    assert_eq!(stop["stop"]["call_sid"], s["call_sid"]);
+    let (_, _closed) = bot.until("<closed>", Duration::from_secs(3)).await;
+
+    // Caller audio at the bot: about call duration × 16000 × 2 bytes, in 100 ms chunks.
+    let media: Vec<&Value> = media_before_mark
+        .iter()
+        .chain(media_after_mark.iter())
+        .filter(|v| v["event"] == "media")
+        .collect();
+    let pcm: Vec<i16> = media
+        .iter()
+        .flat_map(|m| decode_pcm16(m["media"]["payload"].as_str().unwrap()))
+        .collect();
+    let expected = (stopped_at - started_at).as_secs_f64() * 16000.0;
+    let ratio = pcm.len() as f64 / expected;
+    assert!(
+        (0.95..1.05).contains(&ratio),
+        "{} samples for {expected:.0} expected",
+        pcm.len()
+    );
+    assert_eq!(media[0]["media"]["chunk"], "1");
+    assert_eq!(media[1]["media"]["timestamp"], "100");
+    assert!(
+        media
+            .iter()
+            .all(|m| m["media"]["payload"].as_str().unwrap().len() == 4268),
+        "100 ms at 16 kHz = 3200 bytes"
+    );
+    // And the caller's tone reached the bot as a 1 kHz tone at 16 kHz.
+    let voiced: Vec<i16> = pcm
+        .iter()
+        .copied()
+        .skip_while(|s| s.abs() < 500)
+        .take(16000)
+        .collect();
+    let (frequency, rms) = analyse(&voiced, 16000);
+    assert!(
+        (950.0..1050.0).contains(&frequency) && rms > 2000.0,
+        "bot heard {frequency:.0} Hz at rms {rms:.0}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twilio_dialect_in_camel_case_with_mulaw() {
+    let (bot_addr, mut conns) = bot_server().await;
+    let running = start(&flow_config(
+        format!("ws://{bot_addr}/media"),
+        "twilio",
+        "+15550101",
+    ))
+    .await;
+    let mut uac = Uac::new(running.local.udp.unwrap()).await;
+    let invite = uac
+        .request_text("INVITE", &offer(uac.rtp_port(), "0 101", "sendrecv"))
+        .replace("sip:echo@", "sip:+15550101@");
+    uac.send(&invite).await;
+    let ok = uac.final_response().await;
+    assert_eq!(ok.status, 200);
+    let target = Uac::media_target(&ok);
+    uac.ack("").await;
+    let mut bot = tokio::time::timeout(Duration::from_secs(5), conns.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let (_, connected) = bot.next(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(
+        connected,
+        json!({"event": "connected", "protocol": "Call", "version": "1.0.0"})
+    );
+    let (_, start) = bot.next(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(start["sequenceNumber"], "1");
+    let s = &start["start"];
+    assert_eq!(start["streamSid"], s["streamSid"]);
+    assert!(s["accountSid"].is_string() && s["callSid"].is_string());
+    assert_eq!(s["tracks"], json!(["inbound", "outbound"]));
+    assert_eq!(
+        s["mediaFormat"],
+        json!({"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1})
+    );
+
+    let bot_tone: Vec<u8> = tone(1000.0, 8000, 8000, 8000.0)
+        .iter()
+        .map(|s| g711::ulaw_encode(*s))
+        .collect();
+    bot.send_json(json!({"event": "media", "streamSid": s["streamSid"], "media": {"payload": base64::engine::general_purpose::STANDARD.encode(&bot_tone)}}));
+    let (_, heard) = tokio::join!(
+        send_tone(&uac, target, 50, false),
+        receive_audio(&uac, Duration::from_millis(1200), false)
+    );
+    let voiced: Vec<i16> = heard
+        .iter()
+        .copied()
+        .skip_while(|s| s.abs() < 500)
+        .take(4000)
+        .collect();
+    let (frequency, _) = analyse(&voiced, 8000);
+    assert!(
+        (950.0..1050.0).contains(&frequency),
+        "caller heard {frequency:.0} Hz"
+    );
+    assert_eq!(uac.bye().await.status, 200);
+    let (media, (_, stop)) = bot.until("stop", Duration::from_secs(3)).await;
+    assert_eq!(stop["stop"]["callSid"], s["callSid"]);
+    let media: Vec<&Value> = media.iter().filter(|v| v["event"] == "media").collect();
+    assert!(media.len() > 40, "{} media messages", media.len());
+    assert_eq!(media[0]["sequenceNumber"], "2");
+    assert_eq!(media[1]["sequenceNumber"], "3");
+    assert_eq!(media[0]["media"]["track"], "inbound");
+    assert!(
+        media
+            .iter()
+            .all(|m| m["media"]["payload"].as_str().unwrap().len() == 216),
+        "20 ms = 160 mu-law bytes"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn marks_in_order_and_clear_drops_audio_and_echoes_marks_at_once() {
+    let (bot_addr, mut conns) = bot_server().await;
+    let running = start(&flow_config(
+        format!("ws://{bot_addr}/"),
+        "exotel",
+        "+15550102",
+    ))
+    .await;
+    let mut uac = Uac::new(running.local.udp.unwrap()).await;
+    let invite = uac
+        .request_text("INVITE", &offer(uac.rtp_port(), "8", "sendrecv"))
+        .replace("sip:echo@", "sip:+15550102@");
+    uac.send(&invite).await;
+    assert_eq!(uac.final_response().await.status, 200);
+    uac.ack("").await;
+    let mut bot = tokio::time::timeout(Duration::from_secs(5), conns.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    bot.until("start", Duration::from_secs(5)).await;
+    let half_second = pcm16_base64(&tone(440.0, 8000, 4000, 6000.0));
+    let sent = Instant::now();
+    for name in ["a", "b"] {
+        bot.send_json(json!({"event": "media", "media": {"payload": half_second}}));
+        bot.send_json(json!({"event": "mark", "mark": {"name": name}}));
+    }
+    let mut marks = Vec::new();
+    while marks.len() < 2 {
+        let (_, (at, mark)) = bot.until("mark", Duration::from_secs(3)).await;
+        marks.push((
+            mark["mark"]["name"].as_str().unwrap().to_string(),
+            at - sent,
+        ));
+    }
+    assert_eq!(marks[0].0, "a");
+    assert_eq!(marks[1].0, "b");
+    assert!(
+        marks[0].1 >= Duration::from_millis(400) && marks[0].1 < Duration::from_millis(800),
+        "{marks:?}"
+    );
+    assert!(
+        marks[1].1 >= Duration::from_millis(900) && marks[1].1 < Duration::from_millis(1300),
+        "{marks:?}"
+    );
+
+    // Five seconds queued, a mark behind it, then clear: the mark comes back at once and the
+    // caller hears silence from the next frame on.
+    let five_seconds = pcm16_base64(&tone(440.0, 8000, 40_000, 6000.0));
+    bot.send_json(json!({"event": "media", "media": {"payload": five_seconds}}));
+    bot.send_json(json!({"event": "mark", "mark": {"name": "c"}}));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let cleared = Instant::now();
+    bot.send_json(json!({"event": "clear"}));
+    let (_, (at, mark)) = bot.until("mark", Duration::from_secs(2)).await;
+    assert_eq!(mark["mark"]["name"], "c");
+    assert!(
+        at - cleared < Duration::from_millis(100),
+        "mark after clear took {:?}",
+        at - cleared
+    );
+    // Skip what was already on its way (and what queued up unread in our socket).
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    let mut buf = [0u8; 2048];
+    while uac.rtp.try_recv_from(&mut buf).is_ok() {}
+    let after = receive_audio(&uac, Duration::from_millis(500), true).await;
+    let (_, rms) = analyse(&after, 8000);
+    assert!(
+        !after.is_empty() && rms < 50.0,
+        "audio after clear: rms {rms:.0} over {} samples",
+        after.len()
+    );
+    assert_eq!(uac.bye().await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caller_digits_reach_the_bot_once_each() {
+    let (bot_addr, mut conns) = bot_server().await;
+    let running = start(&flow_config(
+        format!("ws://{bot_addr}/"),
+        "exotel",
+        "+15550103",
+    ))
+    .await;
+    let media_port = free_even_port();
+    let files: Vec<std::path::PathBuf> = ["1", "2", "3"]
+        .iter()
+        .map(|d| format!("/usr/share/sip-tester/dtmf_2833_{d}.pcap").into())
+        .collect();
+    let playback: Vec<(&std::path::Path, u64)> = files.iter().map(|f| (f.as_path(), 400)).collect();
+    let scenario = play_pcap_scenario(
+        "8 101",
+        &["a=rtpmap:8 PCMA/8000", "a=rtpmap:101 telephone-event/8000"],
+        &playback,
+    );
+    let args = [
+        "-sf",
+        scenario.to_str().unwrap(),
+        "-s",
+        "+15550103",
+        "-m",
+        "1",
+    ];
+    let sipp_run = sipp_with_media_port(running.local.udp.unwrap(), media_port, &args);
+    let collect = async {
+        let mut bot = tokio::time::timeout(Duration::from_secs(5), conns.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        let (before, _) = bot.until("stop", Duration::from_secs(10)).await;
+        before
+    };
+    let (out, frames) = tokio::join!(sipp_run, collect);
+    let _ = std::fs::remove_file(&scenario);
+    assert_sipp_ok(&out, 1);
+    let digits: String = frames
+        .iter()
+        .filter(|v| v["event"] == "dtmf")
+        .map(|v| v["dtmf"]["digit"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(digits, "123");
+    let dtmf = frames.iter().find(|v| v["event"] == "dtmf").unwrap();
+    assert_eq!(dtmf["dtmf"]["duration"], "280");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bot_closing_the_socket_hangs_up_the_call() {
+    let (bot_addr, mut conns) = bot_server().await;
+    let running = start(&flow_config(
+        format!("ws://{bot_addr}/"),
+        "exotel",
+        "+15550104",
+    ))
+    .await;
+    let mut uac = Uac::new(running.local.udp.unwrap()).await;
+    let invite = uac
+        .request_text("INVITE", &offer(uac.rtp_port(), "8", "sendrecv"))
+        .replace("sip:echo@", "sip:+15550104@");
+    uac.send(&invite).await;
+    assert_eq!(uac.final_response().await.status, 200);
+    uac.ack("").await;
+    let mut bot = tokio::time::timeout(Duration::from_secs(5), conns.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    bot.until("start", Duration::from_secs(5)).await;
+    bot.send.send(Message::Close(None)).unwrap();
+    let bye = loop {
+        match uac.recv(Duration::from_secs(3)).await {
+            Some(Sip::Request(r)) if r.method == "BYE" => break r,
+            Some(_) => continue,
+            None => panic!("no BYE after the bot closed"),
+        }
+    };
+    assert!(
+        bye.headers
+            .get("Reason")
+            .unwrap_or_default()
+            .contains("bot closed"),
+        "{:?}",
+        bye.headers.get("Reason")
+    );
+    uac.sip
+        .send_to(
+            &bye.response(200, "OK").to_bytes(),
+            running.local.udp.unwrap(),
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_bot_gets_one_retry_then_the_call_hangs_up() {
+    // Accepts TCP but never answers the WebSocket handshake.
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    let attempts = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = attempts.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            held.push(stream);
+        }
+    });
+    let mut config = flow_config(format!("ws://{addr}/"), "exotel", "+15550105");
+    config.bridge.handshake_timeout_secs = 1;
+    let running = start(&config).await;
+    let mut uac = Uac::new(running.local.udp.unwrap()).await;
+    let invite = uac
+        .request_text("INVITE", &offer(uac.rtp_port(), "8", "sendrecv"))
+        .replace("sip:echo@", "sip:+15550105@");
+    uac.send(&invite).await;
+    assert_eq!(uac.final_response().await.status, 200);
+    uac.ack("").await;
+    let started = Instant::now();
+    let bye = loop {
+        match uac.recv(Duration::from_secs(5)).await {
+            Some(Sip::Request(r)) if r.method == "BYE" => break r,
+            Some(_) => continue,
+            None => panic!("no BYE after the bot stayed silent"),
+        }
+    };
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1900) && waited < Duration::from_secs(3),
+        "BYE after {waited:?}: two 1 s attempts"
+    );
+    assert_eq!(attempts.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert!(bye
+        .headers
+        .get("Reason")
+        .unwrap_or_default()
+        .contains("unreachable"));
+    uac.sip
+        .send_to(
+            &bye.response(200, "OK").to_bytes(),
+            running.local.udp.unwrap(),
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundred_concurrent_calls_through_the_echo_bot() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let bot_addr = listener.local_addr().unwrap();
+    tokio::spawn(voicegate_bridge::echo_bot::serve(
+        listener,
+        voicegate_bridge::echo_bot::EchoBotOptions::default(),
+    ));
+    let mut config = flow_config(
+        format!("ws://{bot_addr}/?sample-rate=16000"),
+        "exotel",
+        "+15550106",
+    );
+    let (min, max) = rtp_range(400);
+    config.rtp.port_min = min;
+    config.rtp.port_max = max;
+    let running = start(&config).await;
+    let out = sipp(
+        running.local.udp.unwrap(),
+        &[
+            "-sn",
+            "uac",
+            "-s",
+            "+15550106",
+            "-m",
+            "100",
+            "-r",
+            "50",
+            "-l",
+            "100",
+            "-d",
+            "3000",
+        ],
+    )
+    .await;
+    assert_sipp_ok(&out, 100);
+    assert_eq!(
+        running
+            .core
+            .stats
+            .answered
+            .load(std::sync::atomic::Ordering::Relaxed),
+        100
+    );
+    // Every session ended and gave its ports back.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while running.core.pool.in_use() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "{} port pairs still held",
+            running.core.pool.in_use()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
