@@ -426,6 +426,11 @@ async fn marks_in_order_and_clear_drops_audio_and_echoes_marks_at_once() {
         .unwrap()
         .unwrap();
     bot.until("start", Duration::from_secs(5)).await;
+    // Malformed frames are logged and counted, never fatal.
+    bot.send.send(Message::text("not json")).unwrap();
+    bot.send_json(json!({"event": "media", "media": {"payload": "@@@"}}));
+    bot.send_json(json!({"event": "media", "media": {"payload": "AAA="}}));
+    bot.send_json(json!({"event": "something-new"}));
     let half_second = pcm16_base64(&tone(440.0, 8000, 4000, 6000.0));
     let sent = Instant::now();
     for name in ["a", "b"] {
@@ -551,6 +556,16 @@ async fn bot_closing_the_socket_hangs_up_the_call() {
         .unwrap()
         .unwrap();
     bot.until("start", Duration::from_secs(5)).await;
+    // A digit by SIP INFO reaches the bot as a dtmf event, like an RFC 4733 one.
+    let info = uac
+        .request_text("INFO", "Signal=9\r\nDuration=160\r\n")
+        .replace("application/sdp", "application/dtmf-relay");
+    uac.cseq += 1;
+    uac.send(&info).await;
+    assert_eq!(uac.final_response().await.status, 200);
+    let (_, (_, dtmf)) = bot.until("dtmf", Duration::from_secs(2)).await;
+    assert_eq!(dtmf["dtmf"]["digit"], "9");
+    assert_eq!(dtmf["dtmf"]["duration"], "160");
     bot.send.send(Message::Close(None)).unwrap();
     let bye = loop {
         match uac.recv(Duration::from_secs(3)).await {
