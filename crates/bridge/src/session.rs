@@ -106,6 +106,8 @@ pub struct SessionReport {
     pub playout_samples_dropped: u64,
     pub concealed_frames: u64,
     pub dtmf_events: u64,
+    /// Digits the caller sent by RFC 4733 (SIP INFO digits are recorded by the call).
+    pub digits: String,
 }
 
 /// What the call tells a running session.
@@ -448,6 +450,8 @@ async fn session(
                 if Some(packet.payload_type()) == media.telephone_event {
                     if let Some(event) = dtmf.on_packet(packet.timestamp(), packet.mark(), packet.payload(), now) {
                         report.dtmf_events += 1;
+                        report.digits.push(event.digit);
+                        info!(digit = %event.digit, duration_ms = event.duration_ms, via = "rfc4733", "DTMF");
                         if bot.bidirectional {
                             encoder.dtmf(event.digit, event.duration_ms, &mut out);
                             if to_bot.send(Message::text(out.clone())).await.is_err() {

@@ -992,7 +992,7 @@ impl Call {
             jitter_ms = format_args!("{:.1}", media.jitter_ms),
             rtt_ms = format_args!("{:.1}", media.rtt_ms.unwrap_or(0.0)),
             mos = format_args!("{:.2}", media.mos),
-            dtmf = self.media_record.digits,
+            dtmf = format_args!("{}{}", self.media_record.digits, bot.digits),
             bot_media_sent = bot.media_messages_sent,
             bot_media_received = bot.bot_media_messages,
             bot_marks = bot.marks_echoed,
