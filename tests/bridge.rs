@@ -105,6 +105,49 @@ async fn bot_server() -> (SocketAddr, mpsc::UnboundedReceiver<BotConn>) {
     (addr, conn_rx)
 }
 
+/// Calls `number` offering `formats` (with `extra` headers) and acknowledges the 200; returns
+/// the UA and where voicegate wants its RTP.
+async fn answered_call(
+    server: SocketAddr,
+    number: &str,
+    formats: &str,
+    extra: &str,
+) -> (Uac, SocketAddr) {
+    let mut uac = Uac::new(server).await;
+    let invite = uac
+        .request_text("INVITE", &offer(uac.rtp_port(), formats, "sendrecv"))
+        .replace("sip:echo@", &format!("sip:{number}@"))
+        .replace(
+            "Max-Forwards: 70\r\n",
+            &format!("Max-Forwards: 70\r\n{extra}"),
+        );
+    uac.send(&invite).await;
+    let ok = uac.final_response().await;
+    assert_eq!(ok.status, 200);
+    let target = Uac::media_target(&ok);
+    uac.ack("").await;
+    (uac, target)
+}
+
+/// The bot's side of the next call.
+async fn next_bot(conns: &mut mpsc::UnboundedReceiver<BotConn>) -> BotConn {
+    tokio::time::timeout(Duration::from_secs(5), conns.recv())
+        .await
+        .expect("voicegate connects to the bot")
+        .unwrap()
+}
+
+/// The BYE voicegate sends within `wait`.
+async fn expect_bye(uac: &Uac, wait: Duration) -> voicegate_sip::message::Request {
+    loop {
+        match uac.recv(wait).await {
+            Some(Sip::Request(r)) if r.method == "BYE" => return r,
+            Some(_) => continue,
+            None => panic!("no BYE within {wait:?}"),
+        }
+    }
+}
+
 fn flow_config(url: String, protocol: &str, number: &str) -> Config {
     let mut config = test_config();
     config.flows = vec![FlowConfig {
@@ -212,24 +255,15 @@ async fn exotel_events_fields_and_audio_both_ways() {
         "+15550100",
     );
     let running = start(&config).await;
-    let mut uac = Uac::new(running.local.udp.unwrap()).await;
-    let invite = uac
-        .request_text("INVITE", &offer(uac.rtp_port(), "8 101", "sendrecv"))
-        .replace("sip:echo@", "sip:+15550100@")
-        .replace(
-            "Max-Forwards: 70\r\n",
-            "Max-Forwards: 70\r\nX-UUI: order-42\r\n",
-        );
-    uac.send(&invite).await;
-    let ok = uac.final_response().await;
-    assert_eq!(ok.status, 200);
-    let target = Uac::media_target(&ok);
-    uac.ack("").await;
+    let (mut uac, target) = answered_call(
+        running.local.udp.unwrap(),
+        "+15550100",
+        "8 101",
+        "X-UUI: order-42\r\n",
+    )
+    .await;
 
-    let mut bot = tokio::time::timeout(Duration::from_secs(5), conns.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    let mut bot = next_bot(&mut conns).await;
     let (_, connected) = bot.next(Duration::from_secs(5)).await.unwrap();
     assert_eq!(connected, json!({"event": "connected"}));
     let (started_at, start) = bot.next(Duration::from_secs(5)).await.unwrap();
@@ -340,19 +374,9 @@ async fn twilio_dialect_in_camel_case_with_mulaw() {
         "+15550101",
     ))
     .await;
-    let mut uac = Uac::new(running.local.udp.unwrap()).await;
-    let invite = uac
-        .request_text("INVITE", &offer(uac.rtp_port(), "0 101", "sendrecv"))
-        .replace("sip:echo@", "sip:+15550101@");
-    uac.send(&invite).await;
-    let ok = uac.final_response().await;
-    assert_eq!(ok.status, 200);
-    let target = Uac::media_target(&ok);
-    uac.ack("").await;
-    let mut bot = tokio::time::timeout(Duration::from_secs(5), conns.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    let (mut uac, target) =
+        answered_call(running.local.udp.unwrap(), "+15550101", "0 101", "").await;
+    let mut bot = next_bot(&mut conns).await;
     let (_, connected) = bot.next(Duration::from_secs(5)).await.unwrap();
     assert_eq!(
         connected,
@@ -414,17 +438,8 @@ async fn marks_in_order_and_clear_drops_audio_and_echoes_marks_at_once() {
         "+15550102",
     ))
     .await;
-    let mut uac = Uac::new(running.local.udp.unwrap()).await;
-    let invite = uac
-        .request_text("INVITE", &offer(uac.rtp_port(), "8", "sendrecv"))
-        .replace("sip:echo@", "sip:+15550102@");
-    uac.send(&invite).await;
-    assert_eq!(uac.final_response().await.status, 200);
-    uac.ack("").await;
-    let mut bot = tokio::time::timeout(Duration::from_secs(5), conns.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    let (mut uac, _) = answered_call(running.local.udp.unwrap(), "+15550102", "8", "").await;
+    let mut bot = next_bot(&mut conns).await;
     bot.until("start", Duration::from_secs(5)).await;
     // Malformed frames are logged and counted, never fatal.
     bot.send.send(Message::text("not json")).unwrap();
@@ -544,17 +559,8 @@ async fn bot_closing_the_socket_hangs_up_the_call() {
         "+15550104",
     ))
     .await;
-    let mut uac = Uac::new(running.local.udp.unwrap()).await;
-    let invite = uac
-        .request_text("INVITE", &offer(uac.rtp_port(), "8", "sendrecv"))
-        .replace("sip:echo@", "sip:+15550104@");
-    uac.send(&invite).await;
-    assert_eq!(uac.final_response().await.status, 200);
-    uac.ack("").await;
-    let mut bot = tokio::time::timeout(Duration::from_secs(5), conns.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    let (mut uac, _) = answered_call(running.local.udp.unwrap(), "+15550104", "8", "").await;
+    let mut bot = next_bot(&mut conns).await;
     bot.until("start", Duration::from_secs(5)).await;
     // A digit by SIP INFO reaches the bot as a dtmf event, like an RFC 4733 one.
     let info = uac
@@ -567,13 +573,7 @@ async fn bot_closing_the_socket_hangs_up_the_call() {
     assert_eq!(dtmf["dtmf"]["digit"], "9");
     assert_eq!(dtmf["dtmf"]["duration"], "160");
     bot.send.send(Message::Close(None)).unwrap();
-    let bye = loop {
-        match uac.recv(Duration::from_secs(3)).await {
-            Some(Sip::Request(r)) if r.method == "BYE" => break r,
-            Some(_) => continue,
-            None => panic!("no BYE after the bot closed"),
-        }
-    };
+    let bye = expect_bye(&uac, Duration::from_secs(3)).await;
     assert!(
         bye.headers
             .get("Reason")
@@ -608,21 +608,9 @@ async fn unreachable_bot_gets_one_retry_then_the_call_hangs_up() {
     let mut config = flow_config(format!("ws://{addr}/"), "exotel", "+15550105");
     config.bridge.handshake_timeout_secs = 1;
     let running = start(&config).await;
-    let mut uac = Uac::new(running.local.udp.unwrap()).await;
-    let invite = uac
-        .request_text("INVITE", &offer(uac.rtp_port(), "8", "sendrecv"))
-        .replace("sip:echo@", "sip:+15550105@");
-    uac.send(&invite).await;
-    assert_eq!(uac.final_response().await.status, 200);
-    uac.ack("").await;
+    let (uac, _) = answered_call(running.local.udp.unwrap(), "+15550105", "8", "").await;
     let started = Instant::now();
-    let bye = loop {
-        match uac.recv(Duration::from_secs(5)).await {
-            Some(Sip::Request(r)) if r.method == "BYE" => break r,
-            Some(_) => continue,
-            None => panic!("no BYE after the bot stayed silent"),
-        }
-    };
+    let bye = expect_bye(&uac, Duration::from_secs(5)).await;
     let waited = started.elapsed();
     assert!(
         waited >= Duration::from_millis(1900) && waited < Duration::from_secs(3),

@@ -68,21 +68,8 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let filter =
-        tracing_subscriber::EnvFilter::try_new(&config.log.level).unwrap_or_else(|_| "info".into());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = logging_and_runtime(&config.log.level) else {
+        return ExitCode::FAILURE;
     };
     runtime.block_on(async {
         let running = match voicegate::server::start(&config).await {
@@ -99,20 +86,29 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
     })
 }
 
-fn echo_bot(listen: &str, delay_ms: u64) -> ExitCode {
+/// Logs to stderr with the `level` filter (a tracing EnvFilter directive) and builds the
+/// runtime; None (with the reason printed) if the runtime cannot start.
+fn logging_and_runtime(level: &str) -> Option<tokio::runtime::Runtime> {
+    let filter = tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|_| "info".into());
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
-        Ok(rt) => rt,
+        Ok(runtime) => Some(runtime),
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
+            None
         }
+    }
+}
+
+fn echo_bot(listen: &str, delay_ms: u64) -> ExitCode {
+    let Some(runtime) = logging_and_runtime("info") else {
+        return ExitCode::FAILURE;
     };
     runtime.block_on(async {
         let listener = match tokio::net::TcpListener::bind(listen).await {
