@@ -382,7 +382,7 @@ async fn twilio_dialect_in_camel_case_with_mulaw() {
         connected,
         json!({"event": "connected", "protocol": "Call", "version": "1.0.0"})
     );
-    let (_, start) = bot.next(Duration::from_secs(5)).await.unwrap();
+    let (started_at, start) = bot.next(Duration::from_secs(5)).await.unwrap();
     assert_eq!(start["sequenceNumber"], "1");
     let s = &start["start"];
     assert_eq!(start["streamSid"], s["streamSid"]);
@@ -414,10 +414,25 @@ async fn twilio_dialect_in_camel_case_with_mulaw() {
         "caller heard {frequency:.0} Hz"
     );
     assert_eq!(uac.bye().await.status, 200);
-    let (media, (_, stop)) = bot.until("stop", Duration::from_secs(3)).await;
+    let (media, (stopped_at, stop)) = bot.until("stop", Duration::from_secs(3)).await;
     assert_eq!(stop["stop"]["callSid"], s["callSid"]);
     let media: Vec<&Value> = media.iter().filter(|v| v["event"] == "media").collect();
     assert!(media.len() > 40, "{} media messages", media.len());
+    // Caller audio at the bot: about session length × 8000 samples (one mu-law byte each).
+    let bytes: usize = media
+        .iter()
+        .map(|m| {
+            base64::engine::general_purpose::STANDARD
+                .decode(m["media"]["payload"].as_str().unwrap())
+                .unwrap()
+                .len()
+        })
+        .sum();
+    let expected = (stopped_at - started_at).as_secs_f64() * 8000.0;
+    assert!(
+        (0.95..1.05).contains(&(bytes as f64 / expected)),
+        "{bytes} bytes for {expected:.0} expected"
+    );
     assert_eq!(media[0]["sequenceNumber"], "2");
     assert_eq!(media[1]["sequenceNumber"], "3");
     assert_eq!(media[0]["media"]["track"], "inbound");
@@ -685,4 +700,66 @@ async fn hundred_concurrent_calls_through_the_echo_bot() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// SIPp plays a real capture to a flow served by the shipped echo bot; what reaches SIPp's RTP
+/// port (seen by tcpdump) is the bot playing the caller's words back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sipp_hears_the_echo_bot_play_its_audio_back() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let bot_addr = listener.local_addr().unwrap();
+    tokio::spawn(voicegate_bridge::echo_bot::serve(
+        listener,
+        voicegate_bridge::echo_bot::EchoBotOptions::default(),
+    ));
+    let running = start(&flow_config(
+        format!("ws://{bot_addr}/?sample-rate=16000"),
+        "exotel",
+        "+15550107",
+    ))
+    .await;
+    let media_port = free_even_port();
+    let tap = Capture::start(&format!("udp and dst port {media_port}")).await;
+    let capture = std::path::Path::new("/usr/share/sip-tester/g711a.pcap");
+    let scenario = play_pcap_scenario(
+        "8 101",
+        &["a=rtpmap:8 PCMA/8000", "a=rtpmap:101 telephone-event/8000"],
+        &[(capture, 8000)],
+    );
+    let args = [
+        "-sf",
+        scenario.to_str().unwrap(),
+        "-s",
+        "+15550107",
+        "-m",
+        "1",
+    ];
+    let out = sipp_with_media_port(running.local.udp.unwrap(), media_port, &args).await;
+    let _ = std::fs::remove_file(&scenario);
+    assert_sipp_ok(&out, 1);
+    let rtp: Vec<_> = tap
+        .finish()
+        .await
+        .into_iter()
+        .filter(|d| d.payload.len() == 172)
+        .collect();
+    // About 8 s of 20 ms PCMA frames (silence while the bot has nothing queued).
+    assert!(
+        (350..=460).contains(&rtp.len()),
+        "{} RTP packets reached SIPp",
+        rtp.len()
+    );
+    let pcm: Vec<i16> = rtp
+        .iter()
+        .flat_map(|d| d.payload[12..].iter().map(|b| g711::alaw_decode(*b)))
+        .collect();
+    let loud = pcm
+        .chunks(160)
+        .filter(|frame| analyse(frame, 8000).1 > 300.0)
+        .count();
+    // The capture is about 7 s of speech; most of it comes back.
+    assert!(
+        loud > 150,
+        "only {loud} frames of the echoed speech reached SIPp"
+    );
 }
