@@ -763,3 +763,31 @@ async fn sipp_hears_the_echo_bot_play_its_audio_back() {
         "only {loud} frames of the echoed speech reached SIPp"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_caller_is_hung_up_and_the_bot_told() {
+    let (bot_addr, mut conns) = bot_server().await;
+    let mut config = flow_config(format!("ws://{bot_addr}/"), "exotel", "+15550108");
+    config.rtp.timeout_secs = 1;
+    let running = start(&config).await;
+    let (uac, _) = answered_call(running.local.udp.unwrap(), "+15550108", "8", "").await;
+    let mut bot = next_bot(&mut conns).await;
+    let bye = expect_bye(&uac, Duration::from_secs(4)).await;
+    assert!(
+        bye.headers
+            .get("Reason")
+            .unwrap_or_default()
+            .contains("no RTP"),
+        "{:?}",
+        bye.headers.get("Reason")
+    );
+    let (_, (_, stop)) = bot.until("stop", Duration::from_secs(2)).await;
+    assert_eq!(stop["stop"]["reason"], "stopped");
+    uac.sip
+        .send_to(
+            &bye.response(200, "OK").to_bytes(),
+            running.local.udp.unwrap(),
+        )
+        .await
+        .unwrap();
+}

@@ -55,6 +55,8 @@ pub struct CallMedia {
     pub signalled: Option<SocketAddr>,
     pub latching: LatchPolicy,
     pub ssrc: u32,
+    /// No RTP for this long (while the caller is expected to send) ends the session.
+    pub rtp_timeout: Duration,
 }
 
 /// The bot's side.
@@ -91,6 +93,8 @@ pub enum SessionEnd {
     MaxDuration,
     /// The bot asked to hang up (extension message).
     BotHangup,
+    /// The caller sent no RTP for the configured time; the bot got `stop` (`stopped`).
+    RtpTimeout,
 }
 
 /// What happened, for the call record.
@@ -118,6 +122,8 @@ enum Control {
         digit: char,
         duration_ms: u32,
     },
+    /// Whether the caller's SDP says it sends (not on hold): the RTP timeout runs only then.
+    ExpectRtp(bool),
     CallerHungUp,
 }
 
@@ -153,6 +159,11 @@ impl BridgeHandle {
     /// The caller hung up: the bot gets `stop` (`callended`) and the socket is closed.
     pub fn caller_hung_up(&self) {
         let _ = self.control.try_send(Control::CallerHungUp);
+    }
+
+    /// The caller put the call on hold (false) or resumed it (true).
+    pub fn expect_rtp(&self, expect: bool) {
+        let _ = self.control.try_send(Control::ExpectRtp(expect));
     }
 
     /// A digit the caller sent by SIP INFO: it reaches the bot like an RFC 4733 one.
@@ -433,6 +444,8 @@ async fn session(
     let deadline = started + bot.max_session;
     let mut pacer = Pacer::new(started + FRAME, FRAME);
     let mut peer_ssrc = None;
+    let mut last_rtp = started;
+    let mut expect_rtp = true;
 
     let end = loop {
         tokio::select! {
@@ -441,6 +454,7 @@ async fn session(
                 let now = Instant::now();
                 let Ok(packet) = RtpReader::new(&rtp_in[..len]) else { continue };
                 report.packets_in += 1;
+                last_rtp = now;
                 remote.on_packet(from);
                 if peer_ssrc != Some(packet.ssrc()) {
                     peer_ssrc = Some(packet.ssrc());
@@ -516,6 +530,12 @@ async fn session(
             }
             _ = sleep_until(pacer.next_deadline()) => {
                 let now = Instant::now();
+                if expect_rtp && now.saturating_duration_since(last_rtp) >= media.rtp_timeout {
+                    encoder.stop(StopReason::Stopped, &mut out);
+                    let _ = to_bot.send(Message::text(out.clone())).await;
+                    let _ = to_bot.close().await;
+                    break SessionEnd::RtpTimeout;
+                }
                 for _ in 0..pacer.tick(now) {
                     // Caller → bot.
                     match jitter.pop(now) {
@@ -570,6 +590,13 @@ async fn session(
                         encoder.dtmf(digit, duration_ms, &mut out);
                         let _ = to_bot.send(Message::text(out.clone())).await;
                     }
+                }
+                Some(Control::ExpectRtp(expect)) => {
+                    if expect && !expect_rtp {
+                        // Resumed: the timeout counts from now.
+                        last_rtp = Instant::now();
+                    }
+                    expect_rtp = expect;
                 }
                 Some(Control::CallerHungUp) | None => {
                     encoder.stop(StopReason::CallEnded, &mut out);

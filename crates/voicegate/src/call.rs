@@ -658,7 +658,8 @@ impl Call {
         match &media.leg {
             Some(Leg::Echo(echo)) => echo.update(leg_control(&negotiated)),
             // The bot keeps streaming through hold and resume; its RTP follows the caller.
-            Some(Leg::Bot(_)) | None => {}
+            Some(Leg::Bot(bot)) => bot.expect_rtp(negotiated.direction.receives()),
+            None => {}
         }
         let body = sdp::build_answer(&offer, &media.local, &negotiated);
         media.negotiated = Some(negotiated);
@@ -776,6 +777,7 @@ impl Call {
             signalled: negotiated.remote,
             latching: settings.latching,
             ssrc: rand::random(),
+            rtp_timeout: settings.rtp_timeout,
         };
         let from = self
             .invite
@@ -815,6 +817,21 @@ impl Call {
             SessionEnd::BotUnreachable(why) => format!("bot unreachable: {why}"),
             SessionEnd::MaxDuration => "bot session reached its maximum length".to_string(),
             SessionEnd::BotHangup => "bot hung up".to_string(),
+            SessionEnd::RtpTimeout => {
+                let secs = self.core.settings.rtp_timeout.as_secs();
+                warn!(
+                    call_id = self.invite.call_id(),
+                    secs, "no RTP: ending the call"
+                );
+                if matches!(self.phase, Phase::Answered | Phase::Confirmed) {
+                    self.send_bye(
+                        "RTP timeout",
+                        &format!("SIP;cause=408;text=\"no RTP for {secs} s\""),
+                        now,
+                    );
+                }
+                return;
+            }
         };
         info!(
             call_id = self.invite.call_id(),
