@@ -21,6 +21,8 @@ use voicegate_rtp::dtmf::Rfc4733Receiver;
 use voicegate_rtp::jitter::{JitterBuffer, JitterConfig, Playout};
 use voicegate_rtp::latch::{LatchPolicy, RemoteAddress};
 use voicegate_rtp::pool::{PortLease, RtpPorts};
+use voicegate_rtp::rtcp::MosCodec;
+use voicegate_rtp::stats::{RtpStats, StatsSummary};
 
 use crate::dialect::{self, Encoder, Protocol, StopReason, StreamInfo};
 use crate::playout::{Chunker, Frame, Pacer, PlayoutQueue};
@@ -100,8 +102,8 @@ pub enum SessionEnd {
 /// What happened, for the call record.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct SessionReport {
-    pub packets_in: u64,
-    pub packets_out: u64,
+    /// The caller's RTP both ways, loss, jitter, round trip and MOS.
+    pub rtp: StatsSummary,
     pub media_messages_sent: u64,
     pub bot_media_messages: u64,
     pub bot_frames_invalid: u64,
@@ -145,7 +147,7 @@ impl BridgeHandle {
         let RtpPorts { rtp, rtcp, lease } = ports;
         let sockets = Sockets {
             rtp: UdpSocket::from_std(rtp)?,
-            _rtcp: rtcp,
+            rtcp: UdpSocket::from_std(rtcp)?,
             _lease: lease,
         };
         let (control_tx, control_rx) = mpsc::channel(16);
@@ -194,7 +196,7 @@ impl Drop for BridgeHandle {
 /// Fields drop in order: the sockets close before the ports go back to the pool.
 struct Sockets {
     rtp: UdpSocket,
-    _rtcp: std::net::UdpSocket,
+    rtcp: UdpSocket,
     _lease: PortLease,
 }
 
@@ -314,6 +316,11 @@ impl Pipeline {
                 out.truncate(n);
             }
         }
+    }
+
+    /// The RTP timestamp of the packet last encoded.
+    fn last_timestamp(&self) -> u32 {
+        self.timestamp.wrapping_sub(self.codec.clock_rate() / 50)
     }
 
     /// Encodes `self.bot_frame` into `self.packet` as the next RTP packet.
@@ -444,6 +451,31 @@ async fn session(
     let deadline = started + bot.max_session;
     let mut pacer = Pacer::new(started + FRAME, FRAME);
     let mut peer_ssrc = None;
+    let mut stats = RtpStats::new(
+        media.ssrc,
+        format!(
+            "voicegate@{}",
+            sockets
+                .rtp
+                .local_addr()
+                .map(|a| a.ip().to_string())
+                .unwrap_or_default()
+        ),
+        clock,
+        if media.codec == CallCodec::Opus {
+            MosCodec::Opus
+        } else {
+            MosCodec::G711
+        },
+        started,
+    );
+    let mut rtcp_remote = RemoteAddress::new(
+        media.latching,
+        media
+            .signalled
+            .map(|a| SocketAddr::new(a.ip(), a.port().wrapping_add(1))),
+    );
+    let mut rtcp_in = vec![0u8; 1500];
     let mut last_rtp = started;
     let mut expect_rtp = true;
 
@@ -453,7 +485,7 @@ async fn session(
                 let Ok((len, from)) = received else { continue };
                 let now = Instant::now();
                 let Ok(packet) = RtpReader::new(&rtp_in[..len]) else { continue };
-                report.packets_in += 1;
+                stats.on_received(u16::from(packet.sequence_number()), packet.timestamp(), packet.ssrc(), packet.payload().len(), now);
                 last_rtp = now;
                 remote.on_packet(from);
                 if peer_ssrc != Some(packet.ssrc()) {
@@ -475,6 +507,13 @@ async fn session(
                     }
                 } else if packet.payload_type() == media.payload_type {
                     jitter.push(seq, packet.timestamp(), packet.mark(), packet.payload(), now);
+                }
+            }
+            received = sockets.rtcp.recv_from(&mut rtcp_in) => {
+                if let Ok((len, from)) = received {
+                    if stats.on_rtcp(&rtcp_in[..len], Instant::now()) {
+                        rtcp_remote.on_packet(from);
+                    }
                 }
             }
             message = from_bot.next() => {
@@ -530,6 +569,11 @@ async fn session(
             }
             _ = sleep_until(pacer.next_deadline()) => {
                 let now = Instant::now();
+                if let (Some(report), Some(to)) = (stats.report_due(now), rtcp_remote.target()) {
+                    if sockets.rtcp.send_to(report, to).await.is_ok() {
+                        stats.report_sent();
+                    }
+                }
                 if expect_rtp && now.saturating_duration_since(last_rtp) >= media.rtp_timeout {
                     encoder.stop(StopReason::Stopped, &mut out);
                     let _ = to_bot.send(Message::text(out.clone())).await;
@@ -566,7 +610,7 @@ async fn session(
                         };
                         if let (Some(marker), Some(to)) = (send, remote.target()) {
                             if pipeline.encode_frame(marker).is_ok() && sockets.rtp.send_to(&pipeline.packet, to).await.is_ok() {
-                                report.packets_out += 1;
+                                stats.on_sent(pipeline.last_timestamp(), pipeline.packet.len() - 12, now);
                             }
                         }
                         while let Some(name) = playout.poll_mark() {
@@ -608,6 +652,17 @@ async fn session(
         }
     };
     report.playout_samples_dropped = playout.stats().samples_dropped;
+    if let Some(to) = rtcp_remote.target() {
+        if sockets
+            .rtcp
+            .send_to(stats.final_report(Instant::now()), to)
+            .await
+            .is_ok()
+        {
+            stats.report_sent();
+        }
+    }
+    report.rtp = stats.summary();
     end
 }
 

@@ -18,10 +18,8 @@ use tracing::debug;
 use crate::dtmf::{DtmfEvent, Rfc4733Receiver};
 use crate::latch::{LatchPolicy, RemoteAddress};
 use crate::pool::{PortLease, RtpPorts};
-use crate::rtcp::{self, MosCodec, ReceptionStats, RtcpPacket, SenderStats};
-
-/// RTCP report interval (RFC 3550 §6.2 minimum for a two-party call, before randomisation).
-const RTCP_INTERVAL: Duration = Duration::from_secs(5);
+use crate::rtcp::MosCodec;
+use crate::stats::{RtpStats, StatsSummary};
 
 /// How often the leg looks at its clocks: the RTP timeout and DTMF timeout are this precise.
 const HOUSEKEEPING: Duration = Duration::from_millis(100);
@@ -65,24 +63,8 @@ pub enum MediaEvent {
 /// The call's media statistics, for its record.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct LegReport {
-    pub packets_in: u64,
-    pub bytes_in: u64,
-    pub packets_out: u64,
-    pub bytes_out: u64,
-    /// RTP packets lost on the way to us (RFC 3550 cumulative count).
-    pub lost: i64,
-    pub loss_percent: f64,
-    /// RFC 3550 interarrival jitter of what we received.
-    pub jitter_ms: f64,
-    /// Round trip from the peer's reports about our stream, if it sent any.
-    pub rtt_ms: Option<f64>,
-    /// Loss the peer reported for our stream.
-    pub peer_reported_lost: Option<i64>,
-    /// Estimated MOS of what we received (simplified E-model).
-    pub mos: f64,
+    pub rtp: StatsSummary,
     pub invalid_packets: u64,
-    pub rtcp_sent: u64,
-    pub rtcp_received: u64,
     pub dtmf_events: u64,
     pub dtmf_end_retransmissions: u64,
 }
@@ -196,14 +178,11 @@ struct State {
     renumber: Renumber,
     rtp_remote: RemoteAddress,
     rtcp_remote: RemoteAddress,
-    reception: ReceptionStats,
-    sent: SenderStats,
+    stats: RtpStats,
     dtmf: Rfc4733Receiver,
-    peer_ssrc: Option<u32>,
     last_rtp: Instant,
     timed_out: bool,
-    report: LegReport,
-    rtcp_buf: Vec<u8>,
+    invalid_packets: u64,
     events: mpsc::Sender<MediaEvent>,
 }
 
@@ -219,22 +198,23 @@ async fn run(
         renumber: Renumber::new(config.ssrc, rand::random(), rand::random()),
         rtp_remote: RemoteAddress::new(config.latching, control.signalled),
         rtcp_remote: RemoteAddress::new(config.latching, rtcp_address(&control)),
-        reception: ReceptionStats::new(),
-        sent: SenderStats::new(control.clock_rate),
+        stats: RtpStats::new(
+            config.ssrc,
+            config.cname.clone(),
+            control.clock_rate,
+            control.mos_codec,
+            now,
+        ),
         dtmf: Rfc4733Receiver::new(8000),
-        peer_ssrc: None,
         last_rtp: now,
         timed_out: false,
-        report: LegReport::default(),
-        rtcp_buf: Vec::with_capacity(512),
+        invalid_packets: 0,
         events,
         config,
         control,
     };
     let mut buf = vec![0u8; 2048];
     let mut rtcp_in = vec![0u8; 2048];
-    // The first report goes out early (RFC 3550 §6.2: half the interval at the start).
-    let mut next_report = now + RTCP_INTERVAL / 2;
     // One timer per call for everything that is not a packet (reports, the RTP timeout,
     // DTMF whose end was lost), rather than timers re-armed on every packet.
     let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
@@ -249,8 +229,8 @@ async fn run(
                     } else if let Some(len) = state.on_rtp(&mut buf[..len], from, now) {
                         if let Some(to) = state.rtp_remote.target() {
                             if leg.rtp.send_to(&buf[..len], to).await.is_ok() {
-                                state.report.packets_out += 1;
-                                state.report.bytes_out += len.saturating_sub(12) as u64;
+                                let our_ts = u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]);
+                                state.stats.on_sent(our_ts, len.saturating_sub(12), now);
                             }
                         }
                     }
@@ -264,11 +244,8 @@ async fn run(
             }
             _ = housekeeping.tick() => {
                 let now = Instant::now();
-                if now >= next_report {
-                    state.write_report(now, false);
-                    send_rtcp(&leg, &mut state).await;
-                    // Randomised between 0.5 and 1.5 intervals so calls do not report in step.
-                    next_report = now + RTCP_INTERVAL.mul_f64(0.5 + rand::random::<f64>());
+                if state.stats.report_due(now).is_some() {
+                    send_rtcp(&leg, &mut state, false).await;
                 }
                 if state.control.expect_rtp && !state.timed_out && now >= state.last_rtp + state.config.timeout {
                     state.timed_out = true;
@@ -287,8 +264,7 @@ async fn run(
             }
         }
     }
-    state.write_report(Instant::now(), true);
-    send_rtcp(&leg, &mut state).await;
+    send_rtcp(&leg, &mut state, true).await;
     state.finish()
 }
 
@@ -301,22 +277,26 @@ fn rtcp_address(control: &LegControl) -> Option<SocketAddr> {
     })
 }
 
-async fn send_rtcp(leg: &Leg, state: &mut State) {
+/// Sends the report `state.stats` last wrote (or, with `bye`, the final one).
+async fn send_rtcp(leg: &Leg, state: &mut State, bye: bool) {
     let target = if state.control.rtcp_mux {
         state.rtp_remote.target()
     } else {
         state.rtcp_remote.target()
     };
-    let (Some(to), false) = (target, state.rtcp_buf.is_empty()) else {
-        return;
-    };
+    let Some(to) = target else { return };
     let socket = if state.control.rtcp_mux {
         &leg.rtp
     } else {
         &leg.rtcp
     };
-    if socket.send_to(&state.rtcp_buf, to).await.is_ok() {
-        state.report.rtcp_sent += 1;
+    let report = if bye {
+        state.stats.final_report(Instant::now())
+    } else {
+        state.stats.last_report()
+    };
+    if socket.send_to(report, to).await.is_ok() {
+        state.stats.report_sent();
     }
 }
 
@@ -331,6 +311,11 @@ impl State {
             // Resumed from hold: the timeout counts from now.
             self.last_rtp = Instant::now();
             self.timed_out = false;
+        }
+        if control.clock_rate != self.control.clock_rate
+            || control.mos_codec != self.control.mos_codec
+        {
+            self.stats.set_codec(control.clock_rate, control.mos_codec);
         }
         self.control = control;
     }
@@ -350,7 +335,7 @@ impl State {
                 )
             }
             Err(_) => {
-                self.report.invalid_packets += 1;
+                self.invalid_packets += 1;
                 return None;
             }
         };
@@ -359,15 +344,8 @@ impl State {
         }
         self.last_rtp = now;
         self.timed_out = false;
-        if self.peer_ssrc != Some(ssrc) {
-            // A new source (the far end switched streams): its sequence starts afresh.
-            self.reception.reset();
-            self.peer_ssrc = Some(ssrc);
-        }
-        self.reception
-            .on_rtp(seq, ts, self.control.clock_rate, payload_range.len(), now);
-        self.report.packets_in += 1;
-        self.report.bytes_in += payload_range.len() as u64;
+        self.stats
+            .on_received(seq, ts, ssrc, payload_range.len(), now);
         if Some(pt) == self.control.telephone_event {
             if let Some(event) = self.dtmf.on_packet(ts, marker, &packet[payload_range], now) {
                 let _ = self.events.try_send(MediaEvent::Dtmf(event));
@@ -376,90 +354,24 @@ impl State {
         if !self.control.sending {
             return None;
         }
-        let our_ts = self.renumber.rewrite(packet);
-        self.sent
-            .on_sent(our_ts, packet.len().saturating_sub(12), now);
+        self.renumber.rewrite(packet);
         Some(packet.len())
     }
 
     fn on_rtcp(&mut self, packet: &[u8], from: SocketAddr, now: Instant) {
-        let Ok(parsed) = rtcp::parse(packet) else {
-            return;
-        };
-        self.rtcp_remote.on_packet(from);
-        self.report.rtcp_received += 1;
-        let now_ntp = rtcp::ntp_now();
-        for p in parsed {
-            let blocks = match p {
-                RtcpPacket::SenderReport { ntp, reports, .. } => {
-                    self.reception.on_sender_report(ntp, now);
-                    reports
-                }
-                RtcpPacket::ReceiverReport { reports, .. } => reports,
-                _ => continue,
-            };
-            for block in blocks.iter().filter(|b| b.ssrc == self.config.ssrc) {
-                if let Some(rtt) = rtcp::round_trip(block, now_ntp) {
-                    self.report.rtt_ms = Some(rtt.as_secs_f64() * 1000.0);
-                }
-                self.report.peer_reported_lost = Some(block.cumulative_lost as i64);
-            }
+        if self.stats.on_rtcp(packet, now) {
+            self.rtcp_remote.on_packet(from);
         }
     }
 
-    /// Writes our next compound report (SR once we have sent, else RR) into `rtcp_buf`.
-    fn write_report(&mut self, now: Instant, bye: bool) {
-        self.rtcp_buf.clear();
-        let block = self
-            .peer_ssrc
-            .map(|ssrc| self.reception.report_block(ssrc, now));
-        let blocks = block.as_slice();
-        if self.sent.packets > 0 {
-            let rtp_ts = self.sent.rtp_timestamp_at(now);
-            let (packets, octets) = (self.sent.packets, self.sent.octets);
-            rtcp::write_sender_report(
-                &mut self.rtcp_buf,
-                self.config.ssrc,
-                rtcp::ntp_now(),
-                rtp_ts,
-                packets,
-                octets,
-                blocks,
-                &self.config.cname,
-            );
-        } else {
-            rtcp::write_receiver_report(
-                &mut self.rtcp_buf,
-                self.config.ssrc,
-                blocks,
-                &self.config.cname,
-            );
-        }
-        if bye {
-            rtcp::write_bye(&mut self.rtcp_buf, self.config.ssrc, Some("call ended"));
-        }
-    }
-
-    fn finish(mut self) -> LegReport {
-        let expected = self.reception.packets() as i64 + self.reception.cumulative_lost().max(0);
-        let loss_percent = if expected > 0 {
-            self.reception.cumulative_lost().max(0) as f64 * 100.0 / expected as f64
-        } else {
-            0.0
-        };
+    fn finish(self) -> LegReport {
         let dtmf = self.dtmf.stats();
-        self.report.lost = self.reception.cumulative_lost();
-        self.report.loss_percent = loss_percent;
-        self.report.jitter_ms = self.reception.jitter_ms();
-        self.report.mos = rtcp::estimate_mos(
-            loss_percent,
-            self.report.jitter_ms,
-            self.report.rtt_ms.unwrap_or(0.0),
-            self.control.mos_codec,
-        );
-        self.report.dtmf_events = dtmf.events;
-        self.report.dtmf_end_retransmissions = dtmf.end_retransmissions_ignored;
-        self.report
+        LegReport {
+            rtp: self.stats.summary(),
+            invalid_packets: self.invalid_packets,
+            dtmf_events: dtmf.events,
+            dtmf_end_retransmissions: dtmf.end_retransmissions_ignored,
+        }
     }
 }
 
@@ -587,8 +499,8 @@ mod tests {
         assert!(silent.is_err(), "no echo while on hold");
         assert_eq!(pool.in_use(), 1);
         let report = echo.stop().await;
-        assert_eq!(report.packets_out, 5);
-        assert_eq!(report.packets_in, 6);
+        assert_eq!(report.rtp.packets_out, 5);
+        assert_eq!(report.rtp.packets_in, 6);
         assert_eq!(report.invalid_packets, 1);
         assert_eq!(pool.in_use(), 0);
         assert!(

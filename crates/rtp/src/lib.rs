@@ -7,6 +7,7 @@ pub mod jitter;
 pub mod latch;
 pub mod pool;
 pub mod rtcp;
+pub mod stats;
 
 pub use echo::{EchoHandle, LegConfig, LegControl, LegReport, MediaEvent, Renumber};
 pub use pool::{PoolError, PortLease, PortPool, RtpPorts};

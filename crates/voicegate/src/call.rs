@@ -990,6 +990,12 @@ impl Call {
         let now = self.ended_at.unwrap_or_else(Instant::now);
         let media = self.media_record.report.clone().unwrap_or_default();
         let bot = self.media_record.bot.clone().unwrap_or_default();
+        // One leg or the other carried the call's RTP.
+        let rtp = if self.media_record.bot.is_some() {
+            &bot.rtp
+        } else {
+            &media.rtp
+        };
         let codec = self.media_record.codec.unwrap_or("-");
         info!(
             target: "voicegate::cdr",
@@ -1002,13 +1008,12 @@ impl Call {
             codec,
             setup_ms = self.answered_at.map(|a| (a - self.started).as_millis() as u64).unwrap_or(0),
             duration_ms = self.answered_at.map(|a| (now - a).as_millis() as u64).unwrap_or(0),
-            // One leg or the other carried the call's RTP.
-            rtp_in = media.packets_in + bot.packets_in,
-            rtp_out = media.packets_out + bot.packets_out,
-            rtp_lost = media.lost,
-            jitter_ms = format_args!("{:.1}", media.jitter_ms),
-            rtt_ms = format_args!("{:.1}", media.rtt_ms.unwrap_or(0.0)),
-            mos = format_args!("{:.2}", media.mos),
+            rtp_in = rtp.packets_in,
+            rtp_out = rtp.packets_out,
+            rtp_lost = rtp.lost,
+            jitter_ms = format_args!("{:.1}", rtp.jitter_ms),
+            rtt_ms = format_args!("{:.1}", rtp.rtt_ms.unwrap_or(0.0)),
+            mos = format_args!("{:.2}", rtp.mos),
             dtmf = format_args!("{}{}", self.media_record.digits, bot.digits),
             bot_media_sent = bot.media_messages_sent,
             bot_media_received = bot.bot_media_messages,
