@@ -544,6 +544,7 @@ async fn caller_digits_reach_the_bot_once_each() {
         "1",
     ];
     let sipp_run = sipp_with_media_port(running.local.udp.unwrap(), media_port, &args);
+    let mut call_events = running.core.events.subscribe();
     let collect = async {
         let mut bot = tokio::time::timeout(Duration::from_secs(5), conns.recv())
             .await
@@ -553,6 +554,13 @@ async fn caller_digits_reach_the_bot_once_each() {
         before
     };
     let (out, frames) = tokio::join!(sipp_run, collect);
+    // The same digits are call events, as for any call.
+    let mut published = String::new();
+    while let Ok(voicegate::core::CallEvent::Dtmf { digit, via, .. }) = call_events.try_recv() {
+        assert_eq!(via, "rfc4733");
+        published.push(digit);
+    }
+    assert_eq!(published, "123");
     let _ = std::fs::remove_file(&scenario);
     assert_sipp_ok(&out, 1);
     let digits: String = frames

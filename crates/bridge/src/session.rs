@@ -17,7 +17,7 @@ use tokio::time::{sleep_until, Instant};
 use tokio_tungstenite::tungstenite::Message;
 use tracing::{debug, info, warn};
 use voicegate_audio::{g711, G711Plc, OpusDecoder, OpusEncoder, Resampler};
-use voicegate_rtp::dtmf::Rfc4733Receiver;
+use voicegate_rtp::dtmf::{DtmfEvent, Rfc4733Receiver};
 use voicegate_rtp::jitter::{JitterBuffer, JitterConfig, Playout};
 use voicegate_rtp::latch::{LatchPolicy, RemoteAddress};
 use voicegate_rtp::pool::{PortLease, RtpPorts};
@@ -112,8 +112,15 @@ pub struct SessionReport {
     pub playout_samples_dropped: u64,
     pub concealed_frames: u64,
     pub dtmf_events: u64,
-    /// Digits the caller sent by RFC 4733 (SIP INFO digits are recorded by the call).
-    pub digits: String,
+}
+
+/// What a session tells the call while it runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BridgeEvent {
+    /// An RFC 4733 key press from the caller (already sent to the bot).
+    Dtmf(DtmfEvent),
+    /// The bot step ended; sent once, last.
+    Ended(SessionEnd),
 }
 
 /// What the call tells a running session.
@@ -137,12 +144,12 @@ pub struct BridgeHandle {
 
 impl BridgeHandle {
     /// Starts the session: connects to the bot and streams until one side ends. The end
-    /// is reported on `ended` (once); the report comes from [`Self::finish`].
+    /// and digits are reported on `events`; the report comes from [`Self::finish`].
     pub fn start(
         ports: RtpPorts,
         media: CallMedia,
         bot: BotSettings,
-        ended: mpsc::Sender<SessionEnd>,
+        events: mpsc::Sender<BridgeEvent>,
     ) -> std::io::Result<Self> {
         let RtpPorts { rtp, rtcp, lease } = ports;
         let sockets = Sockets {
@@ -151,7 +158,7 @@ impl BridgeHandle {
             _lease: lease,
         };
         let (control_tx, control_rx) = mpsc::channel(16);
-        let task = tokio::spawn(run(sockets, media, bot, control_rx, ended));
+        let task = tokio::spawn(run(sockets, media, bot, control_rx, events));
         Ok(BridgeHandle {
             task,
             control: control_tx,
@@ -369,12 +376,12 @@ async fn run(
     media: CallMedia,
     bot: BotSettings,
     mut control: mpsc::Receiver<Control>,
-    ended: mpsc::Sender<SessionEnd>,
+    events: mpsc::Sender<BridgeEvent>,
 ) -> SessionReport {
     let mut report = SessionReport::default();
-    let end = session(&sockets, &media, &bot, &mut control, &mut report).await;
+    let end = session(&sockets, &media, &bot, &mut control, &events, &mut report).await;
     info!(end = ?end, "bot session ended");
-    let _ = ended.try_send(end);
+    let _ = events.try_send(BridgeEvent::Ended(end));
     report
 }
 
@@ -383,6 +390,7 @@ async fn session(
     media: &CallMedia,
     bot: &BotSettings,
     control: &mut mpsc::Receiver<Control>,
+    events: &mpsc::Sender<BridgeEvent>,
     report: &mut SessionReport,
 ) -> SessionEnd {
     // Connect while the caller waits; a caller who hangs up meanwhile ends it all.
@@ -496,8 +504,7 @@ async fn session(
                 if Some(packet.payload_type()) == media.telephone_event {
                     if let Some(event) = dtmf.on_packet(packet.timestamp(), packet.mark(), packet.payload(), now) {
                         report.dtmf_events += 1;
-                        report.digits.push(event.digit);
-                        info!(digit = %event.digit, duration_ms = event.duration_ms, via = "rfc4733", "DTMF");
+                        let _ = events.try_send(BridgeEvent::Dtmf(event));
                         if bot.bidirectional {
                             encoder.dtmf(event.digit, event.duration_ms, &mut out);
                             if to_bot.send(Message::text(out.clone())).await.is_err() {

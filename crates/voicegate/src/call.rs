@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
 use tracing::{debug, info, warn};
 use voicegate_bridge::session::{
-    BotSettings, BridgeHandle, CallCodec, CallMedia, SessionEnd, SessionReport,
+    BotSettings, BridgeEvent, BridgeHandle, CallCodec, CallMedia, SessionEnd, SessionReport,
 };
 use voicegate_rtp::dtmf::{self, DtmfEvent};
 use voicegate_rtp::rtcp::MosCodec;
@@ -119,7 +119,7 @@ struct Call {
     /// Events from the media leg (digits, RTP timeout).
     media_events: Option<mpsc::Receiver<MediaEvent>>,
     /// How the bot step ended, from the bridge.
-    bot_events: Option<mpsc::Receiver<SessionEnd>>,
+    bot_events: Option<mpsc::Receiver<BridgeEvent>>,
     /// A leg being stopped: its report is collected by the run loop.
     stopping: Option<Leg>,
     route: Route,
@@ -194,7 +194,10 @@ pub async fn run(
                 None => break,
             },
             Some(event) = media_event => call.on_media_event(event, Instant::now()),
-            Some(end) = bot_event => call.on_bot_end(end, Instant::now()),
+            Some(event) = bot_event => match event {
+                BridgeEvent::Dtmf(digit) => call.on_dtmf(digit, "rfc4733"),
+                BridgeEvent::Ended(end) => call.on_bot_end(end, Instant::now()),
+            },
             _ = sleep_until(deadline.unwrap_or_else(far_future)), if deadline.is_some() => call.on_timeout(Instant::now()),
         }
         call.flush();
@@ -801,11 +804,11 @@ impl Call {
             to: self.number.clone(),
             extra_parameters: forwarded_headers(&self.invite, &settings.bridge.forward_headers),
         };
-        let (ended_tx, ended_rx) = mpsc::channel(2);
+        let (events_tx, events_rx) = mpsc::channel(32);
         let handle =
-            BridgeHandle::start(ports, call_media, bot, ended_tx).map_err(|e| e.to_string())?;
+            BridgeHandle::start(ports, call_media, bot, events_tx).map_err(|e| e.to_string())?;
         media.leg = Some(Leg::Bot(handle));
-        self.bot_events = Some(ended_rx);
+        self.bot_events = Some(events_rx);
         Ok(())
     }
 
@@ -1014,7 +1017,7 @@ impl Call {
             jitter_ms = format_args!("{:.1}", rtp.jitter_ms),
             rtt_ms = format_args!("{:.1}", rtp.rtt_ms.unwrap_or(0.0)),
             mos = format_args!("{:.2}", rtp.mos),
-            dtmf = format_args!("{}{}", self.media_record.digits, bot.digits),
+            dtmf = self.media_record.digits,
             bot_media_sent = bot.media_messages_sent,
             bot_media_received = bot.bot_media_messages,
             bot_marks = bot.marks_echoed,
