@@ -4,6 +4,7 @@
 //! [`transaction`], [`dialog`]); only [`transport`] touches sockets.
 
 pub mod dialog;
+pub mod digest;
 pub mod framing;
 pub mod message;
 pub mod sdp;
