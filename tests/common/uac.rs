@@ -36,8 +36,13 @@ pub fn offer(rtp_port: u16, formats: &str, direction: &str) -> String {
 
 impl Uac {
     pub async fn new(server: SocketAddr) -> Self {
+        Self::from_ip(server, "127.0.0.1").await
+    }
+
+    /// A UA whose SIP socket is bound on `ip` (e.g. 127.0.0.2, a source no trunk allows).
+    pub async fn from_ip(server: SocketAddr, ip: &str) -> Self {
         Uac {
-            sip: UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+            sip: UdpSocket::bind((ip, 0)).await.unwrap(),
             rtp: UdpSocket::bind("127.0.0.1:0").await.unwrap(),
             server,
             call_id: format!("uac-{:x}", rand::random::<u64>()),

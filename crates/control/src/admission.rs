@@ -6,8 +6,10 @@
 //!    ([`InviteFacts::authenticated_trunk`]) if it is in the snapshot, else the trunk whose
 //!    whitelist contains the source address ([`Snapshot::trunk_for_source`]). Credentials win
 //!    over the address because several trunks may share one source (one PBX, two accounts).
-//! 2. **No trunk:** no credentials offered → 403 "Source IP not allowed"; credentials offered
-//!    but not accepted (wrong, or a stale nonce) → [`Decision::Challenge`].
+//! 2. **No trunk:** no credentials offered → 403 "Source IP not allowed", unless some active
+//!    trunk takes credentials from any address (credentials and an empty whitelist, e.g. a PBX
+//!    on a dynamic address): then [`Decision::Challenge`], since the caller may be that PBX.
+//!    Credentials offered but not accepted (wrong, or a stale nonce) → [`Decision::Challenge`].
 //! 3. **Credentials required:** the trunk has credentials and the INVITE did not authenticate
 //!    for *that* trunk → [`Decision::Challenge`] (whether or not an Authorization was offered:
 //!    stale and wrong look alike here, and a fresh 401 is what RFC 3261 §22 expects).
@@ -163,7 +165,11 @@ impl Admission {
             .and_then(|sid| snapshot.trunk(sid))
             .or_else(|| snapshot.trunk_for_source(facts.source));
         let Some(caller) = caller else {
-            return if facts.offered_credentials {
+            let open_to_credentials = snapshot
+                .trunks
+                .iter()
+                .any(|t| t.active && t.has_credentials && t.whitelisted.is_empty());
+            return if facts.offered_credentials || open_to_credentials {
                 Decision::Challenge
             } else {
                 Decision::reject(403, "Source IP not allowed")
@@ -365,6 +371,11 @@ mod tests {
 
     #[test]
     fn unknown_source_without_credentials_is_403() {
+        // Without a trunk that takes credentials from any address.
+        let mut snap = snapshot();
+        snap.trunks
+            .retain(|t| !(t.has_credentials && t.whitelisted.is_empty()));
+        let decide = |f: &InviteFacts| Admission::new().decide(&snap, f, Instant::now());
         assert_eq!(
             decide(&facts(STRANGER_IP, CALLEE)),
             reject(403, "Source IP not allowed")
@@ -377,6 +388,25 @@ mod tests {
     }
 
     #[test]
+    fn unknown_source_is_challenged_when_a_trunk_takes_credentials_from_anywhere() {
+        // The full snapshot has ANYWHERE: credentials, no whitelist.
+        assert_eq!(decide(&facts(STRANGER_IP, CALLEE)), Decision::Challenge);
+        // An inactive credentials-only trunk does not open the door.
+        let mut snap = snapshot();
+        for t in snap
+            .trunks
+            .iter_mut()
+            .filter(|t| t.has_credentials && t.whitelisted.is_empty())
+        {
+            t.active = false;
+        }
+        assert_eq!(
+            Admission::new().decide(&snap, &facts(STRANGER_IP, CALLEE), Instant::now()),
+            reject(403, "Source IP not allowed")
+        );
+    }
+
+    #[test]
     fn unknown_source_with_rejected_credentials_is_challenged() {
         let mut f = facts(STRANGER_IP, CALLEE);
         f.offered_credentials = true;
@@ -384,8 +414,10 @@ mod tests {
         // Authenticated against a trunk since removed from the snapshot: unidentified.
         f.authenticated_trunk = Some("GONE");
         assert_eq!(decide(&f), Decision::Challenge);
+        // No credentials at all: challenged too, since ANYWHERE takes credentials from any
+        // address (without such a trunk it is 403: see the test above).
         f.offered_credentials = false;
-        assert_eq!(decide(&f), reject(403, "Source IP not allowed"));
+        assert_eq!(decide(&f), Decision::Challenge);
     }
 
     #[test]

@@ -32,9 +32,16 @@
 //! ```
 
 pub mod admission;
+pub mod api;
 pub mod model;
+pub mod store;
 
 pub use admission::{check_e164, Admission, Decision, InviteFacts, CPM_WINDOW};
+pub use api::{router, ApiAccount, ApiError, ApiState};
 pub use model::{
     IpNet, IpNetError, Mode, NumberMapping, Snapshot, Trunk, DEFAULT_CALLS_PER_MINUTE,
+};
+pub use store::{
+    ControlSnapshot, CredentialSecret, FlowDirection, FlowProtocol, FlowRecord, NewFlow, NewTrunk,
+    OnStreamEnd, Page, Store, StoreError,
 };

@@ -26,7 +26,9 @@ use voicegate_sip::transaction::{
 };
 use voicegate_sip::transport::Source;
 
+use crate::admit::Outcome;
 use crate::core::{random_token, CallEvent, CallInput, Core, ALLOW, SUPPORTED};
+use voicegate_control::Mode;
 
 /// What a dialled number leads to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,6 +37,8 @@ pub enum Route {
     Ringing,
     /// A bot flow, by its index in the settings.
     Flow(usize),
+    /// An admitted PSTN call: the carrier router comes later, so 503 "No route" for now.
+    NoRoute,
     NotFound,
 }
 
@@ -125,6 +129,10 @@ struct Call {
     route: Route,
     /// Our id for the call towards bots (Exotel's CallSid).
     call_sid: String,
+    /// The trunk that admitted the call, whose call slot is freed when it ends.
+    admitted_trunk: Option<String>,
+    /// Headers for the final response of the INVITE (Retry-After, WWW-Authenticate).
+    final_headers: Vec<(&'static str, String)>,
     started: Instant,
     answered_at: Option<Instant>,
     ended_at: Option<Instant>,
@@ -163,6 +171,8 @@ pub async fn run(
         bot_events: None,
         route: Route::NotFound,
         call_sid: format!("{:032x}", rand::random::<u128>()),
+        admitted_trunk: None,
+        final_headers: Vec::new(),
         started: now,
         answered_at: None,
         ended_at: None,
@@ -224,10 +234,21 @@ fn far_future() -> Instant {
 impl Call {
     fn start(&mut self, now: Instant) {
         self.respond_invite(100, "Trying", None, now);
-        self.route = route(&self.core, &self.number);
+        self.route = match self.admit(now) {
+            Some(route) => route,
+            None => return, // answered already (401 or a refusal)
+        };
         match self.route {
             Route::NotFound => {
                 self.reject(404, "Number not mapped", now);
+            }
+            Route::NoRoute => {
+                self.reject_with(
+                    503,
+                    "Service Unavailable (no route)",
+                    &[("Retry-After", "60".into())],
+                    now,
+                );
             }
             Route::Ringing => {
                 self.respond_invite(180, "Ringing", None, now);
@@ -397,6 +418,67 @@ impl Call {
         self.core.stats.answered.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Where the dialled number goes: by the trunks when they are configured, else by the
+    /// test numbers and flows of the config. None when the INVITE was already answered.
+    fn admit(&mut self, now: Instant) -> Option<Route> {
+        let Some(gate) = self.core.gate.as_ref() else {
+            return Some(route(&self.core, &self.number));
+        };
+        match gate.decide(&self.invite, self.source.remote.ip(), &self.number) {
+            Outcome::Admitted { trunk_sid, mode } => {
+                self.admitted_trunk = Some(trunk_sid);
+                Some(match mode {
+                    Mode::Flow { flow_id } => match self
+                        .core
+                        .settings
+                        .flows
+                        .iter()
+                        .position(|f| f.name == flow_id)
+                    {
+                        Some(i) => Route::Flow(i),
+                        None => Route::NotFound,
+                    },
+                    // Until carriers are configured, an E.164 echo test number answers here.
+                    Mode::Pstn if self.core.settings.echo_numbers.contains(&self.number) => {
+                        Route::Echo
+                    }
+                    Mode::Pstn => Route::NoRoute,
+                })
+            }
+            Outcome::Challenge(values) => {
+                self.final_headers = values
+                    .into_iter()
+                    .map(|v| ("WWW-Authenticate", v))
+                    .collect();
+                self.reject(401, "Unauthorized", now);
+                None
+            }
+            Outcome::Refused {
+                status,
+                reason,
+                retry_after,
+            } => {
+                let headers: Vec<_> = retry_after
+                    .map(|s| ("Retry-After", s.to_string()))
+                    .into_iter()
+                    .collect();
+                self.reject_with(status, &reason, &headers, now);
+                None
+            }
+        }
+    }
+
+    fn reject_with(
+        &mut self,
+        status: u16,
+        reason: &str,
+        headers: &[(&'static str, String)],
+        now: Instant,
+    ) {
+        self.final_headers.extend(headers.iter().cloned());
+        self.reject(status, reason, now);
+    }
+
     fn reject(&mut self, status: u16, reason: &str, now: Instant) {
         self.respond_invite(status, reason, None, now);
         self.end_media();
@@ -428,7 +510,12 @@ impl Call {
                 .header("Allow", ALLOW)
                 .header("Supported", SUPPORTED);
         }
-        if status == 503 {
+        if status >= 200 {
+            for (name, value) in std::mem::take(&mut self.final_headers) {
+                response = response.header(name, value);
+            }
+        }
+        if status == 503 && response.headers.get("Retry-After").is_none() {
             response = response.header("Retry-After", "5");
         }
         if status == 415 {
@@ -989,6 +1076,9 @@ impl Call {
     /// The call detail record: one line per call, whatever its outcome.
     fn record(&mut self) {
         self.recorded = true;
+        if let (Some(gate), Some(trunk)) = (self.core.gate.as_ref(), self.admitted_trunk.take()) {
+            gate.call_ended(&trunk);
+        }
         self.core.stats.active.fetch_sub(1, Ordering::Relaxed);
         let now = self.ended_at.unwrap_or_else(Instant::now);
         let media = self.media_record.report.clone().unwrap_or_default();

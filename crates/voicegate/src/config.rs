@@ -52,6 +52,9 @@ pub struct Config {
     /// Bot flows and the numbers mapped to them (until the trunk API provides them). Arrays
     /// of tables have no environment override.
     pub flows: Vec<FlowConfig>,
+    /// Customer trunks seeded from the file: who may call in, and where their numbers go.
+    /// With none, every source may call the test numbers and flow numbers (a demo setup).
+    pub trunks: Vec<TrunkConfig>,
     pub sip: SipConfig,
     pub rtp: RtpConfig,
     pub bridge: BridgeConfig,
@@ -60,7 +63,69 @@ pub struct Config {
 }
 
 /// Keys whose values are tables of their own (set in the file only, no env override).
-const FILE_ONLY_KEYS: &[&str] = &["flows"];
+const FILE_ONLY_KEYS: &[&str] = &["flows", "trunks"];
+
+/// `[[trunks]]`: a customer trunk (its secrets are never logged: this struct is not printed).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrunkConfig {
+    pub name: String,
+    pub active: bool,
+    /// Source networks allowed to call in without credentials ("10.0.0.0/16", "192.0.2.7").
+    pub whitelisted_ips: Vec<String>,
+    /// Digest credentials; a trunk with any is challenged (401) until a caller authenticates.
+    pub credentials: Vec<CredentialConfig>,
+    /// Concurrent calls allowed (0 = no limit); over it callers get 486.
+    pub max_concurrent_calls: u32,
+    /// Calls admitted per minute; over it callers get 503 with Retry-After.
+    pub calls_per_minute: u32,
+    /// The trunk's numbers: E.164, each to a flow (by name) or to the PSTN router.
+    pub numbers: Vec<NumberConfig>,
+}
+
+impl Default for TrunkConfig {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            active: true,
+            whitelisted_ips: Vec::new(),
+            credentials: Vec::new(),
+            max_concurrent_calls: 0,
+            calls_per_minute: 200,
+            numbers: Vec::new(),
+        }
+    }
+}
+
+impl std::fmt::Debug for TrunkConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrunkConfig")
+            .field("name", &self.name)
+            .field("whitelisted_ips", &self.whitelisted_ips)
+            .field(
+                "credentials",
+                &format_args!("[{} redacted]", self.credentials.len()),
+            )
+            .field("numbers", &self.numbers)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct CredentialConfig {
+    pub user_name: String,
+    pub password: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct NumberConfig {
+    pub number: String,
+    /// `flow` (then `flow` names the flow) or `pstn`.
+    pub mode: String,
+    pub flow: String,
+}
 
 /// Values of `flows.protocol`, `flows.direction` and `flows.on_stream_end`.
 pub const FLOW_PROTOCOLS: &[&str] = &["exotel", "twilio"];
@@ -387,6 +452,7 @@ impl Config {
         self.bridge.validate()?;
         self.test_numbers.validate()?;
         self.validate_flows()?;
+        self.validate_trunks()?;
         self.log.validate()
     }
 }
@@ -439,6 +505,75 @@ impl Config {
                     ));
                 }
                 seen.push(number);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    fn validate_trunks(&self) -> Result<(), ConfigError> {
+        for (i, trunk) in self.trunks.iter().enumerate() {
+            let key = |field: &str| format!("trunks[{i}].{field}");
+            if trunk.name.trim().is_empty() {
+                return Err(invalid(
+                    &key("name"),
+                    format!("{}: every trunk needs a name", key("name")),
+                ));
+            }
+            for net in &trunk.whitelisted_ips {
+                if let Err(e) = voicegate_control::IpNet::parse(net) {
+                    return Err(invalid(
+                        &key("whitelisted_ips"),
+                        format!("{}: {net:?}: {e}", key("whitelisted_ips")),
+                    ));
+                }
+            }
+            if trunk
+                .credentials
+                .iter()
+                .any(|c| c.user_name.is_empty() || c.password.is_empty())
+            {
+                return Err(invalid(
+                    &key("credentials"),
+                    format!(
+                        "{}: user_name and password are required",
+                        key("credentials")
+                    ),
+                ));
+            }
+            for number in &trunk.numbers {
+                if voicegate_control::check_e164(&number.number).is_err() {
+                    return Err(invalid(
+                        &key("numbers"),
+                        format!(
+                            "{}: {:?} is not E.164 (+ and 8 to 15 digits)",
+                            key("numbers"),
+                            number.number
+                        ),
+                    ));
+                }
+                match number.mode.as_str() {
+                    "pstn" => {}
+                    "flow" if self.flows.iter().any(|f| f.name == number.flow) => {}
+                    "flow" => {
+                        return Err(invalid(
+                            &key("numbers"),
+                            format!(
+                                "{}: {}: no flow named {:?}",
+                                key("numbers"),
+                                number.number,
+                                number.flow
+                            ),
+                        ))
+                    }
+                    other => {
+                        return Err(invalid(
+                            &key("numbers"),
+                            format!("{}: mode {other:?} is not flow or pstn", key("numbers")),
+                        ))
+                    }
+                }
             }
         }
         Ok(())
@@ -1058,9 +1193,9 @@ mod tests {
 
     #[test]
     fn unknown_section_names_section() {
-        let (err, text) = load_err("[trunks]\nname = \"a\"\n", "unknown-section", &[]);
-        assert_eq!(text, "config: unknown section [trunks] in FILE");
-        assert_eq!(err.key(), Some("trunks"));
+        let (err, text) = load_err("[widgets]\nname = \"a\"\n", "unknown-section", &[]);
+        assert_eq!(text, "config: unknown section [widgets] in FILE");
+        assert_eq!(err.key(), Some("widgets"));
     }
 
     #[test]

@@ -129,6 +129,8 @@ struct OutOfDialog {
 
 pub struct Core {
     pub settings: Settings,
+    /// Admission by customer trunks; None when no trunk is configured (a demo setup).
+    pub gate: Option<crate::admit::Gate>,
     pub pool: Arc<PortPool>,
     pub stats: CallStats,
     /// Call events; sending with no subscriber is fine (they are dropped).
@@ -141,9 +143,14 @@ pub struct Core {
 }
 
 impl Core {
-    pub fn new(settings: Settings, pool: Arc<PortPool>) -> Arc<Self> {
+    pub fn new(
+        settings: Settings,
+        pool: Arc<PortPool>,
+        gate: Option<crate::admit::Gate>,
+    ) -> Arc<Self> {
         Arc::new(Core {
             settings,
+            gate,
             pool,
             stats: CallStats::default(),
             events: tokio::sync::broadcast::channel(256).0,

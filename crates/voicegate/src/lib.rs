@@ -4,6 +4,7 @@
 //! each call does ([`call`]), routes SIP messages to calls ([`core`]) and starts it all
 //! ([`server`]) from the [`config`].
 
+pub mod admit;
 pub mod call;
 pub mod config;
 pub mod core;

@@ -9,9 +9,13 @@ use voicegate_sip::sdp::Codec;
 use voicegate_sip::transaction::Timers;
 use voicegate_sip::transport::{self, Handler, ListenConfig, LocalAddrs, Sender};
 
+use crate::admit::{Gate, Trunks};
 use crate::config::Config;
 use crate::core::{BridgeSettings, Core, CoreHandler, FlowRoute, Settings};
 use crate::tls;
+
+/// The realm of our digest challenges.
+pub const DIGEST_REALM: &str = "voicegate";
 use voicegate_bridge::dialect::Protocol;
 use voicegate_bridge::ws::{BotUrl, ClientConfig};
 
@@ -92,9 +96,12 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         None => None,
     };
     let range = config.rtp.port_range();
+    let gate = (!config.trunks.is_empty())
+        .then(|| Gate::new(Trunks::from_config(&config.trunks), DIGEST_REALM));
     let core = Core::new(
         settings(config)?,
         PortPool::new(*range.start(), *range.end()),
+        gate,
     );
     let listen = ListenConfig {
         udp: config.sip.udp_addr(),

@@ -1,0 +1,213 @@
+//! Admission of each INVITE by the customer trunks: the source address, digest credentials
+//! and the dialled number decide whether a call is taken, challenged (401) or refused, with
+//! the seed's answers (403, 404/484, 486, 503). The decision itself is
+//! [`voicegate_control::Admission`]; this module feeds it from the SIP request and holds the
+//! digest nonces and the per-trunk counters.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use voicegate_control::{
+    Admission, Decision, InviteFacts, IpNet, Mode, NumberMapping, Snapshot, Trunk,
+};
+use voicegate_sip::digest::{DigestServer, Verdict};
+use voicegate_sip::message::Request;
+
+use crate::config::TrunkConfig;
+
+/// How long a digest nonce is good for.
+const NONCE_LIFETIME: Duration = Duration::from_secs(300);
+
+/// The trunks as calls see them: replaced as a whole when they change.
+#[derive(Default)]
+pub struct Trunks {
+    pub snapshot: Snapshot,
+    /// (trunk sid, user name, password).
+    credentials: Vec<(String, String, String)>,
+    /// Number → flow name, for numbers in flow mode.
+    pub flow_of_number: HashMap<String, String>,
+}
+
+impl Trunks {
+    /// The trunks declared in the config file (the trunk API will replace this source).
+    pub fn from_config(trunks: &[TrunkConfig]) -> Self {
+        let mut out = Trunks::default();
+        for (i, t) in trunks.iter().enumerate() {
+            let sid = format!("cfg-{i}-{}", t.name);
+            let mut trunk = Trunk::new(sid.clone(), t.name.clone());
+            trunk.active = t.active;
+            trunk.whitelisted = t
+                .whitelisted_ips
+                .iter()
+                .filter_map(|n| IpNet::parse(n).ok())
+                .collect();
+            trunk.has_credentials = !t.credentials.is_empty();
+            trunk.max_concurrent_calls =
+                (t.max_concurrent_calls > 0).then_some(t.max_concurrent_calls);
+            trunk.calls_per_minute = t.calls_per_minute;
+            out.snapshot.trunks.push(trunk);
+            for c in &t.credentials {
+                out.credentials
+                    .push((sid.clone(), c.user_name.clone(), c.password.clone()));
+            }
+            for n in &t.numbers {
+                let mode = if n.mode == "flow" {
+                    out.flow_of_number.insert(n.number.clone(), n.flow.clone());
+                    Mode::Flow {
+                        flow_id: n.flow.clone(),
+                    }
+                } else {
+                    Mode::Pstn
+                };
+                out.snapshot.numbers.push(NumberMapping {
+                    number: n.number.clone(),
+                    trunk_sid: sid.clone(),
+                    mode,
+                });
+            }
+        }
+        out
+    }
+}
+
+/// Puts the MD5 challenge first. RFC 8760 would put SHA-256 first, but many deployed UAs
+/// (SIPp among them) answer only the first challenge and know only MD5; UAs that support
+/// SHA-256 still find it in the second header.
+fn md5_first(mut challenges: Vec<String>) -> Vec<String> {
+    challenges.sort_by_key(|c| !c.contains("algorithm=MD5"));
+    challenges
+}
+
+/// What admission says about one INVITE.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Taken: on this trunk (counted until [`Gate::call_ended`]), going to a flow or the PSTN.
+    Admitted { trunk_sid: String, mode: Mode },
+    /// 401 with these WWW-Authenticate values.
+    Challenge(Vec<String>),
+    Refused {
+        status: u16,
+        reason: String,
+        retry_after: Option<u32>,
+    },
+}
+
+/// The admission gate every INVITE passes when trunks are configured.
+pub struct Gate {
+    trunks: RwLock<Arc<Trunks>>,
+    admission: Mutex<Admission>,
+    digest: Mutex<DigestServer>,
+}
+
+impl Gate {
+    pub fn new(trunks: Trunks, realm: &str) -> Self {
+        Gate {
+            trunks: RwLock::new(Arc::new(trunks)),
+            admission: Mutex::new(Admission::new()),
+            digest: Mutex::new(DigestServer::new(realm, NONCE_LIFETIME)),
+        }
+    }
+
+    pub fn trunks(&self) -> Arc<Trunks> {
+        self.trunks
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Makes changed trunks live for the next call.
+    pub fn replace(&self, trunks: Trunks) {
+        *self.trunks.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(trunks);
+    }
+
+    pub fn decide(&self, invite: &Request, source: IpAddr, dialled: &str) -> Outcome {
+        let trunks = self.trunks();
+        let now_secs = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let authorization = invite
+            .headers
+            .get("Authorization")
+            .or_else(|| invite.headers.get("Proxy-Authorization"));
+        let mut authenticated_trunk = None;
+        if let Some(header) = authorization {
+            let mut digest = self.digest.lock().unwrap_or_else(|e| e.into_inner());
+            let verdict = digest.verify(header, &invite.method, now_secs, |user| {
+                trunks
+                    .credentials
+                    .iter()
+                    .find(|(_, u, _)| u == user)
+                    .map(|(_, _, p)| p.clone())
+            });
+            match verdict {
+                Verdict::Ok { username } => {
+                    authenticated_trunk = trunks
+                        .credentials
+                        .iter()
+                        .find(|(_, u, _)| *u == username)
+                        .map(|(t, _, _)| t.clone());
+                }
+                Verdict::Stale => {
+                    return Outcome::Challenge(md5_first(digest.challenge(now_secs, true)))
+                }
+                Verdict::Replay => {
+                    return Outcome::Challenge(md5_first(digest.challenge(now_secs, false)))
+                }
+                Verdict::BadCredentials => {
+                    return Outcome::Refused {
+                        status: 403,
+                        reason: "Forbidden (bad credentials)".into(),
+                        retry_after: None,
+                    }
+                }
+                Verdict::Malformed(why) => {
+                    return Outcome::Refused {
+                        status: 403,
+                        reason: format!("Forbidden (bad Authorization: {why})"),
+                        retry_after: None,
+                    }
+                }
+            }
+        }
+        let facts = InviteFacts {
+            source,
+            dialled,
+            authenticated_trunk: authenticated_trunk.as_deref(),
+            offered_credentials: authorization.is_some(),
+        };
+        let decision = self
+            .admission
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .decide(&trunks.snapshot, &facts, Instant::now());
+        match decision {
+            Decision::Admit { trunk_sid, mode } => Outcome::Admitted { trunk_sid, mode },
+            Decision::Challenge => Outcome::Challenge(md5_first(
+                self.digest
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .challenge(now_secs, false),
+            )),
+            Decision::Reject {
+                status,
+                reason,
+                retry_after,
+            } => Outcome::Refused {
+                status,
+                reason,
+                retry_after,
+            },
+        }
+    }
+
+    /// Frees the trunk's concurrent-call slot taken when the call was admitted.
+    pub fn call_ended(&self, trunk_sid: &str) {
+        self.admission
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .call_ended(trunk_sid);
+    }
+}
