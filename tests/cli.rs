@@ -29,6 +29,8 @@ fn port_env() -> Vec<(&'static str, String)> {
         ("VOICEGATE_SIP_TLS", "127.0.0.1:0".to_string()),
         ("VOICEGATE_RTP_PORT_MIN", min.to_string()),
         ("VOICEGATE_RTP_PORT_MAX", max.to_string()),
+        ("VOICEGATE_API_LISTEN", "127.0.0.1:0".to_string()),
+        ("VOICEGATE_STORE_URL", "sqlite::memory:".to_string()),
     ]
 }
 

@@ -23,6 +23,9 @@ pub fn test_config() -> Config {
     config.rtp.port_max = max;
     config.test_numbers.echo = vec!["echo".into()];
     config.test_numbers.ringing = vec!["ring".into()];
+    // Never the default API port or a database file in the working folder.
+    config.api.listen = "127.0.0.1:0".into();
+    config.store.url = "sqlite::memory:".into();
     config
 }
 

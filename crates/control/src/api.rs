@@ -62,14 +62,18 @@ pub struct ApiAccount {
     pub api_token: String,
 }
 
+/// What [`ApiState::on_change`] returns.
+pub type ChangeFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
 /// What the API handlers share.
 #[derive(Clone)]
 pub struct ApiState {
     pub store: Arc<Store>,
     /// With none, every request is refused (401 / 1010).
     pub accounts: Vec<ApiAccount>,
-    /// Called after every successful write, so the SIP snapshot can be refreshed.
-    pub on_change: Arc<dyn Fn() + Send + Sync>,
+    /// Awaited after every successful write and before the response, so the SIP snapshot
+    /// is refreshed by the time the client hears back (a change is live for its next call).
+    pub on_change: Arc<dyn Fn() -> ChangeFuture + Send + Sync>,
 }
 
 impl ApiState {
@@ -78,12 +82,12 @@ impl ApiState {
         ApiState {
             store,
             accounts,
-            on_change: Arc::new(|| {}),
+            on_change: Arc::new(|| Box::pin(async {})),
         }
     }
 
-    fn changed(&self) {
-        (self.on_change)();
+    async fn changed(&self) {
+        (self.on_change)().await;
     }
 }
 
@@ -786,7 +790,7 @@ async fn create_trunk(State(st): St, ctx: Ctx, body: Bytes) -> Response {
             .create_trunk(&ctx.account_sid, &new)
             .await
             .map_err(|e| ApiError::store(e, "Trunk with this trunk_name"))?;
-        st.changed();
+        st.changed().await;
         Ok(Out::One(trunk_json(&rec)))
     }
     .await;
@@ -862,7 +866,7 @@ async fn update_trunk(State(st): St, ctx: Ctx, Path(p): Params, body: Bytes) -> 
             .await
             .map_err(|e| ApiError::store(e, "Trunk with this trunk_name"))?
             .ok_or_else(ApiError::trunk_forbidden)?;
-        st.changed();
+        st.changed().await;
         Ok(Out::One(trunk_json(&rec)))
     }
     .await;
@@ -879,7 +883,7 @@ async fn delete_trunk(st: &ApiState, ctx: &Ctx, sid: Option<&str>) -> Result<Out
         .await
         .map_err(|e| ApiError::store(e, "Trunk"))?
         .ok_or_else(ApiError::trunk_forbidden)?;
-    st.changed();
+    st.changed().await;
     Ok(Out::One(trunk_json(&rec)))
 }
 
@@ -918,7 +922,7 @@ async fn create_number(State(st): St, ctx: Ctx, Path(p): Params, body: Bytes) ->
             .add_number(&trunk.sid, &number, &mode)
             .await
             .map_err(|e| ApiError::store(e, "Phone number"))?;
-        st.changed();
+        st.changed().await;
         Ok(Out::One(number_json(&rec)))
     }
     .await;
@@ -988,7 +992,7 @@ async fn update_number(State(st): St, ctx: Ctx, Path(p): Params, body: Bytes) ->
             .await
             .map_err(|e| ApiError::store(e, "Phone number"))?
             .ok_or_else(|| ApiError::not_found("Phone number"))?;
-        st.changed();
+        st.changed().await;
         Ok(Out::One(number_json(&rec)))
     }
     .await;
@@ -1004,7 +1008,7 @@ async fn delete_number(State(st): St, ctx: Ctx, Path(p): Params) -> Response {
             .await
             .map_err(|e| ApiError::store(e, "Phone number"))?
             .ok_or_else(|| ApiError::not_found("Phone number"))?;
-        st.changed();
+        st.changed().await;
         Ok(Out::One(number_json(&rec)))
     }
     .await;
@@ -1036,7 +1040,7 @@ async fn create_ip(State(st): St, ctx: Ctx, Path(p): Params, body: Bytes) -> Res
             .add_ip(&trunk.sid, net)
             .await
             .map_err(|e| ApiError::store(e, "Whitelisted IP"))?;
-        st.changed();
+        st.changed().await;
         Ok(Out::One(ip_json(&rec)))
     }
     .await;
@@ -1067,7 +1071,7 @@ async fn delete_ip(State(st): St, ctx: Ctx, Path(p): Params) -> Response {
             .await
             .map_err(|e| ApiError::store(e, "Whitelisted IP"))?
             .ok_or_else(|| ApiError::not_found("Whitelisted IP"))?;
-        st.changed();
+        st.changed().await;
         Ok(Out::One(ip_json(&rec)))
     }
     .await;
@@ -1185,7 +1189,7 @@ async fn create_destinations(State(st): St, ctx: Ctx, Path(p): Params, body: Byt
             results.push(one);
         }
         if results.iter().any(Result::is_ok) {
-            st.changed();
+            st.changed().await;
         }
         Ok(Out::Multi(results))
     }
@@ -1222,7 +1226,7 @@ async fn delete_destination(State(st): St, ctx: Ctx, Path(p): Params) -> Respons
             .await
             .map_err(|e| ApiError::store(e, "Destination"))?
             .ok_or_else(|| ApiError::not_found("Destination"))?;
-        st.changed();
+        st.changed().await;
         Ok(Out::One(destination_json(&rec)))
     }
     .await;
@@ -1293,7 +1297,7 @@ async fn create_credential(State(st): St, ctx: Ctx, Path(p): Params, body: Bytes
             )
             .await
             .map_err(|e| ApiError::store(e, "Credential with this user_name"))?;
-        st.changed();
+        st.changed().await;
         Ok(Out::One(credential_json(&rec)))
     }
     .await;
@@ -1375,7 +1379,7 @@ async fn update_credential(State(st): St, ctx: Ctx, Path(p): Params, body: Bytes
             .await
             .map_err(|e| ApiError::store(e, "Credential with this user_name"))?
             .ok_or_else(|| ApiError::not_found("Credential"))?;
-        st.changed();
+        st.changed().await;
         Ok(Out::One(credential_json(&rec)))
     }
     .await;
@@ -1392,7 +1396,7 @@ async fn delete_credential(st: &ApiState, ctx: &Ctx, id: Option<&str>) -> Result
         .await
         .map_err(|e| ApiError::store(e, "Credential"))?
         .ok_or_else(|| ApiError::not_found("Credential"))?;
-    st.changed();
+    st.changed().await;
     Ok(Out::One(credential_json(&rec)))
 }
 
@@ -1459,7 +1463,7 @@ async fn set_settings(State(st): St, ctx: Ctx, Path(p): Params, body: Bytes) -> 
             results.push(one);
         }
         if results.iter().any(Result::is_ok) {
-            st.changed();
+            st.changed().await;
         }
         Ok(Out::Multi(results))
     }
@@ -1571,7 +1575,7 @@ async fn create_flow(State(st): St, ctx: Ctx, body: Bytes) -> Response {
             .create_flow(&ctx.account_sid, &new)
             .await
             .map_err(|e| ApiError::store(e, "Flow"))?;
-        st.changed();
+        st.changed().await;
         Ok(Out::One(flow_json(&rec)))
     }
     .await;
@@ -1623,7 +1627,7 @@ async fn update_flow(State(st): St, ctx: Ctx, Path(p): Params, body: Bytes) -> R
             .await
             .map_err(|e| ApiError::store(e, "Flow"))?
             .ok_or_else(|| ApiError::not_found("Flow"))?;
-        st.changed();
+        st.changed().await;
         Ok(Out::One(flow_json(&rec)))
     }
     .await;
@@ -1638,7 +1642,7 @@ async fn delete_flow(State(st): St, ctx: Ctx, Path(p): Params) -> Response {
             .await
             .map_err(|e| ApiError::store(e, "Flow"))?
             .ok_or_else(|| ApiError::not_found("Flow"))?;
-        st.changed();
+        st.changed().await;
         Ok(Out::One(flow_json(&rec)))
     }
     .await;

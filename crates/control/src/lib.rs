@@ -37,7 +37,7 @@ pub mod model;
 pub mod store;
 
 pub use admission::{check_e164, Admission, Decision, InviteFacts, CPM_WINDOW};
-pub use api::{router, ApiAccount, ApiError, ApiState};
+pub use api::{router, ApiAccount, ApiError, ApiState, ChangeFuture};
 pub use model::{
     IpNet, IpNetError, Mode, NumberMapping, Snapshot, Trunk, DEFAULT_CALLS_PER_MINUTE,
 };

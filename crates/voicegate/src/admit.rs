@@ -9,13 +9,18 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use tracing::warn;
+use voicegate_bridge::dialect::Protocol;
+use voicegate_bridge::ws::BotUrl;
 use voicegate_control::{
-    Admission, Decision, InviteFacts, IpNet, Mode, NumberMapping, Snapshot, Trunk,
+    Admission, ControlSnapshot, Decision, FlowDirection, FlowProtocol, FlowRecord, InviteFacts,
+    IpNet, Mode, NumberMapping, Snapshot, Trunk,
 };
 use voicegate_sip::digest::{DigestServer, Verdict};
 use voicegate_sip::message::Request;
 
 use crate::config::TrunkConfig;
+use crate::core::FlowRoute;
 
 /// How long a digest nonce is good for.
 const NONCE_LIFETIME: Duration = Duration::from_secs(300);
@@ -26,13 +31,45 @@ pub struct Trunks {
     pub snapshot: Snapshot,
     /// (trunk sid, user name, password).
     credentials: Vec<(String, String, String)>,
-    /// Number → flow name, for numbers in flow mode.
-    pub flow_of_number: HashMap<String, String>,
+    /// Flows of the trunk API, by id.
+    flows: HashMap<String, Arc<FlowRoute>>,
 }
 
 impl Trunks {
-    /// The trunks declared in the config file (the trunk API will replace this source).
-    pub fn from_config(trunks: &[TrunkConfig]) -> Self {
+    /// The trunks declared in the config file, then those of the trunk API's store.
+    pub fn build(config: &[TrunkConfig], store: Option<&ControlSnapshot>) -> Self {
+        let mut out = Self::from_config(config);
+        let Some(store) = store else { return out };
+        out.snapshot
+            .trunks
+            .extend(store.snapshot.trunks.iter().cloned());
+        out.snapshot
+            .numbers
+            .extend(store.snapshot.numbers.iter().cloned());
+        for c in &store.credentials {
+            out.credentials
+                .push((c.trunk_sid.clone(), c.user_name.clone(), c.password.clone()));
+        }
+        for flow in &store.flows {
+            match flow_route(flow) {
+                Ok(route) => {
+                    out.flows.insert(flow.id.clone(), Arc::new(route));
+                }
+                Err(e) => {
+                    warn!(flow = flow.id, error = %e, "flow with an unusable stream_url ignored")
+                }
+            }
+        }
+        out
+    }
+
+    /// Whether any trunk exists: without one, admission is off (a demo setup).
+    pub fn is_empty(&self) -> bool {
+        self.snapshot.trunks.is_empty()
+    }
+
+    /// The trunks declared in the config file.
+    fn from_config(trunks: &[TrunkConfig]) -> Self {
         let mut out = Trunks::default();
         for (i, t) in trunks.iter().enumerate() {
             let sid = format!("cfg-{i}-{}", t.name);
@@ -53,8 +90,8 @@ impl Trunks {
                     .push((sid.clone(), c.user_name.clone(), c.password.clone()));
             }
             for n in &t.numbers {
+                // Config numbers name config flows (by name); the call looks them up there.
                 let mode = if n.mode == "flow" {
-                    out.flow_of_number.insert(n.number.clone(), n.flow.clone());
                     Mode::Flow {
                         flow_id: n.flow.clone(),
                     }
@@ -70,6 +107,33 @@ impl Trunks {
         }
         out
     }
+}
+
+/// A flow of the store as calls use it.
+fn flow_route(flow: &FlowRecord) -> Result<FlowRoute, String> {
+    let url = BotUrl::parse(&flow.stream_url).map_err(|e| e.to_string())?;
+    Ok(FlowRoute {
+        name: flow.id.clone(),
+        url,
+        protocol: match flow.protocol {
+            FlowProtocol::Exotel => Protocol::Exotel,
+            FlowProtocol::Twilio => Protocol::Twilio,
+        },
+        bidirectional: flow.direction == FlowDirection::Bidirectional,
+        numbers: Vec::new(),
+        parameters: flow
+            .custom_parameters
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    v.as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| v.to_string()),
+                )
+            })
+            .collect(),
+    })
 }
 
 /// Puts the MD5 challenge first. RFC 8760 would put SHA-256 first, but many deployed UAs
@@ -108,6 +172,16 @@ impl Gate {
             admission: Mutex::new(Admission::new()),
             digest: Mutex::new(DigestServer::new(realm, NONCE_LIFETIME)),
         }
+    }
+
+    /// A flow of the trunk API, by id.
+    pub fn flow(&self, id: &str) -> Option<Arc<FlowRoute>> {
+        self.trunks().flows.get(id).cloned()
+    }
+
+    /// Whether admission applies (some trunk exists).
+    pub fn is_active(&self) -> bool {
+        !self.trunks().is_empty()
     }
 
     pub fn trunks(&self) -> Arc<Trunks> {

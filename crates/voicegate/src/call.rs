@@ -27,16 +27,16 @@ use voicegate_sip::transaction::{
 use voicegate_sip::transport::Source;
 
 use crate::admit::Outcome;
-use crate::core::{random_token, CallEvent, CallInput, Core, ALLOW, SUPPORTED};
+use crate::core::{random_token, CallEvent, CallInput, Core, FlowRoute, ALLOW, SUPPORTED};
 use voicegate_control::Mode;
 
 /// What a dialled number leads to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub enum Route {
     Echo,
     Ringing,
-    /// A bot flow, by its index in the settings.
-    Flow(usize),
+    /// A bot flow.
+    Flow(Arc<FlowRoute>),
     /// An admitted PSTN call: the carrier router comes later, so 503 "No route" for now.
     NoRoute,
     NotFound,
@@ -47,13 +47,13 @@ pub fn route(core: &Core, number: &str) -> Route {
         Route::Echo
     } else if core.settings.ringing_numbers.iter().any(|n| n == number) {
         Route::Ringing
-    } else if let Some(i) = core
+    } else if let Some(flow) = core
         .settings
         .flows
         .iter()
-        .position(|f| f.numbers.iter().any(|n| n == number))
+        .find(|f| f.numbers.iter().any(|n| n == number))
     {
-        Route::Flow(i)
+        Route::Flow(Arc::new(flow.clone()))
     } else {
         Route::NotFound
     }
@@ -363,7 +363,7 @@ impl Call {
                 Direction::SendRecv,
             ),
         };
-        if let Route::Flow(flow) = self.route {
+        if let Route::Flow(flow) = self.route.clone() {
             // A bot needs the codec: with a delayed offer it starts when the ACK brings the answer.
             if media.negotiated.is_some() {
                 if let Err(e) = self.start_bot(flow) {
@@ -421,21 +421,23 @@ impl Call {
     /// Where the dialled number goes: by the trunks when they are configured, else by the
     /// test numbers and flows of the config. None when the INVITE was already answered.
     fn admit(&mut self, now: Instant) -> Option<Route> {
-        let Some(gate) = self.core.gate.as_ref() else {
+        let Some(gate) = self.core.gate.as_ref().filter(|g| g.is_active()) else {
             return Some(route(&self.core, &self.number));
         };
         match gate.decide(&self.invite, self.source.remote.ip(), &self.number) {
             Outcome::Admitted { trunk_sid, mode } => {
                 self.admitted_trunk = Some(trunk_sid);
                 Some(match mode {
-                    Mode::Flow { flow_id } => match self
-                        .core
-                        .settings
-                        .flows
-                        .iter()
-                        .position(|f| f.name == flow_id)
-                    {
-                        Some(i) => Route::Flow(i),
+                    Mode::Flow { flow_id } => match gate.flow(&flow_id).or_else(|| {
+                        self.core
+                            .settings
+                            .flows
+                            .iter()
+                            .find(|f| f.name == flow_id)
+                            .cloned()
+                            .map(Arc::new)
+                    }) {
+                        Some(flow) => Route::Flow(flow),
                         None => Route::NotFound,
                     },
                     // Until carriers are configured, an E.164 echo test number answers here.
@@ -639,7 +641,7 @@ impl Call {
                     echo.update(leg_control(&n));
                 }
                 media.negotiated = Some(n);
-                if let (Route::Flow(flow), None) = (self.route, &media.leg) {
+                if let (Route::Flow(flow), None) = (self.route.clone(), &media.leg) {
                     if let Err(e) = self.start_bot(flow) {
                         warn!(error = %e, "could not start the bot session");
                     }
@@ -850,9 +852,8 @@ impl Call {
     }
 
     /// Starts streaming to the flow's bot on the call's ports.
-    fn start_bot(&mut self, flow: usize) -> Result<(), String> {
+    fn start_bot(&mut self, flow: Arc<FlowRoute>) -> Result<(), String> {
         let settings = &self.core.settings;
-        let flow = &settings.flows[flow];
         let media = self.media.as_mut().ok_or("no media")?;
         let negotiated = media.negotiated.as_ref().ok_or("no negotiated codec")?;
         let ports = media.ports.take().ok_or("no RTP ports")?;
@@ -889,7 +890,15 @@ impl Call {
             account_sid: settings.bridge.account_sid.clone(),
             from,
             to: self.number.clone(),
-            extra_parameters: forwarded_headers(&self.invite, &settings.bridge.forward_headers),
+            extra_parameters: flow
+                .parameters
+                .iter()
+                .cloned()
+                .chain(forwarded_headers(
+                    &self.invite,
+                    &settings.bridge.forward_headers,
+                ))
+                .collect(),
         };
         let (events_tx, events_rx) = mpsc::channel(32);
         let handle =

@@ -55,6 +55,8 @@ pub struct Config {
     /// Customer trunks seeded from the file: who may call in, and where their numbers go.
     /// With none, every source may call the test numbers and flow numbers (a demo setup).
     pub trunks: Vec<TrunkConfig>,
+    pub api: ApiConfig,
+    pub store: StoreConfig,
     pub sip: SipConfig,
     pub rtp: RtpConfig,
     pub bridge: BridgeConfig,
@@ -64,6 +66,62 @@ pub struct Config {
 
 /// Keys whose values are tables of their own (set in the file only, no env override).
 const FILE_ONLY_KEYS: &[&str] = &["flows", "trunks"];
+
+/// `[api]`: the Exotel-compatible trunk API.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// HTTP listen address; "" disables the API.
+    pub listen: String,
+    /// Accounts allowed to use the API (account_sid, api_key, api_token). With none, every
+    /// request is refused. File only: secrets stay out of the environment listing.
+    pub accounts: Vec<ApiAccountConfig>,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            accounts: Vec::new(),
+        }
+    }
+}
+
+impl std::fmt::Debug for ApiConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiConfig")
+            .field("listen", &self.listen)
+            .field(
+                "accounts",
+                &format_args!("[{} redacted]", self.accounts.len()),
+            )
+            .finish()
+    }
+}
+
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiAccountConfig {
+    pub account_sid: String,
+    pub api_key: String,
+    pub api_token: String,
+}
+
+/// `[store]`: where trunks, numbers and flows are kept.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `sqlite://path` (created with its schema on first start) or `sqlite::memory:`.
+    pub url: String,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            url: "sqlite://voicegate.db".into(),
+        }
+    }
+}
 
 /// `[[trunks]]`: a customer trunk (its secrets are never logged: this struct is not printed).
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -430,7 +488,9 @@ impl Config {
     pub fn env_var_names() -> Vec<String> {
         fn walk(table: &Table, prefix: &str, out: &mut Vec<String>) {
             for (key, value) in table {
-                if prefix == ENV_PREFIX && FILE_ONLY_KEYS.contains(&key.as_str()) {
+                let file_only = (prefix == ENV_PREFIX && FILE_ONLY_KEYS.contains(&key.as_str()))
+                    || (prefix == "VOICEGATE_API" && key == "accounts");
+                if file_only {
                     continue;
                 }
                 let var = format!("{prefix}_{}", key.to_ascii_uppercase());
@@ -678,7 +738,9 @@ fn apply_env(
     origins: &mut HashMap<String, String>,
 ) -> Result<(), ConfigError> {
     for (key, default) in schema {
-        if key_prefix.is_empty() && FILE_ONLY_KEYS.contains(&key.as_str()) {
+        if (key_prefix.is_empty() && FILE_ONLY_KEYS.contains(&key.as_str()))
+            || (key_prefix == "api" && key == "accounts")
+        {
             continue;
         }
         let dotted = join_key(key_prefix, key);

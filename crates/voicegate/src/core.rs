@@ -65,6 +65,8 @@ pub struct FlowRoute {
     pub protocol: voicegate_bridge::dialect::Protocol,
     pub bidirectional: bool,
     pub numbers: Vec<String>,
+    /// Custom parameters of the flow, passed to the bot after the URL's own.
+    pub parameters: Vec<(String, String)>,
 }
 
 /// What every bot session shares.

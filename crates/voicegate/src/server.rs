@@ -13,6 +13,7 @@ use crate::admit::{Gate, Trunks};
 use crate::config::Config;
 use crate::core::{BridgeSettings, Core, CoreHandler, FlowRoute, Settings};
 use crate::tls;
+use voicegate_control::{router, ApiAccount, ApiState, ChangeFuture, Store};
 
 /// The realm of our digest challenges.
 pub const DIGEST_REALM: &str = "voicegate";
@@ -27,6 +28,8 @@ pub enum StartError {
     Bind(#[from] transport::BindError),
     #[error("{0}")]
     Flow(String),
+    #[error("{0}")]
+    Store(String),
 }
 
 /// A started voicegate: its bound addresses and its counters.
@@ -34,6 +37,8 @@ pub struct Running {
     pub local: LocalAddrs,
     pub core: Arc<Core>,
     pub sender: Sender,
+    /// Where the trunk API listens, if it is on.
+    pub api: Option<std::net::SocketAddr>,
 }
 
 pub fn settings(config: &Config) -> Result<Settings, StartError> {
@@ -47,6 +52,7 @@ pub fn settings(config: &Config) -> Result<Settings, StartError> {
             protocol: Protocol::from_name(&flow.protocol).unwrap_or_default(),
             bidirectional: flow.direction == "bidirectional",
             numbers: flow.numbers.clone(),
+            parameters: Vec::new(),
         });
     }
     let bridge = &config.bridge;
@@ -96,8 +102,20 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         None => None,
     };
     let range = config.rtp.port_range();
-    let gate = (!config.trunks.is_empty())
-        .then(|| Gate::new(Trunks::from_config(&config.trunks), DIGEST_REALM));
+    let store = open_store(config).await?;
+    let stored = match &store {
+        Some(store) => Some(
+            store
+                .snapshot()
+                .await
+                .map_err(|e| StartError::Store(format!("config: store.url: {e}")))?,
+        ),
+        None => None,
+    };
+    let gate = Some(Gate::new(
+        Trunks::build(&config.trunks, stored.as_ref()),
+        DIGEST_REALM,
+    ));
     let core = Core::new(
         settings(config)?,
         PortPool::new(*range.start(), *range.end()),
@@ -113,9 +131,94 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let handler: Arc<dyn Handler> = Arc::new(CoreHandler(core.clone()));
     let (sender, local) = transport::start(listen, tls_config, handler).await?;
     core.attach(sender.clone());
+    let api = match store {
+        Some(store) => start_api(config, store, core.clone()).await?,
+        None => None,
+    };
     Ok(Running {
         local,
         core,
         sender,
+        api,
     })
+}
+
+async fn open_store(config: &Config) -> Result<Option<Arc<Store>>, StartError> {
+    if config.store.url.is_empty() {
+        return Ok(None);
+    }
+    let store = Store::open(&config.store.url).await.map_err(|e| {
+        StartError::Store(format!(
+            "config: store.url: cannot open {}: {e}",
+            config.store.url
+        ))
+    })?;
+    Ok(Some(Arc::new(store)))
+}
+
+/// Serves the trunk API; every successful write refreshes the trunks calls see before the
+/// API answers, so a change is live for the next call.
+async fn start_api(
+    config: &Config,
+    store: Arc<Store>,
+    core: Arc<Core>,
+) -> Result<Option<std::net::SocketAddr>, StartError> {
+    if config.api.listen.is_empty() {
+        return Ok(None);
+    }
+    let addr: std::net::SocketAddr = config.api.listen.parse().map_err(|_| {
+        StartError::Store(format!(
+            "config: api.listen: {:?} is not an address (expected ip:port)",
+            config.api.listen
+        ))
+    })?;
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        StartError::Store(format!("config: api.listen: cannot listen on {addr}: {e}"))
+    })?;
+    let local = listener.local_addr().ok();
+    if config.api.accounts.is_empty() {
+        tracing::warn!(
+            "api: no accounts configured ([api] accounts): every request will be refused"
+        );
+    }
+    let config_trunks = config.trunks.clone();
+    let refresh_store = store.clone();
+    let on_change: Arc<dyn Fn() -> ChangeFuture + Send + Sync> = Arc::new(move || {
+        let (store, core, config_trunks) =
+            (refresh_store.clone(), core.clone(), config_trunks.clone());
+        Box::pin(async move {
+            match store.snapshot().await {
+                Ok(snapshot) => {
+                    if let Some(gate) = core.gate.as_ref() {
+                        gate.replace(Trunks::build(&config_trunks, Some(&snapshot)));
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "could not reload trunks after an API change")
+                }
+            }
+        })
+    });
+    let state = ApiState {
+        store,
+        accounts: config
+            .api
+            .accounts
+            .iter()
+            .map(|a| ApiAccount {
+                account_sid: a.account_sid.clone(),
+                api_key: a.api_key.clone(),
+                api_token: a.api_token.clone(),
+            })
+            .collect(),
+        on_change,
+    };
+    let app = router(state);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "trunk API stopped");
+        }
+    });
+    tracing::info!(addr = ?local, "trunk API listening");
+    Ok(local)
 }

@@ -46,6 +46,7 @@ async fn api_with(accounts: Vec<ApiAccount>) -> Api {
         accounts,
         on_change: Arc::new(move || {
             c.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async {})
         }),
     };
     Api {

@@ -1,0 +1,208 @@
+//! The trunk API served by voicegate: provisioned trunks admit calls at once, and a number
+//! re-mapped from one flow to another takes effect on the next call, with no restart.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::uac::{offer, Uac};
+use common::*;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use voicegate::config::{ApiAccountConfig, Config};
+
+/// One HTTP/1.1 request with Basic auth; returns the status and the JSON body.
+async fn http(api: SocketAddr, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let auth = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "key:token");
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let request = format!(
+        "{method} /v2/accounts/acme{path} HTTP/1.1\r\nHost: {api}\r\nAuthorization: Basic {auth}\r\n\
+Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut stream = TcpStream::connect(api).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    let text = String::from_utf8_lossy(&response);
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let json = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| serde_json::from_str(b).unwrap_or(Value::Null))
+        .unwrap_or(Value::Null);
+    (status, json)
+}
+
+fn data(v: &Value) -> &Value {
+    &v["response"]["data"]
+}
+
+/// A bot that counts the connections it accepts (and answers the handshake).
+async fn counting_bot() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                if let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await {
+                    let _ = tx.send(());
+                    use futures_util::StreamExt;
+                    while let Some(Ok(_)) = ws.next().await {}
+                }
+            });
+        }
+    });
+    (addr, rx)
+}
+
+fn api_config() -> Config {
+    let mut config = test_config();
+    config.api.accounts = vec![ApiAccountConfig {
+        account_sid: "acme".into(),
+        api_key: "key".into(),
+        api_token: "token".into(),
+    }];
+    config
+}
+
+async fn call(server: SocketAddr, number: &str) -> (Uac, u16) {
+    let mut uac = Uac::new(server).await;
+    let invite = uac
+        .request_text("INVITE", &offer(uac.rtp_port(), "8", "sendrecv"))
+        .replace("sip:echo@", &format!("sip:{number}@"));
+    uac.send(&invite).await;
+    let response = uac.final_response().await;
+    if response.status >= 300 {
+        uac.ack_failure().await;
+    } else {
+        uac.ack("").await;
+    }
+    (uac, response.status)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_number_remapped_through_the_api_takes_effect_on_the_next_call() {
+    let running = start(&api_config()).await;
+    let api = running.api.expect("the API listens");
+    let sip = running.local.udp.unwrap();
+    let (bot_a, mut seen_a) = counting_bot().await;
+    let (bot_b, mut seen_b) = counting_bot().await;
+
+    let (status, a) = http(
+        api,
+        "POST",
+        "/flows",
+        Some(json!({"name": "a", "stream_url": format!("ws://{bot_a}/")})),
+    )
+    .await;
+    assert_eq!(status, 200, "{a}");
+    let flow_a = data(&a)["id"].as_str().unwrap().to_string();
+    let (_, b) = http(
+        api,
+        "POST",
+        "/flows",
+        Some(json!({"name": "b", "stream_url": format!("ws://{bot_b}/")})),
+    )
+    .await;
+    let flow_b = data(&b)["id"].as_str().unwrap().to_string();
+    let (status, trunk) = http(
+        api,
+        "POST",
+        "/trunks",
+        Some(json!({"trunk_name": "acme1", "nso_code": "ANY-ANY", "domain_name": "acme.example"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{trunk}");
+    let sid = data(&trunk)["trunk_sid"].as_str().unwrap().to_string();
+
+    // Before the whitelist entry, the caller's address is unknown: 403.
+    let (_, status) = call(sip, "+15550123").await;
+    assert_eq!(status, 403);
+    let (status, ip) = http(
+        api,
+        "POST",
+        &format!("/trunks/{sid}/whitelisted-ips"),
+        Some(json!({"ip": "127.0.0.1", "mask": 32})),
+    )
+    .await;
+    assert_eq!(status, 200, "{ip}");
+    let (status, number) = http(
+        api,
+        "POST",
+        &format!("/trunks/{sid}/phone-numbers"),
+        Some(json!({"phone_number": "+15550123", "mode": "flow", "flow_id": flow_a})),
+    )
+    .await;
+    assert_eq!(status, 200, "{number}");
+    let number_id = data(&number)["id"].as_str().unwrap().to_string();
+
+    let (mut uac, status) = call(sip, "+15550123").await;
+    assert_eq!(status, 200);
+    tokio::time::timeout(Duration::from_secs(5), seen_a.recv())
+        .await
+        .expect("bot a is called")
+        .unwrap();
+    assert_eq!(uac.bye().await.status, 200);
+
+    let (status, _) = http(
+        api,
+        "PUT",
+        &format!("/trunks/{sid}/phone-numbers/{number_id}"),
+        Some(json!({"phone_number": "+15550123", "mode": "flow", "flow_id": flow_b})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (mut uac, status) = call(sip, "+15550123").await;
+    assert_eq!(status, 200);
+    tokio::time::timeout(Duration::from_secs(5), seen_b.recv())
+        .await
+        .expect("bot b is called after the change")
+        .unwrap();
+    assert!(seen_a.try_recv().is_err(), "bot a is not called again");
+    assert_eq!(uac.bye().await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_survives_a_restart() {
+    let path = std::env::temp_dir().join(format!("vg-store-{:x}.db", rand::random::<u64>()));
+    let mut config = api_config();
+    config.store.url = format!("sqlite://{}", path.display());
+    {
+        let running = start(&config).await;
+        let (status, _) = http(
+            running.api.unwrap(),
+            "POST",
+            "/trunks",
+            Some(json!({"trunk_name": "kept", "nso_code": "ANY-ANY", "domain_name": "x"})),
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+    let running = start(&config).await;
+    let (status, list) = http(running.api.unwrap(), "GET", "/trunks", None).await;
+    assert_eq!(status, 200);
+    let names: Vec<&str> = list["response"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["data"]["trunk_name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["kept"]);
+    let _ = std::fs::remove_file(&path);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_without_accounts_refuses_every_request() {
+    let running = start(&test_config()).await;
+    let (status, body) = http(running.api.unwrap(), "GET", "/trunks", None).await;
+    assert_eq!(status, 401);
+    assert_eq!(body["response"]["error_data"]["code"], 1010);
+}
