@@ -1478,5 +1478,8 @@ impl Store {
     }
 }
 
+mod registrations;
+pub use registrations::Binding;
+
 #[cfg(test)]
 mod tests;

@@ -427,6 +427,16 @@ impl Iterator for Unquoted<'_> {
     }
 }
 
+/// The comma-separated values of one header line (Contact, Route…), commas inside quotes or
+/// `<…>` kept.
+pub fn split_values(value: &str) -> Vec<&str> {
+    split_outside(value, ',')
+        .into_iter()
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .collect()
+}
+
 /// Splits at every `sep` outside double-quoted strings and `<…>`.
 fn split_outside(value: &str, sep: char) -> Vec<&str> {
     let mut out = Vec::new();

@@ -33,6 +33,8 @@ pub struct Trunks {
     credentials: Vec<(String, String, String)>,
     /// Flows of the trunk API, by id.
     flows: HashMap<String, Arc<FlowRoute>>,
+    /// Trunks whose PBX may REGISTER.
+    registering: Vec<String>,
 }
 
 impl Trunks {
@@ -46,6 +48,13 @@ impl Trunks {
         out.snapshot
             .numbers
             .extend(store.snapshot.numbers.iter().cloned());
+        out.registering.extend(
+            store
+                .trunks
+                .iter()
+                .filter(|t| t.registration_enabled)
+                .map(|t| t.sid.clone()),
+        );
         for c in &store.credentials {
             out.credentials
                 .push((c.trunk_sid.clone(), c.user_name.clone(), c.password.clone()));
@@ -61,6 +70,11 @@ impl Trunks {
             }
         }
         out
+    }
+
+    /// Whether the trunk's PBX may REGISTER.
+    pub fn registration_enabled(&self, trunk_sid: &str) -> bool {
+        self.registering.iter().any(|t| t == trunk_sid)
     }
 
     /// Whether any trunk exists: without one, admission is off (a demo setup).
@@ -85,6 +99,9 @@ impl Trunks {
                 (t.max_concurrent_calls > 0).then_some(t.max_concurrent_calls);
             trunk.calls_per_minute = t.calls_per_minute;
             out.snapshot.trunks.push(trunk);
+            if t.registration_enabled {
+                out.registering.push(sid.clone());
+            }
             for c in &t.credentials {
                 out.credentials
                     .push((sid.clone(), c.user_name.clone(), c.password.clone()));
@@ -274,6 +291,57 @@ impl Gate {
                 reason,
                 retry_after,
             },
+        }
+    }
+
+    /// Digest authentication alone (for REGISTER): the trunk whose credentials the request
+    /// carries, or the 401/403 to answer.
+    pub fn authenticate(&self, request: &Request) -> Result<String, Outcome> {
+        let trunks = self.trunks();
+        let now_secs = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let mut digest = self.digest.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(header) = request.headers.get("Authorization") else {
+            return Err(Outcome::Challenge(md5_first(
+                digest.challenge(now_secs, false),
+            )));
+        };
+        let verdict = digest.verify(header, &request.method, now_secs, |user| {
+            trunks
+                .credentials
+                .iter()
+                .find(|(_, u, _)| u == user)
+                .map(|(_, _, p)| p.clone())
+        });
+        match verdict {
+            Verdict::Ok { username } => trunks
+                .credentials
+                .iter()
+                .find(|(_, u, _)| *u == username)
+                .map(|(t, _, _)| t.clone())
+                .ok_or(Outcome::Refused {
+                    status: 403,
+                    reason: "Forbidden (bad credentials)".into(),
+                    retry_after: None,
+                }),
+            Verdict::Stale => Err(Outcome::Challenge(md5_first(
+                digest.challenge(now_secs, true),
+            ))),
+            Verdict::Replay => Err(Outcome::Challenge(md5_first(
+                digest.challenge(now_secs, false),
+            ))),
+            Verdict::BadCredentials => Err(Outcome::Refused {
+                status: 403,
+                reason: "Forbidden (bad credentials)".into(),
+                retry_after: None,
+            }),
+            Verdict::Malformed(why) => Err(Outcome::Refused {
+                status: 403,
+                reason: format!("Forbidden (bad Authorization: {why})"),
+                retry_after: None,
+            }),
         }
     }
 

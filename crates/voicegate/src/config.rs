@@ -139,6 +139,9 @@ pub struct TrunkConfig {
     pub calls_per_minute: u32,
     /// The trunk's numbers: E.164, each to a flow (by name) or to the PSTN router.
     pub numbers: Vec<NumberConfig>,
+    /// Whether the trunk's PBX may REGISTER (with its credentials) so calls can reach it
+    /// behind NAT.
+    pub registration_enabled: bool,
 }
 
 impl Default for TrunkConfig {
@@ -151,6 +154,7 @@ impl Default for TrunkConfig {
             max_concurrent_calls: 0,
             calls_per_minute: 200,
             numbers: Vec::new(),
+            registration_enabled: false,
         }
     }
 }

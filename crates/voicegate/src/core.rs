@@ -131,8 +131,10 @@ struct OutOfDialog {
 
 pub struct Core {
     pub settings: Settings,
-    /// Admission by customer trunks; None when no trunk is configured (a demo setup).
+    /// Admission by customer trunks (off while no trunk exists: a demo setup).
     pub gate: Option<crate::admit::Gate>,
+    /// Trunks, numbers, flows and registrations (None when `store.url` is empty).
+    pub store: Option<Arc<voicegate_control::Store>>,
     pub pool: Arc<PortPool>,
     pub stats: CallStats,
     /// Call events; sending with no subscriber is fine (they are dropped).
@@ -149,10 +151,12 @@ impl Core {
         settings: Settings,
         pool: Arc<PortPool>,
         gate: Option<crate::admit::Gate>,
+        store: Option<Arc<voicegate_control::Store>>,
     ) -> Arc<Self> {
         Arc::new(Core {
             settings,
             gate,
+            store,
             pool,
             stats: CallStats::default(),
             events: tokio::sync::broadcast::channel(256).0,
@@ -278,6 +282,11 @@ impl Core {
                     .header("Supported", SUPPORTED);
                 self.answer(&request, &source, &branch, response)
             }
+            "REGISTER"
+                if self.gate.as_ref().is_some_and(|g| g.is_active()) && self.store.is_some() =>
+            {
+                tokio::spawn(crate::registrar::handle(self.clone(), request, source));
+            }
             "BYE" | "INFO" => {
                 let response = request.response(481, "Call/Transaction Does Not Exist");
                 self.answer(&request, &source, &branch, response)
@@ -342,7 +351,13 @@ impl Core {
 
     /// Answers a request in the core: statelessly for INVITE (failure responses before any
     /// call exists), through a non-INVITE server transaction otherwise.
-    fn answer(&self, request: &Request, source: &Source, branch: &str, response: Response) {
+    pub(crate) fn answer(
+        &self,
+        request: &Request,
+        source: &Source,
+        branch: &str,
+        response: Response,
+    ) {
         let sender = self.sender();
         let mut response = response.header("Server", sender.user_agent());
         if response.status > 100 && request.to_tag().is_none() {

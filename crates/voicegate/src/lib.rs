@@ -8,5 +8,6 @@ pub mod admit;
 pub mod call;
 pub mod config;
 pub mod core;
+pub mod registrar;
 pub mod server;
 pub mod tls;

@@ -120,6 +120,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         settings(config)?,
         PortPool::new(*range.start(), *range.end()),
         gate,
+        store.clone(),
     );
     let listen = ListenConfig {
         udp: config.sip.udp_addr(),
