@@ -11,7 +11,7 @@ use common::*;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use voicegate::config::{ApiAccountConfig, Config};
+use voicegate::config::{ApiAccountConfig, Config, FlowConfig, NumberConfig, TrunkConfig};
 
 /// One HTTP/1.1 request with Basic auth; returns the status and the JSON body.
 async fn http(api: SocketAddr, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
@@ -205,4 +205,84 @@ async fn an_api_without_accounts_refuses_every_request() {
     let (status, body) = http(running.api.unwrap(), "GET", "/trunks", None).await;
     assert_eq!(status, 401);
     assert_eq!(body["response"]["error_data"]["code"], 1010);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registration_can_be_enabled_through_the_api() {
+    let running = start(&api_config()).await;
+    let api = running.api.unwrap();
+    let (status, trunk) = http(api, "POST", "/trunks", Some(json!({"trunk_name": "pbx1", "nso_code": "ANY-ANY", "domain_name": "x", "registration_enabled": true}))).await;
+    assert_eq!(status, 200, "{trunk}");
+    assert_eq!(data(&trunk)["registration_enabled"], true);
+    let sid = data(&trunk)["trunk_sid"].as_str().unwrap().to_string();
+    let (status, updated) = http(
+        api,
+        "PUT",
+        &format!("/trunks/{sid}"),
+        Some(json!({"registration_enabled": "false"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{updated}");
+    assert_eq!(data(&updated)["registration_enabled"], false);
+    let (status, bad) = http(
+        api,
+        "PUT",
+        &format!("/trunks/{sid}"),
+        Some(json!({"registration_enabled": "maybe"})),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(bad["response"]["error_data"]["code"], 1002);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trunks_and_flows_in_the_config_are_seeded_and_updated_at_start() {
+    let path = std::env::temp_dir().join(format!("vg-seed-{:x}.db", rand::random::<u64>()));
+    let mut config = api_config();
+    config.store.url = format!("sqlite://{}", path.display());
+    config.flows = vec![FlowConfig {
+        name: "support".into(),
+        url: "ws://127.0.0.1:9/bot".into(),
+        ..FlowConfig::default()
+    }];
+    config.trunks = vec![TrunkConfig {
+        name: "acme".into(),
+        whitelisted_ips: vec!["127.0.0.1/32".into()],
+        numbers: vec![NumberConfig {
+            number: "+15550777".into(),
+            mode: "flow".into(),
+            flow: "support".into(),
+        }],
+        max_concurrent_calls: 5,
+        ..TrunkConfig::default()
+    }];
+    let list = |api| async move { http(api, "GET", "/trunks", None).await.1 };
+    {
+        let running = start(&config).await;
+        let trunks = list(running.api.unwrap()).await;
+        let items = trunks["response"].as_array().unwrap();
+        assert_eq!(items.len(), 1);
+        assert_eq!(items[0]["data"]["trunk_name"], "acme");
+        let sid = items[0]["data"]["trunk_sid"].as_str().unwrap().to_string();
+        let (_, numbers) = http(
+            running.api.unwrap(),
+            "GET",
+            &format!("/trunks/{sid}/phone-numbers"),
+            None,
+        )
+        .await;
+        let number = &numbers["response"][0]["data"];
+        assert_eq!(number["phone_number"], "+15550777");
+        assert_eq!(number["mode"], "flow");
+        let (_, flows) = http(running.api.unwrap(), "GET", "/flows", None).await;
+        assert_eq!(flows["response"][0]["data"]["id"], number["flow_id"]);
+    }
+    // Changed in the file: updated in place at the next start, not duplicated.
+    config.trunks[0].max_concurrent_calls = 9;
+    let running = start(&config).await;
+    let trunks = list(running.api.unwrap()).await;
+    let items = trunks["response"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{trunks}");
+    assert_eq!(items[0]["data"]["max_concurrent_calls"], 9);
+    let _ = std::fs::remove_file(&path);
 }

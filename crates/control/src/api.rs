@@ -502,6 +502,17 @@ fn opt_str(obj: &Map<String, Value>, key: &str) -> Result<Option<String>, ApiErr
     }
 }
 
+/// An optional boolean (a JSON boolean, or "true"/"false" as Exotel's strings).
+fn opt_bool(obj: &Map<String, Value>, key: &str) -> Result<Option<bool>, ApiError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(Value::String(s)) if s.eq_ignore_ascii_case("true") => Ok(Some(true)),
+        Some(Value::String(s)) if s.eq_ignore_ascii_case("false") => Ok(Some(false)),
+        Some(_) => Err(ApiError::invalid(format!("{key} must be true or false"))),
+    }
+}
+
 /// An optional non-negative integer (a JSON number or a numeric string), at most `max`.
 fn opt_int(obj: &Map<String, Value>, key: &str, max: i64) -> Result<Option<i64>, ApiError> {
     let bad = || ApiError::invalid(format!("{key} must be an integer between 0 and {max}"));
@@ -780,6 +791,9 @@ async fn create_trunk(State(st): St, ctx: Ctx, body: Bytes) -> Response {
         if let Some(v) = choice(&obj, "secure_trunking", &["enabled", "disabled"])? {
             new.secure_trunking = v;
         }
+        if let Some(v) = opt_bool(&obj, "registration_enabled")? {
+            new.registration_enabled = v;
+        }
         let (max_concurrent, cpm) = trunk_limits(&obj)?;
         new.max_concurrent_calls = max_concurrent.flatten();
         if let Some(cpm) = cpm {
@@ -857,6 +871,7 @@ async fn update_trunk(State(st): St, ctx: Ctx, Path(p): Params, body: Bytes) -> 
             domain_name,
             status: choice(&obj, "status", &["active", "inactive"])?,
             secure_trunking: choice(&obj, "secure_trunking", &["enabled", "disabled"])?,
+            registration_enabled: opt_bool(&obj, "registration_enabled")?,
             max_concurrent_calls,
             calls_per_minute,
         };

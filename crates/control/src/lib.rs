@@ -42,6 +42,6 @@ pub use model::{
     IpNet, IpNetError, Mode, NumberMapping, Snapshot, Trunk, DEFAULT_CALLS_PER_MINUTE,
 };
 pub use store::{
-    Binding, ControlSnapshot, CredentialSecret, FlowDirection, FlowProtocol, FlowRecord, NewFlow,
-    NewTrunk, OnStreamEnd, Page, Store, StoreError,
+    Binding, ControlSnapshot, CredentialSecret, FlowDirection, FlowProtocol, FlowRecord,
+    NewCredential, NewFlow, NewTrunk, OnStreamEnd, Page, Store, StoreError, TrunkUpdate,
 };

@@ -209,6 +209,7 @@ pub struct TrunkUpdate {
     pub domain_name: Option<String>,
     pub status: Option<String>,
     pub secure_trunking: Option<String>,
+    pub registration_enabled: Option<bool>,
     /// `Some(None)` removes the limit.
     pub max_concurrent_calls: Option<Option<u32>>,
     pub calls_per_minute: Option<u32>,
@@ -663,6 +664,9 @@ impl Store {
         if let Some(v) = &update.secure_trunking {
             rec.secure_trunking = v.clone();
         }
+        if let Some(v) = update.registration_enabled {
+            rec.registration_enabled = v;
+        }
         if let Some(v) = update.max_concurrent_calls {
             rec.max_concurrent_calls = v.map(i64::from);
         }
@@ -672,14 +676,15 @@ impl Store {
         rec.date_updated = now_iso8601();
         sqlx::query(
             "UPDATE trunks SET name = ?, nso_code = ?, domain_name = ?, status = ?, \
-             secure_trunking = ?, max_concurrent_calls = ?, calls_per_minute = ?, \
-             date_updated = ? WHERE sid = ?",
+             secure_trunking = ?, registration_enabled = ?, max_concurrent_calls = ?, \
+             calls_per_minute = ?, date_updated = ? WHERE sid = ?",
         )
         .bind(&rec.name)
         .bind(&rec.nso_code)
         .bind(&rec.domain_name)
         .bind(&rec.status)
         .bind(&rec.secure_trunking)
+        .bind(rec.registration_enabled)
         .bind(rec.max_concurrent_calls)
         .bind(rec.calls_per_minute)
         .bind(&rec.date_updated)

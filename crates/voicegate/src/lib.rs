@@ -9,5 +9,6 @@ pub mod call;
 pub mod config;
 pub mod core;
 pub mod registrar;
+pub mod seed;
 pub mod server;
 pub mod tls;

@@ -103,19 +103,22 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     };
     let range = config.rtp.port_range();
     let store = open_store(config).await?;
-    let stored = match &store {
-        Some(store) => Some(
-            store
+    // With a store, the file's trunks and flows are seeded into it and calls read the store;
+    // without one, they are used as they are.
+    let trunks = match &store {
+        Some(store) => {
+            crate::seed::seed(store, config)
+                .await
+                .map_err(|e| StartError::Store(format!("config: {e}")))?;
+            let stored = store
                 .snapshot()
                 .await
-                .map_err(|e| StartError::Store(format!("config: store.url: {e}")))?,
-        ),
-        None => None,
+                .map_err(|e| StartError::Store(format!("config: store.url: {e}")))?;
+            Trunks::build(&[], Some(&stored))
+        }
+        None => Trunks::build(&config.trunks, None),
     };
-    let gate = Some(Gate::new(
-        Trunks::build(&config.trunks, stored.as_ref()),
-        DIGEST_REALM,
-    ));
+    let gate = Some(Gate::new(trunks, DIGEST_REALM));
     let core = Core::new(
         settings(config)?,
         PortPool::new(*range.start(), *range.end()),
@@ -182,16 +185,14 @@ async fn start_api(
             "api: no accounts configured ([api] accounts): every request will be refused"
         );
     }
-    let config_trunks = config.trunks.clone();
     let refresh_store = store.clone();
     let on_change: Arc<dyn Fn() -> ChangeFuture + Send + Sync> = Arc::new(move || {
-        let (store, core, config_trunks) =
-            (refresh_store.clone(), core.clone(), config_trunks.clone());
+        let (store, core) = (refresh_store.clone(), core.clone());
         Box::pin(async move {
             match store.snapshot().await {
                 Ok(snapshot) => {
                     if let Some(gate) = core.gate.as_ref() {
-                        gate.replace(Trunks::build(&config_trunks, Some(&snapshot)));
+                        gate.replace(Trunks::build(&[], Some(&snapshot)));
                     }
                 }
                 Err(e) => {
