@@ -128,7 +128,34 @@ async fn sipp_with_credentials_is_challenged_then_connects_and_a_wrong_password_
         3
     );
 
-    // Wrong password: a 401, then 403 (SIPp counts the call as failed on the 403).
+    // SIPp with a wrong password: 401, then 403 to the authenticated INVITE.
+    let text = std::fs::read_to_string(&auth).unwrap();
+    let cut = text
+        .find("  <recv response=\"100\" optional=\"true\"/>\n  <recv response=\"180\"")
+        .expect("second INVITE's answers");
+    let ack_403 = "  <recv response=\"100\" optional=\"true\"/>\n  <recv response=\"403\"/>\n  <send>\n    <![CDATA[\n      ACK sip:[service]@[remote_ip]:[remote_port] SIP/2.0\n      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch-3]\n      From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]\n      [last_To:]\n      Call-ID: [call_id]\n      CSeq: 2 ACK\n      Max-Forwards: 70\n      Content-Length: 0\n\n    ]]>\n  </send>\n</scenario>\n";
+    let wrong = std::env::temp_dir().join(format!("vg-auth-wrong-{:x}.xml", rand::random::<u64>()));
+    std::fs::write(&wrong, format!("{}{ack_403}", &text[..cut])).unwrap();
+    let out = sipp(
+        running.local.udp.unwrap(),
+        &[
+            "-sf",
+            wrong.to_str().unwrap(),
+            "-s",
+            ECHO,
+            "-m",
+            "1",
+            "-au",
+            "acme",
+            "-ap",
+            "wrong",
+        ],
+    )
+    .await;
+    let _ = std::fs::remove_file(&wrong);
+    assert_sipp_ok(&out, 1);
+
+    // The same with a scripted UA, checking the challenge's algorithms too.
     let mut uac = Uac::new(running.local.udp.unwrap()).await;
     let challenge = call(&mut uac, ECHO, "").await;
     assert_eq!(challenge.status, 401);
