@@ -153,6 +153,13 @@ fn flow_route(flow: &FlowRecord) -> Result<FlowRoute, String> {
     })
 }
 
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
 /// Puts the MD5 challenge first. RFC 8760 would put SHA-256 first, but many deployed UAs
 /// (SIPp among them) answer only the first challenge and know only MD5; UAs that support
 /// SHA-256 still find it in the second header.
@@ -215,54 +222,17 @@ impl Gate {
 
     pub fn decide(&self, invite: &Request, source: IpAddr, dialled: &str) -> Outcome {
         let trunks = self.trunks();
-        let now_secs = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
         let authorization = invite
             .headers
             .get("Authorization")
             .or_else(|| invite.headers.get("Proxy-Authorization"));
-        let mut authenticated_trunk = None;
-        if let Some(header) = authorization {
-            let mut digest = self.digest.lock().unwrap_or_else(|e| e.into_inner());
-            let verdict = digest.verify(header, &invite.method, now_secs, |user| {
-                trunks
-                    .credentials
-                    .iter()
-                    .find(|(_, u, _)| u == user)
-                    .map(|(_, _, p)| p.clone())
-            });
-            match verdict {
-                Verdict::Ok { username } => {
-                    authenticated_trunk = trunks
-                        .credentials
-                        .iter()
-                        .find(|(_, u, _)| *u == username)
-                        .map(|(t, _, _)| t.clone());
-                }
-                Verdict::Stale => {
-                    return Outcome::Challenge(md5_first(digest.challenge(now_secs, true)))
-                }
-                Verdict::Replay => {
-                    return Outcome::Challenge(md5_first(digest.challenge(now_secs, false)))
-                }
-                Verdict::BadCredentials => {
-                    return Outcome::Refused {
-                        status: 403,
-                        reason: "Forbidden (bad credentials)".into(),
-                        retry_after: None,
-                    }
-                }
-                Verdict::Malformed(why) => {
-                    return Outcome::Refused {
-                        status: 403,
-                        reason: format!("Forbidden (bad Authorization: {why})"),
-                        retry_after: None,
-                    }
-                }
-            }
-        }
+        let authenticated_trunk = match authorization {
+            Some(header) => match self.verify(&trunks, header, &invite.method) {
+                Ok(trunk) => Some(trunk),
+                Err(answer) => return answer,
+            },
+            None => None,
+        };
         let facts = InviteFacts {
             source,
             dialled,
@@ -276,12 +246,7 @@ impl Gate {
             .decide(&trunks.snapshot, &facts, Instant::now());
         match decision {
             Decision::Admit { trunk_sid, mode } => Outcome::Admitted { trunk_sid, mode },
-            Decision::Challenge => Outcome::Challenge(md5_first(
-                self.digest
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .challenge(now_secs, false),
-            )),
+            Decision::Challenge => self.challenge(false),
             Decision::Reject {
                 status,
                 reason,
@@ -297,52 +262,55 @@ impl Gate {
     /// Digest authentication alone (for REGISTER): the trunk whose credentials the request
     /// carries, or the 401/403 to answer.
     pub fn authenticate(&self, request: &Request) -> Result<String, Outcome> {
-        let trunks = self.trunks();
-        let now_secs = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let mut digest = self.digest.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(header) = request.headers.get("Authorization") else {
-            return Err(Outcome::Challenge(md5_first(
-                digest.challenge(now_secs, false),
-            )));
-        };
-        let verdict = digest.verify(header, &request.method, now_secs, |user| {
+        match request.headers.get("Authorization") {
+            Some(header) => self.verify(&self.trunks(), header, &request.method),
+            None => Err(self.challenge(false)),
+        }
+    }
+
+    /// Checks an Authorization header against every trunk's credentials: the trunk it
+    /// authenticates, or the answer (a new challenge, or 403).
+    fn verify(&self, trunks: &Trunks, header: &str, method: &str) -> Result<String, Outcome> {
+        let password_for = |user: &str| {
             trunks
                 .credentials
                 .iter()
                 .find(|(_, u, _)| u == user)
                 .map(|(_, _, p)| p.clone())
-        });
+        };
+        let verdict = self
+            .digest
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .verify(header, method, now_secs(), password_for);
+        let forbidden = |reason: String| Outcome::Refused {
+            status: 403,
+            reason,
+            retry_after: None,
+        };
         match verdict {
             Verdict::Ok { username } => trunks
                 .credentials
                 .iter()
                 .find(|(_, u, _)| *u == username)
                 .map(|(t, _, _)| t.clone())
-                .ok_or(Outcome::Refused {
-                    status: 403,
-                    reason: "Forbidden (bad credentials)".into(),
-                    retry_after: None,
-                }),
-            Verdict::Stale => Err(Outcome::Challenge(md5_first(
-                digest.challenge(now_secs, true),
-            ))),
-            Verdict::Replay => Err(Outcome::Challenge(md5_first(
-                digest.challenge(now_secs, false),
-            ))),
-            Verdict::BadCredentials => Err(Outcome::Refused {
-                status: 403,
-                reason: "Forbidden (bad credentials)".into(),
-                retry_after: None,
-            }),
-            Verdict::Malformed(why) => Err(Outcome::Refused {
-                status: 403,
-                reason: format!("Forbidden (bad Authorization: {why})"),
-                retry_after: None,
-            }),
+                .ok_or_else(|| forbidden("Forbidden (bad credentials)".into())),
+            Verdict::Stale => Err(self.challenge(true)),
+            Verdict::Replay => Err(self.challenge(false)),
+            Verdict::BadCredentials => Err(forbidden("Forbidden (bad credentials)".into())),
+            Verdict::Malformed(why) => {
+                Err(forbidden(format!("Forbidden (bad Authorization: {why})")))
+            }
         }
+    }
+
+    fn challenge(&self, stale: bool) -> Outcome {
+        let values = self
+            .digest
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .challenge(now_secs(), stale);
+        Outcome::Challenge(md5_first(values))
     }
 
     /// Frees the trunk's concurrent-call slot taken when the call was admitted.
