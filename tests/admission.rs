@@ -3,11 +3,10 @@
 
 mod common;
 
-use common::uac::{offer, Uac};
+use common::uac::Uac;
 use common::*;
 use voicegate::config::{Config, CredentialConfig, NumberConfig, TrunkConfig};
 use voicegate_sip::digest::{Algorithm, ResponseInput};
-use voicegate_sip::message::Response;
 
 /// An echo test number reached through a trunk (a PSTN-mode number with no carrier yet).
 const ECHO: &str = "+15550199";
@@ -30,24 +29,6 @@ fn local_trunk() -> TrunkConfig {
         }],
         ..TrunkConfig::default()
     }
-}
-
-async fn call(uac: &mut Uac, number: &str, extra: &str) -> Response {
-    let invite = uac
-        .request_text("INVITE", &offer(uac.rtp_port(), "8", "sendrecv"))
-        .replace("sip:echo@", &format!("sip:{number}@"))
-        .replace(
-            "Max-Forwards: 70\r\n",
-            &format!("Max-Forwards: 70\r\n{extra}"),
-        );
-    uac.send(&invite).await;
-    let response = uac.final_response().await;
-    if response.status >= 300 {
-        uac.ack_failure().await;
-    } else {
-        uac.ack("").await;
-    }
-    response
 }
 
 /// SIPp's refused-call scenario expecting `status`.
@@ -157,7 +138,7 @@ async fn sipp_with_credentials_is_challenged_then_connects_and_a_wrong_password_
 
     // The same with a scripted UA, checking the challenge's algorithms too.
     let mut uac = Uac::new(running.local.udp.unwrap()).await;
-    let challenge = call(&mut uac, ECHO, "").await;
+    let challenge = uac.call(ECHO, "8", "").await;
     assert_eq!(challenge.status, 401);
     let values: Vec<&str> = challenge.headers.get_all("WWW-Authenticate").collect();
     assert!(
@@ -191,7 +172,7 @@ async fn sipp_with_credentials_is_challenged_then_connects_and_a_wrong_password_
         "Authorization: Digest username=\"acme\", realm=\"voicegate\", nonce=\"{nonce}\", uri=\"{uri}\", response=\"{response}\", algorithm=MD5, qop=auth, nc=00000001, cnonce=\"abc\", opaque=\"{opaque}\"\r\n"
     );
     let mut uac = Uac::new(running.local.udp.unwrap()).await;
-    let refused = call(&mut uac, ECHO, &header).await;
+    let refused = uac.call(ECHO, "8", &header).await;
     assert_eq!(refused.status, 403, "{}", refused.reason);
 }
 
@@ -207,13 +188,13 @@ async fn numbers_not_in_e164_get_404_or_484() {
     let _ = std::fs::remove_file(&scenario);
     assert_sipp_ok(&out, 1);
     let mut uac = Uac::new(running.local.udp.unwrap()).await;
-    let r = call(&mut uac, "1234", "").await;
+    let r = uac.call("1234", "8", "").await;
     assert_eq!((r.status, r.reason.as_str()), (404, "Use E.164 format"));
     let mut uac = Uac::new(running.local.udp.unwrap()).await;
-    assert_eq!(call(&mut uac, "+91", "").await.status, 484);
+    assert_eq!(uac.call("+91", "8", "").await.status, 484);
     // E.164 but no carrier yet: 503 no route, with Retry-After.
     let mut uac = Uac::new(running.local.udp.unwrap()).await;
-    let r = call(&mut uac, "+15550000777", "").await;
+    let r = uac.call("+15550000777", "8", "").await;
     assert_eq!(r.status, 503);
     assert!(r.headers.get("Retry-After").is_some());
 }
@@ -224,7 +205,7 @@ async fn a_trunk_at_its_call_limit_gets_486_and_over_its_rate_503() {
     trunk.max_concurrent_calls = 1;
     let running = start(&trunk_config(trunk)).await;
     let mut first = Uac::new(running.local.udp.unwrap()).await;
-    assert_eq!(call(&mut first, ECHO, "").await.status, 200);
+    assert_eq!(first.call(ECHO, "8", "").await.status, 200);
     let scenario = refused_scenario(486);
     let out = sipp(
         running.local.udp.unwrap(),
@@ -236,7 +217,7 @@ async fn a_trunk_at_its_call_limit_gets_486_and_over_its_rate_503() {
     // The slot comes back when the call ends.
     assert_eq!(first.bye().await.status, 200);
     let mut again = Uac::new(running.local.udp.unwrap()).await;
-    assert_eq!(call(&mut again, ECHO, "").await.status, 200);
+    assert_eq!(again.call(ECHO, "8", "").await.status, 200);
     assert_eq!(again.bye().await.status, 200);
 
     let mut trunk = local_trunk();
@@ -244,11 +225,11 @@ async fn a_trunk_at_its_call_limit_gets_486_and_over_its_rate_503() {
     let running = start(&trunk_config(trunk)).await;
     for _ in 0..2 {
         let mut uac = Uac::new(running.local.udp.unwrap()).await;
-        assert_eq!(call(&mut uac, ECHO, "").await.status, 200);
+        assert_eq!(uac.call(ECHO, "8", "").await.status, 200);
         assert_eq!(uac.bye().await.status, 200);
     }
     let mut uac = Uac::new(running.local.udp.unwrap()).await;
-    let r = call(&mut uac, ECHO, "").await;
+    let r = uac.call(ECHO, "8", "").await;
     assert_eq!(r.status, 503);
     let retry: u32 = r.headers.get("Retry-After").unwrap().parse().unwrap();
     assert!((1..=60).contains(&retry), "{retry}");

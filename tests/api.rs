@@ -6,7 +6,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::uac::{offer, Uac};
+use common::uac::Uac;
 use common::*;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -75,17 +75,8 @@ fn api_config() -> Config {
 
 async fn call(server: SocketAddr, number: &str) -> (Uac, u16) {
     let mut uac = Uac::new(server).await;
-    let invite = uac
-        .request_text("INVITE", &offer(uac.rtp_port(), "8", "sendrecv"))
-        .replace("sip:echo@", &format!("sip:{number}@"));
-    uac.send(&invite).await;
-    let response = uac.final_response().await;
-    if response.status >= 300 {
-        uac.ack_failure().await;
-    } else {
-        uac.ack("").await;
-    }
-    (uac, response.status)
+    let status = uac.call(number, "8", "").await.status;
+    (uac, status)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use base64::Engine;
-use common::uac::{offer, Uac};
+use common::uac::Uac;
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
@@ -114,18 +114,9 @@ async fn answered_call(
     extra: &str,
 ) -> (Uac, SocketAddr) {
     let mut uac = Uac::new(server).await;
-    let invite = uac
-        .request_text("INVITE", &offer(uac.rtp_port(), formats, "sendrecv"))
-        .replace("sip:echo@", &format!("sip:{number}@"))
-        .replace(
-            "Max-Forwards: 70\r\n",
-            &format!("Max-Forwards: 70\r\n{extra}"),
-        );
-    uac.send(&invite).await;
-    let ok = uac.final_response().await;
+    let ok = uac.call(number, formats, extra).await;
     assert_eq!(ok.status, 200);
     let target = Uac::media_target(&ok);
-    uac.ack("").await;
     (uac, target)
 }
 
@@ -605,13 +596,7 @@ async fn bot_closing_the_socket_hangs_up_the_call() {
         "{:?}",
         bye.headers.get("Reason")
     );
-    uac.sip
-        .send_to(
-            &bye.response(200, "OK").to_bytes(),
-            running.local.udp.unwrap(),
-        )
-        .await
-        .unwrap();
+    uac.reply(&bye, 200).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -645,13 +630,7 @@ async fn unreachable_bot_gets_one_retry_then_the_call_hangs_up() {
         .get("Reason")
         .unwrap_or_default()
         .contains("unreachable"));
-    uac.sip
-        .send_to(
-            &bye.response(200, "OK").to_bytes(),
-            running.local.udp.unwrap(),
-        )
-        .await
-        .unwrap();
+    uac.reply(&bye, 200).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -791,11 +770,5 @@ async fn a_silent_caller_is_hung_up_and_the_bot_told() {
     );
     let (_, (_, stop)) = bot.until("stop", Duration::from_secs(2)).await;
     assert_eq!(stop["stop"]["reason"], "stopped");
-    uac.sip
-        .send_to(
-            &bye.response(200, "OK").to_bytes(),
-            running.local.udp.unwrap(),
-        )
-        .await
-        .unwrap();
+    uac.reply(&bye, 200).await;
 }

@@ -304,11 +304,7 @@ async fn silent_call_is_ended_with_a_bye_carrying_a_reason() {
         reason.starts_with("SIP;cause=408") && reason.contains("no RTP"),
         "{reason}"
     );
-    let ok = bye.response(200, "OK").to_bytes();
-    uac.sip
-        .send_to(&ok, running.local.udp.unwrap())
-        .await
-        .unwrap();
+    uac.reply(&bye, 200).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

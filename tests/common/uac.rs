@@ -151,6 +151,34 @@ Max-Forwards: 70\r\n\
         self.send(&text).await;
     }
 
+    /// An INVITE to `number` offering `formats`, with `extra` header lines, and the ACK of its
+    /// final response (on the INVITE's branch for a failure, a new one for a 2xx).
+    pub async fn call(&mut self, number: &str, formats: &str, extra: &str) -> Response {
+        let invite = self
+            .request_text("INVITE", &offer(self.rtp_port(), formats, "sendrecv"))
+            .replace("sip:echo@", &format!("sip:{number}@"))
+            .replace(
+                "Max-Forwards: 70\r\n",
+                &format!("Max-Forwards: 70\r\n{extra}"),
+            );
+        self.send(&invite).await;
+        let response = self.final_response().await;
+        if response.status >= 300 {
+            self.ack_failure().await;
+        } else {
+            self.ack("").await;
+        }
+        response
+    }
+
+    /// Answers a request voicegate sent us (a BYE) with `status`.
+    pub async fn reply(&self, request: &voicegate_sip::message::Request, status: u16) {
+        let response = request
+            .response(status, if status == 200 { "OK" } else { "Error" })
+            .to_bytes();
+        self.sip.send_to(&response, self.server).await.unwrap();
+    }
+
     /// CANCEL of the last INVITE (same branch and CSeq number).
     pub async fn cancel(&mut self) -> Response {
         let branch = self.invite_branch.clone();

@@ -871,27 +871,44 @@ impl Store {
         Ok(Some(rec))
     }
 
+    /// Deletes the row `select` finds (binding the id, then its owner: trunk or account) with
+    /// `delete` (binding the id), in one transaction; returns what was deleted.
+    async fn delete_found<R>(
+        &self,
+        select: &str,
+        delete: &str,
+        id: &str,
+        owner: &str,
+    ) -> StoreResult<Option<R>>
+    where
+        R: for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow> + Send + Unpin,
+    {
+        let _w = self.write.lock().await;
+        let mut tx = self.pool.begin().await?;
+        let rec: Option<R> = sqlx::query_as(select)
+            .bind(id)
+            .bind(owner)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if rec.is_some() {
+            sqlx::query(delete).bind(id).execute(&mut *tx).await?;
+            tx.commit().await?;
+        }
+        Ok(rec)
+    }
+
     pub async fn delete_number(
         &self,
         trunk_sid: &str,
         id: &str,
     ) -> StoreResult<Option<NumberRecord>> {
-        let _w = self.write.lock().await;
-        let mut tx = self.pool.begin().await?;
-        let rec: Option<NumberRecord> =
-            sqlx::query_as("SELECT * FROM phone_numbers WHERE id = ? AND trunk_sid = ?")
-                .bind(id)
-                .bind(trunk_sid)
-                .fetch_optional(&mut *tx)
-                .await?;
-        if rec.is_some() {
-            sqlx::query("DELETE FROM phone_numbers WHERE id = ?")
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-        }
-        Ok(rec)
+        self.delete_found::<NumberRecord>(
+            "SELECT * FROM phone_numbers WHERE id = ? AND trunk_sid = ?",
+            "DELETE FROM phone_numbers WHERE id = ?",
+            id,
+            trunk_sid,
+        )
+        .await
     }
 
     // --- whitelisted IPs ---
@@ -939,22 +956,13 @@ impl Store {
     }
 
     pub async fn delete_ip(&self, trunk_sid: &str, id: &str) -> StoreResult<Option<IpRecord>> {
-        let _w = self.write.lock().await;
-        let mut tx = self.pool.begin().await?;
-        let rec: Option<IpRecord> =
-            sqlx::query_as("SELECT * FROM whitelisted_ips WHERE id = ? AND trunk_sid = ?")
-                .bind(id)
-                .bind(trunk_sid)
-                .fetch_optional(&mut *tx)
-                .await?;
-        if rec.is_some() {
-            sqlx::query("DELETE FROM whitelisted_ips WHERE id = ?")
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-        }
-        Ok(rec)
+        self.delete_found::<IpRecord>(
+            "SELECT * FROM whitelisted_ips WHERE id = ? AND trunk_sid = ?",
+            "DELETE FROM whitelisted_ips WHERE id = ?",
+            id,
+            trunk_sid,
+        )
+        .await
     }
 
     // --- destination URIs ---
@@ -1032,22 +1040,13 @@ impl Store {
         trunk_sid: &str,
         id: &str,
     ) -> StoreResult<Option<DestinationRecord>> {
-        let _w = self.write.lock().await;
-        let mut tx = self.pool.begin().await?;
-        let rec: Option<DestinationRecord> =
-            sqlx::query_as("SELECT * FROM destination_uris WHERE id = ? AND trunk_sid = ?")
-                .bind(id)
-                .bind(trunk_sid)
-                .fetch_optional(&mut *tx)
-                .await?;
-        if rec.is_some() {
-            sqlx::query("DELETE FROM destination_uris WHERE id = ?")
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-        }
-        Ok(rec)
+        self.delete_found::<DestinationRecord>(
+            "SELECT * FROM destination_uris WHERE id = ? AND trunk_sid = ?",
+            "DELETE FROM destination_uris WHERE id = ?",
+            id,
+            trunk_sid,
+        )
+        .await
     }
 
     // --- credentials ---
@@ -1169,21 +1168,13 @@ impl Store {
         account_sid: &str,
         id: &str,
     ) -> StoreResult<Option<CredentialRecord>> {
-        let _w = self.write.lock().await;
-        let mut tx = self.pool.begin().await?;
-        let rec: Option<CredentialRecord> = sqlx::query_as(Self::CREDENTIAL_OF_ACCOUNT)
-            .bind(id)
-            .bind(account_sid)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if rec.is_some() {
-            sqlx::query("DELETE FROM credentials WHERE id = ?")
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-        }
-        Ok(rec)
+        self.delete_found::<CredentialRecord>(
+            Self::CREDENTIAL_OF_ACCOUNT,
+            "DELETE FROM credentials WHERE id = ?",
+            id,
+            account_sid,
+        )
+        .await
     }
 
     // --- settings ---
