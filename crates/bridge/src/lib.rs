@@ -5,4 +5,5 @@ pub mod dialect;
 pub mod echo_bot;
 pub mod playout;
 pub mod session;
+pub mod tap;
 pub mod ws;
