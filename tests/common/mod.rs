@@ -1,6 +1,7 @@
 //! Test harness: voicegate in-process on ephemeral ports, and real peers (SIPp, socat) around it.
 #![allow(dead_code)]
 
+pub mod dns;
 pub mod pcap;
 pub mod uac;
 
@@ -230,4 +231,99 @@ pub fn play_pcap_scenario(
     let path = std::env::temp_dir().join(format!("vg-play-{:x}.xml", rand::random::<u64>()));
     std::fs::write(&path, text).unwrap();
     path
+}
+
+/// A SIPp UAS (carrier, PBX or agent) on 127.0.0.1:`port` running `scenario` for one call,
+/// echoing RTP (`-rtp_echo`). Started in the background; await the handle for its output.
+pub async fn sipp_uas(scenario: &std::path::Path, port: u16) -> tokio::task::JoinHandle<Output> {
+    let mut cmd = tokio::process::Command::new("sipp");
+    cmd.current_dir(std::env::temp_dir())
+        .arg("-sf")
+        .arg(scenario)
+        .args([
+            "-nostdin",
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-mp",
+            &free_even_port().to_string(),
+            "-rtp_echo",
+            "-m",
+            "1",
+            "-timeout",
+            "45",
+            "-timeout_error",
+        ])
+        .kill_on_drop(true);
+    let handle = tokio::spawn(async move {
+        tokio::time::timeout(Duration::from_secs(60), cmd.output())
+            .await
+            .expect("sipp UAS finishes within 60 s")
+            .expect("sipp runs (install sip-tester)")
+    });
+    // SIPp binds its socket before reading the network; give it that moment.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    handle
+}
+
+/// `tests/scenarios/uas_answer.xml` with its placeholders filled, written to a temp file.
+pub fn uas_answer_scenario(invite_checks: &str, ok_headers: &str, midcall: &str) -> PathBuf {
+    let text = std::fs::read_to_string(scenario("uas_answer.xml"))
+        .unwrap()
+        .replace("<!-- INVITE_CHECKS -->", invite_checks)
+        .replace("OK_HEADERS\n", &indent_headers(ok_headers))
+        .replace("<!-- MIDCALL -->", midcall);
+    write_temp_scenario(&text)
+}
+
+/// `tests/scenarios/uas_reject.xml` answering `status reason`.
+pub fn uas_reject_scenario(status: u16, reason: &str) -> PathBuf {
+    let text = std::fs::read_to_string(scenario("uas_reject.xml"))
+        .unwrap()
+        .replace("STATUS", &status.to_string())
+        .replace("REASON", reason);
+    write_temp_scenario(&text)
+}
+
+/// A mid-call re-INVITE step (for MIDCALL): the re-INVITE must match `check` (a regexp),
+/// arrive within `timeout_ms`, and is answered with `direction` and `ok_headers`.
+pub fn midcall_reinvite(check: &str, timeout_ms: u64, direction: &str, ok_headers: &str) -> String {
+    std::fs::read_to_string(scenario("uas_midcall_reinvite.xml"))
+        .unwrap()
+        .replace("CHECK", check)
+        .replace("TIMEOUT_MS", &timeout_ms.to_string())
+        .replace("DIRECTION", direction)
+        .replace("OK_HEADERS\n", &indent_headers(ok_headers))
+}
+
+fn indent_headers(headers: &str) -> String {
+    headers
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| format!("      {}\n", l.trim()))
+        .collect()
+}
+
+fn write_temp_scenario(text: &str) -> PathBuf {
+    let path = std::env::temp_dir().join(format!("vg-scn-{:x}.xml", rand::random::<u64>()));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A SIPp UAS run that ended well: one successful call, exit 0.
+pub fn assert_uas_ok(output: &Output, what: &str) {
+    let (ok, failed) = sipp_counts(output);
+    assert!(
+        output.status.success() && ok == 1 && failed == 0,
+        "{what}: sipp status {:?}, {ok} successful, {failed} failed\n{}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .rev()
+            .take(30)
+            .collect::<Vec<_>>()
+            .join("\n"),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }

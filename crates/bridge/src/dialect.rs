@@ -19,6 +19,10 @@
 //! `clear`, two voicegate extensions are understood: `{"event":"transfer","transfer":{"to":"…"}}`
 //! and `{"event":"hangup"}`. Unknown events come back as [`BotMessage::Other`] for the caller to
 //! ignore, as Exotel does.
+//!
+//! After a hand-off to an agent the stream carries both parties: [`Encoder::track_media`] adds
+//! `media.track` (`inbound` = caller, `outbound` = agent) in both dialects; for Exotel that field
+//! is a voicegate extension.
 
 use std::borrow::Cow;
 use std::fmt::{self, Write as _};
@@ -29,6 +33,8 @@ use base64::engine::DecodePaddingMode;
 use base64::{DecodeError, DecodeSliceError, Engine as _};
 use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use voicegate_audio::g711::{encode_ulaw, ulaw_decode};
+
+use crate::tap::Track;
 
 /// Which bot dialect a stream speaks.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -151,8 +157,11 @@ pub struct Encoder {
     sid_json: String,
     /// The sequence number of the last message built (0 before the first).
     sequence: u64,
-    /// The chunk number of the last media message built (0 before the first).
+    /// The chunk number of the last media message built (0 before the first); the caller's
+    /// (inbound) track, which is the only one before a hand-off.
     chunk: u64,
+    /// The same for the agent's (outbound) track, numbered on its own from 1.
+    outbound_chunk: u64,
     /// PCM16 LE or mu-law bytes of the current media frame before base64.
     scratch: Vec<u8>,
 }
@@ -171,6 +180,7 @@ impl Encoder {
             sid_json,
             sequence: 0,
             chunk: 0,
+            outbound_chunk: 0,
             scratch: Vec::new(),
         }
     }
@@ -195,9 +205,18 @@ impl Encoder {
         self.sequence
     }
 
-    /// The chunk number of the last media message built (0 before the first).
+    /// The chunk number of the last media message built (0 before the first) on the caller's
+    /// (inbound) track.
     pub fn chunk_number(&self) -> u64 {
         self.chunk
+    }
+
+    /// The chunk number of the last media message built on `track` (0 before the first).
+    pub fn track_chunk_number(&self, track: Track) -> u64 {
+        match track {
+            Track::Inbound => self.chunk,
+            Track::Outbound => self.outbound_chunk,
+        }
     }
 
     /// `connected`: Exotel `{"event":"connected"}`, Twilio also with `protocol` and `version`.
@@ -265,13 +284,41 @@ impl Encoder {
     /// as base64 PCM16 LE, Twilio mu-law encodes them (8 kHz) first. `timestamp_ms` is the time
     /// since the stream started. The chunk number counts from 1.
     pub fn media(&mut self, pcm: &[i16], timestamp_ms: u64, out: &mut String) {
-        self.chunk += 1;
+        // Exotel's own messages have no track field: keep them as Exotel sends them.
+        let write_track = self.protocol == Protocol::Twilio;
+        self.media_of(Track::Inbound, write_track, pcm, timestamp_ms, out);
+    }
+
+    /// `media` with one party's audio of a relayed call (listen-only, after a hand-off): like
+    /// [`Encoder::media`], with `media.track` (`inbound` = caller, `outbound` = agent) in both
+    /// dialects (for Exotel a voicegate extension) and the chunk numbered per track. The inbound
+    /// track continues the numbering of the caller's audio sent before.
+    pub fn track_media(&mut self, track: Track, pcm: &[i16], timestamp_ms: u64, out: &mut String) {
+        self.media_of(track, true, pcm, timestamp_ms, out);
+    }
+
+    fn media_of(
+        &mut self,
+        track: Track,
+        write_track: bool,
+        pcm: &[i16],
+        timestamp_ms: u64,
+        out: &mut String,
+    ) {
+        let chunk = match track {
+            Track::Inbound => &mut self.chunk,
+            Track::Outbound => &mut self.outbound_chunk,
+        };
+        *chunk += 1;
+        let chunk = *chunk;
         self.begin("media", out);
-        if self.protocol == Protocol::Twilio {
-            out.push_str(r#""track":"inbound","#);
+        if write_track {
+            out.push_str(r#""track":""#);
+            out.push_str(track.as_str());
+            out.push_str(r#"","#);
         }
         out.push_str(r#""chunk":""#);
-        push_u64(out, self.chunk);
+        push_u64(out, chunk);
         out.push_str(r#"","timestamp":""#);
         push_u64(out, timestamp_ms);
         out.push_str(r#"","payload":""#);
@@ -441,7 +488,8 @@ pub enum BotMessage {
     Mark(String),
     /// Drop queued audio and echo every pending mark.
     Clear,
-    /// Extension: transfer the call to `transfer.to` (`sip:…` or `+…`), as sent.
+    /// Extension: transfer the call to `transfer.to` (`sip:…` or `+…`), as sent; empty when the
+    /// bot names no target (the call then uses the flow's agent).
     Transfer(String),
     /// Extension: hang up the call.
     Hangup,
@@ -460,7 +508,8 @@ pub enum BotMessageRef {
     Mark(String),
     /// Drop queued audio and echo every pending mark.
     Clear,
-    /// Extension: transfer the call to this target (`sip:…` or `+…`), as sent.
+    /// Extension: transfer the call to this target (`sip:…` or `+…`), as sent; empty when the
+    /// bot names none.
     Transfer(String),
     /// Extension: hang up the call.
     Hangup,
@@ -558,8 +607,12 @@ pub fn parse_into<'a>(
         "mark" => text_field(frame.mark, |o| o.name, "mark", "mark.name")
             .map(|name| BotMessageRef::Mark(name.into_owned())),
         "clear" => Ok(BotMessageRef::Clear),
-        "transfer" => text_field(frame.transfer, |o| o.to, "transfer", "transfer.to")
-            .map(|to| BotMessageRef::Transfer(to.into_owned())),
+        // The target is optional: without one the call picks the flow's agent.
+        "transfer" => match text_field(frame.transfer, |o| o.to, "transfer", "transfer.to") {
+            Ok(to) => Ok(BotMessageRef::Transfer(to.into_owned())),
+            Err(FrameError::MissingField(_)) => Ok(BotMessageRef::Transfer(String::new())),
+            Err(e) => Err(e),
+        },
         "hangup" => Ok(BotMessageRef::Hangup),
         _ => Ok(BotMessageRef::Other(event.into_owned())),
     }
@@ -1166,6 +1219,56 @@ mod tests {
     }
 
     #[test]
+    fn track_media_after_a_hand_off() {
+        for protocol in [Protocol::Exotel, Protocol::Twilio] {
+            let (seq, sid) = (protocol.sequence_key(), protocol.sid_key());
+            let mut enc = Encoder::new(protocol, info());
+            let mut out = String::new();
+            enc.start(&mut out);
+            enc.media(&[1; 160], 0, &mut out);
+            // The caller's track goes on from the chunks sent before; the agent's starts at 1.
+            enc.track_media(Track::Inbound, &[2; 160], 20, &mut out);
+            let v = value(&out);
+            assert_eq!(
+                v,
+                json!({
+                    "event": "media",
+                    seq: "3",
+                    sid: "MZ0001",
+                    "media": {
+                        "track": "inbound",
+                        "chunk": "2",
+                        "timestamp": "20",
+                        "payload": v["media"]["payload"].clone()
+                    }
+                }),
+                "{protocol}"
+            );
+            enc.track_media(Track::Outbound, &[-3; 160], 20, &mut out);
+            let v = value(&out);
+            assert_eq!(v[seq], json!("4"));
+            assert_eq!(v["media"]["track"], json!("outbound"));
+            assert_eq!(v["media"]["chunk"], json!("1"));
+            let expected: Vec<u8> = match protocol {
+                Protocol::Exotel => [-3i16; 160].iter().flat_map(|s| s.to_le_bytes()).collect(),
+                Protocol::Twilio => vec![ulaw_encode(-3); 160],
+            };
+            assert_eq!(payload_bytes(&v), expected);
+            enc.track_media(Track::Outbound, &[0; 160], 40, &mut out);
+            assert_eq!(value(&out)["media"]["chunk"], json!("2"));
+            assert_eq!(enc.track_chunk_number(Track::Inbound), 2);
+            assert_eq!(enc.track_chunk_number(Track::Outbound), 2);
+            assert_eq!(enc.chunk_number(), 2);
+            // The caller's audio before a hand-off still has no track in Exotel's dialect.
+            enc.media(&[0; 160], 60, &mut out);
+            assert_eq!(
+                value(&out)["media"].get("track").is_some(),
+                protocol == Protocol::Twilio
+            );
+        }
+    }
+
+    #[test]
     fn output_buffer_is_reused() {
         let mut enc = Encoder::new(Protocol::Exotel, info());
         let mut out = String::new();
@@ -1415,8 +1518,36 @@ mod tests {
                 .unwrap(),
                 BotMessage::Transfer("+918047491899".into())
             );
+            // No target: the flow's agent.
+            for frame in [
+                r#"{"event":"transfer"}"#,
+                r#"{"event":"transfer","transfer":{}}"#,
+                r#"{"event":"transfer","transfer":{"to":""}}"#,
+            ] {
+                assert_eq!(
+                    parse(protocol, frame).unwrap(),
+                    BotMessage::Transfer(String::new()),
+                    "{frame}"
+                );
+            }
+            assert_eq!(
+                parse(
+                    protocol,
+                    r#"{"event":"transfer","streamSid":"MZ1","transfer":{"to":918047491899}}"#
+                )
+                .unwrap(),
+                BotMessage::Transfer("918047491899".into())
+            );
             assert_eq!(
                 parse(protocol, r#"{"event":"hangup"}"#).unwrap(),
+                BotMessage::Hangup
+            );
+            assert_eq!(
+                parse(
+                    protocol,
+                    r#"{"event":"hangup","stream_sid":"MZ1","hangup":{}}"#
+                )
+                .unwrap(),
                 BotMessage::Hangup
             );
             assert_eq!(
@@ -1511,12 +1642,12 @@ mod tests {
             Err(FrameError::MissingField("mark"))
         ));
         assert!(matches!(
-            parse(p, r#"{"event":"transfer","transfer":{"to":""}}"#),
-            Err(FrameError::MissingField("transfer.to"))
-        ));
-        assert!(matches!(
             parse(p, r#"{"event":"transfer","transfer":{"to":["a"]}}"#),
             Err(FrameError::BadField("transfer.to"))
+        ));
+        assert!(matches!(
+            parse(p, r#"{"event":"transfer","transfer":"sip:a@b"}"#),
+            Err(FrameError::BadField("transfer"))
         ));
 
         for bad in ["AA!A", "A", "AAAA=AAA", "=AAA", "AAAA AAAA"] {

@@ -4,6 +4,9 @@
 pub mod dialect;
 pub mod echo_bot;
 pub mod playout;
+pub mod relay;
 pub mod session;
 pub mod tap;
+pub mod tone;
+pub mod transcode;
 pub mod ws;

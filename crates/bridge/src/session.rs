@@ -3,15 +3,23 @@
 //! goes through the playout queue and comes out as 20 ms RTP frames paced by a monotonic
 //! clock. Marks, `clear`, DTMF and the endings of both sides are handled here too.
 //!
-//! Buffers are allocated when the session starts and reused for every frame.
+//! Escalation to a human: the bot's `transfer` reaches the call as [`BridgeEvent::Transfer`]
+//! while the session goes on. The call then either [`BridgeHandle::finish`]es the session, which
+//! gives the caller's RTP ports back still bound, or [`BridgeHandle::hand_off`]s it: the ports come
+//! back at once and the session goes on listen-only on the same WebSocket, streaming both
+//! parties of the relayed call (agent assist) from [`TapFrame`]s.
+//!
+//! Buffers are allocated when the session starts (or is handed off) and reused for every frame.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use rtp_rs::RtpReader;
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, Instant};
 use tokio_tungstenite::tungstenite::Message;
@@ -26,7 +34,8 @@ use voicegate_rtp::stats::{RtpStats, StatsSummary};
 
 use crate::dialect::{self, Encoder, Protocol, StopReason, StreamInfo};
 use crate::playout::{Chunker, Frame, Pacer, PlayoutQueue};
-use crate::ws::{self, BotUrl, ClientConfig};
+use crate::tap::{TapFrame, Track, TAP_FRAME_SAMPLES};
+use crate::ws::{self, BotSocket, BotUrl, ClientConfig};
 
 const FRAME: Duration = Duration::from_millis(20);
 
@@ -39,7 +48,8 @@ pub enum CallCodec {
 }
 
 impl CallCodec {
-    fn clock_rate(self) -> u32 {
+    /// The RTP clock rate.
+    pub(crate) fn clock_rate(self) -> u32 {
         match self {
             CallCodec::Pcma | CallCodec::Pcmu => 8000,
             CallCodec::Opus => 48000,
@@ -97,6 +107,9 @@ pub enum SessionEnd {
     BotHangup,
     /// The caller sent no RTP for the configured time; the bot got `stop` (`stopped`).
     RtpTimeout,
+    /// The call stopped the stream ([`BridgeHandle::stop`], e.g. to connect an agent without
+    /// the bot, or the end of a listen-only tap); the bot got `stop` (`stopped`).
+    Stopped,
 }
 
 /// What happened, for the call record.
@@ -112,6 +125,8 @@ pub struct SessionReport {
     pub playout_samples_dropped: u64,
     pub concealed_frames: u64,
     pub dtmf_events: u64,
+    /// Bot `media` after a hand-off (listen-only: not played).
+    pub bot_media_ignored: u64,
 }
 
 /// What a session tells the call while it runs.
@@ -119,12 +134,16 @@ pub struct SessionReport {
 pub enum BridgeEvent {
     /// An RFC 4733 key press from the caller (already sent to the bot).
     Dtmf(DtmfEvent),
+    /// The bot asked (extension message) to transfer the call to `to` (`sip:…` or `+…`, as
+    /// sent). The session goes on: the call rings the target, then hands the session off or
+    /// finishes it.
+    Transfer { to: String },
     /// The bot step ended; sent once, last.
     Ended(SessionEnd),
 }
 
 /// What the call tells a running session.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 enum Control {
     /// A digit that came by SIP INFO (RFC 4733 digits are read from the RTP here).
     Dtmf {
@@ -134,12 +153,25 @@ enum Control {
     /// Whether the caller's SDP says it sends (not on hold): the RTP timeout runs only then.
     ExpectRtp(bool),
     CallerHungUp,
+    /// End the stream for another reason than a hang-up.
+    Stop,
+    /// Give the caller's ports back and go on listen-only with this tap.
+    HandOff {
+        tap: mpsc::Receiver<TapFrame>,
+        ports: oneshot::Sender<RtpPorts>,
+    },
 }
+
+/// The session's result: its report and, unless handed off, the caller's ports.
+type Outcome = (SessionReport, Option<RtpPorts>);
 
 /// Owns the session task.
 pub struct BridgeHandle {
-    task: JoinHandle<SessionReport>,
+    task: JoinHandle<Outcome>,
     control: mpsc::Sender<Control>,
+    /// Set once [`Self::hand_off`] got the ports: [`Self::finish`] then waits for the
+    /// listen-only stream to end instead of ending it.
+    handed_off: AtomicBool,
 }
 
 impl BridgeHandle {
@@ -151,17 +183,13 @@ impl BridgeHandle {
         bot: BotSettings,
         events: mpsc::Sender<BridgeEvent>,
     ) -> std::io::Result<Self> {
-        let RtpPorts { rtp, rtcp, lease } = ports;
-        let sockets = Sockets {
-            rtp: UdpSocket::from_std(rtp)?,
-            rtcp: UdpSocket::from_std(rtcp)?,
-            _lease: lease,
-        };
+        let sockets = Sockets::from_ports(ports)?;
         let (control_tx, control_rx) = mpsc::channel(16);
         let task = tokio::spawn(run(sockets, media, bot, control_rx, events));
         Ok(BridgeHandle {
             task,
             control: control_tx,
+            handed_off: AtomicBool::new(false),
         })
     }
 
@@ -180,15 +208,58 @@ impl BridgeHandle {
         let _ = self.control.try_send(Control::Dtmf { digit, duration_ms });
     }
 
-    /// Ends the session if it still runs (as a caller hang-up), waits for the task and
-    /// returns its report; the RTP ports are free after this.
-    pub async fn finish(mut self) -> SessionReport {
-        self.caller_hung_up();
-        match tokio::time::timeout(Duration::from_secs(5), &mut self.task).await {
-            Ok(Ok(report)) => report,
+    /// Ends the stream for another reason than a hang-up (the call moves on, e.g. to an agent
+    /// without the bot): the bot gets `stop` (`stopped`), the session ends with
+    /// [`SessionEnd::Stopped`]. Then [`Self::finish`] for the report and the ports.
+    pub fn stop(&self) {
+        let _ = self.control.try_send(Control::Stop);
+    }
+
+    /// Hands the caller's media over (to an agent relay) and keeps the bot listening.
+    ///
+    /// The session stops reading the caller's RTP and playing the bot's audio (queued audio is
+    /// dropped and pending marks come back at once, as after `clear`), and returns the caller's
+    /// ports, still bound, for the next media stage. From then on every [`TapFrame`] from `tap`
+    /// (caller = [`Track::Inbound`], agent = [`Track::Outbound`]) goes to the bot as `media` with
+    /// `track`, on the same WebSocket; the bot's audio is ignored. When `tap` closes the bot gets
+    /// the last audio and `stop` (`stopped`, or `callended` after [`Self::caller_hung_up`]);
+    /// when the bot closes the session ends quietly ([`BridgeEvent::Ended`] still comes, to be
+    /// ignored).
+    ///
+    /// `None` when the session has already ended (or not yet connected to the bot): its ports
+    /// then come from [`Self::finish`].
+    pub async fn hand_off(&self, tap: mpsc::Receiver<TapFrame>) -> Option<RtpPorts> {
+        let (ports_tx, ports_rx) = oneshot::channel();
+        let command = Control::HandOff {
+            tap,
+            ports: ports_tx,
+        };
+        self.control.send(command).await.ok()?;
+        let ports = ports_rx.await.ok()?;
+        self.handed_off.store(true, Ordering::Release);
+        Some(ports)
+    }
+
+    /// Waits for the task and returns its report and the caller's RTP ports, still bound (the
+    /// std sockets, still non-blocking, with their pool lease), for the next media stage.
+    ///
+    /// Before a hand-off this first ends the session if it still runs (as a caller hang-up:
+    /// [`Self::stop`] first for `stopped`); the ports come back also when the session had
+    /// ended by itself. After a hand-off it waits until the listen-only stream ends (the tap
+    /// closes, the bot closes, [`Self::caller_hung_up`], [`Self::stop`] or the maximum session
+    /// length), and the ports are `None`: the hand-off returned them.
+    pub async fn finish(mut self) -> (SessionReport, Option<RtpPorts>) {
+        let result = if self.handed_off.load(Ordering::Acquire) {
+            Ok((&mut self.task).await)
+        } else {
+            self.caller_hung_up();
+            tokio::time::timeout(Duration::from_secs(5), &mut self.task).await
+        };
+        match result {
+            Ok(Ok(outcome)) => outcome,
             _ => {
                 self.task.abort();
-                SessionReport::default()
+                (SessionReport::default(), None)
             }
         }
     }
@@ -200,11 +271,41 @@ impl Drop for BridgeHandle {
     }
 }
 
-/// Fields drop in order: the sockets close before the ports go back to the pool.
-struct Sockets {
-    rtp: UdpSocket,
-    rtcp: UdpSocket,
+/// The caller's ports on the runtime. Fields drop in order: the sockets close before the ports
+/// go back to the pool.
+pub(crate) struct Sockets {
+    pub(crate) rtp: UdpSocket,
+    pub(crate) rtcp: UdpSocket,
     _lease: PortLease,
+}
+
+impl Sockets {
+    /// Registers the pool's (non-blocking) sockets with the runtime.
+    pub(crate) fn from_ports(ports: RtpPorts) -> std::io::Result<Self> {
+        let RtpPorts { rtp, rtcp, lease } = ports;
+        Ok(Sockets {
+            rtp: UdpSocket::from_std(rtp)?,
+            rtcp: UdpSocket::from_std(rtcp)?,
+            _lease: lease,
+        })
+    }
+
+    /// The ports as the pool handed them out, still bound, for the call's next media stage.
+    pub(crate) fn into_ports(self) -> Option<RtpPorts> {
+        let Sockets { rtp, rtcp, _lease } = self;
+        match (rtp.into_std(), rtcp.into_std()) {
+            (Ok(rtp), Ok(rtcp)) => Some(RtpPorts {
+                rtp,
+                rtcp,
+                lease: _lease,
+            }),
+            (rtp, rtcp) => {
+                let error = rtp.err().or(rtcp.err()).map(|e| e.to_string());
+                warn!(?error, "caller's RTP sockets could not be given back");
+                None
+            }
+        }
+    }
 }
 
 /// Decoding the caller's audio to PCM at the bot's rate.
@@ -377,12 +478,83 @@ async fn run(
     bot: BotSettings,
     mut control: mpsc::Receiver<Control>,
     events: mpsc::Sender<BridgeEvent>,
-) -> SessionReport {
+) -> Outcome {
     let mut report = SessionReport::default();
-    let end = session(&sockets, &media, &bot, &mut control, &events, &mut report).await;
+    let exit = session(&sockets, &media, &bot, &mut control, &events, &mut report).await;
+    let (end, ports) = match exit {
+        Exit::End(end) => (end, sockets.into_ports()),
+        Exit::HandOff(hand_off) => {
+            let HandOff {
+                tap,
+                ports,
+                mut link,
+                timeline,
+            } = *hand_off;
+            // If the call stopped waiting for the ports they stay here, for finish().
+            let unclaimed = match sockets.into_ports() {
+                Some(caller) => ports.send(caller).err(),
+                None => None,
+            };
+            info!("bot session handed off: listen-only");
+            let end = listen_only(&mut link, tap, &bot, &timeline, &mut control, &mut report).await;
+            (end, unclaimed)
+        }
+    };
     info!(end = ?end, "bot session ended");
     let _ = events.try_send(BridgeEvent::Ended(end));
-    report
+    (report, ports)
+}
+
+/// How the bidirectional part of a session ends.
+enum Exit {
+    End(SessionEnd),
+    /// Boxed: it carries the whole bot link, and exits once.
+    HandOff(Box<HandOff>),
+}
+
+/// What a hand-off takes from the bidirectional part to the listen-only part.
+struct HandOff {
+    tap: mpsc::Receiver<TapFrame>,
+    ports: oneshot::Sender<RtpPorts>,
+    link: Link,
+    timeline: Timeline,
+}
+
+/// The bot's WebSocket and the encoder of its stream.
+struct Link {
+    to_bot: SplitSink<BotSocket, Message>,
+    from_bot: SplitStream<BotSocket>,
+    encoder: Encoder,
+    /// The frame being built, reused.
+    out: String,
+}
+
+impl Link {
+    /// Sends the frame in `out`; false when the socket is gone.
+    async fn send(&mut self) -> bool {
+        self.to_bot
+            .send(Message::text(self.out.clone()))
+            .await
+            .is_ok()
+    }
+
+    /// `stop` with `reason`, then close.
+    async fn stop(&mut self, reason: StopReason) {
+        self.encoder.stop(reason, &mut self.out);
+        let _ = self.send().await;
+        let _ = self.to_bot.close().await;
+    }
+}
+
+/// The stream's clock and framing, carried over to the listen-only part.
+struct Timeline {
+    started: Instant,
+    deadline: Instant,
+    bot_rate: u32,
+    /// Audio per `media` message.
+    chunk: Duration,
+    /// Stream time up to which the caller's audio has been sent.
+    sent_ms: u64,
 }
 
 async fn session(
@@ -392,17 +564,17 @@ async fn session(
     control: &mut mpsc::Receiver<Control>,
     events: &mpsc::Sender<BridgeEvent>,
     report: &mut SessionReport,
-) -> SessionEnd {
+) -> Exit {
     // Connect while the caller waits; a caller who hangs up meanwhile ends it all.
     let socket = tokio::select! {
         result = ws::connect(&bot.url, &bot.client) => match result {
             Ok(socket) => socket,
             Err(e) => {
                 warn!(url = %bot.url, error = %e, "bot unreachable");
-                return SessionEnd::BotUnreachable(e.to_string());
+                return Exit::End(SessionEnd::BotUnreachable(e.to_string()));
             }
         },
-        _ = wait_for_hangup(control) => return SessionEnd::CallerHungUp,
+        end = wait_for_end(control) => return Exit::End(end),
     };
     let (mut to_bot, mut from_bot) = socket.split();
     let bot_rate = match bot.protocol {
@@ -411,7 +583,9 @@ async fn session(
     };
     let mut pipeline = match Pipeline::new(media, bot_rate) {
         Ok(p) => p,
-        Err(e) => return SessionEnd::BotClosed(format!("media setup failed: {e}")),
+        Err(e) => {
+            return Exit::End(SessionEnd::BotClosed(format!("media setup failed: {e}")));
+        }
     };
     let mut custom_parameters = bot.url.custom_parameters().to_vec();
     custom_parameters.extend(bot.extra_parameters.iter().cloned());
@@ -431,11 +605,11 @@ async fn session(
     let mut out = String::with_capacity(4096);
     encoder.connected(&mut out);
     if to_bot.send(Message::text(out.clone())).await.is_err() {
-        return SessionEnd::BotClosed("socket closed before start".into());
+        return Exit::End(SessionEnd::BotClosed("socket closed before start".into()));
     }
     encoder.start(&mut out);
     if to_bot.send(Message::text(out.clone())).await.is_err() {
-        return SessionEnd::BotClosed("socket closed before start".into());
+        return Exit::End(SessionEnd::BotClosed("socket closed before start".into()));
     }
 
     let chunk = match bot.protocol {
@@ -487,7 +661,7 @@ async fn session(
     let mut last_rtp = started;
     let mut expect_rtp = true;
 
-    let end = loop {
+    let stage = loop {
         tokio::select! {
             received = sockets.rtp.recv_from(&mut rtp_in) => {
                 let Ok((len, from)) = received else { continue };
@@ -508,7 +682,7 @@ async fn session(
                         if bot.bidirectional {
                             encoder.dtmf(event.digit, event.duration_ms, &mut out);
                             if to_bot.send(Message::text(out.clone())).await.is_err() {
-                                break SessionEnd::BotClosed("socket closed".into());
+                                break Stage::End(SessionEnd::BotClosed("socket closed".into()));
                             }
                         }
                     }
@@ -527,11 +701,11 @@ async fn session(
                 let text = match message {
                     Some(Ok(Message::Text(text))) => text,
                     Some(Ok(Message::Close(frame))) => {
-                        break SessionEnd::BotClosed(frame.map(|f| f.reason.to_string()).unwrap_or_else(|| "closed".into()));
+                        break Stage::End(SessionEnd::BotClosed(frame.map(|f| f.reason.to_string()).unwrap_or_else(|| "closed".into())));
                     }
                     Some(Ok(_)) => continue,
-                    Some(Err(e)) => break SessionEnd::BotClosed(e.to_string()),
-                    None => break SessionEnd::BotClosed("socket closed".into()),
+                    Some(Err(e)) => break Stage::End(SessionEnd::BotClosed(e.to_string())),
+                    None => break Stage::End(SessionEnd::BotClosed("socket closed".into())),
                 };
                 if !bot.bidirectional {
                     continue;
@@ -554,10 +728,13 @@ async fn session(
                         report.clears += 1;
                         playout.clear();
                     }
-                    Ok(dialect::BotMessageRef::Hangup) => break SessionEnd::BotHangup,
+                    Ok(dialect::BotMessageRef::Hangup) => break Stage::End(SessionEnd::BotHangup),
                     Ok(dialect::BotMessageRef::Transfer(to)) => {
-                        // Escalation to agents comes with the routing work; for now it is logged.
-                        warn!(to, "bot asked for a transfer: not supported yet, ignored");
+                        info!(to, "bot asked for a transfer");
+                        // Never wait on the call here: it may be waiting on this session.
+                        if events.try_send(BridgeEvent::Transfer { to }).is_err() {
+                            warn!("transfer request lost: the call's event queue is full");
+                        }
                     }
                     Ok(dialect::BotMessageRef::Other(event)) => debug!(event, "unknown bot event ignored"),
                     Err(e) => {
@@ -585,7 +762,7 @@ async fn session(
                     encoder.stop(StopReason::Stopped, &mut out);
                     let _ = to_bot.send(Message::text(out.clone())).await;
                     let _ = to_bot.close().await;
-                    break SessionEnd::RtpTimeout;
+                    break Stage::End(SessionEnd::RtpTimeout);
                 }
                 for _ in 0..pacer.tick(now) {
                     // Caller → bot.
@@ -632,7 +809,7 @@ async fn session(
                 encoder.stop(StopReason::Stopped, &mut out);
                 let _ = to_bot.send(Message::text(out.clone())).await;
                 let _ = to_bot.close().await;
-                break SessionEnd::MaxDuration;
+                break Stage::End(SessionEnd::MaxDuration);
             }
             command = control.recv() => match command {
                 Some(Control::Dtmf { digit, duration_ms }) => {
@@ -653,13 +830,22 @@ async fn session(
                     encoder.stop(StopReason::CallEnded, &mut out);
                     let _ = to_bot.send(Message::text(out.clone())).await;
                     let _ = to_bot.close().await;
-                    break SessionEnd::CallerHungUp;
+                    break Stage::End(SessionEnd::CallerHungUp);
                 }
+                Some(Control::Stop) => {
+                    encoder.stop(StopReason::Stopped, &mut out);
+                    let _ = to_bot.send(Message::text(out.clone())).await;
+                    let _ = to_bot.close().await;
+                    break Stage::End(SessionEnd::Stopped);
+                }
+                Some(Control::HandOff { tap, ports }) => break Stage::HandOff(tap, ports),
             },
         }
     };
     report.playout_samples_dropped = playout.stats().samples_dropped;
-    if let Some(to) = rtcp_remote.target() {
+    // When the call moves on (an agent, ringback) the caller's media goes on: no RTCP BYE then.
+    let media_goes_on = matches!(stage, Stage::HandOff(..) | Stage::End(SessionEnd::Stopped));
+    if let (Some(to), false) = (rtcp_remote.target(), media_goes_on) {
         if sockets
             .rtcp
             .send_to(stats.final_report(Instant::now()), to)
@@ -670,14 +856,234 @@ async fn session(
         }
     }
     report.rtp = stats.summary();
-    end
+    let (tap, ports) = match stage {
+        Stage::End(end) => return Exit::End(end),
+        Stage::HandOff(tap, ports) => (tap, ports),
+    };
+    // The queued audio will never play: its marks come back now, as after `clear`.
+    playout.clear();
+    while let Some(name) = playout.poll_mark() {
+        report.marks_echoed += 1;
+        encoder.mark(&name, &mut out);
+        let _ = to_bot.send(Message::text(out.clone())).await;
+    }
+    // The caller's audio not yet sent closes the caller-only part of the stream.
+    while let Some(chunk) = chunker.flush() {
+        encoder.media(&chunk, chunk.timestamp_ms, &mut out);
+        report.media_messages_sent += 1;
+        let _ = to_bot.send(Message::text(out.clone())).await;
+    }
+    Exit::HandOff(Box::new(HandOff {
+        tap,
+        ports,
+        link: Link {
+            to_bot,
+            from_bot,
+            encoder,
+            out,
+        },
+        timeline: Timeline {
+            started,
+            deadline,
+            bot_rate,
+            chunk,
+            sent_ms: chunker.timestamp_ms(),
+        },
+    }))
 }
 
-/// Waits until the call says the caller hung up (digits before the bot answers are dropped).
-async fn wait_for_hangup(control: &mut mpsc::Receiver<Control>) {
-    while let Some(command) = control.recv().await {
-        if command == Control::CallerHungUp {
-            return;
+/// One party's audio on its way to the bot after a hand-off.
+struct TrackFeed {
+    track: Track,
+    /// 8 kHz tap frames to the bot's rate.
+    resampler: Resampler,
+    /// One frame at the bot's rate.
+    pcm: Vec<i16>,
+    chunker: Chunker,
+    /// Stream time of this track's first sample, set by its first frame.
+    origin_ms: Option<u64>,
+}
+
+impl TrackFeed {
+    fn new(track: Track, timeline: &Timeline) -> Result<Self, String> {
+        let resampler = Resampler::new(8000, timeline.bot_rate, TAP_FRAME_SAMPLES)
+            .map_err(|e| e.to_string())?;
+        let pcm = vec![0; resampler.output_frame_len()];
+        let chunker =
+            Chunker::try_new(timeline.bot_rate, timeline.chunk).map_err(|e| e.to_string())?;
+        Ok(TrackFeed {
+            track,
+            resampler,
+            pcm,
+            chunker,
+            origin_ms: None,
+        })
+    }
+
+    /// Sends the complete chunks (all that is left when `flush`); false when the bot is gone.
+    async fn send_chunks(
+        &mut self,
+        link: &mut Link,
+        report: &mut SessionReport,
+        flush: bool,
+    ) -> bool {
+        let origin = self.origin_ms.unwrap_or(0);
+        loop {
+            let chunk = if flush {
+                self.chunker.flush()
+            } else {
+                self.chunker.take_chunk()
+            };
+            let Some(chunk) = chunk else { return true };
+            link.encoder.track_media(
+                self.track,
+                &chunk,
+                origin + chunk.timestamp_ms,
+                &mut link.out,
+            );
+            report.media_messages_sent += 1;
+            if !link.send().await {
+                return false;
+            }
         }
     }
+}
+
+/// After a hand-off: both parties of the relayed call from `tap` to the bot, each as its own
+/// `track` chunked like the caller's audio before; the bot's media is counted and ignored.
+async fn listen_only(
+    link: &mut Link,
+    mut tap: mpsc::Receiver<TapFrame>,
+    bot: &BotSettings,
+    timeline: &Timeline,
+    control: &mut mpsc::Receiver<Control>,
+    report: &mut SessionReport,
+) -> SessionEnd {
+    let feeds = TrackFeed::new(Track::Inbound, timeline)
+        .and_then(|inbound| Ok([inbound, TrackFeed::new(Track::Outbound, timeline)?]));
+    let mut feeds = match feeds {
+        Ok(feeds) => feeds,
+        Err(e) => {
+            link.stop(StopReason::Stopped).await;
+            return SessionEnd::BotClosed(format!("media setup failed: {e}"));
+        }
+    };
+    let mut bot_pcm: Vec<i16> = Vec::new();
+    loop {
+        tokio::select! {
+            frame = tap.recv() => {
+                let Some(frame) = frame else {
+                    // The relay ended. The call may have said just before that the caller hung
+                    // up; otherwise the stream just stops.
+                    let mut caller_left = false;
+                    while let Ok(command) = control.try_recv() {
+                        caller_left |= matches!(command, Control::CallerHungUp);
+                    }
+                    for feed in &mut feeds {
+                        if !feed.send_chunks(link, report, true).await {
+                            break;
+                        }
+                    }
+                    return if caller_left {
+                        link.stop(StopReason::CallEnded).await;
+                        SessionEnd::CallerHungUp
+                    } else {
+                        link.stop(StopReason::Stopped).await;
+                        SessionEnd::Stopped
+                    };
+                };
+                let feed = match frame.track {
+                    Track::Inbound => &mut feeds[0],
+                    Track::Outbound => &mut feeds[1],
+                };
+                if feed.origin_ms.is_none() {
+                    // A track starts when its first frame comes, but never before the caller's
+                    // audio already sent: both tracks stay on the stream's clock.
+                    let now_ms = u64::try_from(timeline.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                    feed.origin_ms = Some(now_ms.max(timeline.sent_ms));
+                }
+                let Ok(n) = feed.resampler.process(&frame.samples, &mut feed.pcm) else { continue };
+                feed.chunker.push(&feed.pcm[..n]);
+                if !feed.send_chunks(link, report, false).await {
+                    return SessionEnd::BotClosed("socket closed".into());
+                }
+            }
+            message = link.from_bot.next() => {
+                let text = match message {
+                    Some(Ok(Message::Text(text))) => text,
+                    Some(Ok(Message::Close(frame))) => {
+                        return SessionEnd::BotClosed(frame.map(|f| f.reason.to_string()).unwrap_or_else(|| "closed".into()));
+                    }
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => return SessionEnd::BotClosed(e.to_string()),
+                    None => return SessionEnd::BotClosed("socket closed".into()),
+                };
+                if !bot.bidirectional {
+                    continue;
+                }
+                match dialect::parse_into(bot.protocol, text.as_str(), &mut bot_pcm) {
+                    Ok(dialect::BotMessageRef::Media) => report.bot_media_ignored += 1,
+                    Ok(dialect::BotMessageRef::Mark(name)) => {
+                        // Nothing is queued, so a mark is due at once.
+                        report.marks_echoed += 1;
+                        link.encoder.mark(&name, &mut link.out);
+                        let _ = link.send().await;
+                    }
+                    Ok(dialect::BotMessageRef::Clear) => report.clears += 1,
+                    // The bot only listens now: the call is the caller's and the agent's.
+                    Ok(message @ (dialect::BotMessageRef::Hangup | dialect::BotMessageRef::Transfer(_))) => {
+                        debug!(?message, "bot request after the hand-off ignored");
+                    }
+                    Ok(dialect::BotMessageRef::Other(event)) => debug!(event, "unknown bot event ignored"),
+                    Err(e) => {
+                        report.bot_frames_invalid += 1;
+                        warn!(error = %e, "malformed bot frame ignored");
+                    }
+                }
+            }
+            _ = sleep_until(timeline.deadline) => {
+                link.stop(StopReason::Stopped).await;
+                return SessionEnd::MaxDuration;
+            }
+            command = control.recv() => match command {
+                Some(Control::Dtmf { digit, duration_ms }) => {
+                    report.dtmf_events += 1;
+                    if bot.bidirectional {
+                        link.encoder.dtmf(digit, duration_ms, &mut link.out);
+                        let _ = link.send().await;
+                    }
+                }
+                Some(Control::ExpectRtp(_)) => {}
+                // Already handed off: dropping the reply tells the caller so.
+                Some(Control::HandOff { .. }) => {}
+                Some(Control::Stop) => {
+                    link.stop(StopReason::Stopped).await;
+                    return SessionEnd::Stopped;
+                }
+                Some(Control::CallerHungUp) | None => {
+                    link.stop(StopReason::CallEnded).await;
+                    return SessionEnd::CallerHungUp;
+                }
+            },
+        }
+    }
+}
+
+/// How the bidirectional loop ends.
+enum Stage {
+    End(SessionEnd),
+    HandOff(mpsc::Receiver<TapFrame>, oneshot::Sender<RtpPorts>),
+}
+
+/// Waits until the call ends the session before the bot answered (digits and a hand-off
+/// before then are dropped).
+async fn wait_for_end(control: &mut mpsc::Receiver<Control>) -> SessionEnd {
+    while let Some(command) = control.recv().await {
+        match command {
+            Control::CallerHungUp => return SessionEnd::CallerHungUp,
+            Control::Stop => return SessionEnd::Stopped,
+            _ => {}
+        }
+    }
+    SessionEnd::CallerHungUp
 }

@@ -1,6 +1,7 @@
 //! Once a call is up, the per-frame media work of a bot session allocates nothing: checked by
-//! counting allocations around 1,000 frames each way (after a warm-up). The WebSocket send
-//! itself (one owned message per 100 ms chunk, tungstenite's API) is outside what is counted.
+//! counting allocations around 1,000 frames each way, and 1,000 tap frames of the listen-only
+//! stream after a hand-off (after a warm-up). The WebSocket send itself (one owned message per
+//! 100 ms chunk, tungstenite's API) is outside what is counted.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -9,6 +10,7 @@ use std::time::Duration;
 use voicegate_audio::{g711, Resampler};
 use voicegate_bridge::dialect::{self, Encoder, Protocol, StreamInfo};
 use voicegate_bridge::playout::{Chunker, PlayoutQueue};
+use voicegate_bridge::tap::{TapFrame, Track, TAP_FRAME_SAMPLES};
 
 struct Counting;
 
@@ -118,5 +120,43 @@ fn per_frame_media_work_does_not_allocate() {
         counted(|| (0..1000).for_each(|_| bot_to_caller())),
         0,
         "bot → caller allocates"
+    );
+
+    // Listen-only after a hand-off: tap frames of both parties, each track resampled and
+    // chunked on its own.
+    let mut encoder = Encoder::new(Protocol::Exotel, info());
+    let mut feeds = [Track::Inbound, Track::Outbound].map(|track| {
+        (
+            track,
+            Resampler::new(8000, 16000, TAP_FRAME_SAMPLES).unwrap(),
+            vec![0i16; 320],
+            Chunker::new(16000, Duration::from_millis(100)),
+        )
+    });
+    let mut samples = [0i16; TAP_FRAME_SAMPLES];
+    for (i, s) in samples.iter_mut().enumerate() {
+        *s = ((i as f64 * 0.314).sin() * 6000.0) as i16;
+    }
+    let mut n = 0usize;
+    let mut tap_frame = || {
+        n += 1;
+        let (track, resampler, pcm, chunker) = &mut feeds[n % 2];
+        let frame = TapFrame {
+            track: *track,
+            samples,
+        };
+        let len = resampler.process(&frame.samples, pcm).unwrap();
+        chunker.push(&pcm[..len]);
+        while let Some(chunk) = chunker.take_chunk() {
+            encoder.track_media(frame.track, &chunk, chunk.timestamp_ms, &mut out);
+        }
+    };
+    for _ in 0..50 {
+        tap_frame();
+    }
+    assert_eq!(
+        counted(|| (0..1000).for_each(|_| tap_frame())),
+        0,
+        "listen-only tap → bot allocates"
     );
 }

@@ -44,9 +44,9 @@ use serde_json::{json, Map, Value};
 use crate::admission::check_e164;
 use crate::model::{IpNet, Mode};
 use crate::store::{
-    new_id, CredentialRecord, CredentialUpdate, DestinationRecord, FlowDirection, FlowProtocol,
-    FlowRecord, IpRecord, NewCredential, NewFlow, NewTrunk, NumberRecord, OnStreamEnd, Page,
-    SettingRecord, Store, StoreError, TrunkRecord, TrunkUpdate,
+    new_id, CredentialRecord, CredentialUpdate, DestinationRecord, FlowDirection, FlowFallback,
+    FlowProtocol, FlowRecord, IpRecord, NewCredential, NewFlow, NewTrunk, NumberRecord,
+    OnStreamEnd, Page, SettingRecord, Store, StoreError, TrunkRecord, TrunkUpdate,
 };
 
 /// Page size of a list when `page_size` is not given.
@@ -746,6 +746,8 @@ fn flow_json(f: &FlowRecord) -> Value {
         "direction": f.direction,
         "custom_parameters": f.custom_parameters,
         "on_stream_end": f.on_stream_end,
+        "agent_assist": f.agent_assist,
+        "fallback": f.fallback,
         "date_created": f.date_created,
         "date_updated": f.date_updated,
         "uri": format!("/v2/accounts/{}/flows/{}", f.account_sid, f.id),
@@ -1555,21 +1557,35 @@ fn flow_from(obj: &Map<String, Value>, base: Option<&FlowRecord>) -> Result<NewF
             let bad = || {
                 ApiError::invalid(
                     "on_stream_end must be {\"action\":\"hangup\"} or \
-                     {\"action\":\"connect\",\"destination\":\"sip:…\"}",
+                     {\"action\":\"connect\",\"destination\":\"sip:…\"} \
+                     (or \"trunk:{trunk_sid}\")",
                 )
             };
             let end: OnStreamEnd = serde_json::from_value(v.clone()).map_err(|_| bad())?;
             if let OnStreamEnd::Connect { destination } = &end {
                 let d = destination.to_ascii_lowercase();
-                if !(d.starts_with("sip:") || d.starts_with("sips:"))
-                    || d.len() <= 5
-                    || d.chars().any(char::is_whitespace)
-                {
+                let rest = ["sip:", "sips:", "trunk:"]
+                    .iter()
+                    .find_map(|scheme| d.strip_prefix(scheme));
+                if rest.is_none_or(str::is_empty) || d.chars().any(char::is_whitespace) {
                     return Err(bad());
                 }
             }
             end
         }
+    };
+    // `null` means the default, as for `on_stream_end`.
+    let agent_assist = match obj.get("agent_assist") {
+        None => base.is_some_and(|b| b.agent_assist),
+        Some(_) => opt_bool(obj, "agent_assist")?.unwrap_or(false),
+    };
+    let fallback = match obj.get("fallback") {
+        None => base.map_or(FlowFallback::Hangup, |b| b.fallback),
+        Some(_) => match opt_str(obj, "fallback")? {
+            None => FlowFallback::Hangup,
+            Some(f) => FlowFallback::parse(&f)
+                .ok_or_else(|| ApiError::invalid("fallback must be hangup or bot"))?,
+        },
     };
     Ok(NewFlow {
         name,
@@ -1578,13 +1594,51 @@ fn flow_from(obj: &Map<String, Value>, base: Option<&FlowRecord>) -> Result<NewF
         direction,
         custom_parameters,
         on_stream_end,
+        agent_assist,
+        fallback,
     })
+}
+
+/// A `trunk:{trunk_sid}` destination sent in `obj` must name a trunk of this account. Checked
+/// only when the request sets `on_stream_end`: a trunk deleted later must not block a PUT of
+/// other fields (its calls fail at hand-off instead).
+async fn check_destination_trunk(
+    st: &ApiState,
+    ctx: &Ctx,
+    obj: &Map<String, Value>,
+    new: &NewFlow,
+) -> Result<(), ApiError> {
+    let OnStreamEnd::Connect { destination } = &new.on_stream_end else {
+        return Ok(());
+    };
+    if !obj.contains_key("on_stream_end") {
+        return Ok(());
+    }
+    let Some(sid) = destination
+        .get(..6)
+        .filter(|p| p.eq_ignore_ascii_case("trunk:"))
+        .map(|_| &destination[6..])
+    else {
+        return Ok(());
+    };
+    let found = st
+        .store
+        .trunk(&ctx.account_sid, sid)
+        .await
+        .map_err(|e| ApiError::store(e, "Flow"))?;
+    match found {
+        Some(_) => Ok(()),
+        None => Err(ApiError::invalid(format!(
+            "on_stream_end destination trunk {sid:?} not found"
+        ))),
+    }
 }
 
 async fn create_flow(State(st): St, ctx: Ctx, body: Bytes) -> Response {
     let result = async {
         let obj = ctx.json(&body)?;
         let new = flow_from(&obj, None)?;
+        check_destination_trunk(&st, &ctx, &obj, &new).await?;
         let rec = st
             .store
             .create_flow(&ctx.account_sid, &new)
@@ -1636,6 +1690,7 @@ async fn update_flow(State(st): St, ctx: Ctx, Path(p): Params, body: Bytes) -> R
             .map_err(|e| ApiError::store(e, "Flow"))?
             .ok_or_else(|| ApiError::not_found("Flow"))?;
         let new = flow_from(&obj, Some(&current))?;
+        check_destination_trunk(&st, &ctx, &obj, &new).await?;
         let rec = st
             .store
             .update_flow(&ctx.account_sid, id, &new)

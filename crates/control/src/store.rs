@@ -366,6 +366,33 @@ pub enum OnStreamEnd {
     Connect { destination: String },
 }
 
+/// What happens when the agent leg of a hand-off fails (busy, no answer, error).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FlowFallback {
+    /// End the call.
+    #[default]
+    Hangup,
+    /// Go back to the bot.
+    Bot,
+}
+
+impl FlowFallback {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FlowFallback::Hangup => "hangup",
+            FlowFallback::Bot => "bot",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "hangup" => Some(FlowFallback::Hangup),
+            "bot" => Some(FlowFallback::Bot),
+            _ => None,
+        }
+    }
+}
+
 /// A voicegate flow: which bot a call in flow mode streams to.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FlowRecord {
@@ -379,6 +406,10 @@ pub struct FlowRecord {
     /// Passed to the bot with the stream's start; SIP `X-` headers are added per call.
     pub custom_parameters: serde_json::Map<String, serde_json::Value>,
     pub on_stream_end: OnStreamEnd,
+    /// After a hand-off to an agent the bot keeps receiving both parties' audio, listen-only.
+    pub agent_assist: bool,
+    /// What happens when the agent leg fails.
+    pub fallback: FlowFallback,
     pub date_created: String,
     pub date_updated: String,
 }
@@ -392,6 +423,8 @@ pub struct NewFlow {
     pub direction: FlowDirection,
     pub custom_parameters: serde_json::Map<String, serde_json::Value>,
     pub on_stream_end: OnStreamEnd,
+    pub agent_assist: bool,
+    pub fallback: FlowFallback,
 }
 
 #[derive(sqlx::FromRow)]
@@ -404,6 +437,8 @@ struct FlowRow {
     direction: String,
     custom_parameters: String,
     on_stream_end: String,
+    agent_assist: bool,
+    fallback: String,
     date_created: String,
     date_updated: String,
 }
@@ -419,6 +454,8 @@ impl TryFrom<FlowRow> for FlowRecord {
                 .map_err(|_| corrupt("custom_parameters"))?,
             on_stream_end: serde_json::from_str(&r.on_stream_end)
                 .map_err(|_| corrupt("on_stream_end"))?,
+            fallback: FlowFallback::parse(&r.fallback).ok_or_else(|| corrupt("fallback"))?,
+            agent_assist: r.agent_assist,
             id: r.id,
             account_sid: r.account_sid,
             name: r.name,
@@ -1255,6 +1292,8 @@ impl Store {
             direction: new.direction,
             custom_parameters: new.custom_parameters.clone(),
             on_stream_end: new.on_stream_end.clone(),
+            agent_assist: new.agent_assist,
+            fallback: new.fallback,
             date_created: now.clone(),
             date_updated: now,
         };
@@ -1262,8 +1301,8 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO flows (id, account_sid, name, stream_url, protocol, direction, \
-             custom_parameters, on_stream_end, date_created, date_updated) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             custom_parameters, on_stream_end, agent_assist, fallback, date_created, \
+             date_updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&rec.id)
         .bind(&rec.account_sid)
@@ -1273,6 +1312,8 @@ impl Store {
         .bind(rec.direction.as_str())
         .bind(custom)
         .bind(on_end)
+        .bind(rec.agent_assist)
+        .bind(rec.fallback.as_str())
         .bind(&rec.date_created)
         .bind(&rec.date_updated)
         .execute(&mut *tx)
@@ -1327,7 +1368,8 @@ impl Store {
         let now = now_iso8601();
         sqlx::query(
             "UPDATE flows SET name = ?, stream_url = ?, protocol = ?, direction = ?, \
-             custom_parameters = ?, on_stream_end = ?, date_updated = ? WHERE id = ?",
+             custom_parameters = ?, on_stream_end = ?, agent_assist = ?, fallback = ?, \
+             date_updated = ? WHERE id = ?",
         )
         .bind(&new.name)
         .bind(&new.stream_url)
@@ -1335,6 +1377,8 @@ impl Store {
         .bind(new.direction.as_str())
         .bind(custom)
         .bind(on_end)
+        .bind(new.agent_assist)
+        .bind(new.fallback.as_str())
         .bind(&now)
         .bind(id)
         .execute(&mut *tx)
@@ -1349,6 +1393,8 @@ impl Store {
             direction: new.direction,
             custom_parameters: new.custom_parameters.clone(),
             on_stream_end: new.on_stream_end.clone(),
+            agent_assist: new.agent_assist,
+            fallback: new.fallback,
             date_created: row.date_created,
             date_updated: now,
         }))

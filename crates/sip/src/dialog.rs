@@ -3,7 +3,8 @@
 
 use crate::message::{self, Headers, Request};
 
-/// A dialog in which we are the UAS of the initial INVITE.
+/// A dialog from either side of the initial INVITE: [`Dialog::from_invite`] when we answer it,
+/// [`Dialog::from_response`] when we sent it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Dialog {
     pub call_id: String,
@@ -60,6 +61,38 @@ impl Dialog {
                 .collect(),
             remote_cseq: invite.cseq().0,
             local_cseq: rand::random::<u16>() as u32 + 1,
+        }
+    }
+
+    /// The dialog a response (1xx with a To-tag, or 2xx) to our `invite` creates (RFC 3261
+    /// §12.1.2): the route set is the response's Record-Route in reverse.
+    pub fn from_response(invite: &Request, response: &crate::message::Response) -> Self {
+        let local_party = invite.headers.get("From").unwrap_or_default().to_string();
+        let remote_target = response
+            .headers
+            .get("Contact")
+            .and_then(message::name_addr_uri_text)
+            .unwrap_or(invite.uri.as_str())
+            .to_string();
+        let mut route_set: Vec<String> = response
+            .headers
+            .get_all("Record-Route")
+            .flat_map(|v| v.split(','))
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+            .collect();
+        route_set.reverse();
+        let to = response.headers.get("To").unwrap_or_default();
+        Dialog {
+            call_id: invite.call_id().to_string(),
+            local_tag: invite.from_tag().unwrap_or_default().to_string(),
+            remote_tag: message::tag_param(to).map(str::to_string),
+            local_party,
+            remote_party: to.to_string(),
+            remote_target,
+            route_set,
+            remote_cseq: 0,
+            local_cseq: invite.cseq().0,
         }
     }
 

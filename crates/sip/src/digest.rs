@@ -33,6 +33,9 @@
 //! The `uri` parameter is used in the hash but not compared with the
 //! Request-URI, which this module does not see; the caller may do that with
 //! [`parse_params`] if it wants the RFC 3261 §22.4 check.
+//!
+//! The client half, [`client_authorization`] with [`pick_challenge`], answers
+//! a carrier's 401/407 when we are the one calling.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -1390,5 +1393,334 @@ mod tests {
         assert_eq!(from_hex("0"), None);
         assert_eq!(from_hex("0g"), None);
         assert_eq!(from_hex("é0"), None);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Client side: answering a carrier's 401/407 (RFC 3261 §22.2, RFC 7616 §3.4).
+// ---------------------------------------------------------------------------
+
+/// What a client needs from one `WWW-Authenticate` / `Proxy-Authenticate` value.
+struct Challenge {
+    realm: String,
+    nonce: String,
+    opaque: Option<String>,
+    algorithm: Algorithm,
+    /// `-sess`: HA1 also covers the nonce and cnonce (RFC 7616 §3.4.2).
+    sess: bool,
+    /// The algorithm token exactly as the server wrote it, echoed back.
+    algorithm_token: Option<String>,
+    /// `qop=auth` offered; false when the challenge has no qop (RFC 2069 form).
+    qop_auth: bool,
+}
+
+impl Challenge {
+    fn parse(value: &str) -> Result<Self, String> {
+        let params = parse_params(value)?;
+        let get = |name: &str| {
+            params
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        };
+        let realm = get("realm").ok_or("challenge has no realm")?.to_string();
+        let nonce = get("nonce").ok_or("challenge has no nonce")?.to_string();
+        let algorithm_token = get("algorithm").map(str::to_string);
+        let (algorithm, sess) = match &algorithm_token {
+            None => (Algorithm::Md5, false),
+            Some(token) => {
+                let (base, sess) = match token.len().checked_sub(5) {
+                    Some(cut)
+                        if token.is_char_boundary(cut)
+                            && token[cut..].eq_ignore_ascii_case("-sess") =>
+                    {
+                        (&token[..cut], true)
+                    }
+                    _ => (token.as_str(), false),
+                };
+                let algorithm = Algorithm::from_name(base)
+                    .ok_or_else(|| format!("unsupported algorithm {token:?}"))?;
+                (algorithm, sess)
+            }
+        };
+        let qop_auth = match get("qop") {
+            None => false,
+            Some(qop) => {
+                if !qop
+                    .split(',')
+                    .any(|q| q.trim().eq_ignore_ascii_case("auth"))
+                {
+                    return Err(format!("unsupported qop {qop:?}"));
+                }
+                true
+            }
+        };
+        Ok(Self {
+            realm,
+            nonce,
+            opaque: get("opaque").map(str::to_string),
+            algorithm,
+            sess,
+            algorithm_token,
+            qop_auth,
+        })
+    }
+
+    /// Lower is preferred: SHA-256 before MD5, plain before `-sess`.
+    fn rank(&self) -> u8 {
+        let base = match self.algorithm {
+            Algorithm::Sha256 => 0,
+            Algorithm::Md5 => 2,
+        };
+        base + u8::from(self.sess)
+    }
+}
+
+/// The `Authorization` (or `Proxy-Authorization`) value answering `challenge` for a request
+/// of `method` to `uri`. Handles `MD5`, `SHA-256` and their `-sess` forms, with `qop=auth`
+/// when offered and the RFC 2069 form when no qop is. `cnonce` should be fresh per challenge
+/// (see [`new_cnonce`]) and `nonce_count` count up from 1 for requests reusing one nonce.
+pub fn client_authorization(
+    challenge: &str,
+    method: &str,
+    uri: &str,
+    username: &str,
+    password: &str,
+    cnonce: &str,
+    nonce_count: u32,
+) -> Result<String, String> {
+    let c = Challenge::parse(challenge)?;
+    let nc = format!("{nonce_count:08x}");
+    let response = if c.qop_auth && !c.sess {
+        ResponseInput {
+            algorithm: c.algorithm,
+            username,
+            realm: &c.realm,
+            password,
+            method,
+            uri,
+            nonce: &c.nonce,
+            nc: &nc,
+            cnonce,
+        }
+        .response()
+    } else {
+        let h = |s: String| c.algorithm.hash_hex(s.as_bytes());
+        let mut ha1 = h(format!("{username}:{}:{password}", c.realm));
+        if c.sess {
+            ha1 = h(format!("{ha1}:{}:{cnonce}", c.nonce));
+        }
+        let ha2 = h(format!("{method}:{uri}"));
+        if c.qop_auth {
+            h(format!("{ha1}:{}:{nc}:{cnonce}:auth:{ha2}", c.nonce))
+        } else {
+            h(format!("{ha1}:{}:{ha2}", c.nonce))
+        }
+    };
+    let mut out = format!(
+        "Digest username={}, realm={}, nonce={}, uri={}, response=\"{response}\"",
+        quote(username),
+        quote(&c.realm),
+        quote(&c.nonce),
+        quote(uri)
+    );
+    // Echoed only when the server named one: RFC 2617 servers may not expect it otherwise.
+    if let Some(token) = &c.algorithm_token {
+        out.push_str(&format!(", algorithm={token}"));
+    }
+    if c.qop_auth {
+        out.push_str(&format!(", qop=auth, nc={nc}, cnonce={}", quote(cnonce)));
+    }
+    if let Some(opaque) = &c.opaque {
+        out.push_str(&format!(", opaque={}", quote(opaque)));
+    }
+    Ok(out)
+}
+
+/// The challenge to answer among several (a 401 may offer one per algorithm, RFC 8760 §2.4):
+/// SHA-256 before MD5, the first of equals; challenges we cannot answer are skipped.
+pub fn pick_challenge<'a>(values: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    values
+        .filter_map(|v| Challenge::parse(v).ok().map(|c| (c.rank(), v)))
+        .min_by_key(|(rank, _)| *rank)
+        .map(|(_, v)| v)
+}
+
+/// A fresh random cnonce: 16 hex digits.
+pub fn new_cnonce() -> String {
+    let mut raw = [0u8; 8];
+    rand::thread_rng().fill_bytes(&mut raw);
+    to_hex(&raw)
+}
+
+#[cfg(test)]
+mod client_tests {
+    use super::*;
+
+    fn params(header: &str) -> HashMap<String, String> {
+        parse_params(header).unwrap().into_iter().collect()
+    }
+
+    /// RFC 2617 §3.5.
+    #[test]
+    fn rfc2617_example() {
+        let challenge = "Digest realm=\"testrealm@host.com\", qop=\"auth,auth-int\", \
+                         nonce=\"dcd98b7102dd2f0e8b11d0f600bfb0c093\", \
+                         opaque=\"5ccc069c403ebaf9f0171e9517f40e41\"";
+        let h = client_authorization(
+            challenge,
+            "GET",
+            "/dir/index.html",
+            "Mufasa",
+            "Circle Of Life",
+            "0a4f113b",
+            1,
+        )
+        .unwrap();
+        assert_eq!(
+            h,
+            "Digest username=\"Mufasa\", realm=\"testrealm@host.com\", \
+             nonce=\"dcd98b7102dd2f0e8b11d0f600bfb0c093\", uri=\"/dir/index.html\", \
+             response=\"6629fae49393a05397450978507c4ef1\", qop=auth, nc=00000001, \
+             cnonce=\"0a4f113b\", opaque=\"5ccc069c403ebaf9f0171e9517f40e41\""
+        );
+    }
+
+    /// RFC 7616 §3.9.1: the same challenge answered with SHA-256 and with MD5.
+    #[test]
+    fn rfc7616_example() {
+        let challenge = |alg: &str| {
+            format!(
+                "Digest realm=\"http-auth@example.org\", qop=\"auth, auth-int\", \
+                 algorithm={alg}, nonce=\"7ypf/xlj9XXwfDPEoM4URrv/xwf94BcCAzFZH4GiTo0v\", \
+                 opaque=\"FQhe/qaU925kfnzjCev0ciny7QMkPqMAFRtzCUYo5tdS\""
+            )
+        };
+        let sha = challenge("SHA-256");
+        let md5 = challenge("MD5");
+        for (c, expected) in [
+            (
+                &sha,
+                "753927fa0e85d155564e2e272a28d1802ca10daf4496794697cf8db5856cb6c1",
+            ),
+            (&md5, "8ca523f5e9506fed4657c9700eebdbec"),
+        ] {
+            let h = client_authorization(
+                c,
+                "GET",
+                "/dir/index.html",
+                "Mufasa",
+                "Circle of Life",
+                "f2/wE4q74E6zIJEtWaHKaf5wv/H5QzzpXusqGemxURZJ",
+                1,
+            )
+            .unwrap();
+            let p = params(&h);
+            assert_eq!(p["response"], expected);
+            assert_eq!(p["qop"], "auth");
+            assert_eq!(p["nc"], "00000001");
+            assert_eq!(p["opaque"], "FQhe/qaU925kfnzjCev0ciny7QMkPqMAFRtzCUYo5tdS");
+        }
+        assert_eq!(
+            pick_challenge([md5.as_str(), sha.as_str()].into_iter()),
+            Some(sha.as_str())
+        );
+    }
+
+    #[test]
+    fn round_trip_with_digest_server() {
+        let mut server = DigestServer::new("carrier.example", Duration::from_secs(300));
+        let challenges = server.challenge(1_000, false);
+        let picked = pick_challenge(challenges.iter().map(String::as_str)).unwrap();
+        assert!(picked.contains("SHA-256"));
+        let uri = "sip:+15551234567@carrier.example";
+        let password = |u: &str| (u == "trunk1").then(|| "s3cret".to_string());
+        for (nc, challenge) in [(1, picked), (2, challenges[1].as_str())] {
+            let h = client_authorization(
+                challenge,
+                "INVITE",
+                uri,
+                "trunk1",
+                "s3cret",
+                &new_cnonce(),
+                nc,
+            )
+            .unwrap();
+            assert_eq!(
+                server.verify(&h, "INVITE", 1_001, password),
+                Verdict::Ok {
+                    username: "trunk1".into()
+                },
+                "{h}"
+            );
+        }
+        let wrong =
+            client_authorization(picked, "INVITE", uri, "trunk1", "guess", "abc", 3).unwrap();
+        assert_eq!(
+            server.verify(&wrong, "INVITE", 1_001, password),
+            Verdict::BadCredentials
+        );
+    }
+
+    #[test]
+    fn no_qop_and_sess_forms() {
+        let challenge = "Digest realm=\"r\", nonce=\"n\", algorithm=MD5";
+        let h = client_authorization(challenge, "BYE", "sip:a@b", "u", "p", "c", 1).unwrap();
+        let ha1 = Algorithm::Md5.hash_hex(b"u:r:p");
+        let ha2 = Algorithm::Md5.hash_hex(b"BYE:sip:a@b");
+        let expected = Algorithm::Md5.hash_hex(format!("{ha1}:n:{ha2}").as_bytes());
+        assert_eq!(
+            h,
+            format!(
+                "Digest username=\"u\", realm=\"r\", nonce=\"n\", uri=\"sip:a@b\", \
+                 response=\"{expected}\", algorithm=MD5"
+            )
+        );
+
+        let challenge = "Digest realm=\"r\", nonce=\"n\", algorithm=SHA-256-sess, qop=\"auth\"";
+        let h = client_authorization(challenge, "INVITE", "sip:a@b", "u", "p", "c", 10).unwrap();
+        let sha = Algorithm::Sha256;
+        let ha1 = sha.hash_hex(format!("{}:n:c", sha.hash_hex(b"u:r:p")).as_bytes());
+        let ha2 = sha.hash_hex(b"INVITE:sip:a@b");
+        let expected = sha.hash_hex(format!("{ha1}:n:0000000a:c:auth:{ha2}").as_bytes());
+        let p = params(&h);
+        assert_eq!(p["response"], expected);
+        assert_eq!(p["algorithm"], "SHA-256-sess");
+        assert_eq!(p["nc"], "0000000a");
+        assert!(!p.contains_key("opaque"));
+    }
+
+    #[test]
+    fn unanswerable_challenges() {
+        for (challenge, why) in [
+            ("Basic realm=\"r\"", "scheme"),
+            ("Digest nonce=\"n\"", "realm"),
+            ("Digest realm=\"r\"", "nonce"),
+            (
+                "Digest realm=\"r\", nonce=\"n\", algorithm=SHA-512-256",
+                "algorithm",
+            ),
+            (
+                "Digest realm=\"r\", nonce=\"n\", algorithm=\"-sess\"",
+                "algorithm",
+            ),
+            ("Digest realm=\"r\", nonce=\"n\", qop=\"auth-int\"", "qop"),
+        ] {
+            let err =
+                client_authorization(challenge, "INVITE", "sip:a@b", "u", "p", "c", 1).unwrap_err();
+            assert!(err.contains(why), "{challenge}: {err}");
+        }
+        let md5 = "Digest realm=\"r\", nonce=\"n\"";
+        let md5_sess = "Digest realm=\"r\", nonce=\"n\", algorithm=MD5-sess";
+        let sha = "Digest realm=\"r\", nonce=\"n\", algorithm=sha-256";
+        let other = "Digest realm=\"r\", nonce=\"n\", algorithm=SHA-512-256";
+        assert_eq!(
+            pick_challenge([other, md5_sess, md5].into_iter()),
+            Some(md5)
+        );
+        assert_eq!(pick_challenge([md5, other, sha].into_iter()), Some(sha));
+        assert_eq!(pick_challenge([other, "Basic x=y"].into_iter()), None);
+        assert_eq!(pick_challenge(std::iter::empty()), None);
+        assert_eq!(new_cnonce().len(), 16);
     }
 }

@@ -8,5 +8,6 @@ pub mod digest;
 pub mod framing;
 pub mod message;
 pub mod sdp;
+pub mod session_timer;
 pub mod transaction;
 pub mod transport;

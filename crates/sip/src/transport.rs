@@ -1,5 +1,6 @@
 //! SIP over UDP, TCP and TLS: listeners that turn bytes into [`Incoming`] messages, and a
-//! [`Sender`] that puts bytes back on the wire (responses over the connection they came on).
+//! [`Sender`] that puts bytes back on the wire (responses over the connection they came on)
+//! and opens connections of its own ([`Sender::connect`]), served exactly like accepted ones.
 //!
 //! Bad input is dealt with here, where the bytes are: an answerable malformed request gets
 //! `400 <what was wrong>`, an unparseable datagram is dropped and counted, and a stream whose
@@ -13,7 +14,7 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
@@ -98,17 +99,62 @@ pub struct LocalAddrs {
     pub tls: Option<SocketAddr>,
 }
 
+/// How [`Sender::connect`] opens connections to others.
+#[derive(Clone, Debug)]
+pub struct OutboundConfig {
+    /// The TLS client configuration; None means the webpki roots alone
+    /// ([`client_tls_config`]`(None, false)`), built on first use.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// Bounds the TCP connect and the TLS handshake together.
+    pub connect_timeout: Duration,
+}
+
+impl Default for OutboundConfig {
+    fn default() -> Self {
+        Self {
+            tls: None,
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
 /// Puts SIP messages on the wire. Cheap to clone; never blocks.
 #[derive(Clone)]
 pub struct Sender {
     inner: Arc<SenderInner>,
 }
 
+/// A peer as [`Sender::connect`] names it.
+type RemoteKey = (TransportKind, SocketAddr);
+
+/// An open stream connection, accepted or opened by us.
+struct Connection {
+    tx: mpsc::Sender<Bytes>,
+    transport: TransportKind,
+    remote: SocketAddr,
+    local: SocketAddr,
+}
+
+#[derive(Default)]
+struct Connections {
+    by_id: HashMap<u64, Connection>,
+    /// The connection to reuse for a remote (the newest when there are several).
+    by_remote: HashMap<RemoteKey, u64>,
+}
+
 struct SenderInner {
     udp: Option<Arc<UdpSocket>>,
-    connections: Mutex<HashMap<u64, mpsc::Sender<Bytes>>>,
+    connections: Mutex<Connections>,
     stats: Arc<TransportStats>,
     user_agent: String,
+    /// Where every connection's messages go, accepted or opened by us.
+    handler: Arc<dyn Handler>,
+    next_id: AtomicU64,
+    max_message_bytes: usize,
+    outbound: OutboundConfig,
+    default_tls_client: std::sync::OnceLock<Arc<rustls::ClientConfig>>,
+    /// One connection attempt at a time per remote, so concurrent callers share it.
+    connecting: Mutex<HashMap<RemoteKey, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Sender {
@@ -129,16 +175,11 @@ impl Sender {
                 Some(sock) => sock.try_send_to(&bytes, target).is_ok(),
                 None => false,
             },
-            (_, Some(id)) => {
-                let connections = self
-                    .inner
-                    .connections
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
-                connections
-                    .get(&id)
-                    .is_some_and(|tx| tx.try_send(bytes).is_ok())
-            }
+            (_, Some(id)) => self
+                .connections()
+                .by_id
+                .get(&id)
+                .is_some_and(|c| c.tx.try_send(bytes).is_ok()),
             (_, None) => false,
         };
         if !sent {
@@ -157,16 +198,324 @@ impl Sender {
     pub fn user_agent(&self) -> &str {
         &self.inner.user_agent
     }
+
+    /// Where to send requests to `remote` over `transport`: for UDP our socket; for TCP and TLS
+    /// a live connection to it (opened by either side), else a new one, served like an
+    /// accepted connection so that what arrives on it reaches the handler. TLS verifies the
+    /// certificate against `server_name`, or the IP address when None. Send on the returned
+    /// [`Source`] with [`send_to`](Self::send_to).
+    pub async fn connect(
+        &self,
+        transport: TransportKind,
+        remote: SocketAddr,
+        server_name: Option<&str>,
+    ) -> std::io::Result<Source> {
+        if transport == TransportKind::Udp {
+            let local = match &self.inner.udp {
+                Some(sock) => {
+                    // send_to never waits, so make sure the socket can take a datagram: a
+                    // fresh one is not known to be writable until the reactor has seen it.
+                    sock.writable().await?;
+                    sock.local_addr()?
+                }
+                None => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::NotConnected,
+                        "no UDP socket (sip.udp is not set)",
+                    ))
+                }
+            };
+            return Ok(Source {
+                transport,
+                remote,
+                local,
+                connection: None,
+            });
+        }
+        if let Some(source) = self.live_connection(transport, remote) {
+            return Ok(source);
+        }
+        let key = (transport, remote);
+        let gate = self
+            .inner
+            .connecting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key)
+            .or_default()
+            .clone();
+        let result = {
+            let _turn = gate.lock().await;
+            match self.live_connection(transport, remote) {
+                Some(source) => Ok(source),
+                None => self.open(transport, remote, server_name).await,
+            }
+        };
+        let mut connecting = self
+            .inner
+            .connecting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        // Forget the gate unless someone else is still waiting on it.
+        if connecting
+            .get(&key)
+            .is_some_and(|g| Arc::ptr_eq(g, &gate) && Arc::strong_count(&gate) == 2)
+        {
+            connecting.remove(&key);
+        }
+        result
+    }
+
+    fn connections(&self) -> std::sync::MutexGuard<'_, Connections> {
+        self.inner
+            .connections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn live_connection(&self, transport: TransportKind, remote: SocketAddr) -> Option<Source> {
+        let connections = self.connections();
+        let id = *connections.by_remote.get(&(transport, remote))?;
+        let connection = connections.by_id.get(&id)?;
+        if connection.tx.is_closed() {
+            return None;
+        }
+        Some(Source {
+            transport,
+            remote,
+            local: connection.local,
+            connection: Some(id),
+        })
+    }
+
+    async fn open(
+        &self,
+        transport: TransportKind,
+        remote: SocketAddr,
+        server_name: Option<&str>,
+    ) -> std::io::Result<Source> {
+        let tls = match transport {
+            TransportKind::Tls => {
+                let name = match server_name {
+                    Some(name) => rustls::pki_types::ServerName::try_from(name.to_string())
+                        .map_err(|e| {
+                            std::io::Error::new(
+                                std::io::ErrorKind::InvalidInput,
+                                format!("bad TLS server name {name:?}: {e}"),
+                            )
+                        })?,
+                    None => rustls::pki_types::ServerName::from(remote.ip()),
+                };
+                Some((self.tls_client()?, name))
+            }
+            _ => None,
+        };
+        let opening = async {
+            let stream = TcpStream::connect(remote).await?;
+            let _ = stream.set_nodelay(true);
+            let source = Source {
+                transport,
+                remote,
+                local: stream.local_addr()?,
+                connection: Some(self.inner.next_id.fetch_add(1, Ordering::Relaxed)),
+            };
+            match tls {
+                Some((config, name)) => {
+                    let stream = tokio_rustls::TlsConnector::from(config)
+                        .connect(name, stream)
+                        .await?;
+                    self.attach_stream(stream, source);
+                }
+                None => self.attach_stream(stream, source),
+            }
+            Ok(source)
+        };
+        let timeout = self.inner.outbound.connect_timeout;
+        let result = match tokio::time::timeout(timeout, opening).await {
+            Ok(result) => result,
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("connecting took longer than {timeout:?}"),
+            )),
+        };
+        match &result {
+            Ok(source) => {
+                debug!(%remote, transport = ?transport, id = ?source.connection, "SIP connection opened")
+            }
+            Err(e) => debug!(%remote, transport = ?transport, error = %e, "SIP connection failed"),
+        }
+        result
+    }
+
+    fn tls_client(&self) -> std::io::Result<Arc<rustls::ClientConfig>> {
+        if let Some(config) = &self.inner.outbound.tls {
+            return Ok(config.clone());
+        }
+        if let Some(config) = self.inner.default_tls_client.get() {
+            return Ok(config.clone());
+        }
+        let config = client_tls_config(None, false).map_err(std::io::Error::other)?;
+        Ok(self.inner.default_tls_client.get_or_init(|| config).clone())
+    }
+
+    /// Registers an open stream (so that [`send_to`](Self::send_to) reaches it at once) and
+    /// serves it on its own task: the one path for accepted and opened connections.
+    fn attach_stream<S>(&self, stream: S, source: Source)
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let id = source.connection.unwrap_or_default();
+        let (reader, mut writer) = tokio::io::split(stream);
+        let (tx, mut rx) = mpsc::channel::<Bytes>(256);
+        {
+            let mut connections = self.connections();
+            connections.by_id.insert(
+                id,
+                Connection {
+                    tx,
+                    transport: source.transport,
+                    remote: source.remote,
+                    local: source.local,
+                },
+            );
+            connections
+                .by_remote
+                .insert((source.transport, source.remote), id);
+        }
+        let write_task = tokio::spawn(async move {
+            while let Some(bytes) = rx.recv().await {
+                if writer.write_all(&bytes).await.is_err() {
+                    break;
+                }
+            }
+            let _ = writer.shutdown().await;
+        });
+        tokio::spawn(serve_stream(reader, source, self.clone(), write_task));
+    }
+
+    fn detach_stream(&self, id: u64) {
+        let mut connections = self.connections();
+        let Some(gone) = connections.by_id.remove(&id) else {
+            return;
+        };
+        let key = (gone.transport, gone.remote);
+        if connections.by_remote.get(&key) == Some(&id) {
+            // Fall back on another connection to the same remote, if one is open.
+            let other = connections
+                .by_id
+                .iter()
+                .find(|(_, c)| (c.transport, c.remote) == key)
+                .map(|(other, _)| *other);
+            match other {
+                Some(other) => connections.by_remote.insert(key, other),
+                None => connections.by_remote.remove(&key),
+            };
+        }
+    }
+}
+
+/// A rustls client configuration for SIP over TLS: the ring provider, the webpki roots and the
+/// PEM certificates in `extra_ca_pem` (for carriers with private CAs). `insecure_skip_verify`
+/// accepts any certificate, for tests only. Build it once and share it.
+pub fn client_tls_config(
+    extra_ca_pem: Option<&[u8]>,
+    insecure_skip_verify: bool,
+) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    if insecure_skip_verify {
+        return Ok(Arc::new(
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
+                .with_no_client_auth(),
+        ));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(pem) = extra_ca_pem {
+        let mut added = 0usize;
+        for cert in CertificateDer::pem_slice_iter(pem) {
+            let cert = cert.map_err(|e| format!("bad PEM in the CA certificates: {e}"))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("bad CA certificate: {e}"))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err("no PEM certificate among the CA certificates".into());
+        }
+    }
+    Ok(Arc::new(
+        builder.with_root_certificates(roots).with_no_client_auth(),
+    ))
+}
+
+/// Accepts any server certificate but still checks the handshake signatures, so the session
+/// is at least bound to the key the server showed. Tests only.
+#[derive(Debug)]
+struct AcceptAnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 fn bind_error(key: &'static str, addr: SocketAddr) -> impl FnOnce(std::io::Error) -> BindError {
     move |source| BindError { key, addr, source }
 }
 
-/// Binds every configured transport and starts serving; messages go to `handler`.
+/// Binds every configured transport and starts serving; messages go to `handler`, including
+/// those arriving on connections opened later with [`Sender::connect`] (set up by `outbound`).
 pub async fn start(
     config: ListenConfig,
     tls: Option<Arc<rustls::ServerConfig>>,
+    outbound: OutboundConfig,
     handler: Arc<dyn Handler>,
 ) -> Result<(Sender, LocalAddrs), BindError> {
     let mut local = LocalAddrs::default();
@@ -203,9 +552,15 @@ pub async fn start(
     let sender = Sender {
         inner: Arc::new(SenderInner {
             udp: udp.clone(),
-            connections: Mutex::new(HashMap::new()),
+            connections: Mutex::new(Connections::default()),
             stats: Arc::new(TransportStats::default()),
             user_agent: config.user_agent.clone(),
+            handler: handler.clone(),
+            next_id: AtomicU64::new(1),
+            max_message_bytes: config.max_message_bytes,
+            outbound,
+            default_tls_client: std::sync::OnceLock::new(),
+            connecting: Mutex::new(HashMap::new()),
         }),
     };
     if let (Some(sock), Some(addr)) = (udp, local.udp) {
@@ -218,16 +573,11 @@ pub async fn start(
         ));
         info!(%addr, "SIP listening on UDP");
     }
-    let next_id = Arc::new(AtomicU64::new(1));
-    let max = config.max_message_bytes;
     if let (Some(l), Some(addr)) = (tcp, local.tcp) {
         let ctx = StreamContext {
             kind: TransportKind::Tcp,
             local: addr,
             sender: sender.clone(),
-            handler: handler.clone(),
-            next_id: next_id.clone(),
-            max,
         };
         tokio::spawn(accept_loop(l, ctx, |stream| async move { Ok(stream) }));
         info!(%addr, "SIP listening on TCP");
@@ -237,9 +587,6 @@ pub async fn start(
             kind: TransportKind::Tls,
             local: addr,
             sender: sender.clone(),
-            handler: handler.clone(),
-            next_id,
-            max,
         };
         tokio::spawn(accept_loop(l, ctx, move |stream| {
             let acceptor = acceptor.clone();
@@ -263,9 +610,6 @@ struct StreamContext {
     kind: TransportKind,
     local: SocketAddr,
     sender: Sender,
-    handler: Arc<dyn Handler>,
-    next_id: Arc<AtomicU64>,
-    max: usize,
 }
 
 /// Accepts connections, sets each up with `open` (TLS handshake, or nothing for TCP) on its
@@ -285,13 +629,13 @@ where
             transport: ctx.kind,
             remote,
             local: ctx.local,
-            connection: Some(ctx.next_id.fetch_add(1, Ordering::Relaxed)),
+            connection: Some(ctx.sender.inner.next_id.fetch_add(1, Ordering::Relaxed)),
         };
-        let (sender, handler, max) = (ctx.sender.clone(), ctx.handler.clone(), ctx.max);
+        let sender = ctx.sender.clone();
         let opening = open(stream);
         tokio::spawn(async move {
             match opening.await {
-                Ok(stream) => serve_stream(stream, source, sender, handler, max).await,
+                Ok(stream) => sender.attach_stream(stream, source),
                 Err(e) => {
                     debug!(%remote, error = %e, transport = ?source.transport, "connection setup failed")
                 }
@@ -408,33 +752,18 @@ fn answer_bad_request(
     sender.send_response(&request.headers, source, response.to_bytes());
 }
 
-async fn serve_stream<S>(
-    stream: S,
+/// Reads one stream connection until it closes, then forgets it.
+async fn serve_stream<R>(
+    mut reader: R,
     source: Source,
     sender: Sender,
-    handler: Arc<dyn Handler>,
-    max: usize,
+    write_task: tokio::task::JoinHandle<()>,
 ) where
-    S: AsyncRead + AsyncWrite + Send + 'static,
+    R: AsyncRead + Unpin,
 {
     let id = source.connection.unwrap_or_default();
-    let (mut reader, mut writer) = tokio::io::split(stream);
-    let (tx, mut rx) = mpsc::channel::<Bytes>(256);
-    sender
-        .inner
-        .connections
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(id, tx);
-    let write_task = tokio::spawn(async move {
-        while let Some(bytes) = rx.recv().await {
-            if writer.write_all(&bytes).await.is_err() {
-                break;
-            }
-        }
-        let _ = writer.shutdown().await;
-    });
-
+    let max = sender.inner.max_message_bytes;
+    let handler = sender.inner.handler.clone();
     let mut buf = BytesMut::with_capacity(8192);
     let outcome = 'read: loop {
         loop {
@@ -470,11 +799,321 @@ async fn serve_stream<S>(
             .fetch_add(1, Ordering::Relaxed);
         warn!(remote = %source.remote, transport = ?source.transport, why, "closing SIP connection");
     }
-    sender
-        .inner
-        .connections
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(&id);
+    sender.detach_stream(id);
     write_task.abort();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Hands every message to the test.
+    struct Collect(mpsc::UnboundedSender<Incoming>);
+
+    impl Handler for Collect {
+        fn on_message(&self, incoming: Incoming) {
+            let _ = self.0.send(incoming);
+        }
+    }
+
+    fn listen(udp: bool, tcp: bool, tls: bool) -> ListenConfig {
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        ListenConfig {
+            udp: udp.then_some(any),
+            tcp: tcp.then_some(any),
+            tls: tls.then_some(any),
+            max_message_bytes: 65_535,
+            user_agent: "voicegate-test".into(),
+        }
+    }
+
+    async fn endpoint(
+        config: ListenConfig,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        outbound: OutboundConfig,
+    ) -> (Sender, LocalAddrs, mpsc::UnboundedReceiver<Incoming>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (sender, local) = start(config, tls, outbound, Arc::new(Collect(tx)))
+            .await
+            .unwrap();
+        (sender, local, rx)
+    }
+
+    async fn next(rx: &mut mpsc::UnboundedReceiver<Incoming>) -> Incoming {
+        tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("a message within 5 s")
+            .expect("handler alive")
+    }
+
+    fn options(transport: TransportKind, branch: &str) -> Bytes {
+        Bytes::from(format!(
+            "OPTIONS sip:carrier@127.0.0.1 SIP/2.0\r\n\
+             Via: SIP/2.0/{} 127.0.0.1:5060;branch=z9hG4bK-{branch}\r\n\
+             Max-Forwards: 70\r\n\
+             From: <sip:gw@127.0.0.1>;tag=1\r\n\
+             To: <sip:carrier@127.0.0.1>\r\n\
+             Call-ID: {branch}@127.0.0.1\r\n\
+             CSeq: 1 OPTIONS\r\n\
+             Content-Length: 0\r\n\r\n",
+            transport.as_via()
+        ))
+    }
+
+    /// The client connects and asks; the server's answer comes back on the same connection;
+    /// asking again reuses it, from either side.
+    async fn exchange(
+        client: &Sender,
+        client_rx: &mut mpsc::UnboundedReceiver<Incoming>,
+        server: &Sender,
+        server_rx: &mut mpsc::UnboundedReceiver<Incoming>,
+        transport: TransportKind,
+        remote: SocketAddr,
+        server_name: Option<&str>,
+    ) {
+        let source = client
+            .connect(transport, remote, server_name)
+            .await
+            .unwrap();
+        assert_eq!(source.transport, transport);
+        assert_eq!(source.remote, remote);
+        assert!(source.connection.is_some());
+        assert_ne!(source.local.port(), 0);
+        client.send_to(&source, source.remote, options(transport, "a"));
+
+        let incoming = next(server_rx).await;
+        let Message::Request(request) = incoming.message else {
+            panic!("expected a request")
+        };
+        assert_eq!(request.method, "OPTIONS");
+        assert_eq!(incoming.source.transport, transport);
+        assert_eq!(incoming.source.remote, source.local);
+        let response = request.response(200, "OK").to_bytes();
+        server.send_response(&request.headers, &incoming.source, response);
+
+        let answer = next(client_rx).await;
+        let Message::Response(response) = answer.message else {
+            panic!("expected a response")
+        };
+        assert_eq!(response.status, 200);
+        assert_eq!(answer.source, source);
+
+        // Reuse: the same connection again, and the server finds it too.
+        let again = client
+            .connect(transport, remote, server_name)
+            .await
+            .unwrap();
+        assert_eq!(again.connection, source.connection);
+        let back = server
+            .connect(transport, incoming.source.remote, None)
+            .await
+            .unwrap();
+        assert_eq!(back.connection, incoming.source.connection);
+        server.send_to(&back, back.remote, options(transport, "b"));
+        let Message::Request(request) = next(client_rx).await.message else {
+            panic!("expected a request from the server")
+        };
+        assert_eq!(request.call_id(), "b@127.0.0.1");
+        assert_eq!(client.stats().send_failures.load(Ordering::Relaxed), 0);
+        assert_eq!(server.stats().send_failures.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn tcp_connect_send_and_reuse() {
+        let (server, server_local, mut server_rx) =
+            endpoint(listen(false, true, false), None, OutboundConfig::default()).await;
+        let (client, _, mut client_rx) =
+            endpoint(listen(false, false, false), None, OutboundConfig::default()).await;
+        let remote = server_local.tcp.unwrap();
+        exchange(
+            &client,
+            &mut client_rx,
+            &server,
+            &mut server_rx,
+            TransportKind::Tcp,
+            remote,
+            None,
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn concurrent_connects_share_one_connection() {
+        let (_server, server_local, _server_rx) =
+            endpoint(listen(false, true, false), None, OutboundConfig::default()).await;
+        let (client, _, _client_rx) =
+            endpoint(listen(false, false, false), None, OutboundConfig::default()).await;
+        let remote = server_local.tcp.unwrap();
+        let (a, b) = tokio::join!(
+            client.connect(TransportKind::Tcp, remote, None),
+            client.connect(TransportKind::Tcp, remote, None)
+        );
+        assert_eq!(a.unwrap().connection, b.unwrap().connection);
+        assert!(client.inner.connecting.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn udp_connect_is_the_socket() {
+        let (server, server_local, mut server_rx) =
+            endpoint(listen(true, false, false), None, OutboundConfig::default()).await;
+        let (client, client_local, mut client_rx) =
+            endpoint(listen(true, false, false), None, OutboundConfig::default()).await;
+        let remote = server_local.udp.unwrap();
+        let source = client
+            .connect(TransportKind::Udp, remote, None)
+            .await
+            .unwrap();
+        assert_eq!(
+            source,
+            Source {
+                transport: TransportKind::Udp,
+                remote,
+                local: client_local.udp.unwrap(),
+                connection: None,
+            }
+        );
+        client.send_to(&source, remote, options(TransportKind::Udp, "u"));
+        let incoming = next(&mut server_rx).await;
+        let Message::Request(request) = incoming.message else {
+            panic!("expected a request")
+        };
+        // The Via's sent-by is not the client's port and there is no rport: answer to the
+        // source address.
+        server.send_to(
+            &incoming.source,
+            incoming.source.remote,
+            request.response(200, "OK").to_bytes(),
+        );
+        assert!(matches!(
+            next(&mut client_rx).await.message,
+            Message::Response(r) if r.status == 200
+        ));
+        // A closed port is an error, not a hang.
+        let refused = server
+            .connect(TransportKind::Tcp, "127.0.0.1:1".parse().unwrap(), None)
+            .await;
+        assert!(refused.is_err());
+        // Without a UDP socket there is nothing to send on.
+        let (no_udp, _, _rx) =
+            endpoint(listen(false, false, false), None, OutboundConfig::default()).await;
+        assert_eq!(
+            no_udp
+                .connect(TransportKind::Udp, remote, None)
+                .await
+                .unwrap_err()
+                .kind(),
+            std::io::ErrorKind::NotConnected
+        );
+    }
+
+    fn self_signed() -> (Arc<rustls::ServerConfig>, String) {
+        let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let cert_pem = certified.cert.pem();
+        let key =
+            rustls::pki_types::PrivateKeyDer::Pkcs8(certified.key_pair.serialize_der().into());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![certified.cert.der().clone()], key)
+            .unwrap();
+        (Arc::new(config), cert_pem)
+    }
+
+    #[tokio::test]
+    async fn tls_connect_send_and_reuse() {
+        let (server_tls, ca_pem) = self_signed();
+        let (server, server_local, mut server_rx) = endpoint(
+            listen(false, false, true),
+            Some(server_tls),
+            OutboundConfig::default(),
+        )
+        .await;
+        let outbound = OutboundConfig {
+            tls: Some(client_tls_config(Some(ca_pem.as_bytes()), false).unwrap()),
+            ..OutboundConfig::default()
+        };
+        let (client, _, mut client_rx) =
+            endpoint(listen(false, false, false), None, outbound).await;
+        let remote = server_local.tls.unwrap();
+        exchange(
+            &client,
+            &mut client_rx,
+            &server,
+            &mut server_rx,
+            TransportKind::Tls,
+            remote,
+            Some("localhost"),
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn tls_certificate_is_checked() {
+        let (server_tls, ca_pem) = self_signed();
+        let (_server, server_local, _server_rx) = endpoint(
+            listen(false, false, true),
+            Some(server_tls),
+            OutboundConfig::default(),
+        )
+        .await;
+        let remote = server_local.tls.unwrap();
+        // The webpki roots alone do not know a self-signed certificate.
+        let (plain, _, _rx) =
+            endpoint(listen(false, false, false), None, OutboundConfig::default()).await;
+        assert!(plain
+            .connect(TransportKind::Tls, remote, Some("localhost"))
+            .await
+            .is_err());
+        // The right CA but the wrong name (the IP, which the certificate does not carry).
+        let trusting = OutboundConfig {
+            tls: Some(client_tls_config(Some(ca_pem.as_bytes()), false).unwrap()),
+            ..OutboundConfig::default()
+        };
+        let (client, _, _rx) = endpoint(listen(false, false, false), None, trusting).await;
+        assert!(client
+            .connect(TransportKind::Tls, remote, None)
+            .await
+            .is_err());
+        assert!(client
+            .connect(TransportKind::Tls, remote, Some("bad name!"))
+            .await
+            .is_err());
+        // Tests may skip verification.
+        let insecure = OutboundConfig {
+            tls: Some(client_tls_config(None, true).unwrap()),
+            ..OutboundConfig::default()
+        };
+        let (client, _, _rx) = endpoint(listen(false, false, false), None, insecure).await;
+        assert!(client
+            .connect(TransportKind::Tls, remote, None)
+            .await
+            .is_ok());
+        assert!(client_tls_config(Some(b"not pem"), false).is_err());
+    }
+
+    #[tokio::test]
+    async fn handshake_that_never_ends_times_out() {
+        // A TCP listener that accepts and never speaks TLS.
+        let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let remote = silent.local_addr().unwrap();
+        let hold = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = silent.accept().await {
+                held.push(stream);
+            }
+        });
+        let outbound = OutboundConfig {
+            tls: Some(client_tls_config(None, true).unwrap()),
+            connect_timeout: Duration::from_millis(200),
+        };
+        let (client, _, _rx) = endpoint(listen(false, false, false), None, outbound).await;
+        let err = client
+            .connect(TransportKind::Tls, remote, None)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+        hold.abort();
+    }
 }

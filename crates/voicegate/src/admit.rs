@@ -13,8 +13,8 @@ use tracing::warn;
 use voicegate_bridge::dialect::Protocol;
 use voicegate_bridge::ws::BotUrl;
 use voicegate_control::{
-    Admission, ControlSnapshot, Decision, FlowDirection, FlowProtocol, FlowRecord, InviteFacts,
-    IpNet, Mode, NumberMapping, Snapshot, Trunk,
+    Admission, ControlSnapshot, Decision, DestinationRecord, FlowDirection, FlowProtocol,
+    FlowRecord, InviteFacts, IpNet, Mode, NumberMapping, Snapshot, Trunk,
 };
 use voicegate_sip::digest::{DigestServer, Verdict};
 use voicegate_sip::message::Request;
@@ -35,6 +35,10 @@ pub struct Trunks {
     flows: HashMap<String, Arc<FlowRoute>>,
     /// Trunks whose PBX may REGISTER.
     registering: Vec<String>,
+    /// Destination URIs by trunk, lowest priority first.
+    destinations: HashMap<String, Vec<DestinationRecord>>,
+    /// `trunk_external_alias` by trunk: the caller ID of the calls it places.
+    aliases: HashMap<String, String>,
 }
 
 impl Trunks {
@@ -55,6 +59,20 @@ impl Trunks {
                 .filter(|t| t.registration_enabled)
                 .map(|t| t.sid.clone()),
         );
+        for d in &store.destinations {
+            out.destinations
+                .entry(d.trunk_sid.clone())
+                .or_default()
+                .push(d.clone());
+        }
+        for list in out.destinations.values_mut() {
+            list.sort_by_key(|d| d.priority);
+        }
+        for s in &store.settings {
+            if s.name == "trunk_external_alias" && !s.value.is_empty() {
+                out.aliases.insert(s.trunk_sid.clone(), s.value.clone());
+            }
+        }
         for c in &store.credentials {
             out.credentials
                 .push((c.trunk_sid.clone(), c.user_name.clone(), c.password.clone()));
@@ -70,6 +88,19 @@ impl Trunks {
             }
         }
         out
+    }
+
+    /// A trunk's destination URIs, lowest priority first.
+    pub fn destinations(&self, trunk_sid: &str) -> &[DestinationRecord] {
+        self.destinations
+            .get(trunk_sid)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+    }
+
+    /// The caller ID for calls the trunk places, if set.
+    pub fn external_alias(&self, trunk_sid: &str) -> Option<String> {
+        self.aliases.get(trunk_sid).cloned()
     }
 
     /// Whether the trunk's PBX may REGISTER.
@@ -138,6 +169,16 @@ fn flow_route(flow: &FlowRecord) -> Result<FlowRoute, String> {
         },
         bidirectional: flow.direction == FlowDirection::Bidirectional,
         numbers: Vec::new(),
+        connect_on_end: match &flow.on_stream_end {
+            voicegate_control::OnStreamEnd::Connect { destination } => Some(destination.clone()),
+            voicegate_control::OnStreamEnd::Hangup => None,
+        },
+        default_agent: match &flow.on_stream_end {
+            voicegate_control::OnStreamEnd::Connect { destination } => Some(destination.clone()),
+            voicegate_control::OnStreamEnd::Hangup => None,
+        },
+        agent_assist: flow.agent_assist,
+        fallback_to_bot: flow.fallback == voicegate_control::FlowFallback::Bot,
         parameters: flow
             .custom_parameters
             .iter()

@@ -1,8 +1,11 @@
 //! One call, one task: the INVITE server transaction, the dialog, the media and the call
 //! record. Everything here is owned by the task, so calls share no locks with each other.
 //!
-//! What a dialled number does is decided in [`route`]: until trunks and numbers come through
-//! the API, test numbers from the config either echo RTP or ring forever.
+//! What a dialled number does is decided in [`route`] and by admission: test numbers echo RTP
+//! or ring, flow numbers go to a bot, `pstn` numbers go out through the carriers (or, coming
+//! from a carrier, to the trunk's destinations) with the B2BUA of [`b2bua`].
+
+mod b2bua;
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::atomic::Ordering;
@@ -27,8 +30,13 @@ use voicegate_sip::transaction::{
 use voicegate_sip::transport::Source;
 
 use crate::admit::Outcome;
-use crate::core::{random_token, CallEvent, CallInput, Core, FlowRoute, ALLOW, SUPPORTED};
+use crate::core::{random_token, CallEvent, CallInput, CallTx, Core, FlowRoute, ALLOW, SUPPORTED};
+use b2bua::{NextHop, Peer, PeerRole, Pending};
+use voicegate_bridge::relay::{RelayEvent, RelayHandle};
+use voicegate_bridge::tap::TapFrame;
+use voicegate_bridge::tone::ToneHandle;
 use voicegate_control::Mode;
+use voicegate_sip::session_timer::{self, SessionTimer, UasTimer};
 
 /// What a dialled number leads to.
 #[derive(Clone, Debug)]
@@ -37,9 +45,15 @@ pub enum Route {
     Ringing,
     /// A bot flow.
     Flow(Arc<FlowRoute>),
-    /// An admitted PSTN call: the carrier router comes later, so 503 "No route" for now.
+    /// An admitted `pstn` call with no carrier configured: 503 "no route".
     NoRoute,
     NotFound,
+    /// Through the B2BUA to these next hops, in order.
+    Forward(Vec<NextHop>),
+    /// From a carrier to a `pstn` number: the trunk's destinations (looked up at start).
+    Inbound {
+        trunk_sid: String,
+    },
 }
 
 pub fn route(core: &Core, number: &str) -> Route {
@@ -63,6 +77,10 @@ pub fn route(core: &Core, number: &str) -> Route {
 enum Leg {
     Echo(EchoHandle),
     Bot(BridgeHandle),
+    /// RTP relayed to the other leg of a B2BUA call.
+    Relay(RelayHandle),
+    /// Ringback while an agent's phone rings.
+    Tone(ToneHandle),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,7 +113,11 @@ struct MediaRecord {
     codec: Option<&'static str>,
     report: Option<LegReport>,
     bot: Option<SessionReport>,
+    relay: Option<voicegate_bridge::relay::RelayReport>,
     digits: String,
+    peer_codec: Option<&'static str>,
+    transcoding: bool,
+    escalated_to: Option<String>,
 }
 
 /// A re-INVITE in progress (RFC 3261 §14.2).
@@ -125,7 +147,7 @@ struct Call {
     /// How the bot step ended, from the bridge.
     bot_events: Option<mpsc::Receiver<BridgeEvent>>,
     /// A leg being stopped: its report is collected by the run loop.
-    stopping: Option<Leg>,
+    stopping: Vec<Leg>,
     route: Route,
     /// Our id for the call towards bots (Exotel's CallSid).
     call_sid: String,
@@ -139,6 +161,23 @@ struct Call {
     recorded: bool,
     final_status: u16,
     end_reason: String,
+    /// This call's own input queue, for the routes of the legs it places.
+    self_tx: CallTx,
+    /// The other leg, when voicegate calls out (B2BUA).
+    peer: Option<Peer>,
+    /// Work for the run loop that has to await.
+    pending: Option<Pending>,
+    relay_events: Option<mpsc::Receiver<RelayEvent>>,
+    /// A bot kept listening after the hand-off to an agent (agent assist).
+    assist: Option<BridgeHandle>,
+    /// Where the relay copies both parties' audio for `assist`.
+    tap: Option<mpsc::Sender<TapFrame>>,
+    /// The caller ID of legs we place (the trunk's external alias), else the caller's.
+    caller_id: Option<String>,
+    /// RFC 4028 terms agreed with the caller, and its timer once answered.
+    caller_timer_terms: Option<UasTimer>,
+    caller_timer: Option<SessionTimer>,
+    direction: &'static str,
 }
 
 pub async fn run(
@@ -147,6 +186,7 @@ pub async fn run(
     source: Source,
     branch: String,
     local_tag: String,
+    self_tx: CallTx,
     mut rx: mpsc::Receiver<CallInput>,
 ) {
     let now = Instant::now();
@@ -167,7 +207,7 @@ pub async fn run(
         media: None,
         media_record: MediaRecord::default(),
         media_events: None,
-        stopping: None,
+        stopping: Vec::new(),
         bot_events: None,
         route: Route::NotFound,
         call_sid: format!("{:032x}", rand::random::<u128>()),
@@ -179,10 +219,21 @@ pub async fn run(
         recorded: false,
         final_status: 0,
         end_reason: String::new(),
+        self_tx,
+        peer: None,
+        pending: None,
+        relay_events: None,
+        assist: None,
+        tap: None,
+        caller_id: None,
+        caller_timer_terms: None,
+        caller_timer: None,
+        direction: "local",
     };
     core.stats.active.fetch_add(1, Ordering::Relaxed);
-    call.start(now);
+    call.start(now).await;
     call.flush();
+    call.drive().await;
     while !call.finished() {
         let deadline = call.next_deadline();
         let media_event = async {
@@ -197,6 +248,12 @@ pub async fn run(
                 None => std::future::pending().await,
             }
         };
+        let relay_event = async {
+            match call.relay_events.as_mut() {
+                Some(events) => events.recv().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             input = rx.recv() => match input {
                 Some(CallInput::Request(request, source)) => call.on_request(request, source, Instant::now()),
@@ -204,13 +261,16 @@ pub async fn run(
                 None => break,
             },
             Some(event) = media_event => call.on_media_event(event, Instant::now()),
+            Some(event) = relay_event => call.on_relay_event(event, Instant::now()),
             Some(event) = bot_event => match event {
                 BridgeEvent::Dtmf(digit) => call.on_dtmf(digit, "rfc4733"),
                 BridgeEvent::Ended(end) => call.on_bot_end(end, Instant::now()),
+                BridgeEvent::Transfer { to } => call.on_bot_transfer(to),
             },
             _ = sleep_until(deadline.unwrap_or_else(far_future)), if deadline.is_some() => call.on_timeout(Instant::now()),
         }
         call.flush();
+        call.drive().await;
         call.collect_media_report().await;
         if call.phase == Phase::Done && !call.recorded {
             // The record is written when the call ends, not when its last transaction expires.
@@ -222,6 +282,7 @@ pub async fn run(
     call.end_media();
     call.collect_media_report().await;
     core.unregister(call.invite.call_id(), &branch, &local_tag);
+    call.unregister_peer();
     if !call.recorded {
         call.record();
     }
@@ -232,13 +293,55 @@ fn far_future() -> Instant {
 }
 
 impl Call {
-    fn start(&mut self, now: Instant) {
+    async fn start(&mut self, now: Instant) {
         self.respond_invite(100, "Trying", None, now);
+        // RFC 4028: too small a session interval is refused before anything else.
+        let terms = session_timer::uas_negotiate(
+            &self.invite.headers,
+            &self.core.settings.routing.session_timer,
+        );
+        if let UasTimer::TooSmall { min_se } = terms {
+            self.final_headers.push(("Min-SE", min_se.to_string()));
+            return self.reject(422, "Session Interval Too Small", now);
+        }
+        // We do not refresh towards the caller: a caller that cannot refresh gets no timer.
+        self.caller_timer_terms = match terms {
+            UasTimer::Active {
+                refresher: session_timer::Refresher::Uac,
+                ..
+            } => Some(terms),
+            _ => None,
+        };
         self.route = match self.admit(now) {
             Some(route) => route,
             None => return, // answered already (401 or a refusal)
         };
-        match self.route {
+        if let Route::Inbound { trunk_sid } = &self.route {
+            let hops = b2bua::trunk_hops(&self.core, trunk_sid, &self.number).await;
+            self.route = if hops.is_empty() {
+                Route::NoRoute
+            } else {
+                Route::Forward(hops)
+            };
+        }
+        match self.route.clone() {
+            Route::Forward(hops) => {
+                if let Err((status, reason)) = self.prepare_media() {
+                    return self.reject(status, &reason, now);
+                }
+                if let Err((status, reason)) = self.start_peer(PeerRole::Forward, hops, now) {
+                    return self.reject(status, &reason, now);
+                }
+                // The other leg's own deadlines end the wait; this is a backstop.
+                let give_up_at = now
+                    + self.core.settings.routing.answer_timeout
+                    + std::time::Duration::from_secs(60);
+                self.phase = Phase::Ringing {
+                    answer_at: None,
+                    give_up_at,
+                };
+            }
+            Route::Inbound { .. } => unreachable!("resolved above"),
             Route::NotFound => {
                 self.reject(404, "Number not mapped", now);
             }
@@ -374,6 +477,7 @@ impl Call {
             self.respond_invite(200, "OK", Some(Bytes::from(body)), now);
             self.phase = Phase::Answered;
             self.answered_at = Some(now);
+            self.start_caller_timer(now);
             self.core.stats.answered.fetch_add(1, Ordering::Relaxed);
             return;
         }
@@ -415,17 +519,23 @@ impl Call {
         self.respond_invite(200, "OK", Some(Bytes::from(body)), now);
         self.phase = Phase::Answered;
         self.answered_at = Some(now);
+        self.start_caller_timer(now);
         self.core.stats.answered.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Where the dialled number goes: by the trunks when they are configured, else by the
     /// test numbers and flows of the config. None when the INVITE was already answered.
     fn admit(&mut self, now: Instant) -> Option<Route> {
+        if self.core.carrier_from(self.source.remote.ip()).is_some() {
+            self.direction = "inbound";
+            return Some(self.inbound_route());
+        }
         let Some(gate) = self.core.gate.as_ref().filter(|g| g.is_active()) else {
             return Some(route(&self.core, &self.number));
         };
         match gate.decide(&self.invite, self.source.remote.ip(), &self.number) {
             Outcome::Admitted { trunk_sid, mode } => {
+                self.caller_id = gate.trunks().external_alias(&trunk_sid);
                 self.admitted_trunk = Some(trunk_sid);
                 Some(match mode {
                     Mode::Flow { flow_id } => match gate.flow(&flow_id).or_else(|| {
@@ -444,7 +554,15 @@ impl Call {
                     Mode::Pstn if self.core.settings.echo_numbers.contains(&self.number) => {
                         Route::Echo
                     }
-                    Mode::Pstn => Route::NoRoute,
+                    Mode::Pstn => {
+                        self.direction = "outbound";
+                        let hops = b2bua::carrier_hops(&self.core, &self.number);
+                        if hops.is_empty() {
+                            Route::NoRoute
+                        } else {
+                            Route::Forward(hops)
+                        }
+                    }
                 })
             }
             Outcome::Challenge(values) => {
@@ -470,6 +588,49 @@ impl Call {
         }
     }
 
+    /// A carrier's call: trusted by its address, routed by the number's mapping.
+    fn inbound_route(&mut self) -> Route {
+        let Some(gate) = self.core.gate.as_ref() else {
+            return route(&self.core, &self.number);
+        };
+        let trunks = gate.trunks();
+        let Some(mapping) = trunks
+            .snapshot
+            .numbers
+            .iter()
+            .find(|m| m.number == self.number)
+        else {
+            return route(&self.core, &self.number);
+        };
+        match &mapping.mode {
+            Mode::Pstn => Route::Inbound {
+                trunk_sid: mapping.trunk_sid.clone(),
+            },
+            Mode::Flow { flow_id } => match gate.flow(flow_id).or_else(|| {
+                self.core
+                    .settings
+                    .flows
+                    .iter()
+                    .find(|f| &f.name == flow_id)
+                    .cloned()
+                    .map(Arc::new)
+            }) {
+                Some(flow) => Route::Flow(flow),
+                None => Route::NotFound,
+            },
+        }
+    }
+
+    /// The caller's user part (its number, usually).
+    fn caller_user(&self) -> String {
+        self.invite
+            .headers
+            .get("From")
+            .and_then(voicegate_sip::message::name_addr_uri)
+            .and_then(|u| u.auth.map(|a| a.user))
+            .unwrap_or_default()
+    }
+
     fn reject_with(
         &mut self,
         status: u16,
@@ -482,6 +643,7 @@ impl Call {
     }
 
     fn reject(&mut self, status: u16, reason: &str, now: Instant) {
+        self.hang_up_peer("", now);
         self.respond_invite(status, reason, None, now);
         self.end_media();
         self.phase = Phase::Done;
@@ -511,6 +673,13 @@ impl Call {
             response = response
                 .header("Allow", ALLOW)
                 .header("Supported", SUPPORTED);
+            for (name, value) in self
+                .caller_timer_terms
+                .map(|t| t.response_headers())
+                .unwrap_or_default()
+            {
+                response = response.header(name, value);
+            }
         }
         if status >= 200 {
             for (name, value) in std::mem::take(&mut self.final_headers) {
@@ -533,6 +702,9 @@ impl Call {
     }
 
     fn on_request(&mut self, request: Request, source: Source, now: Instant) {
+        if request.call_id() != self.invite.call_id() {
+            return self.on_peer_request(request, source, now);
+        }
         let branch = request.branch().unwrap_or_default();
         match request.method.as_str() {
             "ACK" => self.on_ack(&request, now),
@@ -581,8 +753,23 @@ impl Call {
                         self.answer_request(&request, &source, &branch, 200, "OK", now)
                     }
                     "OPTIONS" => self.answer_request(&request, &source, &branch, 200, "OK", now),
-                    "REGISTER" | "SUBSCRIBE" | "PUBLISH" | "MESSAGE" | "REFER" | "UPDATE"
-                    | "PRACK" | "NOTIFY" => self.answer_request(
+                    "UPDATE" => {
+                        // A session refresh (RFC 4028 §7.4); offers in UPDATE are not taken.
+                        if !request.body.is_empty() {
+                            return self.answer_request(
+                                &request,
+                                &source,
+                                &branch,
+                                488,
+                                "Not Acceptable Here: SDP in UPDATE not supported",
+                                now,
+                            );
+                        }
+                        let extra = self.caller_refreshed(&request, now);
+                        self.answer_request_with(&request, &source, &branch, 200, "OK", &extra, now)
+                    }
+                    "REGISTER" | "SUBSCRIBE" | "PUBLISH" | "MESSAGE" | "REFER" | "PRACK"
+                    | "NOTIFY" => self.answer_request(
                         &request,
                         &source,
                         &branch,
@@ -646,6 +833,11 @@ impl Call {
                         warn!(error = %e, "could not start the bot session");
                     }
                 }
+                if self.peer.as_ref().is_some_and(|p| p.negotiated.is_some()) {
+                    if let Err(e) = self.start_relay() {
+                        warn!(error = %e, "could not start the relay");
+                    }
+                }
             }
             Err(e) => {
                 warn!(call_id = self.invite.call_id(), error = %e, "unusable SDP answer in ACK")
@@ -670,6 +862,7 @@ impl Call {
             self.end_reason = "cancelled by caller".into();
             self.reject(487, "Request Terminated", now);
         }
+        self.hang_up_peer("SIP;cause=487;text=\"cancelled by caller\"", now);
     }
 
     fn on_bye(&mut self, bye: &Request, source: &Source, branch: &str, now: Instant) {
@@ -681,6 +874,12 @@ impl Call {
         if self.end_reason.is_empty() {
             self.end_reason = "caller hung up".into();
         }
+        let reason = bye
+            .headers
+            .get("Reason")
+            .unwrap_or("Q.850;cause=16;text=\"Normal call clearing\"")
+            .to_string();
+        self.hang_up_peer(&reason, now);
         self.end_media();
         self.phase = Phase::Done;
     }
@@ -709,8 +908,18 @@ impl Call {
         } else if let Err(e) = self.dialog.accept_remote_cseq(&request) {
             (500, format!("Server Internal Error: {e}"), None)
         } else {
+            let before = self.caller_direction();
             match self.renegotiate(&request) {
-                Ok(body) => (200, "OK".to_string(), Some(body)),
+                Ok(body) => {
+                    let after = self.caller_direction();
+                    if let (Some(before), Some(after)) = (before, after) {
+                        if before != after {
+                            // Hold or resume: the other leg is told with our own re-INVITE.
+                            self.propagate_direction(after.reversed(), now);
+                        }
+                    }
+                    (200, "OK".to_string(), Some(body))
+                }
                 Err((status, reason)) => (status, reason, None),
             }
         };
@@ -722,6 +931,9 @@ impl Call {
                 .header("Contact", self.contact())
                 .header("Allow", ALLOW)
                 .header("Supported", SUPPORTED);
+            for (name, value) in self.caller_refreshed(&request, now) {
+                response = response.header(name, value);
+            }
         }
         if status == 500 {
             response = response.header("Retry-After", "1");
@@ -751,11 +963,49 @@ impl Call {
             Some(Leg::Echo(echo)) => echo.update(leg_control(&negotiated)),
             // The bot keeps streaming through hold and resume; its RTP follows the caller.
             Some(Leg::Bot(bot)) => bot.expect_rtp(negotiated.direction.receives()),
-            None => {}
+            Some(Leg::Relay(relay)) => relay.update(
+                voicegate_bridge::relay::Side::A,
+                voicegate_bridge::relay::LegDirection {
+                    sending: negotiated.direction.sends(),
+                    expect_rtp: negotiated.direction.receives(),
+                },
+                negotiated.remote,
+            ),
+            Some(Leg::Tone(_)) | None => {}
         }
         let body = sdp::build_answer(&offer, &media.local, &negotiated);
         media.negotiated = Some(negotiated);
         Ok(body)
+    }
+
+    /// Our direction towards the caller, as last negotiated.
+    fn caller_direction(&self) -> Option<Direction> {
+        self.media
+            .as_ref()
+            .and_then(|m| m.negotiated.as_ref())
+            .map(|n| n.direction)
+    }
+
+    /// The caller refreshed its session (re-INVITE or UPDATE): the timer restarts; the
+    /// headers to answer with.
+    fn caller_refreshed(&mut self, request: &Request, now: Instant) -> Vec<(&'static str, String)> {
+        if let Some(timer) = self.caller_timer.as_mut() {
+            let interval = session_timer::session_expires(&request.headers)
+                .map(|se| {
+                    se.interval
+                        .max(self.core.settings.routing.session_timer.min_se)
+                })
+                .unwrap_or(timer.interval);
+            timer.renegotiated(interval, false, now);
+            return vec![
+                (
+                    "Session-Expires",
+                    session_timer::header_value(interval, session_timer::Refresher::Uac),
+                ),
+                ("Require", "timer".into()),
+            ];
+        }
+        Vec::new()
     }
 
     /// Answers a non-INVITE request through its own server transaction.
@@ -768,10 +1018,27 @@ impl Call {
         reason: &str,
         now: Instant,
     ) {
+        self.answer_request_with(request, source, branch, status, reason, &[], now)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn answer_request_with(
+        &mut self,
+        request: &Request,
+        source: &Source,
+        branch: &str,
+        status: u16,
+        reason: &str,
+        extra: &[(&'static str, String)],
+        now: Instant,
+    ) {
         let mut response: Response = request
             .response(status, reason)
             .with_to_tag(&self.local_tag)
             .header("Server", self.core.sender().user_agent());
+        for (name, value) in extra {
+            response = response.header(name, value.clone());
+        }
         if status == 405 || status == 501 || (request.method == "OPTIONS" && status == 200) {
             response = response.header("Allow", ALLOW);
         }
@@ -793,6 +1060,9 @@ impl Call {
     }
 
     fn on_response(&mut self, response: &Response, now: Instant) {
+        if response.headers.get("Call-ID") != Some(self.invite.call_id()) {
+            return self.on_peer_response(response, now);
+        }
         let Some(bye) = self.bye.as_mut() else { return };
         if response.cseq().1 == "BYE"
             && bye.on_response(response.status, now)
@@ -805,6 +1075,7 @@ impl Call {
     /// Ends an answered call from our side; `reason` becomes the BYE's Reason header
     /// (RFC 3326), e.g. `SIP;cause=408;text="No ACK"`.
     fn send_bye(&mut self, why: &str, reason: &str, now: Instant) {
+        self.hang_up_peer(reason, now);
         self.end_media();
         self.end_reason = why.to_string();
         let via = format!(
@@ -836,18 +1107,33 @@ impl Call {
             if let Some(Leg::Bot(bot)) = &media.leg {
                 bot.caller_hung_up();
             }
-            self.stopping = media.leg;
+            self.stopping.extend(media.leg);
+        }
+        if let Some(assist) = self.assist.take() {
+            self.stopping.push(Leg::Bot(assist));
+        }
+        self.tap = None;
+        if let Some(peer) = self.peer.as_mut() {
+            peer.negotiated = None;
         }
         self.media_events = None;
         self.bot_events = None;
+        self.relay_events = None;
     }
 
-    /// Waits for a stopping leg's report (its ports are free after this).
+    /// Waits for stopping legs' reports (their ports are free after this).
     async fn collect_media_report(&mut self) {
-        match self.stopping.take() {
-            Some(Leg::Echo(echo)) => self.media_record.report = Some(echo.stop().await),
-            Some(Leg::Bot(bot)) => self.media_record.bot = Some(bot.finish().await),
-            None => {}
+        for leg in std::mem::take(&mut self.stopping) {
+            match leg {
+                Leg::Echo(echo) => self.media_record.report = Some(echo.stop().await),
+                Leg::Bot(bot) => {
+                    let (report, _ports) = bot.finish().await;
+                    // The first bot's report is the call's; an assisting bot adds nothing new.
+                    self.media_record.bot.get_or_insert(report);
+                }
+                Leg::Relay(relay) => self.media_record.relay = Some(relay.stop().await.report),
+                Leg::Tone(tone) => drop(tone.stop().await),
+            }
         }
     }
 
@@ -910,8 +1196,24 @@ impl Call {
 
     /// The bot step ended: the flow's next step (hang up) unless the caller already left.
     fn on_bot_end(&mut self, end: SessionEnd, now: Instant) {
+        if let (SessionEnd::BotClosed(_), Route::Flow(flow)) = (&end, &self.route) {
+            if let Some(to) = flow.connect_on_end.clone() {
+                if matches!(self.phase, Phase::Answered | Phase::Confirmed) {
+                    info!(
+                        call_id = self.invite.call_id(),
+                        to, "bot closed: connecting to the agent"
+                    );
+                    self.pending = Some(Pending::Agent {
+                        to,
+                        from_transfer: false,
+                    });
+                    return;
+                }
+            }
+        }
         let reason = match &end {
-            SessionEnd::CallerHungUp => return,
+            // Ended by us (hang-up, or a hand-off): the call already knows what comes next.
+            SessionEnd::CallerHungUp | SessionEnd::Stopped => return,
             SessionEnd::BotClosed(why) => format!("bot closed the stream: {why}"),
             SessionEnd::BotUnreachable(why) => format!("bot unreachable: {why}"),
             SessionEnd::MaxDuration => "bot session reached its maximum length".to_string(),
@@ -940,6 +1242,38 @@ impl Call {
             let text = reason.replace('"', "'");
             self.send_bye(&reason, &format!("Q.850;cause=16;text=\"{text}\""), now);
         }
+    }
+
+    /// The bot asked for a transfer: to the agent it names, else the flow's.
+    fn on_bot_transfer(&mut self, to: String) {
+        let Route::Flow(flow) = &self.route else {
+            return;
+        };
+        let to = if to.trim().is_empty() {
+            match flow.default_agent.clone() {
+                Some(agent) => agent,
+                None => {
+                    warn!(
+                        call_id = self.invite.call_id(),
+                        "bot transfer names no agent and the flow has none"
+                    );
+                    return;
+                }
+            }
+        } else {
+            to
+        };
+        if self.peer.is_some() || !matches!(self.phase, Phase::Answered | Phase::Confirmed) {
+            return;
+        }
+        info!(
+            call_id = self.invite.call_id(),
+            to, "bot asked for a transfer"
+        );
+        self.pending = Some(Pending::Agent {
+            to,
+            from_transfer: true,
+        });
     }
 
     fn on_media_event(&mut self, event: MediaEvent, now: Instant) {
@@ -985,6 +1319,7 @@ impl Call {
     }
 
     fn on_timeout(&mut self, now: Instant) {
+        self.on_peer_timeout(now);
         self.invite_tx.handle_timeout(now);
         if let Some(re) = self.reinvite.as_mut() {
             re.tx.handle_timeout(now);
@@ -1015,6 +1350,7 @@ impl Call {
 
     /// Sends what the transactions queued and reacts to their events.
     fn flush(&mut self) {
+        self.flush_peer();
         let now = Instant::now();
         let sender = self.core.sender().clone();
         let target = voicegate_sip::message::response_target(
@@ -1059,6 +1395,7 @@ impl Call {
         deadlines.extend(self.reinvite.as_ref().map(|re| re.tx.poll_timeout()));
         deadlines.extend(self.answered.iter().map(|(_, _, tx)| tx.poll_timeout()));
         deadlines.extend(self.bye.as_ref().map(|b| b.poll_timeout()));
+        deadlines.extend(self.peer_deadlines().map(Some));
         if let Phase::Ringing {
             answer_at,
             give_up_at,
@@ -1080,6 +1417,7 @@ impl Call {
                 .is_none_or(|re| re.tx.is_terminated())
             && self.answered.is_empty()
             && self.bye.as_ref().is_none_or(|b| b.is_terminated())
+            && !self.peer_busy()
     }
 
     /// The call detail record: one line per call, whatever its outcome.
@@ -1092,13 +1430,17 @@ impl Call {
         let now = self.ended_at.unwrap_or_else(Instant::now);
         let media = self.media_record.report.clone().unwrap_or_default();
         let bot = self.media_record.bot.clone().unwrap_or_default();
-        // One leg or the other carried the call's RTP.
-        let rtp = if self.media_record.bot.is_some() {
+        let relay = self.media_record.relay.clone().unwrap_or_default();
+        // The caller's RTP: relayed, or through the bot, or echoed.
+        let rtp = if self.media_record.relay.is_some() {
+            &relay.a
+        } else if self.media_record.bot.is_some() {
             &bot.rtp
         } else {
             &media.rtp
         };
         let codec = self.media_record.codec.unwrap_or("-");
+        let peer = self.peer.as_ref();
         info!(
             target: "voicegate::cdr",
             call_id = self.invite.call_id(),
@@ -1122,10 +1464,24 @@ impl Call {
             bot_marks = bot.marks_echoed,
             bot_clears = bot.clears,
             bot_frames_invalid = bot.bot_frames_invalid,
+            direction = self.direction,
+            peer = peer.and_then(|p| p.answered_by.as_deref()).unwrap_or("-"),
+            peer_attempts = peer.map_or(0, |p| p.attempts),
+            peer_last_failure = peer.and_then(|p| p.last_failure.as_ref()).map_or(0, |f| f.0),
+            peer_codec = self.media_record.peer_codec.unwrap_or("-"),
+            transcoding = self.media_record.transcoding,
+            peer_rtp_in = relay.b.packets_in,
+            peer_rtp_out = relay.b.packets_out,
+            escalated_to = self.media_record.escalated_to.as_deref().unwrap_or("-"),
             end = self.end_reason,
             "call ended"
         );
     }
+}
+
+/// The ringback tone named by `routing.ringback`.
+pub fn ringback_tone(name: &str) -> voicegate_bridge::tone::Tone {
+    b2bua::ringback(name)
 }
 
 /// INVITE headers named in `bridge.forward_headers` (a trailing `*` matches a prefix), as

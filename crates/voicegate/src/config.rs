@@ -55,9 +55,13 @@ pub struct Config {
     /// Customer trunks seeded from the file: who may call in, and where their numbers go.
     /// With none, every source may call the test numbers and flow numbers (a demo setup).
     pub trunks: Vec<TrunkConfig>,
+    /// Upstream carrier gateways (the telephone network side): outbound calls go to them
+    /// in priority order; INVITEs from their addresses are inbound calls.
+    pub carriers: Vec<CarrierConfig>,
     pub api: ApiConfig,
     pub store: StoreConfig,
     pub sip: SipConfig,
+    pub routing: RoutingConfig,
     pub rtp: RtpConfig,
     pub bridge: BridgeConfig,
     pub test_numbers: TestNumbersConfig,
@@ -65,7 +69,7 @@ pub struct Config {
 }
 
 /// Keys whose values are tables of their own (set in the file only, no env override).
-const FILE_ONLY_KEYS: &[&str] = &["flows", "trunks"];
+const FILE_ONLY_KEYS: &[&str] = &["flows", "trunks", "carriers"];
 
 /// `[api]`: the Exotel-compatible trunk API.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -142,6 +146,12 @@ pub struct TrunkConfig {
     /// Whether the trunk's PBX may REGISTER (with its credentials) so calls can reach it
     /// behind NAT.
     pub registration_enabled: bool,
+    /// Where inbound calls to the trunk's `pstn` numbers go, in priority order (first
+    /// first): `host[:port][;transport=tcp]` or a `sip:`/`sips:` URI; a host name is resolved
+    /// at each call.
+    pub destinations: Vec<String>,
+    /// The caller ID (E.164) of the calls the trunk places ("" = the caller's own).
+    pub external_alias: String,
 }
 
 impl Default for TrunkConfig {
@@ -155,6 +165,8 @@ impl Default for TrunkConfig {
             calls_per_minute: 200,
             numbers: Vec::new(),
             registration_enabled: false,
+            destinations: Vec::new(),
+            external_alias: String::new(),
         }
     }
 }
@@ -189,10 +201,93 @@ pub struct NumberConfig {
     pub flow: String,
 }
 
+/// `[[carriers]]`: an upstream gateway (its password is never logged).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CarrierConfig {
+    pub name: String,
+    /// Where outbound calls go: `sip:host[:port][;transport=tcp]` (`sips:` for TLS); the
+    /// dialled number becomes the user part. A host name is resolved at each attempt.
+    pub uri: String,
+    /// Digest credentials for the carrier's 401/407 challenges ("" = none).
+    pub username: String,
+    pub password: String,
+    /// Lower first; carriers of equal priority keep their order in the file.
+    pub priority: u32,
+    /// Source networks of the carrier's own INVITEs (inbound calls); they are not
+    /// challenged. "" entries are not allowed.
+    pub inbound_ips: Vec<String>,
+}
+
+impl Default for CarrierConfig {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            uri: String::new(),
+            username: String::new(),
+            password: String::new(),
+            priority: 10,
+            inbound_ips: Vec::new(),
+        }
+    }
+}
+
+impl std::fmt::Debug for CarrierConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CarrierConfig")
+            .field("name", &self.name)
+            .field("uri", &self.uri)
+            .field("username", &self.username)
+            .field("password", &"[redacted]")
+            .field("priority", &self.priority)
+            .field("inbound_ips", &self.inbound_ips)
+            .finish()
+    }
+}
+
+/// `[routing]`: how calls leave voicegate (carriers, destination URIs, agents).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    /// DNS servers (`ip:port`) for destination host names; empty = the system's resolver.
+    pub dns_servers: Vec<String>,
+    /// How long one DNS query may take, in milliseconds.
+    pub dns_timeout_ms: u64,
+    /// A next hop that sends no response at all within this time is skipped (next carrier or
+    /// destination).
+    pub attempt_timeout_secs: u64,
+    /// A call that is not answered within this time is given up (408 to the caller).
+    pub answer_timeout_secs: u64,
+    /// Session timer (RFC 4028) we ask for on our INVITEs and offer in our 2xx.
+    pub session_expires_secs: u32,
+    /// Smallest session interval we accept: below it a request gets 422.
+    pub min_session_expires_secs: u32,
+    /// The tone callers hear while an agent's phone rings: `eu` (425 Hz) or `us` (440+480 Hz).
+    pub ringback: String,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        Self {
+            dns_servers: Vec::new(),
+            dns_timeout_ms: 2000,
+            attempt_timeout_secs: 4,
+            answer_timeout_secs: 120,
+            session_expires_secs: 1800,
+            min_session_expires_secs: 90,
+            ringback: "eu".into(),
+        }
+    }
+}
+
+/// Values of `routing.ringback`.
+pub const RINGBACK_TONES: &[&str] = &["eu", "us"];
+
 /// Values of `flows.protocol`, `flows.direction` and `flows.on_stream_end`.
 pub const FLOW_PROTOCOLS: &[&str] = &["exotel", "twilio"];
 pub const FLOW_DIRECTIONS: &[&str] = &["bidirectional", "unidirectional"];
-pub const FLOW_END_ACTIONS: &[&str] = &["hangup"];
+pub const FLOW_END_ACTIONS: &[&str] = &["hangup", "connect"];
+pub const FLOW_FALLBACKS: &[&str] = &["hangup", "bot"];
 
 /// `[[flows]]`: a voice bot reached over WebSocket, and the numbers that go to it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -206,8 +301,16 @@ pub struct FlowConfig {
     pub protocol: String,
     /// `bidirectional` (a voicebot that talks back) or `unidirectional` (a listen-only stream).
     pub direction: String,
-    /// What happens when the bot step ends: `hangup`.
+    /// What happens when the bot closes its socket: `hangup`, or `connect` to `connect_to`.
     pub on_stream_end: String,
+    /// The agent for `connect` and for transfers without a target: a SIP URI, `+E.164` (by
+    /// the carriers) or `trunk:{trunk_sid}` (that trunk's destination URIs).
+    pub connect_to: String,
+    /// After a hand-off to an agent, the bot keeps receiving both parties' audio
+    /// (listen-only) when the hand-off came from its own `transfer`.
+    pub agent_assist: bool,
+    /// When the agent leg fails (busy, no answer, error): `hangup`, or back to the `bot`.
+    pub fallback: String,
     /// Dialled numbers (Request-URI user parts) answered by this flow.
     pub numbers: Vec<String>,
 }
@@ -220,6 +323,9 @@ impl Default for FlowConfig {
             protocol: "exotel".into(),
             direction: "bidirectional".into(),
             on_stream_end: "hangup".into(),
+            connect_to: String::new(),
+            agent_assist: false,
+            fallback: "hangup".into(),
             numbers: Vec::new(),
         }
     }
@@ -517,6 +623,8 @@ impl Config {
         self.test_numbers.validate()?;
         self.validate_flows()?;
         self.validate_trunks()?;
+        self.validate_carriers()?;
+        self.routing.validate()?;
         self.log.validate()
     }
 }
@@ -546,6 +654,7 @@ impl Config {
                 ("protocol", &flow.protocol, FLOW_PROTOCOLS),
                 ("direction", &flow.direction, FLOW_DIRECTIONS),
                 ("on_stream_end", &flow.on_stream_end, FLOW_END_ACTIONS),
+                ("fallback", &flow.fallback, FLOW_FALLBACKS),
             ] {
                 if !allowed.contains(&value.as_str()) {
                     return Err(invalid(
@@ -557,6 +666,15 @@ impl Config {
                         ),
                     ));
                 }
+            }
+            if flow.on_stream_end == "connect" && flow.connect_to.trim().is_empty() {
+                return Err(invalid(
+                    &key("connect_to"),
+                    format!(
+                        "{}: on_stream_end = \"connect\" needs an agent to connect to",
+                        key("connect_to")
+                    ),
+                ));
             }
             for number in &flow.numbers {
                 if seen.contains(&number.as_str())
@@ -606,6 +724,26 @@ impl Config {
                     ),
                 ));
             }
+            for destination in &trunk.destinations {
+                if let Err(e) = voicegate_control::parse_destination(destination) {
+                    return Err(invalid(
+                        &key("destinations"),
+                        format!("{}: {destination:?}: {e}", key("destinations")),
+                    ));
+                }
+            }
+            if !trunk.external_alias.is_empty()
+                && voicegate_control::check_e164(&trunk.external_alias).is_err()
+            {
+                return Err(invalid(
+                    &key("external_alias"),
+                    format!(
+                        "{}: {:?} is not E.164 (+ and 8 to 15 digits)",
+                        key("external_alias"),
+                        trunk.external_alias
+                    ),
+                ));
+            }
             for number in &trunk.numbers {
                 if voicegate_control::check_e164(&number.number).is_err() {
                     return Err(invalid(
@@ -639,6 +777,90 @@ impl Config {
                     }
                 }
             }
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    fn validate_carriers(&self) -> Result<(), ConfigError> {
+        for (i, carrier) in self.carriers.iter().enumerate() {
+            let key = |field: &str| format!("carriers[{i}].{field}");
+            if carrier.name.trim().is_empty() {
+                return Err(invalid(
+                    &key("name"),
+                    format!("{}: every carrier needs a name", key("name")),
+                ));
+            }
+            if let Err(e) = crate::resolve::parse_sip_target(&carrier.uri) {
+                return Err(invalid(
+                    &key("uri"),
+                    format!("{}: {:?}: {e}", key("uri"), carrier.uri),
+                ));
+            }
+            if carrier.username.is_empty() != carrier.password.is_empty() {
+                return Err(invalid(
+                    &key("username"),
+                    format!(
+                        "{}: give both username and password, or neither",
+                        key("username")
+                    ),
+                ));
+            }
+            for net in &carrier.inbound_ips {
+                if let Err(e) = voicegate_control::IpNet::parse(net) {
+                    return Err(invalid(
+                        &key("inbound_ips"),
+                        format!("{}: {net:?}: {e}", key("inbound_ips")),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl RoutingConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        for server in &self.dns_servers {
+            if server.parse::<SocketAddr>().is_err() {
+                return Err(invalid(
+                    "routing.dns_servers",
+                    format!("routing.dns_servers: {server:?} is not ip:port"),
+                ));
+            }
+        }
+        for (key, value) in [
+            ("routing.dns_timeout_ms", self.dns_timeout_ms),
+            ("routing.attempt_timeout_secs", self.attempt_timeout_secs),
+            ("routing.answer_timeout_secs", self.answer_timeout_secs),
+            (
+                "routing.min_session_expires_secs",
+                u64::from(self.min_session_expires_secs),
+            ),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, format!("{key}: must be at least 1")));
+            }
+        }
+        if self.session_expires_secs < self.min_session_expires_secs {
+            return Err(invalid(
+                "routing.session_expires_secs",
+                format!(
+                    "routing.session_expires_secs: {} is below routing.min_session_expires_secs {}",
+                    self.session_expires_secs, self.min_session_expires_secs
+                ),
+            ));
+        }
+        if !RINGBACK_TONES.contains(&self.ringback.as_str()) {
+            return Err(invalid(
+                "routing.ringback",
+                format!(
+                    "routing.ringback: {:?} is not one of {}",
+                    self.ringback,
+                    RINGBACK_TONES.join(", ")
+                ),
+            ));
         }
         Ok(())
     }

@@ -23,9 +23,9 @@ use voicegate_sip::transport::{Handler, Incoming, Sender, Source};
 use crate::call;
 
 /// Methods we implement, for Allow headers.
-pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO";
-/// Option tags we support (none yet: session timers and 100rel come later).
-pub const SUPPORTED: &str = "";
+pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE";
+/// Option tags we support: session timers (RFC 4028).
+pub const SUPPORTED: &str = "timer";
 /// SIP methods we know of but do not serve here: 405 rather than 501 (RFC 3261 §21.4.6).
 const KNOWN_NOT_ALLOWED: &[&str] = &[
     "REGISTER",
@@ -33,7 +33,6 @@ const KNOWN_NOT_ALLOWED: &[&str] = &[
     "PUBLISH",
     "MESSAGE",
     "REFER",
-    "UPDATE",
     "PRACK",
     "NOTIFY",
 ];
@@ -55,6 +54,30 @@ pub struct Settings {
     pub bridge: BridgeSettings,
     /// An answered call with no RTP for this long is ended.
     pub rtp_timeout: Duration,
+    /// Upstream gateways, lowest priority first.
+    pub carriers: Vec<Carrier>,
+    pub routing: RoutingSettings,
+}
+
+/// An upstream carrier gateway as calls use it.
+#[derive(Clone, Debug)]
+pub struct Carrier {
+    pub name: String,
+    /// `sip:host[:port][;params]`; the dialled number becomes its user part.
+    pub uri: String,
+    pub credentials: Option<(String, String)>,
+    pub priority: u32,
+    /// Where its own INVITEs come from.
+    pub inbound: Vec<voicegate_control::IpNet>,
+}
+
+/// How calls are placed out of voicegate.
+#[derive(Clone, Debug)]
+pub struct RoutingSettings {
+    pub attempt_timeout: Duration,
+    pub answer_timeout: Duration,
+    pub session_timer: voicegate_sip::session_timer::TimerConfig,
+    pub ringback: voicegate_bridge::tone::Tone,
 }
 
 /// A bot flow as calls use it (its URL parsed once, at start-up).
@@ -67,6 +90,14 @@ pub struct FlowRoute {
     pub numbers: Vec<String>,
     /// Custom parameters of the flow, passed to the bot after the URL's own.
     pub parameters: Vec<(String, String)>,
+    /// Where the caller goes when the bot closes its socket (None: hang up).
+    pub connect_on_end: Option<String>,
+    /// The agent for a bot `transfer` that names none.
+    pub default_agent: Option<String>,
+    /// After the bot's own transfer, it keeps hearing both parties.
+    pub agent_assist: bool,
+    /// When the agent leg fails: back to the bot (true) or hang up.
+    pub fallback_to_bot: bool,
 }
 
 /// What every bot session shares.
@@ -113,7 +144,7 @@ pub enum CallInput {
     Response(Response, Source),
 }
 
-type CallTx = mpsc::Sender<CallInput>;
+pub(crate) type CallTx = mpsc::Sender<CallInput>;
 
 #[derive(Default)]
 struct Routes {
@@ -135,6 +166,8 @@ pub struct Core {
     pub gate: Option<crate::admit::Gate>,
     /// Trunks, numbers, flows and registrations (None when `store.url` is empty).
     pub store: Option<Arc<voicegate_control::Store>>,
+    /// Destination host names to addresses (SRV, A/AAAA).
+    pub resolver: crate::resolve::Resolver,
     pub pool: Arc<PortPool>,
     pub stats: CallStats,
     /// Call events; sending with no subscriber is fine (they are dropped).
@@ -152,11 +185,13 @@ impl Core {
         pool: Arc<PortPool>,
         gate: Option<crate::admit::Gate>,
         store: Option<Arc<voicegate_control::Store>>,
+        resolver: crate::resolve::Resolver,
     ) -> Arc<Self> {
         Arc::new(Core {
             settings,
             gate,
             store,
+            resolver,
             pool,
             stats: CallStats::default(),
             events: tokio::sync::broadcast::channel(256).0,
@@ -199,6 +234,28 @@ impl Core {
         routes
             .by_tag
             .remove(&(call_id.to_string(), local_tag.to_string()));
+    }
+
+    /// Routes a leg we placed (its Call-ID and our From-tag) to its call: the next hop's
+    /// responses and in-dialog requests.
+    pub fn register_leg(&self, call_id: &str, local_tag: &str, call: &CallTx) {
+        self.lock_routes()
+            .by_tag
+            .insert((call_id.to_string(), local_tag.to_string()), call.clone());
+    }
+
+    pub fn unregister_leg(&self, call_id: &str, local_tag: &str) {
+        self.lock_routes()
+            .by_tag
+            .remove(&(call_id.to_string(), local_tag.to_string()));
+    }
+
+    /// The carrier whose inbound addresses include `ip`.
+    pub fn carrier_from(&self, ip: IpAddr) -> Option<&Carrier> {
+        self.settings
+            .carriers
+            .iter()
+            .find(|c| c.inbound.iter().any(|net| net.contains(ip)))
     }
 
     pub fn active_calls(&self) -> usize {
@@ -287,7 +344,7 @@ impl Core {
             {
                 tokio::spawn(crate::registrar::handle(self.clone(), request, source));
             }
-            "BYE" | "INFO" => {
+            "BYE" | "INFO" | "UPDATE" => {
                 let response = request.response(481, "Call/Transaction Does Not Exist");
                 self.answer(&request, &source, &branch, response)
             }
@@ -320,7 +377,9 @@ impl Core {
             routes
                 .by_branch
                 .insert((call_id.clone(), branch.clone()), tx.clone());
-            routes.by_tag.insert((call_id, local_tag.clone()), tx);
+            routes
+                .by_tag
+                .insert((call_id, local_tag.clone()), tx.clone());
         }
         self.stats.invites.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(call::run(
@@ -329,6 +388,7 @@ impl Core {
             source,
             branch,
             local_tag,
+            tx,
             rx,
         ));
     }

@@ -159,6 +159,22 @@ fn contact_expires(contact: &str) -> Option<u64> {
     })
 }
 
+/// Where a binding's PBX is reached: the address its REGISTER came from (`udp:1.2.3.4:5060`),
+/// which is what gets through its NAT, rather than the Contact it wrote.
+pub fn binding_target(source: &str) -> Option<crate::resolve::Target> {
+    let (transport, addr) = source.split_once(':')?;
+    let transport = match transport.to_ascii_lowercase().as_str() {
+        "udp" => voicegate_sip::transport::TransportKind::Udp,
+        "tcp" => voicegate_sip::transport::TransportKind::Tcp,
+        "tls" => voicegate_sip::transport::TransportKind::Tls,
+        _ => return None,
+    };
+    Some(crate::resolve::Target {
+        addr: addr.parse().ok()?,
+        transport,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::contact_expires;

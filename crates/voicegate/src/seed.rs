@@ -48,6 +48,8 @@ pub async fn seed(store: &Store, config: &Config) -> Result<(), String> {
             },
             custom_parameters: serde_json::Map::new(),
             on_stream_end: OnStreamEnd::Hangup,
+            agent_assist: false,
+            fallback: voicegate_control::FlowFallback::Hangup,
         };
         let record = match existing.iter().find(|f| f.name == flow.name) {
             Some(found) => store
@@ -167,6 +169,30 @@ pub async fn seed(store: &Store, config: &Config) -> Result<(), String> {
                 .add_number(&sid, &n.number, &mode)
                 .await
                 .map_err(|e| err("numbers", e))?;
+        }
+        for d in store
+            .list_destinations(&sid, Page::ALL)
+            .await
+            .map_err(|e| err("destination URIs", e))?
+        {
+            store
+                .delete_destination(&sid, &d.id)
+                .await
+                .map_err(|e| err("destination URIs", e))?;
+        }
+        for (priority, destination) in t.destinations.iter().enumerate() {
+            let (uri, _) = voicegate_control::parse_destination(destination)
+                .map_err(|e| format!("seeding destination URIs: {destination}: {e}"))?;
+            store
+                .add_destination(&sid, &uri, Some(priority as i64), None)
+                .await
+                .map_err(|e| err("destination URIs", e))?;
+        }
+        if !t.external_alias.is_empty() {
+            store
+                .set_setting(&sid, "trunk_external_alias", &t.external_alias)
+                .await
+                .map_err(|e| err("settings", e))?;
         }
     }
     Ok(())

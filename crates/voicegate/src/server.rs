@@ -11,7 +11,10 @@ use voicegate_sip::transport::{self, Handler, ListenConfig, LocalAddrs, Sender};
 
 use crate::admit::{Gate, Trunks};
 use crate::config::Config;
-use crate::core::{BridgeSettings, Core, CoreHandler, FlowRoute, Settings};
+use crate::core::{
+    BridgeSettings, Carrier, Core, CoreHandler, FlowRoute, RoutingSettings, Settings,
+};
+use crate::resolve::Resolver;
 use crate::tls;
 use voicegate_control::{router, ApiAccount, ApiState, ChangeFuture, Store};
 
@@ -53,8 +56,30 @@ pub fn settings(config: &Config) -> Result<Settings, StartError> {
             bidirectional: flow.direction == "bidirectional",
             numbers: flow.numbers.clone(),
             parameters: Vec::new(),
+            connect_on_end: (flow.on_stream_end == "connect").then(|| flow.connect_to.clone()),
+            default_agent: (!flow.connect_to.is_empty()).then(|| flow.connect_to.clone()),
+            agent_assist: flow.agent_assist,
+            fallback_to_bot: flow.fallback == "bot",
         });
     }
+    let mut carriers: Vec<Carrier> = config
+        .carriers
+        .iter()
+        .map(|c| Carrier {
+            name: c.name.clone(),
+            uri: c.uri.clone(),
+            credentials: (!c.username.is_empty()).then(|| (c.username.clone(), c.password.clone())),
+            priority: c.priority,
+            inbound: c
+                .inbound_ips
+                .iter()
+                .filter_map(|n| voicegate_control::IpNet::parse(n).ok())
+                .collect(),
+        })
+        .collect();
+    // Stable: equal priorities keep the file's order.
+    carriers.sort_by_key(|c| c.priority);
+    let routing = &config.routing;
     let bridge = &config.bridge;
     let extra_ca =
         (!bridge.extra_ca_file.is_empty()).then(|| std::path::PathBuf::from(&bridge.extra_ca_file));
@@ -86,6 +111,16 @@ pub fn settings(config: &Config) -> Result<Settings, StartError> {
             silence_when_idle: bridge.silence_when_idle,
             forward_headers: bridge.forward_headers.clone(),
             account_sid: "voicegate".into(),
+        },
+        carriers,
+        routing: RoutingSettings {
+            attempt_timeout: Duration::from_secs(routing.attempt_timeout_secs),
+            answer_timeout: Duration::from_secs(routing.answer_timeout_secs),
+            session_timer: voicegate_sip::session_timer::TimerConfig {
+                session_expires: routing.session_expires_secs,
+                min_se: routing.min_session_expires_secs,
+            },
+            ringback: crate::call::ringback_tone(&routing.ringback),
         },
     })
 }
@@ -119,11 +154,23 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         None => Trunks::build(&config.trunks, None),
     };
     let gate = Some(Gate::new(trunks, DIGEST_REALM));
+    let dns_servers: Vec<std::net::SocketAddr> = config
+        .routing
+        .dns_servers
+        .iter()
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    let resolver = Resolver::new(
+        &dns_servers,
+        Duration::from_millis(config.routing.dns_timeout_ms),
+    )
+    .map_err(|e| StartError::Flow(format!("config: routing.dns_servers: {e}")))?;
     let core = Core::new(
         settings(config)?,
         PortPool::new(*range.start(), *range.end()),
         gate,
         store.clone(),
+        resolver,
     );
     let listen = ListenConfig {
         udp: config.sip.udp_addr(),
@@ -133,7 +180,13 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         user_agent: config.sip.user_agent.clone(),
     };
     let handler: Arc<dyn Handler> = Arc::new(CoreHandler(core.clone()));
-    let (sender, local) = transport::start(listen, tls_config, handler).await?;
+    let (sender, local) = transport::start(
+        listen,
+        tls_config,
+        transport::OutboundConfig::default(),
+        handler,
+    )
+    .await?;
     core.attach(sender.clone());
     let api = match store {
         Some(store) => start_api(config, store, core.clone()).await?,

@@ -1285,6 +1285,203 @@ async fn flows_crud_and_errors() {
 }
 
 #[tokio::test]
+async fn flow_escalation_fields_default_update_and_validate() {
+    let api = api().await;
+    // Without the fields: the defaults.
+    let plain = api
+        .call(
+            "POST",
+            "/flows",
+            Some(json!({"name": "plain", "stream_url": "wss://bot.example/ws"})),
+        )
+        .await;
+    let plain = data(&plain).clone();
+    assert_eq!(plain["agent_assist"], false);
+    assert_eq!(plain["fallback"], "hangup");
+
+    // With them.
+    let got = api
+        .call(
+            "POST",
+            "/flows",
+            Some(json!({
+                "name": "assisted",
+                "stream_url": "wss://bot.example/ws",
+                "on_stream_end": {"action": "connect", "destination": "sip:agent@pbx.example"},
+                "agent_assist": true,
+                "fallback": "bot"
+            })),
+        )
+        .await;
+    let f = data(&got).clone();
+    let id = f["id"].as_str().unwrap().to_string();
+    assert_eq!(f["agent_assist"], true);
+    assert_eq!(f["fallback"], "bot");
+    let read = api.call("GET", &format!("/flows/{id}"), None).await;
+    assert_eq!(data(&read)["agent_assist"], true);
+    assert_eq!(data(&read)["fallback"], "bot");
+    let listed = list_data(&api.call("GET", "/flows", None).await);
+    assert_eq!(listed[1]["fallback"], "bot");
+    // The SIP side sees them.
+    let snap = api.store.snapshot().await.unwrap();
+    let rec = snap.flow(&id).unwrap();
+    assert!(rec.agent_assist);
+    assert_eq!(rec.fallback, FlowFallback::Bot);
+
+    // PUT keeps them when absent, changes each alone, and `null` means the default.
+    let path = format!("/flows/{id}");
+    let put = |b: Value| api.call("PUT", &path, Some(b));
+    let u = put(json!({"name": "renamed"})).await;
+    assert_eq!(
+        (
+            data(&u)["agent_assist"].clone(),
+            data(&u)["fallback"].clone()
+        ),
+        (json!(true), json!("bot"))
+    );
+    let u = put(json!({"fallback": "hangup"})).await;
+    assert_eq!(
+        (
+            data(&u)["agent_assist"].clone(),
+            data(&u)["fallback"].clone()
+        ),
+        (json!(true), json!("hangup"))
+    );
+    let u = put(json!({"agent_assist": "false", "fallback": "bot"})).await;
+    assert_eq!(
+        (
+            data(&u)["agent_assist"].clone(),
+            data(&u)["fallback"].clone()
+        ),
+        (json!(false), json!("bot"))
+    );
+    let u = put(json!({"agent_assist": true})).await;
+    assert_eq!(data(&u)["agent_assist"], true);
+    let u = put(json!({"agent_assist": null, "fallback": null})).await;
+    assert_eq!(
+        (
+            data(&u)["agent_assist"].clone(),
+            data(&u)["fallback"].clone()
+        ),
+        (json!(false), json!("hangup"))
+    );
+    let rec = api.store.flow(ACC, &id).await.unwrap().unwrap();
+    assert!(!rec.agent_assist);
+    assert_eq!(rec.fallback, FlowFallback::Hangup);
+
+    // Invalid values: 1002 in the envelope, on POST and on PUT, and nothing changes.
+    let before = api.changes();
+    for bad in [
+        json!({"agent_assist": "yes"}),
+        json!({"agent_assist": 1}),
+        json!({"agent_assist": [true]}),
+        json!({"fallback": "agent"}),
+        json!({"fallback": "Bot"}),
+        json!({"fallback": true}),
+        json!({"fallback": ""}),
+    ] {
+        let mut post = bad.clone();
+        post["name"] = json!("x");
+        post["stream_url"] = json!("wss://x");
+        assert_err(&api.call("POST", "/flows", Some(post)).await, 400, 1002);
+        assert_err(&put(bad).await, 400, 1002);
+    }
+    assert_eq!(api.changes(), before);
+    let rec = api.store.flow(ACC, &id).await.unwrap().unwrap();
+    assert!(!rec.agent_assist);
+    assert_eq!(rec.fallback, FlowFallback::Hangup);
+}
+
+#[tokio::test]
+async fn flow_destination_may_be_one_of_the_accounts_trunks() {
+    let api = api().await;
+    let sid = api.trunk("agents").await;
+    let connect = |destination: &str| {
+        json!({
+            "name": "bot",
+            "stream_url": "wss://bot.example/ws",
+            "on_stream_end": {"action": "connect", "destination": destination}
+        })
+    };
+    let got = api
+        .call("POST", "/flows", Some(connect(&format!("trunk:{sid}"))))
+        .await;
+    let f = data(&got).clone();
+    let id = f["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        f["on_stream_end"],
+        json!({"action": "connect", "destination": format!("trunk:{sid}")})
+    );
+    assert_eq!(
+        api.store
+            .flow(ACC, &id)
+            .await
+            .unwrap()
+            .unwrap()
+            .on_stream_end,
+        OnStreamEnd::Connect {
+            destination: format!("trunk:{sid}")
+        }
+    );
+    data(
+        &api.call("POST", "/flows", Some(connect("sips:agent@pbx.example")))
+            .await,
+    );
+
+    // A trunk of another account, an unknown one, or none at all: 1002.
+    let (s, v) = api
+        .call_as(
+            ACC2,
+            "key2",
+            "tok2",
+            "POST",
+            "/trunks",
+            Some(
+                json!({"trunk_name": "theirs", "nso_code": "ANY-ANY", "domain_name": "b.example"}),
+            ),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let theirs = v["response"]["data"]["trunk_sid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for bad in [
+        format!("trunk:{theirs}"),
+        "trunk:TRnope".to_string(),
+        "trunk:".to_string(),
+        format!("trunk: {sid}"),
+    ] {
+        assert_err(
+            &api.call("POST", "/flows", Some(connect(&bad))).await,
+            400,
+            1002,
+        );
+        assert_err(
+            &api.call(
+                "PUT",
+                &format!("/flows/{id}"),
+                Some(json!({"on_stream_end": {"action": "connect", "destination": bad}})),
+            )
+            .await,
+            400,
+            1002,
+        );
+    }
+
+    // Once the trunk is gone the flow can still be edited (its calls fail at hand-off).
+    data(&api.call("DELETE", &format!("/trunks/{sid}"), None).await);
+    let u = api
+        .call(
+            "PUT",
+            &format!("/flows/{id}"),
+            Some(json!({"fallback": "bot"})),
+        )
+        .await;
+    assert_eq!(data(&u)["fallback"], "bot");
+}
+
+#[tokio::test]
 async fn on_change_fires_once_per_successful_write_only() {
     let api = api().await;
     assert_eq!(api.changes(), 0);

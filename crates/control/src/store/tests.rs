@@ -15,6 +15,8 @@ fn flow(name: &str) -> NewFlow {
         direction: FlowDirection::Bidirectional,
         custom_parameters: serde_json::Map::new(),
         on_stream_end: OnStreamEnd::Hangup,
+        agent_assist: false,
+        fallback: FlowFallback::Hangup,
     }
 }
 
@@ -359,6 +361,68 @@ async fn flows_crud_and_in_use() {
     assert_eq!(s.delete_flow(OTHER, &f.id).await.unwrap(), None);
     assert_eq!(s.delete_flow(ACC, &f.id).await.unwrap(), Some(up));
     assert_eq!(s.flow(ACC, &f.id).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn flow_escalation_fields_round_trip() {
+    let s = mem().await;
+    let plain = s.create_flow(ACC, &flow("plain")).await.unwrap();
+    assert!(!plain.agent_assist);
+    assert_eq!(plain.fallback, FlowFallback::Hangup);
+
+    let mut new = flow("assisted");
+    new.on_stream_end = OnStreamEnd::Connect {
+        destination: "trunk:TR1".into(),
+    };
+    new.agent_assist = true;
+    new.fallback = FlowFallback::Bot;
+    let f = s.create_flow(ACC, &new).await.unwrap();
+    assert!(f.agent_assist);
+    assert_eq!(f.fallback, FlowFallback::Bot);
+    assert_eq!(s.flow(ACC, &f.id).await.unwrap(), Some(f.clone()));
+
+    new.agent_assist = false;
+    let up = s.update_flow(ACC, &f.id, &new).await.unwrap().unwrap();
+    assert!(!up.agent_assist);
+    assert_eq!(up.fallback, FlowFallback::Bot);
+    assert_eq!(s.flow(ACC, &f.id).await.unwrap(), Some(up.clone()));
+    new.fallback = FlowFallback::Hangup;
+    new.agent_assist = true;
+    let up = s.update_flow(ACC, &f.id, &new).await.unwrap().unwrap();
+    assert_eq!(s.flow(ACC, &f.id).await.unwrap(), Some(up.clone()));
+
+    let cs = s.snapshot().await.unwrap();
+    assert_eq!(cs.flow(&f.id), Some(&up));
+    assert_eq!(cs.flow(&plain.id), Some(&plain));
+}
+
+#[tokio::test]
+async fn flows_written_before_the_escalation_columns_get_the_defaults() {
+    // A row inserted without the new columns, as every flow stored before migration 0003.
+    let s = mem().await;
+    sqlx::query(
+        "INSERT INTO flows (id, account_sid, name, stream_url, protocol, direction, \
+         custom_parameters, on_stream_end, date_created, date_updated) \
+         VALUES ('FLold', ?, 'old', 'wss://bot.example/ws', 'exotel', 'bidirectional', '{}', \
+         '{\"action\":\"hangup\"}', '2025-01-01T00:00:00.000Z', '2025-01-01T00:00:00.000Z')",
+    )
+    .bind(ACC)
+    .execute(&s.pool)
+    .await
+    .unwrap();
+    let old = s.flow(ACC, "FLold").await.unwrap().unwrap();
+    assert!(!old.agent_assist);
+    assert_eq!(old.fallback, FlowFallback::Hangup);
+
+    // A value the code does not know is reported as a corrupt row, not guessed at.
+    sqlx::query("UPDATE flows SET fallback = 'agent' WHERE id = 'FLold'")
+        .execute(&s.pool)
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.flow(ACC, "FLold").await,
+        Err(StoreError::Corrupt(_))
+    ));
 }
 
 #[tokio::test]

@@ -1,0 +1,1409 @@
+//! The B2BUA half of a call: the leg voicegate places (to a carrier, a trunk's destination or
+//! an agent), failover between next hops, early media, the relay between the two legs,
+//! session timers on both legs, and escalation from a bot to an agent.
+//!
+//! The caller's leg stays in [`Call`]; this file adds the other leg ([`Peer`]) and what joins
+//! them. Next hops are tried in order: 408, 5xx and silence move on to the next; any other
+//! final answer goes back to the caller (or, for an agent, to the flow's fallback).
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::{info, warn};
+use voicegate_bridge::relay::{LegDirection, RelayEvent, RelayHandle, RelayLeg, Side};
+use voicegate_bridge::session::{CallCodec, CallMedia};
+use voicegate_bridge::tap::TapFrame;
+use voicegate_bridge::tone::ToneHandle;
+use voicegate_rtp::RtpPorts;
+use voicegate_sip::message::{Request, Response};
+use voicegate_sip::sdp::{self, Direction, LocalMedia, Negotiated};
+use voicegate_sip::session_timer::{self, Refresher, SessionTimer};
+use voicegate_sip::transaction::{ServerInviteTx, TxEvent};
+use voicegate_sip::transport::Source;
+
+use super::{Call, Leg, Phase, Route};
+use crate::core::{Core, ALLOW, SUPPORTED};
+use crate::outbound::{Hop, InviteParams, OutState, OutboundEvent, OutboundLeg};
+use crate::resolve::{parse_sip_target, Target};
+
+/// One place to try.
+#[derive(Clone, Debug)]
+pub struct NextHop {
+    /// The Request-URI of the INVITE (the dialled number as user part).
+    pub request_uri: String,
+    pub credentials: Option<(String, String)>,
+    /// Already resolved (an SRV sibling, or a registered contact's source address).
+    pub fixed: Option<Target>,
+    /// For logs and the call record: carrier or destination name.
+    pub label: String,
+}
+
+/// What the other leg is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerRole {
+    /// The call itself goes on: the caller is answered when this leg is.
+    Forward,
+    /// An agent for a caller already answered (by a bot): ringback meanwhile, fallback on
+    /// failure.
+    Agent,
+}
+
+/// Work that needs to await (DNS, connecting, stopping media), done by the run loop.
+#[derive(Clone, Debug)]
+pub enum Pending {
+    /// Try the next hop.
+    Attempt,
+    /// Ring an agent.
+    Agent { to: String, from_transfer: bool },
+    /// The agent answered: ringback off, relay on.
+    BridgeAgent,
+    /// The agent leg failed: the flow's fallback.
+    Fallback,
+}
+
+/// The other leg of the call.
+pub struct Peer {
+    pub role: PeerRole,
+    hops: VecDeque<NextHop>,
+    pub leg: Option<OutboundLeg>,
+    /// Legs given up on whose transactions still finish (CANCEL, ACK retransmissions).
+    spent: Vec<OutboundLeg>,
+    /// Our RTP ports towards this leg, until the relay takes them.
+    ports: Option<RtpPorts>,
+    local: LocalMedia,
+    pub negotiated: Option<Negotiated>,
+    attempt_deadline: Option<Instant>,
+    answer_deadline: Instant,
+    pub last_failure: Option<(u16, String, Option<String>)>,
+    timer: Option<SessionTimer>,
+    /// A re-INVITE of the next hop's, answered by us.
+    reinvite: Option<(u32, ServerInviteTx, Source)>,
+    pub attempts: u32,
+    pub answered_by: Option<String>,
+    ringing_sent: bool,
+    /// The relay started on a 183 with SDP.
+    early_media: bool,
+    /// Where the answered leg's session timer last sent a refresh.
+    refreshing: bool,
+}
+
+impl Peer {
+    fn current_hop_label(&self) -> String {
+        self.answered_by.clone().unwrap_or_default()
+    }
+}
+
+/// Hops through the carriers for a number, lowest priority first.
+pub fn carrier_hops(core: &Core, number: &str) -> Vec<NextHop> {
+    let mut carriers: Vec<_> = core.settings.carriers.iter().collect();
+    carriers.sort_by_key(|c| c.priority);
+    carriers
+        .into_iter()
+        .map(|c| NextHop {
+            request_uri: with_user(&c.uri, number),
+            credentials: c.credentials.clone(),
+            fixed: None,
+            label: format!("carrier {}", c.name),
+        })
+        .collect()
+}
+
+/// Hops to a trunk's destination URIs (by priority, spread by weight within one), then its
+/// registered contacts.
+pub async fn trunk_hops(core: &Core, trunk_sid: &str, number: &str) -> Vec<NextHop> {
+    let mut hops = Vec::new();
+    if let Some(gate) = core.gate.as_ref() {
+        let trunks = gate.trunks();
+        let mut by_priority: Vec<(i64, Vec<(String, i64)>)> = Vec::new();
+        for d in trunks.destinations(trunk_sid) {
+            match by_priority.iter_mut().find(|(p, _)| *p == d.priority) {
+                Some((_, list)) => list.push((d.uri.clone(), d.weight)),
+                None => by_priority.push((d.priority, vec![(d.uri.clone(), d.weight)])),
+            }
+        }
+        by_priority.sort_by_key(|(p, _)| *p);
+        let mut rng = rand::thread_rng();
+        for (_, list) in by_priority {
+            let ordered = crate::resolve::order_by_weight(
+                list,
+                |(_, w)| u16::try_from((*w).clamp(0, 65535)).unwrap_or(0),
+                &mut rng,
+            );
+            hops.extend(ordered.into_iter().map(|(uri, _)| NextHop {
+                request_uri: with_user(&uri, number),
+                credentials: None,
+                fixed: None,
+                label: format!("destination {uri}"),
+            }));
+        }
+    }
+    if let Some(store) = core.store.as_ref() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        if let Ok(bindings) = store.bindings(now).await {
+            for b in bindings.into_iter().filter(|b| b.trunk_sid == trunk_sid) {
+                let fixed = crate::registrar::binding_target(&b.source);
+                hops.push(NextHop {
+                    request_uri: with_user(&b.contact, number),
+                    credentials: None,
+                    fixed,
+                    label: format!("registered {}", b.contact),
+                });
+            }
+        }
+    }
+    hops
+}
+
+/// Hops for an agent: a SIP URI, `+E.164` through the carriers, or `trunk:{sid}`.
+pub async fn agent_hops(core: &Core, to: &str, number: &str) -> Result<Vec<NextHop>, String> {
+    let to = to.trim();
+    if let Some(sid) = to.strip_prefix("trunk:") {
+        let hops = trunk_hops(core, sid, number).await;
+        if hops.is_empty() {
+            return Err(format!("trunk {sid} has no destination URI"));
+        }
+        return Ok(hops);
+    }
+    if to.starts_with('+') && to[1..].bytes().all(|b| b.is_ascii_digit()) {
+        let hops = carrier_hops(core, to);
+        if hops.is_empty() {
+            return Err("no carrier to reach a number".into());
+        }
+        return Ok(hops);
+    }
+    parse_sip_target(to)?;
+    Ok(vec![NextHop {
+        request_uri: to.trim_matches(|c| c == '<' || c == '>').to_string(),
+        credentials: None,
+        fixed: None,
+        label: format!("agent {to}"),
+    }])
+}
+
+/// `sip:host;params` with `user@` put in (a URI that names a user keeps its own).
+pub fn with_user(uri: &str, user: &str) -> String {
+    let uri = uri.trim().trim_matches(|c| c == '<' || c == '>');
+    let Some((scheme, rest)) = uri.split_once(':') else {
+        return uri.to_string();
+    };
+    let host_part_end = rest.find([';', '?']).unwrap_or(rest.len());
+    if user.is_empty() || rest[..host_part_end].contains('@') {
+        return uri.to_string();
+    }
+    format!("{scheme}:{user}@{rest}")
+}
+
+/// The bridge's view of a negotiated stream.
+pub fn call_media(n: &Negotiated, core: &Core) -> CallMedia {
+    CallMedia {
+        codec: match n.codec {
+            sdp::Codec::Pcma => CallCodec::Pcma,
+            sdp::Codec::Pcmu => CallCodec::Pcmu,
+            sdp::Codec::Opus => CallCodec::Opus,
+        },
+        payload_type: n.payload_type,
+        telephone_event: n.telephone_event,
+        signalled: n.remote,
+        latching: core.settings.latching,
+        ssrc: rand::random(),
+        rtp_timeout: core.settings.rtp_timeout,
+    }
+}
+
+fn direction_of(n: &Negotiated) -> LegDirection {
+    LegDirection {
+        sending: n.direction.sends(),
+        expect_rtp: n.direction.receives(),
+    }
+}
+
+/// Statuses after which the next hop is tried (RFC 3261 §16.7 serial forking would also
+/// move on after 6xx for a proxy; a carrier's 6xx is the callee's final word, so not here).
+fn moves_on(status: u16) -> bool {
+    status == 408 || (500..600).contains(&status)
+}
+
+impl Call {
+    /// Starts the other leg: ports, our offer and the first attempt (done by the run loop).
+    pub(super) fn start_peer(
+        &mut self,
+        role: PeerRole,
+        hops: Vec<NextHop>,
+        now: Instant,
+    ) -> Result<(), (u16, String)> {
+        let bind_ip = self.source.local.ip();
+        let ports = self
+            .core
+            .pool
+            .allocate(bind_ip)
+            .map_err(|e| (503, format!("Service Unavailable: {e}")))?;
+        let local = LocalMedia {
+            address: self.advertised_ip(),
+            port: ports.rtp_port(),
+            session_id: rand::random::<u32>() as u64,
+            session_version: 1,
+        };
+        self.peer = Some(Peer {
+            role,
+            hops: hops.into(),
+            leg: None,
+            spent: Vec::new(),
+            ports: Some(ports),
+            local,
+            negotiated: None,
+            attempt_deadline: None,
+            answer_deadline: now + self.core.settings.routing.answer_timeout,
+            last_failure: None,
+            timer: None,
+            reinvite: None,
+            attempts: 0,
+            answered_by: None,
+            ringing_sent: false,
+            early_media: false,
+            refreshing: false,
+        });
+        self.pending = Some(Pending::Attempt);
+        Ok(())
+    }
+
+    /// Does what needs awaiting, in order, until nothing is pending.
+    pub(super) async fn drive(&mut self) {
+        while let Some(pending) = self.pending.take() {
+            match pending {
+                Pending::Attempt => self.attempt(Instant::now()).await,
+                Pending::Agent { to, from_transfer } => {
+                    self.start_agent(&to, from_transfer, Instant::now()).await
+                }
+                Pending::BridgeAgent => self.bridge_agent(Instant::now()).await,
+                Pending::Fallback => self.agent_fallback(Instant::now()).await,
+            }
+            self.flush();
+        }
+    }
+
+    /// Sends the INVITE to the next hop that resolves and connects.
+    async fn attempt(&mut self, now: Instant) {
+        loop {
+            let Some(peer) = self.peer.as_mut() else {
+                return;
+            };
+            if peer.leg.is_some() {
+                return;
+            }
+            let Some(hop) = peer.hops.pop_front() else {
+                return self.peer_exhausted(now);
+            };
+            let (target, server_name) = match hop.fixed {
+                Some(t) => (t, None),
+                None => match self.resolve_hop(&hop).await {
+                    Ok((mut targets, host)) => {
+                        let first = targets.remove(0);
+                        let peer = self.peer.as_mut().expect("peer exists");
+                        // The other addresses of the same name come next (SRV failover).
+                        for t in targets.into_iter().rev() {
+                            peer.hops.push_front(NextHop {
+                                fixed: Some(t),
+                                ..hop.clone()
+                            });
+                        }
+                        (first, Some(host))
+                    }
+                    Err(e) => {
+                        warn!(call_id = self.invite.call_id(), hop = hop.label, error = %e, "next hop does not resolve");
+                        self.peer.as_mut().expect("peer exists").last_failure = Some((
+                            503,
+                            format!("Service Unavailable ({}: {e})", hop.label),
+                            None,
+                        ));
+                        continue;
+                    }
+                },
+            };
+            let source = match self
+                .core
+                .sender()
+                .connect(target.transport, target.addr, server_name.as_deref())
+                .await
+            {
+                Ok(source) => source,
+                Err(e) => {
+                    warn!(call_id = self.invite.call_id(), hop = hop.label, target = %target.addr, error = %e, "cannot reach next hop");
+                    self.peer.as_mut().expect("peer exists").last_failure = Some((
+                        503,
+                        format!("Service Unavailable ({} unreachable)", hop.label),
+                        None,
+                    ));
+                    continue;
+                }
+            };
+            let params = self.invite_params(&hop, &source, target);
+            let leg = OutboundLeg::invite(
+                params,
+                Hop {
+                    source,
+                    target: target.addr,
+                },
+                self.core.settings.timers,
+                now,
+            );
+            self.core
+                .register_leg(&leg.call_id, &leg.local_tag, &self.self_tx);
+            info!(call_id = self.invite.call_id(), leg = leg.call_id, hop = hop.label, target = %target.addr, transport = target.transport.as_via(), "calling next hop");
+            let attempt_timeout = self.core.settings.routing.attempt_timeout;
+            let peer = self.peer.as_mut().expect("peer exists");
+            peer.attempts += 1;
+            peer.answered_by = Some(hop.label.clone());
+            peer.attempt_deadline = Some(now + attempt_timeout);
+            peer.leg = Some(leg);
+            return;
+        }
+    }
+
+    async fn resolve_hop(&self, hop: &NextHop) -> Result<(Vec<Target>, String), String> {
+        let uri = parse_sip_target(&hop.request_uri)?;
+        let targets = self
+            .core
+            .resolver
+            .resolve(&uri.host, uri.port, uri.transport, uri.secure)
+            .await?;
+        if targets.is_empty() {
+            return Err(format!("{} has no address", uri.host));
+        }
+        Ok((targets, uri.host))
+    }
+
+    fn invite_params(&self, hop: &NextHop, source: &Source, target: Target) -> InviteParams {
+        let peer = self.peer.as_ref().expect("peer exists");
+        let ip = match self.core.settings.public_ip {
+            Some(ip) => ip,
+            None if !source.local.ip().is_unspecified() => source.local.ip(),
+            None => super::local_ip_towards(target.addr).unwrap_or(source.local.ip()),
+        };
+        let host = match ip {
+            std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+            std::net::IpAddr::V4(v4) => v4.to_string(),
+        };
+        let transport = target.transport.as_via();
+        // The caller's number, or the trunk's external alias for calls it places.
+        let caller = self.caller_id.clone().unwrap_or_else(|| self.caller_user());
+        let user = if caller.is_empty() {
+            "anonymous".to_string()
+        } else {
+            caller
+        };
+        let offer_codecs = {
+            let mut codecs = self.core.settings.codecs.clone();
+            // The caller's codec first: no transcoding when the next hop takes it.
+            if let Some(n) = self.media.as_ref().and_then(|m| m.negotiated.as_ref()) {
+                codecs.retain(|c| *c != n.codec);
+                codecs.insert(0, n.codec);
+            }
+            codecs
+        };
+        let sdp = sdp::build_offer(&peer.local, &offer_codecs, Direction::SendRecv);
+        let mut extra: Vec<(String, String)> = self
+            .core
+            .settings
+            .routing
+            .session_timer
+            .uac_headers()
+            .into_iter()
+            .map(|(n, v)| (n.to_string(), v))
+            .collect();
+        for (name, value) in super::forwarded_headers(&self.invite, &["X-*".to_string()]) {
+            extra.push((name, value));
+        }
+        let to_uri = hop
+            .request_uri
+            .split(';')
+            .next()
+            .unwrap_or(&hop.request_uri)
+            .to_string();
+        InviteParams {
+            request_uri: hop.request_uri.clone(),
+            from: format!("<sip:{user}@{host}>"),
+            to: format!("<{to_uri}>"),
+            contact: format!(
+                "<sip:{user}@{host}:{};transport={}>",
+                source.local.port(),
+                transport.to_ascii_lowercase()
+            ),
+            via: format!("SIP/2.0/{transport} {host}:{}", source.local.port()),
+            sdp: Some(Bytes::from(sdp)),
+            credentials: hop.credentials.clone(),
+            extra_headers: extra,
+            user_agent: self.core.sender().user_agent().to_string(),
+        }
+    }
+
+    /// Every hop failed: the caller hears the last answer (or the flow's fallback runs).
+    fn peer_exhausted(&mut self, now: Instant) {
+        let Some(peer) = self.peer.as_mut() else {
+            return;
+        };
+        let (status, reason, retry_after) = peer.last_failure.clone().unwrap_or((
+            503,
+            "Service Unavailable (no route)".into(),
+            None,
+        ));
+        match peer.role {
+            PeerRole::Forward => {
+                info!(
+                    call_id = self.invite.call_id(),
+                    status, reason, "no next hop took the call"
+                );
+                self.end_reason = format!("{status} {reason}");
+                let headers: Vec<_> = retry_after
+                    .map(|r| ("Retry-After", r))
+                    .into_iter()
+                    .collect();
+                if self.invite_tx.state()
+                    == voicegate_sip::transaction::ServerInviteState::Proceeding
+                {
+                    self.reject_with(status, &reason, &headers, now);
+                }
+                self.release_peer_ports();
+            }
+            PeerRole::Agent => {
+                info!(
+                    call_id = self.invite.call_id(),
+                    status, reason, "agent leg failed"
+                );
+                self.pending = Some(Pending::Fallback);
+            }
+        }
+    }
+
+    fn release_peer_ports(&mut self) {
+        if let Some(peer) = self.peer.as_mut() {
+            peer.ports = None;
+        }
+    }
+
+    /// A response from the next hop.
+    pub(super) fn on_peer_response(&mut self, response: &Response, now: Instant) {
+        let call_id = response.headers.get("Call-ID").unwrap_or_default();
+        let Some(peer) = self.peer.as_mut() else {
+            return;
+        };
+        if let Some(leg) = peer.spent.iter_mut().find(|l| l.owns(call_id)) {
+            leg.on_response(response, now);
+            return;
+        }
+        let Some(leg) = peer.leg.as_mut().filter(|l| l.owns(call_id)) else {
+            return;
+        };
+        if response.status >= 100 {
+            peer.attempt_deadline = None;
+        }
+        if let Some(event) = leg.on_response(response, now) {
+            self.on_peer_event(event, now);
+        }
+    }
+
+    fn on_peer_event(&mut self, event: OutboundEvent, now: Instant) {
+        match event {
+            OutboundEvent::Provisional(r) => self.on_peer_provisional(&r, now),
+            OutboundEvent::Answered(r) => self.on_peer_answered(&r, now),
+            OutboundEvent::Failed {
+                status,
+                reason,
+                response,
+            } => self.on_peer_failed(status, &reason, response.as_ref(), now),
+            OutboundEvent::ReinviteDone(r) => self.on_peer_reinvite_done(&r, now),
+            OutboundEvent::ReinviteTimeout => self.end_both("session refresh got no answer", now),
+        }
+    }
+
+    fn on_peer_provisional(&mut self, r: &Response, now: Instant) {
+        let Some(peer) = self.peer.as_mut() else {
+            return;
+        };
+        if peer.role == PeerRole::Agent {
+            return; // the caller hears our ringback
+        }
+        if !r.body.is_empty() && !peer.early_media {
+            if let Err(e) = self.accept_peer_answer(&r.body) {
+                warn!(call_id = self.invite.call_id(), error = %e, "unusable SDP in early media");
+            } else if self.start_relay().is_ok() {
+                let body = self.caller_answer_sdp();
+                self.peer.as_mut().expect("peer").early_media = true;
+                self.respond_invite(183, "Session Progress", body.map(Bytes::from), now);
+                return;
+            }
+        }
+        let peer = self.peer.as_mut().expect("peer");
+        if !peer.ringing_sent && !peer.early_media {
+            peer.ringing_sent = true;
+            self.respond_invite(180, "Ringing", None, now);
+        }
+    }
+
+    fn on_peer_answered(&mut self, r: &Response, now: Instant) {
+        if !r.body.is_empty() {
+            if let Err(e) = self.accept_peer_answer(&r.body) {
+                warn!(call_id = self.invite.call_id(), error = %e, "unusable SDP answer: hanging the leg up");
+                if let Some(leg) = self.peer.as_mut().and_then(|p| p.leg.as_mut()) {
+                    leg.bye("SIP;cause=488;text=\"no common codec\"", now);
+                }
+                return self.on_peer_failed(488, "Not Acceptable Here", None, now);
+            }
+        }
+        let requested = self.core.settings.routing.session_timer.session_expires;
+        let peer = self.peer.as_mut().expect("peer");
+        peer.timer =
+            session_timer::uac_from_response(&r.headers, requested).map(|(interval, refresher)| {
+                SessionTimer::new(interval, refresher == Refresher::Uac, now)
+            });
+        peer.attempt_deadline = None;
+        if peer.negotiated.is_none() {
+            warn!(
+                call_id = self.invite.call_id(),
+                "next hop answered without SDP"
+            );
+        }
+        info!(
+            call_id = self.invite.call_id(),
+            hop = peer.current_hop_label(),
+            "next hop answered"
+        );
+        match peer.role {
+            PeerRole::Forward => {
+                if !peer.early_media {
+                    if let Err(e) = self.start_relay() {
+                        warn!(call_id = self.invite.call_id(), error = %e, "could not start the relay");
+                    }
+                }
+                let body = self.caller_answer_sdp();
+                self.respond_invite(200, "OK", body.map(Bytes::from), now);
+                self.phase = Phase::Answered;
+                self.answered_at = Some(now);
+                self.start_caller_timer(now);
+                self.core.stats.answered.fetch_add(1, Ordering::Relaxed);
+            }
+            PeerRole::Agent => self.pending = Some(Pending::BridgeAgent),
+        }
+    }
+
+    fn on_peer_failed(
+        &mut self,
+        status: u16,
+        reason: &str,
+        response: Option<&Response>,
+        now: Instant,
+    ) {
+        let Some(peer) = self.peer.as_mut() else {
+            return;
+        };
+        if let Some(leg) = peer.leg.take() {
+            peer.spent.push(leg);
+        }
+        let label = peer.current_hop_label();
+        info!(
+            call_id = self.invite.call_id(),
+            hop = label,
+            status,
+            reason,
+            "next hop refused"
+        );
+        let retry_after = response
+            .and_then(|r| r.headers.get("Retry-After"))
+            .map(str::to_string);
+        peer.last_failure = Some((status, reason.to_string(), retry_after));
+        if moves_on(status) && !peer.hops.is_empty() {
+            self.pending = Some(Pending::Attempt);
+        } else {
+            peer.hops.clear();
+            self.peer_exhausted(now);
+        }
+    }
+
+    /// The next hop's SDP answer (in a 183 or 200): what we send it and how.
+    fn accept_peer_answer(&mut self, body: &[u8]) -> Result<(), String> {
+        let codecs = self.core.settings.codecs.clone();
+        let answer = sdp::parse(body).map_err(|e| e.to_string())?;
+        let n = sdp::negotiate_from_answer(&answer, &codecs).map_err(|e| e.to_string())?;
+        let peer = self.peer.as_mut().ok_or("no peer")?;
+        if let Some(Leg::Relay(relay)) = self.media.as_ref().and_then(|m| m.leg.as_ref()) {
+            relay.update(Side::B, direction_of(&n), n.remote);
+        }
+        peer.negotiated = Some(n);
+        Ok(())
+    }
+
+    /// Our answer to the caller's offer (or our offer, for a delayed offer).
+    fn caller_answer_sdp(&self) -> Option<String> {
+        let media = self.media.as_ref()?;
+        match (&media.negotiated, sdp::parse(&self.invite.body)) {
+            (Some(n), Ok(offer)) => Some(sdp::build_answer(&offer, &media.local, n)),
+            _ => Some(sdp::build_offer(
+                &media.local,
+                &self.core.settings.codecs,
+                Direction::SendRecv,
+            )),
+        }
+    }
+
+    /// Joins the caller's ports to the next hop's. Needs both sides negotiated.
+    pub(super) fn start_relay(&mut self) -> Result<(), String> {
+        let core = self.core.clone();
+        let media = self.media.as_mut().ok_or("no caller media")?;
+        if matches!(media.leg, Some(Leg::Relay(_))) {
+            return Ok(());
+        }
+        let a_n = media
+            .negotiated
+            .clone()
+            .ok_or("caller not negotiated yet")?;
+        let peer = self.peer.as_mut().ok_or("no peer")?;
+        let b_n = peer
+            .negotiated
+            .clone()
+            .ok_or("next hop not negotiated yet")?;
+        let a_ports = media.ports.take().ok_or("caller ports in use")?;
+        let b_ports = match peer.ports.take() {
+            Some(p) => p,
+            None => {
+                media.ports = Some(a_ports);
+                return Err("next hop ports in use".into());
+            }
+        };
+        let a = RelayLeg {
+            ports: a_ports,
+            media: call_media(&a_n, &core),
+            direction: direction_of(&a_n),
+            rtcp_mux: a_n.rtcp_mux,
+            cname: format!("voicegate@{}", media.local.address),
+        };
+        let b = RelayLeg {
+            ports: b_ports,
+            media: call_media(&b_n, &core),
+            direction: direction_of(&b_n),
+            rtcp_mux: b_n.rtcp_mux,
+            cname: format!("voicegate@{}", peer.local.address),
+        };
+        let (events_tx, events_rx) = mpsc::channel(32);
+        let relay =
+            RelayHandle::start(a, b, self.tap.take(), events_tx).map_err(|e| e.to_string())?;
+        self.media_record.transcoding = a_n.codec != b_n.codec;
+        self.media_record.peer_codec = Some(b_n.codec.encoding_name());
+        media.leg = Some(Leg::Relay(relay));
+        self.relay_events = Some(events_rx);
+        Ok(())
+    }
+
+    pub(super) fn on_relay_event(&mut self, event: RelayEvent, now: Instant) {
+        match event {
+            RelayEvent::Dtmf(Side::A, digit) => self.on_dtmf(digit, "rfc4733"),
+            RelayEvent::Dtmf(Side::B, digit) => {
+                info!(call_id = self.invite.call_id(), digit = %digit.digit, "DTMF from the other leg")
+            }
+            RelayEvent::RtpTimeout(side) => {
+                let secs = self.core.settings.rtp_timeout.as_secs();
+                let who = if side == Side::A {
+                    "caller"
+                } else {
+                    "other leg"
+                };
+                warn!(
+                    call_id = self.invite.call_id(),
+                    secs, who, "no RTP: ending the call"
+                );
+                self.end_both(&format!("RTP timeout ({who})"), now);
+            }
+        }
+    }
+
+    /// Ends both legs from our side (timeouts, refresh failures).
+    pub(super) fn end_both(&mut self, why: &str, now: Instant) {
+        self.hang_up_peer(&format!("SIP;cause=408;text=\"{why}\""), now);
+        if matches!(self.phase, Phase::Answered | Phase::Confirmed) {
+            self.send_bye(why, &format!("SIP;cause=408;text=\"{why}\""), now);
+        } else if self.invite_tx.state()
+            == voicegate_sip::transaction::ServerInviteState::Proceeding
+        {
+            self.reject(408, &format!("Request Timeout ({why})"), now);
+        }
+    }
+
+    /// Hangs up or cancels the other leg, whatever state it is in.
+    pub(super) fn hang_up_peer(&mut self, reason: &str, now: Instant) {
+        let Some(peer) = self.peer.as_mut() else {
+            return;
+        };
+        peer.hops.clear();
+        peer.attempt_deadline = None;
+        if let Some(mut leg) = peer.leg.take() {
+            match leg.state {
+                OutState::Answered => leg.bye(reason, now),
+                _ => leg.cancel(now),
+            }
+            peer.spent.push(leg);
+        }
+        // The caller's own ending should not run the fallback of an agent leg.
+        if self
+            .pending
+            .as_ref()
+            .is_some_and(|p| matches!(p, Pending::Attempt | Pending::Fallback))
+        {
+            self.pending = None;
+        }
+    }
+
+    /// A request from the next hop, inside its dialog.
+    pub(super) fn on_peer_request(&mut self, request: Request, source: Source, now: Instant) {
+        let branch = request.branch().unwrap_or_default();
+        let call_id = request.call_id().to_string();
+        let Some(peer) = self.peer.as_mut() else {
+            return self.answer_request(
+                &request,
+                &source,
+                &branch,
+                481,
+                "Call/Transaction Does Not Exist",
+                now,
+            );
+        };
+        if request.method == "ACK" {
+            if let Some((cseq, tx, _)) = peer.reinvite.as_mut() {
+                if *cseq == request.cseq().0 {
+                    tx.on_ack(now);
+                }
+            }
+            return;
+        }
+        if request.method == "INVITE" {
+            if let Some((cseq, tx, _)) = peer.reinvite.as_mut() {
+                if *cseq == request.cseq().0 {
+                    return tx.on_request_retransmit(now);
+                }
+            }
+        }
+        if let Some((_, _, tx)) = self
+            .answered
+            .iter_mut()
+            .find(|(b, m, _)| *b == branch && *m == request.method)
+        {
+            return tx.on_request_retransmit(now);
+        }
+        let live = peer.leg.as_mut().filter(|l| l.owns(&call_id));
+        let Some(leg) = live else {
+            return self.answer_request(
+                &request,
+                &source,
+                &branch,
+                481,
+                "Call/Transaction Does Not Exist",
+                now,
+            );
+        };
+        if !leg.accept_remote_cseq(&request) {
+            return self.answer_request(
+                &request,
+                &source,
+                &branch,
+                500,
+                "Server Internal Error: CSeq out of order",
+                now,
+            );
+        }
+        match request.method.as_str() {
+            "BYE" => {
+                self.answer_request(&request, &source, &branch, 200, "OK", now);
+                let peer = self.peer.as_mut().expect("peer");
+                if let Some(mut leg) = peer.leg.take() {
+                    leg.state = OutState::Over;
+                    peer.spent.push(leg);
+                }
+                let who = if peer.role == PeerRole::Agent {
+                    "agent"
+                } else {
+                    "callee"
+                };
+                let reason = request
+                    .headers
+                    .get("Reason")
+                    .map(str::to_string)
+                    .unwrap_or_else(|| "Q.850;cause=16;text=\"Normal call clearing\"".into());
+                if matches!(self.phase, Phase::Answered | Phase::Confirmed) {
+                    self.send_bye(&format!("{who} hung up"), &reason, now);
+                }
+            }
+            "INVITE" => self.on_peer_reinvite(request, source, now),
+            "UPDATE" => {
+                // A session refresh without SDP (RFC 4028 §7.4 allows UPDATE).
+                let mut extra = Vec::new();
+                if let Some(timer) = peer.timer.as_mut() {
+                    timer.on_refreshed(now);
+                    extra.push((
+                        "Session-Expires",
+                        session_timer::header_value(
+                            timer.interval,
+                            if timer.we_refresh {
+                                Refresher::Uac
+                            } else {
+                                Refresher::Uas
+                            },
+                        ),
+                    ));
+                }
+                self.answer_request_with(&request, &source, &branch, 200, "OK", &extra, now);
+            }
+            "INFO" | "OPTIONS" | "NOTIFY" => {
+                self.answer_request(&request, &source, &branch, 200, "OK", now)
+            }
+            "REFER" | "SUBSCRIBE" | "MESSAGE" | "PRACK" | "PUBLISH" | "REGISTER" => {
+                self.answer_request(&request, &source, &branch, 405, "Method Not Allowed", now)
+            }
+            _ => self.answer_request(&request, &source, &branch, 501, "Not Implemented", now),
+        }
+    }
+
+    /// The next hop's re-INVITE (hold, resume, refresh): answered here, its media change
+    /// applied to the relay. The caller's leg keeps its own session.
+    fn on_peer_reinvite(&mut self, request: Request, source: Source, now: Instant) {
+        let codecs = self.core.settings.codecs.clone();
+        let user_agent = self.core.sender().user_agent().to_string();
+        let contact = self.contact();
+        let peer = self.peer.as_mut().expect("peer");
+        let mut tx = ServerInviteTx::new(source.transport.is_reliable(), self.core.settings.timers);
+        let result: Result<Option<String>, (u16, String)> = if request.body.is_empty() {
+            peer.local.session_version += 1;
+            let codec = peer
+                .negotiated
+                .as_ref()
+                .map(|n| vec![n.codec])
+                .unwrap_or(codecs.clone());
+            Ok(Some(sdp::build_offer(
+                &peer.local,
+                &codec,
+                Direction::SendRecv,
+            )))
+        } else {
+            sdp::parse(&request.body)
+                .map_err(|e| (400, format!("Malformed SDP: {e}")))
+                .and_then(|offer| {
+                    let n = sdp::negotiate_answer(&offer, &codecs)
+                        .map_err(|e| (488, format!("Not Acceptable Here: {e}")))?;
+                    peer.local.session_version += 1;
+                    let body = sdp::build_answer(&offer, &peer.local, &n);
+                    peer.negotiated = Some(n);
+                    Ok(Some(body))
+                })
+        };
+        let mut response = match &result {
+            Ok(_) => request.response(200, "OK"),
+            Err((status, reason)) => request.response(*status, reason),
+        }
+        .header("Server", user_agent);
+        if let Ok(body) = &result {
+            response = response
+                .header("Contact", contact)
+                .header("Allow", ALLOW)
+                .header("Supported", SUPPORTED);
+            if let Some(se) = session_timer::session_expires(&request.headers) {
+                // Whoever refreshes, the interval restarts now.
+                let we_refresh = se.refresher == Some(Refresher::Uas);
+                let refresher = if we_refresh {
+                    Refresher::Uas
+                } else {
+                    Refresher::Uac
+                };
+                match peer.timer.as_mut() {
+                    Some(t) => t.renegotiated(se.interval, we_refresh, now),
+                    None => peer.timer = Some(SessionTimer::new(se.interval, we_refresh, now)),
+                }
+                response = response.header(
+                    "Session-Expires",
+                    session_timer::header_value(se.interval, refresher),
+                );
+            } else if let Some(t) = peer.timer.as_mut() {
+                t.on_refreshed(now);
+            }
+            if let Some(body) = body {
+                response = response.with_body("application/sdp", body.clone());
+            }
+        }
+        tx.respond(response.status, response.to_bytes(), now);
+        peer.reinvite = Some((request.cseq().0, tx, source));
+        if result.is_ok() {
+            if let (Some(n), Some(Leg::Relay(relay))) = (
+                peer.negotiated.as_ref(),
+                self.media.as_ref().and_then(|m| m.leg.as_ref()),
+            ) {
+                relay.update(Side::B, direction_of(n), n.remote);
+            }
+        }
+    }
+
+    fn on_peer_reinvite_done(&mut self, r: &Response, now: Instant) {
+        let refreshing = self.peer.as_ref().is_some_and(|p| p.refreshing);
+        if let Some(peer) = self.peer.as_mut() {
+            peer.refreshing = false;
+        }
+        if (200..300).contains(&r.status) {
+            if !r.body.is_empty() {
+                if let Err(e) = self.accept_peer_answer(&r.body) {
+                    warn!(call_id = self.invite.call_id(), error = %e, "unusable SDP answer to our re-INVITE");
+                }
+            }
+            if let Some(timer) = self.peer.as_mut().and_then(|p| p.timer.as_mut()) {
+                timer.on_refreshed(now);
+            }
+            return;
+        }
+        // RFC 4028 §10: a refresh answered 408 or 481 ends the session.
+        if refreshing || r.status == 408 || r.status == 481 {
+            self.end_both(
+                &format!("session refresh failed: {} {}", r.status, r.reason),
+                now,
+            );
+        }
+    }
+
+    /// Tells the next hop about a direction change of the caller (hold/resume): our re-INVITE
+    /// offers the caller's direction as ours towards it.
+    pub(super) fn propagate_direction(&mut self, caller_offered: Direction, now: Instant) {
+        let Some(peer) = self.peer.as_mut() else {
+            return;
+        };
+        let Some(n) = peer.negotiated.as_ref() else {
+            return;
+        };
+        let Some(leg) = peer.leg.as_mut().filter(|l| l.state == OutState::Answered) else {
+            return;
+        };
+        peer.local.session_version += 1;
+        let offer = sdp::build_offer(&peer.local, &[n.codec], caller_offered);
+        if leg.reinvite(Some(Bytes::from(offer)), &[], now) {
+            info!(call_id = self.invite.call_id(), direction = %caller_offered, "re-INVITE to the other leg");
+        }
+    }
+
+    /// Session timers of both legs: refreshes we owe and expiries we watch.
+    pub(super) fn check_session_timers(&mut self, now: Instant) {
+        if let Some(timer) = self.caller_timer {
+            if timer.expires_at().is_some_and(|t| t <= now)
+                && matches!(self.phase, Phase::Answered | Phase::Confirmed)
+            {
+                self.caller_timer = None;
+                warn!(
+                    call_id = self.invite.call_id(),
+                    "caller's session expired without refresh"
+                );
+                return self.end_both("session expired", now);
+            }
+        }
+        let Some(peer) = self.peer.as_mut() else {
+            return;
+        };
+        let Some(timer) = peer.timer.as_mut() else {
+            return;
+        };
+        if let Some(at) = timer.refresh_at().filter(|t| *t <= now) {
+            let _ = at;
+            timer.on_refreshed(now);
+            let interval = timer.interval;
+            let Some(n) = peer.negotiated.as_ref() else {
+                return;
+            };
+            let Some(leg) = peer.leg.as_mut() else { return };
+            // Same session version: a refresh changes nothing in the media (RFC 4028 §7.4).
+            let offer = sdp::build_offer(&peer.local, &[n.codec], n.direction);
+            let se = [
+                (
+                    "Session-Expires".to_string(),
+                    session_timer::header_value(interval, Refresher::Uac),
+                ),
+                ("Supported".to_string(), "timer".to_string()),
+            ];
+            if leg.reinvite(Some(Bytes::from(offer)), &se, now) {
+                peer.refreshing = true;
+                info!(
+                    call_id = self.invite.call_id(),
+                    interval, "session refresh sent to the other leg"
+                );
+            }
+        } else if timer.expires_at().is_some_and(|t| t <= now) {
+            peer.timer = None;
+            warn!(
+                call_id = self.invite.call_id(),
+                "other leg's session expired without refresh"
+            );
+            self.end_both("session expired", now);
+        }
+    }
+
+    /// The caller's session timer, once we answered it.
+    pub(super) fn start_caller_timer(&mut self, now: Instant) {
+        if let Some(session_timer::UasTimer::Active {
+            interval,
+            refresher,
+            ..
+        }) = self.caller_timer_terms
+        {
+            // We never refresh the caller (its leg has no client transactions of ours but
+            // BYE): a UAC without timer support gets no timer, see `caller_timer_headers`.
+            if refresher == Refresher::Uac {
+                self.caller_timer = Some(SessionTimer::new(interval, false, now));
+            }
+        }
+    }
+
+    pub(super) fn peer_deadlines(&self) -> impl Iterator<Item = Instant> + '_ {
+        let peer = self.peer.as_ref();
+        let legs = peer
+            .into_iter()
+            .flat_map(|p| p.leg.iter().chain(p.spent.iter()))
+            .filter_map(|l| l.next_deadline());
+        let peer_timers = peer.into_iter().flat_map(|p| {
+            let answer = (p
+                .leg
+                .as_ref()
+                .is_some_and(|l| l.state != OutState::Answered))
+            .then_some(p.answer_deadline);
+            [
+                p.attempt_deadline,
+                answer,
+                p.timer.map(|t| t.deadline()),
+                p.reinvite.as_ref().and_then(|(_, tx, _)| tx.poll_timeout()),
+            ]
+        });
+        let caller_timer = self.caller_timer.map(|t| t.deadline());
+        legs.chain(peer_timers.flatten()).chain(caller_timer)
+    }
+
+    pub(super) fn on_peer_timeout(&mut self, now: Instant) {
+        let mut events = Vec::new();
+        if let Some(peer) = self.peer.as_mut() {
+            for leg in peer.leg.iter_mut().chain(peer.spent.iter_mut()) {
+                leg.handle_timeout(now);
+            }
+            if let Some(leg) = peer.leg.as_mut() {
+                while let Some(e) = leg.poll_event() {
+                    events.push(e);
+                }
+            }
+            for leg in &mut peer.spent {
+                while leg.poll_event().is_some() {}
+            }
+            if let Some((_, tx, _)) = peer.reinvite.as_mut() {
+                tx.handle_timeout(now);
+            }
+        }
+        for e in events {
+            self.on_peer_event(e, now);
+        }
+        let Some(peer) = self.peer.as_mut() else {
+            return;
+        };
+        if peer.attempt_deadline.is_some_and(|t| t <= now) {
+            peer.attempt_deadline = None;
+            if let Some(leg) = peer.leg.as_ref().filter(|l| !l.heard_back()) {
+                let label = peer.current_hop_label();
+                warn!(
+                    call_id = self.invite.call_id(),
+                    leg = leg.call_id,
+                    hop = label,
+                    "next hop silent: trying the next"
+                );
+                let mut leg = peer.leg.take().expect("leg");
+                leg.cancel(now);
+                leg.state = OutState::Over;
+                peer.spent.push(leg);
+                self.on_peer_failed(
+                    408,
+                    &format!("Request Timeout (no response from {label})"),
+                    None,
+                    now,
+                );
+                return;
+            }
+        }
+        let Some(peer) = self.peer.as_mut() else {
+            return;
+        };
+        let unanswered = peer
+            .leg
+            .as_ref()
+            .is_some_and(|l| l.state != OutState::Answered);
+        if unanswered && peer.answer_deadline <= now {
+            let label = peer.current_hop_label();
+            info!(
+                call_id = self.invite.call_id(),
+                hop = label,
+                "no answer: giving up"
+            );
+            if let Some(mut leg) = peer.leg.take() {
+                leg.cancel(now);
+                peer.spent.push(leg);
+            }
+            peer.hops.clear();
+            peer.last_failure = Some((480, "Temporarily Unavailable (no answer)".into(), None));
+            self.peer_exhausted(now);
+        }
+        self.check_session_timers(now);
+    }
+
+    /// Sends what the other leg queued.
+    pub(super) fn flush_peer(&mut self) {
+        let sender = self.core.sender().clone();
+        let Some(peer) = self.peer.as_mut() else {
+            return;
+        };
+        for leg in peer.leg.iter_mut().chain(peer.spent.iter_mut()) {
+            while let Some(bytes) = leg.poll_transmit() {
+                sender.send_to(&leg.hop.source, leg.hop.target, bytes);
+            }
+            leg.prune();
+        }
+        // A spent leg keeps its route until its last transaction is over (the 487 to our
+        // CANCEL, the 200 to our BYE).
+        let core = &self.core;
+        peer.spent.retain(|l| {
+            let done = l.is_finished();
+            if done {
+                core.unregister_leg(&l.call_id, &l.local_tag);
+            }
+            !done
+        });
+        if let Some((_, tx, source)) = peer.reinvite.as_mut() {
+            let target = source.remote;
+            while let Some(bytes) = tx.poll_transmit() {
+                sender.send_to(source, target, bytes);
+            }
+            while let Some(event) = tx.poll_event() {
+                if event == TxEvent::AckTimeout {
+                    warn!("no ACK for our answer to the other leg's re-INVITE");
+                }
+            }
+        }
+        if peer
+            .reinvite
+            .as_ref()
+            .is_some_and(|(_, tx, _)| tx.is_terminated())
+        {
+            peer.reinvite = None;
+        }
+    }
+
+    /// Whether the other leg still has something to send or answer.
+    pub(super) fn peer_busy(&self) -> bool {
+        self.peer.as_ref().is_some_and(|p| {
+            p.leg.as_ref().is_some_and(|l| !l.is_finished())
+                || !p.spent.is_empty()
+                || p.reinvite.is_some()
+                || self.pending.is_some()
+        })
+    }
+
+    /// Forgets the other leg's routes (the call task is ending).
+    pub(super) fn unregister_peer(&mut self) {
+        if let Some(peer) = self.peer.as_ref() {
+            for leg in peer.leg.iter().chain(peer.spent.iter()) {}
+        }
+    }
+
+    // --- escalation ------------------------------------------------------------------------
+
+    /// The bot asked for an agent (or closed with `connect` as the flow's next step).
+    async fn start_agent(&mut self, to: &str, from_transfer: bool, now: Instant) {
+        if !matches!(self.phase, Phase::Answered | Phase::Confirmed) || self.peer.is_some() {
+            return;
+        }
+        let hops = match agent_hops(&self.core, to, &self.number).await {
+            Ok(hops) => hops,
+            Err(e) => {
+                warn!(call_id = self.invite.call_id(), to, error = %e, "cannot reach the agent");
+                return self.agent_unreachable(now);
+            }
+        };
+        let assist = from_transfer && matches!(&self.route, Route::Flow(flow) if flow.agent_assist);
+        info!(
+            call_id = self.invite.call_id(),
+            to, assist, "connecting the caller to an agent"
+        );
+        // The caller's ports come back from the bot; ringback plays on them.
+        let ports = self.take_caller_ports_from_bot(assist).await;
+        let Some(ports) = ports else {
+            warn!(
+                call_id = self.invite.call_id(),
+                "caller's RTP ports did not come back from the bot"
+            );
+            return self.send_bye(
+                "agent hand-off failed",
+                "Q.850;cause=41;text=\"hand-off failed\"",
+                now,
+            );
+        };
+        let tone = self.core.settings.routing.ringback;
+        let Some(n) = self.media.as_ref().and_then(|m| m.negotiated.clone()) else {
+            return self.send_bye("agent hand-off failed", "Q.850;cause=41", now);
+        };
+        match ToneHandle::start(ports, call_media(&n, &self.core), tone) {
+            Ok(handle) => {
+                if let Some(media) = self.media.as_mut() {
+                    media.leg = Some(Leg::Tone(handle));
+                }
+            }
+            Err(e) => warn!(call_id = self.invite.call_id(), error = %e, "no ringback"),
+        }
+        self.media_record.escalated_to = Some(to.to_string());
+        if let Err((status, reason)) = self.start_peer(PeerRole::Agent, hops, now) {
+            warn!(
+                call_id = self.invite.call_id(),
+                status, reason, "agent leg not started"
+            );
+            self.pending = Some(Pending::Fallback);
+        }
+    }
+
+    fn agent_unreachable(&mut self, now: Instant) {
+        let back_to_bot = matches!(&self.route, Route::Flow(flow) if flow.fallback_to_bot);
+        let bot_running = matches!(
+            self.media.as_ref().and_then(|m| m.leg.as_ref()),
+            Some(Leg::Bot(_))
+        );
+        if back_to_bot && bot_running {
+            return; // the bot simply goes on
+        }
+        self.pending = Some(Pending::Fallback);
+        let _ = now;
+    }
+
+    /// Stops the bot's hold on the caller's RTP: with agent assist the bot stays, listen-only
+    /// (fed by the relay's tap); without, its session ends.
+    async fn take_caller_ports_from_bot(&mut self, assist: bool) -> Option<RtpPorts> {
+        let media = self.media.as_mut()?;
+        if let Some(ports) = media.ports.take() {
+            return Some(ports);
+        }
+        match media.leg.take() {
+            Some(Leg::Bot(bot)) if assist => {
+                let (tap_tx, tap_rx) = mpsc::channel::<TapFrame>(64);
+                let ports = bot.hand_off(tap_rx).await;
+                self.tap = Some(tap_tx);
+                self.assist = Some(bot);
+                self.bot_events = None;
+                ports
+            }
+            Some(Leg::Bot(bot)) => {
+                self.bot_events = None;
+                bot.stop();
+                let (report, ports) = bot.finish().await;
+                self.media_record.bot = Some(report);
+                ports
+            }
+            Some(other) => {
+                media.leg = Some(other);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// The agent answered: ringback off, the caller's ports joined to the agent's.
+    async fn bridge_agent(&mut self, now: Instant) {
+        if let Some(media) = self.media.as_mut() {
+            if let Some(Leg::Tone(tone)) = media.leg.take() {
+                media.ports = tone.stop().await;
+            }
+        }
+        if let Err(e) = self.start_relay() {
+            warn!(call_id = self.invite.call_id(), error = %e, "could not bridge the agent");
+            self.end_both("agent bridge failed", now);
+        }
+    }
+
+    /// The agent leg failed: back to the bot, or hang up, as the flow says.
+    async fn agent_fallback(&mut self, now: Instant) {
+        if !matches!(self.phase, Phase::Answered | Phase::Confirmed) {
+            return;
+        }
+        if let Some(media) = self.media.as_mut() {
+            if let Some(Leg::Tone(tone)) = media.leg.take() {
+                media.ports = tone.stop().await;
+            }
+        }
+        if let Some(bot) = self.assist.take() {
+            self.tap = None;
+            let (report, _) = bot.finish().await;
+            self.media_record.bot = Some(report);
+        }
+        self.release_peer_ports();
+        self.peer = None;
+        let flow = match &self.route {
+            Route::Flow(flow) if flow.fallback_to_bot => Some(flow.clone()),
+            _ => None,
+        };
+        match flow {
+            Some(flow) => {
+                info!(
+                    call_id = self.invite.call_id(),
+                    "agent leg failed: back to the bot"
+                );
+                if let Err(e) = self.start_bot(flow) {
+                    warn!(call_id = self.invite.call_id(), error = %e, "bot restart failed");
+                    self.send_bye("agent failed and bot restart failed", "Q.850;cause=41", now);
+                }
+            }
+            None => {
+                info!(
+                    call_id = self.invite.call_id(),
+                    "agent leg failed: hanging up"
+                );
+                self.send_bye(
+                    "agent unavailable",
+                    "Q.850;cause=17;text=\"agent unavailable\"",
+                    now,
+                );
+            }
+        }
+    }
+}
+
+/// Ringback tone named in the config.
+pub fn ringback(name: &str) -> voicegate_bridge::tone::Tone {
+    match name {
+        "us" => voicegate_bridge::tone::Tone::RingbackUs,
+        _ => voicegate_bridge::tone::Tone::Ringback,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dialled_number_goes_into_the_uri() {
+        assert_eq!(
+            with_user("sip:gw.example:5060;transport=tcp", "+15550123"),
+            "sip:+15550123@gw.example:5060;transport=tcp"
+        );
+        assert_eq!(with_user("<sip:10.0.0.1>", "+1555"), "sip:+1555@10.0.0.1");
+        assert_eq!(
+            with_user("sip:agent@pbx.example", "+1555"),
+            "sip:agent@pbx.example"
+        );
+        assert_eq!(
+            with_user("sips:[2001:db8::1]:5061", "100"),
+            "sips:100@[2001:db8::1]:5061"
+        );
+    }
+
+    #[test]
+    fn failover_statuses() {
+        for s in [408, 500, 502, 503, 504, 580] {
+            assert!(moves_on(s), "{s}");
+        }
+        for s in [400, 403, 404, 480, 486, 487, 488, 600, 603] {
+            assert!(!moves_on(s), "{s}");
+        }
+    }
+}

@@ -1,0 +1,766 @@
+//! The leg voicegate places as a B2BUA (its UAC side): the INVITE client transaction, answers
+//! to a next hop's 401/407 and 422, CANCEL, the dialog once answered, and our in-dialog
+//! requests (BYE, session refreshes and hold re-INVITEs).
+//!
+//! Plain data driven by the call task: the leg queues bytes for its next hop and turns
+//! responses into [`OutboundEvent`]s; the task sends the bytes and decides what happens next.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use tokio::time::Instant;
+use voicegate_sip::dialog::Dialog;
+use voicegate_sip::message::{self, Headers, Request, Response};
+use voicegate_sip::transaction::{ClientInviteTx, ClientNonInviteTx, Timers, TxEvent};
+use voicegate_sip::transport::Source;
+
+use crate::core::random_token;
+
+/// Where a leg's requests go: the connection (or UDP socket) and the address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hop {
+    pub source: Source,
+    pub target: SocketAddr,
+}
+
+/// What the first INVITE of a leg says.
+#[derive(Clone, Debug)]
+pub struct InviteParams {
+    pub request_uri: String,
+    /// From header value without tag, e.g. `<sip:+15550100@192.0.2.1>`.
+    pub from: String,
+    /// To header value, e.g. `<sip:+15550123@carrier.example>`.
+    pub to: String,
+    pub contact: String,
+    /// `SIP/2.0/UDP host:port` without branch: a new branch is added per transaction.
+    pub via: String,
+    pub sdp: Option<Bytes>,
+    pub credentials: Option<(String, String)>,
+    /// Headers added as they are (Supported, Session-Expires, P-Asserted-Identity…).
+    pub extra_headers: Vec<(String, String)>,
+    pub user_agent: String,
+}
+
+/// What a response meant for the call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OutboundEvent {
+    /// 101-199 on the INVITE: ringing, or early media when it carries SDP.
+    Provisional(Response),
+    /// A 2xx on the INVITE: already acknowledged.
+    Answered(Response),
+    /// The INVITE failed: a final response (already acknowledged), or our own 408 when the
+    /// transaction timed out (`response` None).
+    Failed {
+        status: u16,
+        reason: String,
+        response: Option<Response>,
+    },
+    /// The final answer to one of our re-INVITEs (a 2xx is acknowledged).
+    ReinviteDone(Response),
+    /// Our re-INVITE got no answer at all.
+    ReinviteTimeout,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutState {
+    /// INVITE sent, nothing back yet.
+    Calling,
+    /// A provisional came back.
+    Proceeding,
+    Answered,
+    /// Failed, cancelled or hung up: only transactions may linger.
+    Over,
+}
+
+/// A re-INVITE of ours in progress.
+struct Reinvite {
+    cseq: u32,
+    tx: ClientInviteTx,
+    request: Request,
+}
+
+pub struct OutboundLeg {
+    pub call_id: String,
+    pub local_tag: String,
+    pub hop: Hop,
+    pub state: OutState,
+    /// Set by the first answer (or a provisional with a To-tag, for early BYE/CANCEL).
+    pub dialog: Option<Dialog>,
+    params: InviteParams,
+    invite: Request,
+    tx: ClientInviteTx,
+    timers: Timers,
+    reliable: bool,
+    auth_tried: bool,
+    session_expires_retried: bool,
+    /// CANCEL asked for before any provisional: sent when one arrives (RFC 3261 §9.1).
+    cancel_pending: bool,
+    cancel: Option<ClientNonInviteTx>,
+    reinvite: Option<Reinvite>,
+    /// BYE, INFO… with their CSeq and method.
+    requests: Vec<(u32, String, ClientNonInviteTx)>,
+    /// The ACK of the 2xx, resent for every retransmitted 2xx.
+    ack: Option<Bytes>,
+    /// Bytes to send outside transactions (ACKs of 2xx).
+    outbox: Vec<Bytes>,
+    pub started: Instant,
+}
+
+impl OutboundLeg {
+    /// Builds and queues the INVITE.
+    pub fn invite(params: InviteParams, hop: Hop, timers: Timers, now: Instant) -> Self {
+        let call_id = format!("{}@voicegate", random_token());
+        let local_tag = random_token();
+        let cseq = u32::from(rand::random::<u16>()) + 1;
+        let invite = build_invite(&params, &call_id, &local_tag, cseq, None);
+        let reliable = hop.source.transport.is_reliable();
+        let tx = ClientInviteTx::new(invite.to_bytes(), reliable, timers, now);
+        OutboundLeg {
+            call_id,
+            local_tag,
+            hop,
+            state: OutState::Calling,
+            dialog: None,
+            params,
+            invite,
+            tx,
+            timers,
+            reliable,
+            auth_tried: false,
+            session_expires_retried: false,
+            cancel_pending: false,
+            cancel: None,
+            reinvite: None,
+            requests: Vec::new(),
+            ack: None,
+            outbox: Vec::new(),
+            started: now,
+        }
+    }
+
+    /// The INVITE as last sent.
+    pub fn request(&self) -> &Request {
+        &self.invite
+    }
+
+    pub fn on_response(&mut self, response: &Response, now: Instant) -> Option<OutboundEvent> {
+        let (cseq, method) = response.cseq();
+        match method {
+            "INVITE" if cseq == self.invite.cseq().0 => self.on_invite_response(response, now),
+            "INVITE" => {
+                let re = self.reinvite.as_mut().filter(|re| re.cseq == cseq)?;
+                let pass = re.tx.on_response(response.status, now);
+                if response.status >= 200 && response.status < 300 {
+                    // Every 2xx is acknowledged, retransmissions too.
+                    let ack = self.ack_for_2xx(cseq, response);
+                    self.outbox.push(ack);
+                } else if response.status >= 300 {
+                    let ack = non_2xx_ack(&re.request, response);
+                    re.tx.send_ack(ack, now);
+                }
+                (pass && response.status >= 200)
+                    .then(|| OutboundEvent::ReinviteDone(response.clone()))
+            }
+            "CANCEL" => {
+                if let Some(cancel) = self.cancel.as_mut() {
+                    cancel.on_response(response.status, now);
+                }
+                None
+            }
+            _ => {
+                if let Some((_, _, tx)) = self
+                    .requests
+                    .iter_mut()
+                    .find(|(c, m, _)| *c == cseq && m == method)
+                {
+                    tx.on_response(response.status, now);
+                }
+                None
+            }
+        }
+    }
+
+    fn on_invite_response(&mut self, response: &Response, now: Instant) -> Option<OutboundEvent> {
+        let status = response.status;
+        let pass = self.tx.on_response(status, now);
+        if (200..300).contains(&status) {
+            let ack = self.ack_for_2xx(self.invite.cseq().0, response);
+            self.ack = Some(ack.clone());
+            self.outbox.push(ack);
+            if !pass || self.state == OutState::Answered || self.state == OutState::Over {
+                // A retransmitted 2xx (or one racing our CANCEL): acknowledged, nothing else.
+                if self.state == OutState::Over && self.dialog.is_none() {
+                    // Answered after we gave up: hang the new dialog up at once.
+                    self.dialog = Some(Dialog::from_response(&self.invite, response));
+                    self.bye("SIP;cause=487;text=\"cancelled\"", now);
+                }
+                return None;
+            }
+            self.dialog = Some(Dialog::from_response(&self.invite, response));
+            self.state = OutState::Answered;
+            return Some(OutboundEvent::Answered(response.clone()));
+        }
+        if !pass {
+            return None;
+        }
+        if status < 200 {
+            if status > 100 && self.state == OutState::Calling {
+                self.state = OutState::Proceeding;
+            }
+            if self.cancel_pending {
+                self.cancel_pending = false;
+                self.send_cancel(now);
+            }
+            return (status > 100).then(|| OutboundEvent::Provisional(response.clone()));
+        }
+        // 3xx-6xx: acknowledge on the transaction's branch.
+        let ack = non_2xx_ack(&self.invite, response);
+        self.tx.send_ack(ack, now);
+        if self.state == OutState::Over {
+            return None;
+        }
+        if (status == 401 || status == 407) && !self.auth_tried {
+            if let Some(retry) = self.authenticated_retry(response) {
+                self.auth_tried = true;
+                self.resend(retry, now);
+                return None;
+            }
+        }
+        if status == 422 && !self.session_expires_retried {
+            if let Some(min_se) = response
+                .headers
+                .get("Min-SE")
+                .and_then(|v| v.split(';').next())
+                .and_then(|v| v.trim().parse::<u32>().ok())
+            {
+                self.session_expires_retried = true;
+                let mut retry = self.invite.clone();
+                retry.headers.set("Session-Expires", min_se.to_string());
+                retry.headers.set("Min-SE", min_se.to_string());
+                self.resend(retry, now);
+                return None;
+            }
+        }
+        self.state = OutState::Over;
+        Some(OutboundEvent::Failed {
+            status,
+            reason: response.reason.clone(),
+            response: Some(response.clone()),
+        })
+    }
+
+    /// The INVITE again with an Authorization for the challenge, or None if we have no
+    /// credentials or cannot answer it.
+    fn authenticated_retry(&self, response: &Response) -> Option<Request> {
+        let (user, password) = self.params.credentials.as_ref()?;
+        let (challenge_header, answer_header) = if response.status == 407 {
+            ("Proxy-Authenticate", "Proxy-Authorization")
+        } else {
+            ("WWW-Authenticate", "Authorization")
+        };
+        let challenge =
+            voicegate_sip::digest::pick_challenge(response.headers.get_all(challenge_header))?;
+        let cnonce = random_token();
+        let value = voicegate_sip::digest::client_authorization(
+            challenge,
+            "INVITE",
+            &self.invite.uri,
+            user,
+            password,
+            &cnonce,
+            1,
+        )
+        .ok()?;
+        let mut retry = self.invite.clone();
+        retry.headers.set(answer_header, value);
+        Some(retry)
+    }
+
+    /// Sends `request` as a new INVITE transaction (next CSeq, new branch).
+    fn resend(&mut self, mut request: Request, now: Instant) {
+        let cseq = self.invite.cseq().0 + 1;
+        request.headers.set("CSeq", format!("{cseq} INVITE"));
+        request.headers.set("Via", self.new_via());
+        self.invite = request;
+        self.tx = ClientInviteTx::new(self.invite.to_bytes(), self.reliable, self.timers, now);
+    }
+
+    fn new_via(&self) -> String {
+        format!("{};branch=z9hG4bK{};rport", self.params.via, random_token())
+    }
+
+    fn ack_for_2xx(&mut self, cseq: u32, response: &Response) -> Bytes {
+        let mut dialog = self
+            .dialog
+            .clone()
+            .unwrap_or_else(|| Dialog::from_response(&self.invite, response));
+        // The ACK of a 2xx is its own transaction but keeps the INVITE's CSeq number.
+        dialog.local_cseq = cseq - 1;
+        dialog.remote_party = response.headers.get("To").unwrap_or_default().to_string();
+        let mut ack = dialog.request("ACK", self.new_via(), 70);
+        ack.headers
+            .push("User-Agent", self.params.user_agent.clone());
+        ack.to_bytes()
+    }
+
+    /// Gives up on the INVITE: CANCEL once a provisional has come (else as soon as one does).
+    pub fn cancel(&mut self, now: Instant) {
+        match self.state {
+            OutState::Calling => self.cancel_pending = true,
+            OutState::Proceeding => self.send_cancel(now),
+            OutState::Answered => {
+                self.bye("SIP;cause=487;text=\"cancelled\"", now);
+                return;
+            }
+            OutState::Over => return,
+        }
+        self.state = OutState::Over;
+    }
+
+    /// Whether a response of any kind has come back (the next hop is alive).
+    pub fn heard_back(&self) -> bool {
+        self.state != OutState::Calling || self.cancel_pending
+    }
+
+    fn send_cancel(&mut self, now: Instant) {
+        if self.cancel.is_some() {
+            return;
+        }
+        let mut headers = Headers::default();
+        if let Some(via) = self.invite.headers.get("Via") {
+            headers.push("Via", via.to_string());
+        }
+        headers.push("Max-Forwards", "70");
+        for name in ["From", "To", "Call-ID"] {
+            if let Some(v) = self.invite.headers.get(name) {
+                headers.push(name, v.to_string());
+            }
+        }
+        headers.push("CSeq", format!("{} CANCEL", self.invite.cseq().0));
+        headers.push("User-Agent", self.params.user_agent.clone());
+        let cancel = Request {
+            method: "CANCEL".into(),
+            uri: self.invite.uri.clone(),
+            headers,
+            body: Bytes::new(),
+        };
+        self.cancel = Some(ClientNonInviteTx::new(
+            cancel.to_bytes(),
+            self.reliable,
+            self.timers,
+            now,
+        ));
+    }
+
+    /// Hangs up an answered (or early) dialog.
+    pub fn bye(&mut self, reason: &str, now: Instant) {
+        let Some(dialog) = self.dialog.as_mut() else {
+            self.state = OutState::Over;
+            return;
+        };
+        let via = format!("{};branch=z9hG4bK{};rport", self.params.via, random_token());
+        let mut bye = dialog.request("BYE", via, 70);
+        if !reason.is_empty() {
+            bye.headers.push("Reason", reason);
+        }
+        bye.headers
+            .push("User-Agent", self.params.user_agent.clone());
+        let cseq = bye.cseq().0;
+        let tx = ClientNonInviteTx::new(bye.to_bytes(), self.reliable, self.timers, now);
+        self.requests.push((cseq, "BYE".into(), tx));
+        self.state = OutState::Over;
+    }
+
+    /// Sends a re-INVITE in the dialog (hold, resume, session refresh). False if one is
+    /// already pending or there is no dialog.
+    pub fn reinvite(
+        &mut self,
+        sdp: Option<Bytes>,
+        extra: &[(String, String)],
+        now: Instant,
+    ) -> bool {
+        if self
+            .reinvite
+            .as_ref()
+            .is_some_and(|re| !re.tx.is_terminated())
+            || self.state != OutState::Answered
+        {
+            return false;
+        }
+        let Some(dialog) = self.dialog.as_mut() else {
+            return false;
+        };
+        let via = format!("{};branch=z9hG4bK{};rport", self.params.via, random_token());
+        let mut request = dialog.request("INVITE", via, 70);
+        request.headers.push("Contact", self.params.contact.clone());
+        request
+            .headers
+            .push("User-Agent", self.params.user_agent.clone());
+        for (name, value) in extra {
+            request.headers.push(name.clone(), value.clone());
+        }
+        if let Some(sdp) = sdp {
+            request.headers.push("Content-Type", "application/sdp");
+            request.body = sdp;
+        }
+        let cseq = request.cseq().0;
+        let tx = ClientInviteTx::new(request.to_bytes(), self.reliable, self.timers, now);
+        self.reinvite = Some(Reinvite { cseq, tx, request });
+        true
+    }
+
+    /// Records the CSeq of the peer's in-dialog request (RFC 3261 §12.2.2).
+    pub fn accept_remote_cseq(&mut self, request: &Request) -> bool {
+        match self.dialog.as_mut() {
+            Some(d) => d.accept_remote_cseq(request).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Whether an in-dialog request from the next hop belongs to this leg.
+    pub fn owns(&self, call_id: &str) -> bool {
+        self.call_id == call_id
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.tx.handle_timeout(now);
+        if let Some(c) = self.cancel.as_mut() {
+            c.handle_timeout(now);
+        }
+        if let Some(re) = self.reinvite.as_mut() {
+            re.tx.handle_timeout(now);
+        }
+        for (_, _, tx) in &mut self.requests {
+            tx.handle_timeout(now);
+        }
+    }
+
+    /// Events of the transactions themselves (timeouts), after [`Self::handle_timeout`].
+    pub fn poll_event(&mut self) -> Option<OutboundEvent> {
+        while let Some(event) = self.tx.poll_event() {
+            if event == TxEvent::Timeout && self.state != OutState::Over {
+                self.state = OutState::Over;
+                return Some(OutboundEvent::Failed {
+                    status: 408,
+                    reason: "Request Timeout".into(),
+                    response: None,
+                });
+            }
+        }
+        if let Some(re) = self.reinvite.as_mut() {
+            while let Some(event) = re.tx.poll_event() {
+                if event == TxEvent::Timeout {
+                    return Some(OutboundEvent::ReinviteTimeout);
+                }
+            }
+        }
+        None
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Bytes> {
+        if let Some(bytes) = self.outbox.pop() {
+            return Some(bytes);
+        }
+        if let Some(bytes) = self.tx.poll_transmit() {
+            return Some(bytes);
+        }
+        if let Some(bytes) = self.cancel.as_mut().and_then(|c| c.poll_transmit()) {
+            return Some(bytes);
+        }
+        if let Some(bytes) = self.reinvite.as_mut().and_then(|re| re.tx.poll_transmit()) {
+            return Some(bytes);
+        }
+        self.requests
+            .iter_mut()
+            .find_map(|(_, _, tx)| tx.poll_transmit())
+    }
+
+    pub fn next_deadline(&self) -> Option<Instant> {
+        [
+            self.tx.poll_timeout(),
+            self.cancel.as_ref().and_then(|c| c.poll_timeout()),
+            self.reinvite.as_ref().and_then(|re| re.tx.poll_timeout()),
+        ]
+        .into_iter()
+        .chain(self.requests.iter().map(|(_, _, tx)| tx.poll_timeout()))
+        .flatten()
+        .min()
+    }
+
+    /// Nothing left to send or answer: the leg can be dropped.
+    pub fn is_finished(&self) -> bool {
+        self.state == OutState::Over
+            && !self.cancel_pending
+            && self.tx.is_terminated()
+            && self.cancel.as_ref().is_none_or(|c| c.is_terminated())
+            && self
+                .reinvite
+                .as_ref()
+                .is_none_or(|re| re.tx.is_terminated())
+            && self.requests.iter().all(|(_, _, tx)| tx.is_terminated())
+    }
+
+    /// Drops the requests that are done, keeping the leg small in long calls.
+    pub fn prune(&mut self) {
+        self.requests.retain(|(_, _, tx)| !tx.is_terminated());
+    }
+}
+
+fn build_invite(
+    params: &InviteParams,
+    call_id: &str,
+    local_tag: &str,
+    cseq: u32,
+    branch: Option<&str>,
+) -> Request {
+    let branch = branch.map_or_else(random_token, str::to_string);
+    let mut headers = Headers::default();
+    headers.push(
+        "Via",
+        format!("{};branch=z9hG4bK{branch};rport", params.via),
+    );
+    headers.push("Max-Forwards", "70");
+    headers.push("From", format!("{};tag={local_tag}", params.from));
+    headers.push("To", params.to.clone());
+    headers.push("Call-ID", call_id.to_string());
+    headers.push("CSeq", format!("{cseq} INVITE"));
+    headers.push("Contact", params.contact.clone());
+    headers.push("Allow", crate::core::ALLOW);
+    headers.push("User-Agent", params.user_agent.clone());
+    for (name, value) in &params.extra_headers {
+        headers.push(name.clone(), value.clone());
+    }
+    let body = match &params.sdp {
+        Some(sdp) => {
+            headers.push("Content-Type", "application/sdp");
+            sdp.clone()
+        }
+        None => Bytes::new(),
+    };
+    Request {
+        method: "INVITE".into(),
+        uri: params.request_uri.clone(),
+        headers,
+        body,
+    }
+}
+
+/// The ACK of a non-2xx final response: part of the INVITE transaction (RFC 3261 §17.1.1.3).
+fn non_2xx_ack(invite: &Request, response: &Response) -> Bytes {
+    let mut headers = Headers::default();
+    if let Some(via) = invite.headers.get("Via") {
+        headers.push("Via", via.to_string());
+    }
+    headers.push("Max-Forwards", "70");
+    for route in invite.headers.get_all("Route") {
+        headers.push("Route", route.to_string());
+    }
+    headers.push(
+        "From",
+        invite.headers.get("From").unwrap_or_default().to_string(),
+    );
+    headers.push(
+        "To",
+        response
+            .headers
+            .get("To")
+            .or_else(|| invite.headers.get("To"))
+            .unwrap_or_default()
+            .to_string(),
+    );
+    headers.push("Call-ID", invite.call_id().to_string());
+    headers.push("CSeq", format!("{} ACK", invite.cseq().0));
+    Request {
+        method: "ACK".into(),
+        uri: invite.uri.clone(),
+        headers,
+        body: Bytes::new(),
+    }
+    .to_bytes()
+}
+
+/// The To-tag of a response, if any.
+pub fn response_to_tag(response: &Response) -> Option<&str> {
+    message::tag_param(response.headers.get("To")?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use voicegate_sip::message::{parse, Message};
+    use voicegate_sip::transport::TransportKind;
+
+    fn params() -> InviteParams {
+        InviteParams {
+            request_uri: "sip:+15550123@192.0.2.10:5060".into(),
+            from: "<sip:+15550100@192.0.2.1>".into(),
+            to: "<sip:+15550123@192.0.2.10>".into(),
+            contact: "<sip:+15550100@192.0.2.1:5060;transport=udp>".into(),
+            via: "SIP/2.0/UDP 192.0.2.1:5060".into(),
+            sdp: Some(Bytes::from_static(b"v=0\r\n")),
+            credentials: Some(("acme".into(), "secret".into())),
+            extra_headers: vec![("Supported".into(), "timer".into())],
+            user_agent: "voicegate-test".into(),
+        }
+    }
+
+    fn hop() -> Hop {
+        Hop {
+            source: Source {
+                transport: TransportKind::Udp,
+                remote: "192.0.2.10:5060".parse().unwrap(),
+                local: "192.0.2.1:5060".parse().unwrap(),
+                connection: None,
+            },
+            target: "192.0.2.10:5060".parse().unwrap(),
+        }
+    }
+
+    fn sent(leg: &mut OutboundLeg) -> Vec<Request> {
+        std::iter::from_fn(|| leg.poll_transmit())
+            .map(|b| match parse(&b) {
+                Ok(Message::Request(r)) => r,
+                other => panic!("not a request: {other:?}"),
+            })
+            .collect()
+    }
+
+    fn reply(
+        request: &Request,
+        status: u16,
+        to_tag: Option<&str>,
+        extra: &[(&str, &str)],
+    ) -> Response {
+        let mut r = request.response(status, "X");
+        if let Some(tag) = to_tag {
+            r = r.with_to_tag(tag);
+        }
+        for (n, v) in extra {
+            r = r.header(n, *v);
+        }
+        r
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn answered_call_is_acked_and_hung_up() {
+        let now = Instant::now();
+        let mut leg = OutboundLeg::invite(params(), hop(), Timers::default(), now);
+        let invite = sent(&mut leg).remove(0);
+        assert_eq!(invite.method, "INVITE");
+        assert_eq!(invite.headers.get("Supported"), Some("timer"));
+        let ringing = reply(&invite, 180, Some("c1"), &[]);
+        assert!(matches!(
+            leg.on_response(&ringing, now),
+            Some(OutboundEvent::Provisional(_))
+        ));
+        let ok = reply(
+            &invite,
+            200,
+            Some("c1"),
+            &[("Contact", "<sip:gw@192.0.2.10:5070>")],
+        );
+        assert!(matches!(
+            leg.on_response(&ok, now),
+            Some(OutboundEvent::Answered(_))
+        ));
+        let ack = sent(&mut leg).remove(0);
+        assert_eq!(ack.method, "ACK");
+        assert_eq!(ack.uri, "sip:gw@192.0.2.10:5070");
+        assert_eq!(ack.cseq(), (invite.cseq().0, "ACK"));
+        assert_eq!(ack.to_tag(), Some("c1"));
+        // A retransmitted 200 is acknowledged again and reported once.
+        assert_eq!(leg.on_response(&ok, now), None);
+        assert_eq!(sent(&mut leg).remove(0).method, "ACK");
+        leg.bye("", now);
+        let bye = sent(&mut leg).remove(0);
+        assert_eq!(bye.method, "BYE");
+        assert_eq!(bye.cseq().0, invite.cseq().0 + 1);
+        assert_eq!(bye.from_tag(), Some(leg.local_tag.as_str()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn challenge_is_answered_once() {
+        let now = Instant::now();
+        let mut leg = OutboundLeg::invite(params(), hop(), Timers::default(), now);
+        let invite = sent(&mut leg).remove(0);
+        let challenge = reply(
+            &invite,
+            407,
+            Some("p1"),
+            &[(
+                "Proxy-Authenticate",
+                "Digest realm=\"carrier\", nonce=\"abc\", qop=\"auth\"",
+            )],
+        );
+        assert_eq!(leg.on_response(&challenge, now), None);
+        let out = sent(&mut leg);
+        assert_eq!(out[0].method, "ACK");
+        let retry = &out[1];
+        assert_eq!(retry.method, "INVITE");
+        assert_eq!(retry.cseq().0, invite.cseq().0 + 1);
+        assert_ne!(retry.branch(), invite.branch());
+        let auth = retry.headers.get("Proxy-Authorization").unwrap();
+        assert!(
+            auth.contains("username=\"acme\"") && auth.contains("realm=\"carrier\""),
+            "{auth}"
+        );
+        // A second challenge is a failure.
+        let again = reply(
+            retry,
+            407,
+            Some("p2"),
+            &[(
+                "Proxy-Authenticate",
+                "Digest realm=\"carrier\", nonce=\"def\"",
+            )],
+        );
+        assert!(matches!(
+            leg.on_response(&again, now),
+            Some(OutboundEvent::Failed { status: 407, .. })
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cancel_waits_for_a_provisional() {
+        let now = Instant::now();
+        let mut leg = OutboundLeg::invite(params(), hop(), Timers::default(), now);
+        let invite = sent(&mut leg).remove(0);
+        leg.cancel(now);
+        assert!(sent(&mut leg).is_empty(), "no CANCEL before a provisional");
+        leg.on_response(&reply(&invite, 100, None, &[]), now);
+        let cancel = sent(&mut leg).remove(0);
+        assert_eq!(cancel.method, "CANCEL");
+        assert_eq!(cancel.branch(), invite.branch());
+        assert_eq!(cancel.cseq(), (invite.cseq().0, "CANCEL"));
+        let terminated = reply(&invite, 487, Some("c1"), &[]);
+        assert_eq!(
+            leg.on_response(&terminated, now),
+            None,
+            "487 after CANCEL is ours"
+        );
+        assert_eq!(sent(&mut leg).remove(0).method, "ACK");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_answer_times_out_as_408() {
+        let now = Instant::now();
+        let mut leg = OutboundLeg::invite(params(), hop(), Timers::default(), now);
+        sent(&mut leg);
+        let later = now + std::time::Duration::from_secs(40);
+        leg.handle_timeout(later);
+        assert!(matches!(
+            leg.poll_event(),
+            Some(OutboundEvent::Failed { status: 408, .. })
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn interval_too_small_is_retried_with_min_se() {
+        let now = Instant::now();
+        let mut leg = OutboundLeg::invite(params(), hop(), Timers::default(), now);
+        let invite = sent(&mut leg).remove(0);
+        leg.on_response(&reply(&invite, 422, Some("x"), &[("Min-SE", "600")]), now);
+        let out = sent(&mut leg);
+        assert_eq!(out[1].headers.get("Session-Expires"), Some("600"));
+    }
+}

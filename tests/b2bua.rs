@@ -1,0 +1,385 @@
+//! voicegate as a B2BUA with its media anchored: outbound calls to carriers with failover,
+//! inbound calls from a carrier to a trunk's destination URIs (IP and DNS name), hold and
+//! resume across both legs, and session timers. The far ends are SIPp UASes echoing RTP; the
+//! PBX is a scripted UA so the SDP and RTP can be checked.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::dns::{addr, srv, TestDns};
+use common::uac::{body_text, offer, rtp_packet, Uac};
+use common::*;
+use voicegate::config::{CarrierConfig, Config, NumberConfig, TrunkConfig};
+use voicegate_sip::message::Message;
+
+const NUMBER: &str = "+15550100";
+/// Carriers' own address: INVITEs from it are inbound calls.
+const CARRIER_IP: &str = "127.0.0.2";
+
+fn carrier(name: &str, port: u16, priority: u32) -> CarrierConfig {
+    CarrierConfig {
+        name: name.into(),
+        uri: format!("sip:127.0.0.1:{port}"),
+        priority,
+        inbound_ips: vec![CARRIER_IP.into()],
+        ..CarrierConfig::default()
+    }
+}
+
+/// The carrier the inbound calls come from (it is never called in those tests).
+fn upstream() -> CarrierConfig {
+    carrier("upstream", free_port(), 10)
+}
+
+/// A PBX trunk (127.0.0.1) with NUMBER in `pstn` mode, inbound calls to `destinations`.
+fn config(carriers: Vec<CarrierConfig>, destinations: Vec<String>) -> Config {
+    let mut config = test_config();
+    config.trunks = vec![TrunkConfig {
+        name: "pbx".into(),
+        whitelisted_ips: vec!["127.0.0.1".into()],
+        numbers: vec![NumberConfig {
+            number: NUMBER.into(),
+            mode: "pstn".into(),
+            flow: String::new(),
+        }],
+        destinations,
+        external_alias: "+15550999".into(),
+        ..TrunkConfig::default()
+    }];
+    config.carriers = carriers;
+    config.routing.attempt_timeout_secs = 2;
+    config
+}
+
+/// Sends `count` PCMU packets to `target` and returns how many came back from it, with the
+/// payload unchanged (both legs chose PCMU: no transcoding).
+async fn rtp_round_trip(uac: &Uac, target: SocketAddr, count: u16) -> usize {
+    let mut buf = [0u8; 2048];
+    let mut back = 0;
+    for i in 0..count {
+        let packet = rtp_packet(i, 160 * u32::from(i), 0x2222, 0, (i % 100) as u8 + 1);
+        uac.rtp.send_to(&packet, target).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        while let Ok(Ok((n, from))) =
+            tokio::time::timeout(Duration::from_millis(5), uac.rtp.recv_from(&mut buf)).await
+        {
+            assert_eq!(
+                from, target,
+                "RTP comes back from voicegate's port (symmetric)"
+            );
+            assert_eq!(buf[1] & 0x7f, 0, "PCMU");
+            assert_ne!(
+                u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]),
+                0x2222,
+                "under voicegate's SSRC"
+            );
+            assert_eq!(n, 172);
+            back += 1;
+        }
+    }
+    // The last packets' round trip.
+    while let Ok(Ok(_)) =
+        tokio::time::timeout(Duration::from_millis(300), uac.rtp.recv_from(&mut buf)).await
+    {
+        back += 1;
+    }
+    back
+}
+
+fn in_rtp_range(config: &Config, target: SocketAddr) -> bool {
+    (config.rtp.port_min..=config.rtp.port_max).contains(&target.port())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_call_relays_rtp_both_ways_through_voicegate() {
+    let carrier_port = free_port();
+    // The carrier sees our caller ID (the trunk's external alias) and our own media address.
+    let checks = r#"      <ereg regexp="From: .sip:\+15550999@" search_in="msg" check_it="true" assign_to="from_ok"/>
+      <ereg regexp="Session-Expires: 1800" search_in="msg" check_it="true" assign_to="se_ok"/>
+      <log message="[$from_ok] [$se_ok]"/>"#;
+    let uas = sipp_uas(&uas_answer_scenario(checks, "", ""), carrier_port).await;
+    let config = config(vec![carrier("a", carrier_port, 10)], vec![]);
+    let running = start(&config).await;
+    let mut uac = Uac::new(running.local.udp.unwrap()).await;
+    let ok = uac.call(NUMBER, "0 101", "").await;
+    if ok.status != 200 {
+        let out = uas.await.unwrap();
+        panic!(
+            "{} {}\n{}\n{}",
+            ok.status,
+            ok.reason,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let target = Uac::media_target(&ok);
+    assert!(
+        in_rtp_range(&config, target),
+        "caller's RTP goes to voicegate: {target}"
+    );
+    let back = rtp_round_trip(&uac, target, 50).await;
+    assert!(
+        back >= 45,
+        "{back} of 50 packets came back through both legs"
+    );
+    assert_eq!(uac.bye().await.status, 200);
+    assert_uas_ok(&uas.await.unwrap(), "carrier");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn carrier_503_fails_over_to_the_next_carrier() {
+    let (first, second) = (free_port(), free_port());
+    let refusing = sipp_uas(&uas_reject_scenario(503, "Service Unavailable"), first).await;
+    let answering = sipp_uas(&uas_answer_scenario("", "", ""), second).await;
+    let config = config(
+        vec![carrier("second", second, 20), carrier("first", first, 10)],
+        vec![],
+    );
+    let running = start(&config).await;
+    let mut uac = Uac::new(running.local.udp.unwrap()).await;
+    let ok = uac.call(NUMBER, "0 101", "").await;
+    assert_eq!(ok.status, 200);
+    assert_uas_ok(&refusing.await.unwrap(), "first carrier (503, ACKed)");
+    let target = Uac::media_target(&ok);
+    assert!(rtp_round_trip(&uac, target, 20).await >= 15);
+    assert_eq!(uac.bye().await.status, 200);
+    assert_uas_ok(&answering.await.unwrap(), "second carrier");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn carrier_486_goes_back_to_the_caller() {
+    let (first, second) = (free_port(), free_port());
+    let busy = sipp_uas(&uas_reject_scenario(486, "Busy Here"), first).await;
+    // A second carrier that must not be tried: nothing listens there.
+    let config = config(
+        vec![carrier("first", first, 10), carrier("second", second, 20)],
+        vec![],
+    );
+    let running = start(&config).await;
+    let mut uac = Uac::new(running.local.udp.unwrap()).await;
+    let refused = uac.call(NUMBER, "0 101", "").await;
+    assert_eq!(refused.status, 486);
+    assert_eq!(refused.reason, "Busy Here");
+    assert_uas_ok(&busy.await.unwrap(), "busy carrier");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_carrier_is_skipped_after_the_attempt_timeout() {
+    let (silent, answering_port) = (free_port(), free_port());
+    let answering = sipp_uas(&uas_answer_scenario("", "", ""), answering_port).await;
+    let config = config(
+        vec![
+            carrier("silent", silent, 10),
+            carrier("b", answering_port, 20),
+        ],
+        vec![],
+    );
+    let running = start(&config).await;
+    let mut uac = Uac::new(running.local.udp.unwrap()).await;
+    let started = std::time::Instant::now();
+    let invite = uac
+        .request_text("INVITE", &offer(uac.rtp_port(), "0 101", "sendrecv"))
+        .replace("sip:echo@", &format!("sip:{NUMBER}@"));
+    uac.send(&invite).await;
+    let ok = loop {
+        match uac.recv(Duration::from_secs(8)).await {
+            Some(Message::Response(r)) if r.status >= 200 => break r,
+            Some(_) => continue,
+            None => panic!("no final response"),
+        }
+    };
+    assert_eq!(ok.status, 200);
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "waited for the first carrier"
+    );
+    uac.to_tag = ok
+        .headers
+        .get("To")
+        .and_then(voicegate_sip::message::tag_param)
+        .map(str::to_string);
+    uac.ack("").await;
+    assert_eq!(uac.bye().await.status, 200);
+    assert_uas_ok(&answering.await.unwrap(), "second carrier");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbound_call_reaches_the_trunk_destination() {
+    let pbx_port = free_port();
+    let checks = r#"      <ereg regexp="INVITE sip:\+15550100@127.0.0.1" search_in="msg" check_it="true" assign_to="ruri_ok"/>
+      <log message="[$ruri_ok]"/>"#;
+    let pbx = sipp_uas(&uas_answer_scenario(checks, "", ""), pbx_port).await;
+    let config = config(vec![upstream()], vec![format!("127.0.0.1:{pbx_port}")]);
+    let running = start(&config).await;
+    let mut carrier = Uac::from_ip(running.local.udp.unwrap(), CARRIER_IP).await;
+    let ok = carrier.call(NUMBER, "0 101", "").await;
+    assert_eq!(ok.status, 200);
+    let target = Uac::media_target(&ok);
+    assert!(in_rtp_range(&config, target));
+    assert!(rtp_round_trip(&carrier, target, 30).await >= 25);
+    assert_eq!(carrier.bye().await.status, 200);
+    assert_uas_ok(&pbx.await.unwrap(), "PBX");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbound_call_to_a_dns_name_uses_srv_then_a() {
+    let pbx_port = free_port();
+    let pbx = sipp_uas(&uas_answer_scenario("", "", ""), pbx_port).await;
+    let dns = TestDns::start(vec![
+        srv(
+            "_sip._udp.pbx.acme.test",
+            10,
+            1,
+            pbx_port,
+            "host1.acme.test",
+        ),
+        addr("host1.acme.test", "127.0.0.1"),
+    ])
+    .await;
+    let mut config = config(vec![upstream()], vec!["pbx.acme.test".into()]);
+    config.routing.dns_servers = vec![dns.addr.to_string()];
+    let running = start(&config).await;
+    let mut carrier = Uac::from_ip(running.local.udp.unwrap(), CARRIER_IP).await;
+    let ok = carrier.call(NUMBER, "0 101", "").await;
+    assert_eq!(ok.status, 200);
+    assert!(rtp_round_trip(&carrier, Uac::media_target(&ok), 20).await >= 15);
+    assert_eq!(carrier.bye().await.status, 200);
+    assert_uas_ok(&pbx.await.unwrap(), "PBX found through SRV");
+    let queries = dns.queries();
+    assert!(
+        queries
+            .iter()
+            .any(|(name, _)| name.starts_with("_sip._udp.pbx.acme.test")),
+        "SRV asked: {queries:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbound_call_fails_over_between_destinations() {
+    let (first, second) = (free_port(), free_port());
+    let refusing = sipp_uas(&uas_reject_scenario(503, "Service Unavailable"), first).await;
+    let answering = sipp_uas(&uas_answer_scenario("", "", ""), second).await;
+    let config = config(
+        vec![upstream()],
+        vec![format!("127.0.0.1:{first}"), format!("127.0.0.1:{second}")],
+    );
+    let running = start(&config).await;
+    let mut carrier = Uac::from_ip(running.local.udp.unwrap(), CARRIER_IP).await;
+    let ok = carrier.call(NUMBER, "0 101", "").await;
+    assert_eq!(ok.status, 200);
+    assert_uas_ok(&refusing.await.unwrap(), "first destination");
+    assert_eq!(carrier.bye().await.status, 200);
+    assert_uas_ok(&answering.await.unwrap(), "second destination");
+}
+
+/// A re-INVITE of the caller's, and its final answer (ACKed).
+async fn reinvite(uac: &mut Uac, direction: &str) -> voicegate_sip::message::Response {
+    uac.invite(&offer(uac.rtp_port(), "0 101", direction)).await;
+    let response = uac.final_response().await;
+    uac.ack("").await;
+    response
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hold_and_resume_cross_the_b2bua() {
+    let carrier_port = free_port();
+    let midcall = format!(
+        "{}{}",
+        midcall_reinvite("a=sendonly", 10_000, "recvonly", ""),
+        midcall_reinvite("a=sendrecv", 10_000, "sendrecv", "")
+    );
+    let uas = sipp_uas(&uas_answer_scenario("", "", &midcall), carrier_port).await;
+    let config = config(vec![carrier("a", carrier_port, 10)], vec![]);
+    let running = start(&config).await;
+    let mut uac = Uac::new(running.local.udp.unwrap()).await;
+    let ok = uac.call(NUMBER, "0 101", "").await;
+    assert_eq!(ok.status, 200);
+    let hold = reinvite(&mut uac, "sendonly").await;
+    assert_eq!(hold.status, 200);
+    assert!(
+        body_text(&hold).contains("a=recvonly"),
+        "{}",
+        body_text(&hold)
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let resume = reinvite(&mut uac, "sendrecv").await;
+    assert_eq!(resume.status, 200);
+    assert!(body_text(&resume).contains("a=sendrecv"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        rtp_round_trip(&uac, Uac::media_target(&ok), 20).await >= 15,
+        "audio after resume"
+    );
+    assert_eq!(uac.bye().await.status, 200);
+    assert_uas_ok(&uas.await.unwrap(), "carrier saw hold and resume");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_timer_refresh_is_sent_to_the_carrier() {
+    let carrier_port = free_port();
+    // The carrier asks us to refresh every 4 s: a re-INVITE must come within about 2 s.
+    let headers = "Session-Expires: 4;refresher=uac\nRequire: timer";
+    let midcall = midcall_reinvite("Session-Expires: 4", 3_500, "sendrecv", headers);
+    let uas = sipp_uas(&uas_answer_scenario("", headers, &midcall), carrier_port).await;
+    let config = config(vec![carrier("a", carrier_port, 10)], vec![]);
+    let running = start(&config).await;
+    let mut uac = Uac::new(running.local.udp.unwrap()).await;
+    let ok = uac.call(NUMBER, "0 101", "Supported: timer\r\n").await;
+    assert_eq!(ok.status, 200);
+    // The caller's own leg got a session timer it refreshes (we never refresh callers).
+    assert!(
+        ok.headers
+            .get("Session-Expires")
+            .is_some_and(|v| v.contains("refresher=uac")),
+        "{:?}",
+        ok.headers.get("Session-Expires")
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(uac.bye().await.status, 200);
+    assert_uas_ok(&uas.await.unwrap(), "carrier got the refresh");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_small_session_interval_gets_422() {
+    let config = config(vec![carrier("a", free_port(), 10)], vec![]);
+    let running = start(&config).await;
+    let mut uac = Uac::new(running.local.udp.unwrap()).await;
+    let refused = uac
+        .call(
+            NUMBER,
+            "0 101",
+            "Supported: timer\r\nSession-Expires: 30\r\n",
+        )
+        .await;
+    assert_eq!(refused.status, 422);
+    assert_eq!(refused.headers.get("Min-SE"), Some("90"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caller_cancel_reaches_the_carrier() {
+    let carrier_port = free_port();
+    // A carrier that rings and never answers until cancelled.
+    let uas = sipp_uas(&scenario("uas_ring_cancel.xml"), carrier_port).await;
+    let config = config(vec![carrier("a", carrier_port, 10)], vec![]);
+    let running = start(&config).await;
+    let mut uac = Uac::new(running.local.udp.unwrap()).await;
+    let invite = uac
+        .request_text("INVITE", &offer(uac.rtp_port(), "0 101", "sendrecv"))
+        .replace("sip:echo@", &format!("sip:{NUMBER}@"));
+    uac.send(&invite).await;
+    // Wait for the ringing relayed from the carrier.
+    loop {
+        match uac.recv(Duration::from_secs(5)).await {
+            Some(Message::Response(r)) if r.status == 180 => break,
+            Some(_) => continue,
+            None => panic!("no 180 relayed"),
+        }
+    }
+    let _ = running;
+    assert_eq!(uac.cancel().await.status, 200);
+    assert_eq!(uac.final_response().await.status, 487);
+    uac.ack_failure().await;
+    assert_uas_ok(&uas.await.unwrap(), "carrier got the CANCEL");
+}
