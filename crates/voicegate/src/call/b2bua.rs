@@ -1206,7 +1206,9 @@ impl Call {
     /// Forgets the other leg's routes (the call task is ending).
     pub(super) fn unregister_peer(&mut self) {
         if let Some(peer) = self.peer.as_ref() {
-            for leg in peer.leg.iter().chain(peer.spent.iter()) {}
+            for leg in peer.leg.iter().chain(peer.spent.iter()) {
+                self.core.unregister_leg(&leg.call_id, &leg.local_tag);
+            }
         }
     }
 
