@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::dns::{addr, srv, TestDns};
-use common::uac::{body_text, offer, rtp_packet, Uac};
+use common::uac::{body_text, offer, Uac};
 use common::*;
 use voicegate::config::{CarrierConfig, Config, NumberConfig, TrunkConfig};
 use voicegate_sip::message::Message;
@@ -51,41 +51,6 @@ fn config(carriers: Vec<CarrierConfig>, destinations: Vec<String>) -> Config {
     config.carriers = carriers;
     config.routing.attempt_timeout_secs = 2;
     config
-}
-
-/// Sends `count` PCMU packets to `target` and returns how many came back from it, with the
-/// payload unchanged (both legs chose PCMU: no transcoding).
-async fn rtp_round_trip(uac: &Uac, target: SocketAddr, count: u16) -> usize {
-    let mut buf = [0u8; 2048];
-    let mut back = 0;
-    for i in 0..count {
-        let packet = rtp_packet(i, 160 * u32::from(i), 0x2222, 0, (i % 100) as u8 + 1);
-        uac.rtp.send_to(&packet, target).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        while let Ok(Ok((n, from))) =
-            tokio::time::timeout(Duration::from_millis(5), uac.rtp.recv_from(&mut buf)).await
-        {
-            assert_eq!(
-                from, target,
-                "RTP comes back from voicegate's port (symmetric)"
-            );
-            assert_eq!(buf[1] & 0x7f, 0, "PCMU");
-            assert_ne!(
-                u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]),
-                0x2222,
-                "under voicegate's SSRC"
-            );
-            assert_eq!(n, 172);
-            back += 1;
-        }
-    }
-    // The last packets' round trip.
-    while let Ok(Ok(_)) =
-        tokio::time::timeout(Duration::from_millis(300), uac.rtp.recv_from(&mut buf)).await
-    {
-        back += 1;
-    }
-    back
 }
 
 fn in_rtp_range(config: &Config, target: SocketAddr) -> bool {

@@ -1,6 +1,7 @@
 //! Test harness: voicegate in-process on ephemeral ports, and real peers (SIPp, socat) around it.
 #![allow(dead_code)]
 
+pub mod bot;
 pub mod dns;
 pub mod pcap;
 pub mod uac;
@@ -327,3 +328,39 @@ pub fn assert_uas_ok(output: &Output, what: &str) {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// Sends `count` PCMU packets to `target` and returns how many came back from it, with the
+/// payload unchanged (both legs chose PCMU: no transcoding).
+pub async fn rtp_round_trip(uac: &uac::Uac, target: SocketAddr, count: u16) -> usize {
+    let mut buf = [0u8; 2048];
+    let mut back = 0;
+    for i in 0..count {
+        let packet = uac::rtp_packet(i, 160 * u32::from(i), 0x2222, 0, (i % 100) as u8 + 1);
+        uac.rtp.send_to(&packet, target).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        while let Ok(Ok((n, from))) =
+            tokio::time::timeout(Duration::from_millis(5), uac.rtp.recv_from(&mut buf)).await
+        {
+            assert_eq!(
+                from, target,
+                "RTP comes back from voicegate's port (symmetric)"
+            );
+            assert_eq!(buf[1] & 0x7f, 0, "PCMU");
+            assert_ne!(
+                u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]),
+                0x2222,
+                "under voicegate's SSRC"
+            );
+            assert_eq!(n, 172);
+            back += 1;
+        }
+    }
+    // The last packets' round trip.
+    while let Ok(Ok(_)) =
+        tokio::time::timeout(Duration::from_millis(300), uac.rtp.recv_from(&mut buf)).await
+    {
+        back += 1;
+    }
+    back
+}
+

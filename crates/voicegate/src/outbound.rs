@@ -281,6 +281,10 @@ impl OutboundLeg {
         let cseq = self.invite.cseq().0 + 1;
         request.headers.set("CSeq", format!("{cseq} INVITE"));
         request.headers.set("Via", self.new_via());
+        // The old transaction's ACK goes out before the new INVITE.
+        while let Some(bytes) = self.tx.poll_transmit() {
+            self.outbox.push(bytes);
+        }
         self.invite = request;
         self.tx = ClientInviteTx::new(self.invite.to_bytes(), self.reliable, self.timers, now);
     }
@@ -458,8 +462,8 @@ impl OutboundLeg {
     }
 
     pub fn poll_transmit(&mut self) -> Option<Bytes> {
-        if let Some(bytes) = self.outbox.pop() {
-            return Some(bytes);
+        if !self.outbox.is_empty() {
+            return Some(self.outbox.remove(0));
         }
         if let Some(bytes) = self.tx.poll_transmit() {
             return Some(bytes);
