@@ -94,6 +94,29 @@ async fn outbound_call_relays_rtp_both_ways_through_voicegate() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn carrier_over_tcp_gets_its_own_connection() {
+    let carrier_port = free_port();
+    let checks = r#"      <ereg regexp="Via: SIP/2.0/TCP 127.0.0.1:[0-9]+;branch" search_in="msg" check_it="true" assign_to="via_ok"/>
+      <log message="[$via_ok]"/>"#;
+    let uas = sipp_uas_with(
+        &uas_answer_scenario(checks, "", ""),
+        carrier_port,
+        &["-t", "t1"],
+    )
+    .await;
+    let mut tcp_carrier = carrier("tcp", carrier_port, 10);
+    tcp_carrier.uri = format!("sip:127.0.0.1:{carrier_port};transport=tcp");
+    let config = config(vec![tcp_carrier], vec![]);
+    let running = start(&config).await;
+    let mut uac = Uac::new(running.local.udp.unwrap()).await;
+    let ok = uac.call(NUMBER, "0 101", "").await;
+    assert_eq!(ok.status, 200);
+    assert!(rtp_round_trip(&uac, Uac::media_target(&ok), 20).await >= 15);
+    assert_eq!(uac.bye().await.status, 200);
+    assert_uas_ok(&uas.await.unwrap(), "TCP carrier");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn carrier_503_fails_over_to_the_next_carrier() {
     let (first, second) = (free_port(), free_port());
     let refusing = sipp_uas(&uas_reject_scenario(503, "Service Unavailable"), first).await;

@@ -8,7 +8,6 @@ mod common;
 use std::time::Duration;
 
 use common::bot::*;
-use common::uac::Uac;
 use common::*;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
@@ -72,7 +71,13 @@ async fn in_band_transfer_hands_the_call_to_the_agent() {
     let agent_port = free_port();
     let agent = sipp_uas(&uas_answer_scenario("", "", ""), agent_port).await;
     let (bot_addr, mut bots) = bot_server().await;
-    let config = flow(format!("ws://{bot_addr}/stream"), "hangup", "", false, "hangup");
+    let config = flow(
+        format!("ws://{bot_addr}/stream"),
+        "hangup",
+        "",
+        false,
+        "hangup",
+    );
     let running = start(&config).await;
     let (mut uac, target) =
         answered_call(running.local.udp.unwrap(), BOT_NUMBER, "0 101", "").await;
@@ -92,7 +97,13 @@ async fn in_band_transfer_hands_the_call_to_the_agent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_band_hangup_ends_the_call() {
     let (bot_addr, mut bots) = bot_server().await;
-    let config = flow(format!("ws://{bot_addr}/stream"), "hangup", "", false, "hangup");
+    let config = flow(
+        format!("ws://{bot_addr}/stream"),
+        "hangup",
+        "",
+        false,
+        "hangup",
+    );
     let running = start(&config).await;
     let (uac, _) = answered_call(running.local.udp.unwrap(), BOT_NUMBER, "0 101", "").await;
     let mut bot = next_bot(&mut bots).await;
@@ -100,7 +111,9 @@ async fn in_band_hangup_ends_the_call() {
     bot.send_json(json!({"event": "hangup"}));
     let bye = expect_bye(&uac, Duration::from_secs(5)).await;
     assert!(
-        bye.headers.get("Reason").is_some_and(|r| r.contains("bot hung up")),
+        bye.headers
+            .get("Reason")
+            .is_some_and(|r| r.contains("bot hung up")),
         "{:?}",
         bye.headers.get("Reason")
     );
@@ -145,7 +158,10 @@ async fn agent_assist_streams_both_parties_to_the_bot() {
     }
     assert_eq!(
         tracks,
-        ["inbound", "outbound"].map(String::from).into_iter().collect(),
+        ["inbound", "outbound"]
+            .map(String::from)
+            .into_iter()
+            .collect(),
         "both tracks reach the assisting bot"
     );
     assert_eq!(uac.bye().await.status, 200);

@@ -131,4 +131,3 @@ pub async fn expect_bye(uac: &Uac, wait: Duration) -> voicegate_sip::message::Re
         }
     }
 }
-

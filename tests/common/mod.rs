@@ -237,7 +237,17 @@ pub fn play_pcap_scenario(
 /// A SIPp UAS (carrier, PBX or agent) on 127.0.0.1:`port` running `scenario` for one call,
 /// echoing RTP (`-rtp_echo`). Started in the background; await the handle for its output.
 pub async fn sipp_uas(scenario: &std::path::Path, port: u16) -> tokio::task::JoinHandle<Output> {
+    sipp_uas_with(scenario, port, &[]).await
+}
+
+/// [`sipp_uas`] with more SIPp arguments (e.g. `-t t1` for TCP).
+pub async fn sipp_uas_with(
+    scenario: &std::path::Path,
+    port: u16,
+    extra: &[&str],
+) -> tokio::task::JoinHandle<Output> {
     let mut cmd = tokio::process::Command::new("sipp");
+    cmd.args(extra);
     cmd.current_dir(std::env::temp_dir())
         .arg("-sf")
         .arg(scenario)
@@ -363,4 +373,3 @@ pub async fn rtp_round_trip(uac: &uac::Uac, target: SocketAddr, count: u16) -> u
     }
     back
 }
-

@@ -173,6 +173,8 @@ pub struct Core {
     /// Call events; sending with no subscriber is fine (they are dropped).
     pub events: tokio::sync::broadcast::Sender<CallEvent>,
     sender: OnceLock<Sender>,
+    /// Our listening addresses: what Via and Contact name on the legs we place.
+    listening: OnceLock<voicegate_sip::transport::LocalAddrs>,
     routes: Mutex<Routes>,
     /// Non-INVITE server transactions answered by the core, kept for retransmissions (Timer J),
     /// by branch, sent-by and method (RFC 3261 §17.2.3).
@@ -196,14 +198,20 @@ impl Core {
             stats: CallStats::default(),
             events: tokio::sync::broadcast::channel(256).0,
             sender: OnceLock::new(),
+            listening: OnceLock::new(),
             routes: Mutex::new(Routes::default()),
             out_of_dialog: Mutex::new(HashMap::new()),
         })
     }
 
     /// Completes start-up once the transports are bound, and starts the sweeper.
-    pub fn attach(self: &Arc<Self>, sender: Sender) {
+    pub fn attach(
+        self: &Arc<Self>,
+        sender: Sender,
+        listening: voicegate_sip::transport::LocalAddrs,
+    ) {
         let _ = self.sender.set(sender);
+        let _ = self.listening.set(listening);
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -213,6 +221,22 @@ impl Core {
                 core.sweep(Instant::now());
             }
         });
+    }
+
+    /// The port we listen on for `transport` (a connection we opened has an ephemeral local
+    /// port; requests must name the one peers can reach).
+    pub fn listening_port(
+        &self,
+        transport: voicegate_sip::transport::TransportKind,
+    ) -> Option<u16> {
+        use voicegate_sip::transport::TransportKind;
+        let local = self.listening.get()?;
+        match transport {
+            TransportKind::Udp => local.udp,
+            TransportKind::Tcp => local.tcp,
+            TransportKind::Tls => local.tls,
+        }
+        .map(|a| a.port())
     }
 
     pub fn sender(&self) -> &Sender {

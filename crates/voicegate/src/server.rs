@@ -187,7 +187,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         handler,
     )
     .await?;
-    core.attach(sender.clone());
+    core.attach(sender.clone(), local);
     let api = match store {
         Some(store) => start_api(config, store, core.clone()).await?,
         None => None,

@@ -390,6 +390,10 @@ impl Call {
             std::net::IpAddr::V4(v4) => v4.to_string(),
         };
         let transport = target.transport.as_via();
+        let port = self
+            .core
+            .listening_port(target.transport)
+            .unwrap_or(source.local.port());
         // The caller's number, or the trunk's external alias for calls it places.
         let caller = self.caller_id.clone().unwrap_or_else(|| self.caller_user());
         let user = if caller.is_empty() {
@@ -430,11 +434,10 @@ impl Call {
             from: format!("<sip:{user}@{host}>"),
             to: format!("<{to_uri}>"),
             contact: format!(
-                "<sip:{user}@{host}:{};transport={}>",
-                source.local.port(),
+                "<sip:{user}@{host}:{port};transport={}>",
                 transport.to_ascii_lowercase()
             ),
-            via: format!("SIP/2.0/{transport} {host}:{}", source.local.port()),
+            via: format!("SIP/2.0/{transport} {host}:{port}"),
             sdp: Some(Bytes::from(sdp)),
             credentials: hop.credentials.clone(),
             extra_headers: extra,
