@@ -371,3 +371,32 @@ async fn caller_cancel_reaches_the_carrier() {
     uac.ack_failure().await;
     assert_uas_ok(&uas.await.unwrap(), "carrier got the CANCEL");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pbx_refer_transfers_the_caller() {
+    let (pbx_port, target_port) = (free_port(), free_port());
+    let config = config(vec![upstream()], vec![format!("127.0.0.1:{pbx_port}")]);
+    let running = start(&config).await;
+    let voicegate = running.local.udp.unwrap();
+    let text = std::fs::read_to_string(scenario("uas_refer.xml"))
+        .unwrap()
+        .replace("VOICEGATE", &voicegate.to_string())
+        .replace(
+            "REFER_TO",
+            &format!("sip:+15550123@127.0.0.1:{target_port}"),
+        );
+    let refer_scenario =
+        std::env::temp_dir().join(format!("vg-refer-{:x}.xml", rand::random::<u64>()));
+    std::fs::write(&refer_scenario, text).unwrap();
+    let pbx = sipp_uas(&refer_scenario, pbx_port).await;
+    let target = sipp_uas(&uas_answer_scenario("", "", ""), target_port).await;
+    let mut carrier = Uac::from_ip(voicegate, CARRIER_IP).await;
+    let ok = carrier.call(NUMBER, "0 101", "").await;
+    assert_eq!(ok.status, 200);
+    // The PBX transfers, hears 100 and 200 by NOTIFY, and is hung up.
+    assert_uas_ok(&pbx.await.unwrap(), "transferring PBX");
+    // The caller now talks to the transfer target, on the same voicegate port.
+    assert!(rtp_round_trip(&carrier, Uac::media_target(&ok), 30).await >= 25);
+    assert_eq!(carrier.bye().await.status, 200);
+    assert_uas_ok(&target.await.unwrap(), "transfer target");
+}

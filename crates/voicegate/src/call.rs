@@ -165,6 +165,8 @@ struct Call {
     self_tx: CallTx,
     /// The other leg, when voicegate calls out (B2BUA).
     peer: Option<Peer>,
+    /// The other leg while a REFER it sent is carried out (it is replaced on success).
+    transferor: Option<Peer>,
     /// Work for the run loop that has to await.
     pending: Option<Pending>,
     relay_events: Option<mpsc::Receiver<RelayEvent>>,
@@ -221,6 +223,7 @@ pub async fn run(
         end_reason: String::new(),
         self_tx,
         peer: None,
+        transferor: None,
         pending: None,
         relay_events: None,
         assist: None,
@@ -768,15 +771,19 @@ impl Call {
                         let extra = self.caller_refreshed(&request, now);
                         self.answer_request_with(&request, &source, &branch, 200, "OK", &extra, now)
                     }
-                    "REGISTER" | "SUBSCRIBE" | "PUBLISH" | "MESSAGE" | "REFER" | "PRACK"
-                    | "NOTIFY" => self.answer_request(
+                    "NOTIFY" => self.answer_request(&request, &source, &branch, 200, "OK", now),
+                    // Blind transfer is taken from the called side (the leg voicegate placed),
+                    // which it replaces; the caller's side cannot be replaced under the call.
+                    "REFER" => self.answer_request(
                         &request,
                         &source,
                         &branch,
-                        405,
-                        "Method Not Allowed",
+                        403,
+                        "Forbidden (REFER is taken from the called side only)",
                         now,
                     ),
+                    "REGISTER" | "SUBSCRIBE" | "PUBLISH" | "MESSAGE" | "PRACK" => self
+                        .answer_request(&request, &source, &branch, 405, "Method Not Allowed", now),
                     _ => {
                         self.answer_request(&request, &source, &branch, 501, "Not Implemented", now)
                     }

@@ -23,19 +23,11 @@ use voicegate_sip::transport::{Handler, Incoming, Sender, Source};
 use crate::call;
 
 /// Methods we implement, for Allow headers.
-pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE";
+pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, REFER, NOTIFY";
 /// Option tags we support: session timers (RFC 4028).
 pub const SUPPORTED: &str = "timer";
 /// SIP methods we know of but do not serve here: 405 rather than 501 (RFC 3261 §21.4.6).
-const KNOWN_NOT_ALLOWED: &[&str] = &[
-    "REGISTER",
-    "SUBSCRIBE",
-    "PUBLISH",
-    "MESSAGE",
-    "REFER",
-    "PRACK",
-    "NOTIFY",
-];
+const KNOWN_NOT_ALLOWED: &[&str] = &["REGISTER", "SUBSCRIBE", "PUBLISH", "MESSAGE", "PRACK"];
 
 /// What the core needs to know to run calls, derived once from the config.
 #[derive(Clone, Debug)]
@@ -368,7 +360,8 @@ impl Core {
             {
                 tokio::spawn(crate::registrar::handle(self.clone(), request, source));
             }
-            "BYE" | "INFO" | "UPDATE" => {
+            // Only inside a dialog: an out-of-dialog REFER (RFC 3515 allows it) is not taken.
+            "BYE" | "INFO" | "UPDATE" | "REFER" | "NOTIFY" => {
                 let response = request.response(481, "Call/Transaction Does Not Exist");
                 self.answer(&request, &source, &branch, response)
             }

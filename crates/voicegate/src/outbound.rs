@@ -356,6 +356,39 @@ impl OutboundLeg {
         ));
     }
 
+    /// Reports a REFER's progress (RFC 3515 §2.4.4): the status line of the new call as a
+    /// sipfrag; `terminated` ends the implicit subscription.
+    pub fn notify_refer(&mut self, status_line: &str, terminated: bool, now: Instant) {
+        if self.state != OutState::Answered {
+            return;
+        }
+        let Some(dialog) = self.dialog.as_mut() else {
+            return;
+        };
+        let via = format!("{};branch=z9hG4bK{};rport", self.params.via, random_token());
+        let mut notify = dialog.request("NOTIFY", via, 70);
+        notify.headers.push("Event", "refer");
+        notify.headers.push(
+            "Subscription-State",
+            if terminated {
+                "terminated;reason=noresource"
+            } else {
+                "active;expires=60"
+            },
+        );
+        notify.headers.push("Contact", self.params.contact.clone());
+        notify
+            .headers
+            .push("User-Agent", self.params.user_agent.clone());
+        notify
+            .headers
+            .push("Content-Type", "message/sipfrag;version=2.0");
+        notify.body = Bytes::from(format!("{status_line}\r\n"));
+        let cseq = notify.cseq().0;
+        let tx = ClientNonInviteTx::new(notify.to_bytes(), self.reliable, self.timers, now);
+        self.requests.push((cseq, "NOTIFY".into(), tx));
+    }
+
     /// Hangs up an answered (or early) dialog.
     pub fn bye(&mut self, reason: &str, now: Instant) {
         let Some(dialog) = self.dialog.as_mut() else {

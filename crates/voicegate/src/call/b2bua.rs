@@ -49,6 +49,9 @@ pub enum PeerRole {
     /// An agent for a caller already answered (by a bot): ringback meanwhile, fallback on
     /// failure.
     Agent,
+    /// The target of a REFER from the other leg (blind transfer): replaces that leg when
+    /// it answers; until then the caller stays with the transferor.
+    Transfer,
 }
 
 /// Work that needs to await (DNS, connecting, stopping media), done by the run loop.
@@ -62,6 +65,10 @@ pub enum Pending {
     BridgeAgent,
     /// The agent leg failed: the flow's fallback.
     Fallback,
+    /// Call a REFER's target.
+    Transfer { to: String },
+    /// The transfer target answered: the caller's media moves to it.
+    BridgeTransfer,
 }
 
 /// The other leg of the call.
@@ -282,6 +289,8 @@ impl Call {
                 }
                 Pending::BridgeAgent => self.bridge_agent(Instant::now()).await,
                 Pending::Fallback => self.agent_fallback(Instant::now()).await,
+                Pending::Transfer { to } => self.start_transfer(&to, Instant::now()).await,
+                Pending::BridgeTransfer => self.bridge_transfer(Instant::now()).await,
             }
             self.flush();
         }
@@ -480,6 +489,29 @@ impl Call {
                 );
                 self.pending = Some(Pending::Fallback);
             }
+            PeerRole::Transfer => {
+                info!(
+                    call_id = self.invite.call_id(),
+                    status, reason, "transfer target failed"
+                );
+                // The caller stays with the transferor, which hears how it went.
+                self.peer = self.transferor.take();
+                let transferor_up = match self.peer.as_mut().and_then(|p| p.leg.as_mut()) {
+                    Some(leg) if leg.state == OutState::Answered => {
+                        leg.notify_refer(&format!("SIP/2.0 {status} {reason}"), true, now);
+                        true
+                    }
+                    _ => false,
+                };
+                if !transferor_up && matches!(self.phase, Phase::Answered | Phase::Confirmed) {
+                    // The transferor already left: nobody is left for the caller.
+                    self.send_bye(
+                        "transfer failed",
+                        &format!("SIP;cause={status};text=\"transfer failed\""),
+                        now,
+                    );
+                }
+            }
         }
     }
 
@@ -492,6 +524,18 @@ impl Call {
     /// A response from the next hop.
     pub(super) fn on_peer_response(&mut self, response: &Response, now: Instant) {
         let call_id = response.headers.get("Call-ID").unwrap_or_default();
+        if let Some(old) = self.transferor.as_mut() {
+            // NOTIFY and BYE answers of the leg being transferred away.
+            if let Some(leg) = old
+                .leg
+                .iter_mut()
+                .chain(old.spent.iter_mut())
+                .find(|l| l.owns(call_id))
+            {
+                leg.on_response(response, now);
+                return;
+            }
+        }
         let Some(peer) = self.peer.as_mut() else {
             return;
         };
@@ -528,8 +572,8 @@ impl Call {
         let Some(peer) = self.peer.as_mut() else {
             return;
         };
-        if peer.role == PeerRole::Agent {
-            return; // the caller hears our ringback
+        if peer.role != PeerRole::Forward {
+            return; // the caller hears our ringback, or still talks to the transferor
         }
         if !r.body.is_empty() && !peer.early_media {
             if let Err(e) = self.accept_peer_answer(&r.body) {
@@ -591,6 +635,7 @@ impl Call {
                 self.core.stats.answered.fetch_add(1, Ordering::Relaxed);
             }
             PeerRole::Agent => self.pending = Some(Pending::BridgeAgent),
+            PeerRole::Transfer => self.pending = Some(Pending::BridgeTransfer),
         }
     }
 
@@ -737,6 +782,14 @@ impl Call {
 
     /// Hangs up or cancels the other leg, whatever state it is in.
     pub(super) fn hang_up_peer(&mut self, reason: &str, now: Instant) {
+        if let Some(old) = self.transferor.as_mut() {
+            if let Some(mut leg) = old.leg.take() {
+                if leg.state == OutState::Answered {
+                    leg.bye(reason, now);
+                }
+                old.spent.push(leg);
+            }
+        }
         let Some(peer) = self.peer.as_mut() else {
             return;
         };
@@ -763,6 +816,14 @@ impl Call {
     pub(super) fn on_peer_request(&mut self, request: Request, source: Source, now: Instant) {
         let branch = request.branch().unwrap_or_default();
         let call_id = request.call_id().to_string();
+        if self
+            .transferor
+            .as_ref()
+            .and_then(|p| p.leg.as_ref())
+            .is_some_and(|l| l.owns(&call_id))
+        {
+            return self.on_transferor_request(&request, &source, &branch, now);
+        }
         let Some(peer) = self.peer.as_mut() else {
             return self.answer_request(
                 &request,
@@ -861,11 +922,146 @@ impl Call {
             "INFO" | "OPTIONS" | "NOTIFY" => {
                 self.answer_request(&request, &source, &branch, 200, "OK", now)
             }
-            "REFER" | "SUBSCRIBE" | "MESSAGE" | "PRACK" | "PUBLISH" | "REGISTER" => {
+            "REFER" => self.on_peer_refer(&request, &source, &branch, now),
+            "SUBSCRIBE" | "MESSAGE" | "PRACK" | "PUBLISH" | "REGISTER" => {
                 self.answer_request(&request, &source, &branch, 405, "Method Not Allowed", now)
             }
             _ => self.answer_request(&request, &source, &branch, 501, "Not Implemented", now),
         }
+    }
+
+    /// A blind transfer asked by the other leg (RFC 3515): 202, NOTIFY 100, and a new leg to
+    /// the Refer-To target that replaces the transferor when it answers.
+    fn on_peer_refer(&mut self, request: &Request, source: &Source, branch: &str, now: Instant) {
+        let answered = matches!(self.phase, Phase::Answered | Phase::Confirmed)
+            && self.transferor.is_none()
+            && self.peer.as_ref().is_some_and(|p| {
+                p.leg
+                    .as_ref()
+                    .is_some_and(|l| l.state == OutState::Answered)
+            });
+        if !answered {
+            return self.answer_request(request, source, branch, 491, "Request Pending", now);
+        }
+        let target = request
+            .headers
+            .get("Refer-To")
+            .and_then(voicegate_sip::message::name_addr_uri_text)
+            // Embedded headers (`?Replaces=…`) ask for an attended transfer: not done here.
+            .map(|uri| uri.split('?').next().unwrap_or(uri).to_string());
+        let Some(target) = target else {
+            return self.answer_request(
+                request,
+                source,
+                branch,
+                400,
+                "Bad Request (no Refer-To)",
+                now,
+            );
+        };
+        if let Err(e) = parse_sip_target(&target) {
+            let reason = format!("Bad Request (Refer-To: {e})");
+            return self.answer_request(request, source, branch, 400, &reason, now);
+        }
+        self.answer_request(request, source, branch, 202, "Accepted", now);
+        info!(
+            call_id = self.invite.call_id(),
+            target, "REFER: blind transfer"
+        );
+        self.pending = Some(Pending::Transfer { to: target });
+    }
+
+    /// A request on the leg being transferred away: it may hang up without ending the call.
+    fn on_transferor_request(
+        &mut self,
+        request: &Request,
+        source: &Source,
+        branch: &str,
+        now: Instant,
+    ) {
+        match request.method.as_str() {
+            "ACK" => {}
+            "BYE" => {
+                if let Some(leg) = self.transferor.as_mut().and_then(|p| p.leg.as_mut()) {
+                    leg.state = OutState::Over;
+                }
+                self.answer_request(request, source, branch, 200, "OK", now);
+            }
+            "INFO" | "OPTIONS" | "NOTIFY" | "UPDATE" => {
+                self.answer_request(request, source, branch, 200, "OK", now)
+            }
+            _ => self.answer_request(
+                request,
+                source,
+                branch,
+                491,
+                "Request Pending (transfer in progress)",
+                now,
+            ),
+        }
+    }
+
+    /// Starts the leg to a REFER's target; the current leg becomes the transferor.
+    async fn start_transfer(&mut self, to: &str, now: Instant) {
+        let hops = match agent_hops(&self.core, to, &self.number).await {
+            Ok(hops) => hops,
+            Err(e) => {
+                warn!(call_id = self.invite.call_id(), to, error = %e, "transfer target unusable");
+                if let Some(leg) = self.peer.as_mut().and_then(|p| p.leg.as_mut()) {
+                    leg.notify_refer("SIP/2.0 404 Not Found", true, now);
+                }
+                return;
+            }
+        };
+        if let Some(leg) = self.peer.as_mut().and_then(|p| p.leg.as_mut()) {
+            leg.notify_refer("SIP/2.0 100 Trying", false, now);
+        }
+        self.transferor = self.peer.take();
+        self.media_record.escalated_to = Some(to.to_string());
+        if let Err((status, reason)) = self.start_peer(PeerRole::Transfer, hops, now) {
+            warn!(
+                call_id = self.invite.call_id(),
+                status, reason, "transfer leg not started"
+            );
+            self.peer = self.transferor.take();
+            if let Some(leg) = self.peer.as_mut().and_then(|p| p.leg.as_mut()) {
+                leg.notify_refer(&format!("SIP/2.0 {status} {reason}"), true, now);
+            }
+        }
+    }
+
+    /// The transfer target answered: the caller's RTP moves from the transferor to it, the
+    /// transferor hears 200 and is hung up.
+    async fn bridge_transfer(&mut self, now: Instant) {
+        if let Some(media) = self.media.as_mut() {
+            if let Some(Leg::Relay(relay)) = media.leg.take() {
+                let parts = relay.stop().await;
+                media.ports = parts.a;
+                self.media_record.relay = Some(parts.report);
+            }
+        }
+        self.relay_events = None;
+        if let Err(e) = self.start_relay() {
+            warn!(call_id = self.invite.call_id(), error = %e, "could not bridge the transfer target");
+            return self.end_both("transfer bridge failed", now);
+        }
+        if let Some(mut old) = self.transferor.take() {
+            if let Some(mut leg) = old.leg.take() {
+                leg.notify_refer("SIP/2.0 200 OK", true, now);
+                if leg.state == OutState::Answered {
+                    leg.bye("SIP;cause=200;text=\"transferred\"", now);
+                }
+                old.spent.push(leg);
+            }
+            // Its last transactions finish along with the new leg's spent ones.
+            if let Some(peer) = self.peer.as_mut() {
+                peer.spent.append(&mut old.spent);
+            }
+        }
+        if let Some(peer) = self.peer.as_mut() {
+            peer.role = PeerRole::Forward;
+        }
+        info!(call_id = self.invite.call_id(), "transfer completed");
     }
 
     /// The next hop's re-INVITE (hold, resume, refresh): answered here, its media change
@@ -1063,6 +1259,7 @@ impl Call {
         let peer = self.peer.as_ref();
         let legs = peer
             .into_iter()
+            .chain(self.transferor.as_ref())
             .flat_map(|p| p.leg.iter().chain(p.spent.iter()))
             .filter_map(|l| l.next_deadline());
         let peer_timers = peer.into_iter().flat_map(|p| {
@@ -1083,6 +1280,12 @@ impl Call {
     }
 
     pub(super) fn on_peer_timeout(&mut self, now: Instant) {
+        if let Some(old) = self.transferor.as_mut() {
+            for leg in old.leg.iter_mut().chain(old.spent.iter_mut()) {
+                leg.handle_timeout(now);
+                while leg.poll_event().is_some() {}
+            }
+        }
         let mut events = Vec::new();
         if let Some(peer) = self.peer.as_mut() {
             for leg in peer.leg.iter_mut().chain(peer.spent.iter_mut()) {
@@ -1157,25 +1360,13 @@ impl Call {
     /// Sends what the other leg queued.
     pub(super) fn flush_peer(&mut self) {
         let sender = self.core.sender().clone();
+        if let Some(old) = self.transferor.as_mut() {
+            flush_legs(&self.core, &sender, old);
+        }
         let Some(peer) = self.peer.as_mut() else {
             return;
         };
-        for leg in peer.leg.iter_mut().chain(peer.spent.iter_mut()) {
-            while let Some(bytes) = leg.poll_transmit() {
-                sender.send_to(&leg.hop.source, leg.hop.target, bytes);
-            }
-            leg.prune();
-        }
-        // A spent leg keeps its route until its last transaction is over (the 487 to our
-        // CANCEL, the 200 to our BYE).
-        let core = &self.core;
-        peer.spent.retain(|l| {
-            let done = l.is_finished();
-            if done {
-                core.unregister_leg(&l.call_id, &l.local_tag);
-            }
-            !done
-        });
+        flush_legs(&self.core, &sender, peer);
         if let Some((_, tx, source)) = peer.reinvite.as_mut() {
             let target = source.remote;
             while let Some(bytes) = tx.poll_transmit() {
@@ -1198,17 +1389,21 @@ impl Call {
 
     /// Whether the other leg still has something to send or answer.
     pub(super) fn peer_busy(&self) -> bool {
-        self.peer.as_ref().is_some_and(|p| {
-            p.leg.as_ref().is_some_and(|l| !l.is_finished())
-                || !p.spent.is_empty()
-                || p.reinvite.is_some()
-                || self.pending.is_some()
-        })
+        let transferring = self.transferor.as_ref().is_some_and(|p| {
+            p.leg.as_ref().is_some_and(|l| !l.is_finished()) || !p.spent.is_empty()
+        });
+        transferring
+            || self.peer.as_ref().is_some_and(|p| {
+                p.leg.as_ref().is_some_and(|l| !l.is_finished())
+                    || !p.spent.is_empty()
+                    || p.reinvite.is_some()
+                    || self.pending.is_some()
+            })
     }
 
     /// Forgets the other leg's routes (the call task is ending).
     pub(super) fn unregister_peer(&mut self) {
-        if let Some(peer) = self.peer.as_ref() {
+        for peer in self.peer.iter().chain(self.transferor.iter()) {
             for leg in peer.leg.iter().chain(peer.spent.iter()) {
                 self.core.unregister_leg(&leg.call_id, &leg.local_tag);
             }
@@ -1371,6 +1566,24 @@ impl Call {
             }
         }
     }
+}
+
+/// Sends what a peer's legs queued; forgets spent legs once their last transaction is over
+/// (until then they keep their route, for the 487 to our CANCEL or the 200 to our BYE).
+fn flush_legs(core: &Core, sender: &voicegate_sip::transport::Sender, peer: &mut Peer) {
+    for leg in peer.leg.iter_mut().chain(peer.spent.iter_mut()) {
+        while let Some(bytes) = leg.poll_transmit() {
+            sender.send_to(&leg.hop.source, leg.hop.target, bytes);
+        }
+        leg.prune();
+    }
+    peer.spent.retain(|l| {
+        let done = l.is_finished();
+        if done {
+            core.unregister_leg(&l.call_id, &l.local_tag);
+        }
+        !done
+    });
 }
 
 /// Ringback tone named in the config.
