@@ -400,3 +400,112 @@ async fn pbx_refer_transfers_the_caller() {
     assert_eq!(carrier.bye().await.status, 200);
     assert_uas_ok(&target.await.unwrap(), "transfer target");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn early_media_is_passed_through_before_the_answer() {
+    let carrier_port = free_port();
+    let text = std::fs::read_to_string(scenario("uas_early_media.xml"))
+        .unwrap()
+        .replace("EARLY_MS", "2500");
+    let early = std::env::temp_dir().join(format!("vg-early-{:x}.xml", rand::random::<u64>()));
+    std::fs::write(&early, text).unwrap();
+    let uas = sipp_uas(&early, carrier_port).await;
+    let config = config(vec![carrier("a", carrier_port, 10)], vec![]);
+    let running = start(&config).await;
+    let mut uac = Uac::new(running.local.udp.unwrap()).await;
+    let invite = uac
+        .request_text("INVITE", &offer(uac.rtp_port(), "0 101", "sendrecv"))
+        .replace("sip:echo@", &format!("sip:{NUMBER}@"));
+    uac.send(&invite).await;
+    let progress = loop {
+        match uac.recv(Duration::from_secs(5)).await {
+            Some(Message::Response(r)) if r.status == 183 => break r,
+            Some(Message::Response(r)) if r.status >= 200 => panic!("{} before 183", r.status),
+            Some(_) => continue,
+            None => panic!("no 183"),
+        }
+    };
+    let target = Uac::media_target(&progress);
+    // Before the answer, the carrier's early media (its echo) reaches the caller.
+    let back = rtp_round_trip(&uac, target, 25).await;
+    assert!(back >= 20, "{back} of 25 packets of early media");
+    let ok = uac.final_response().await;
+    assert_eq!(ok.status, 200);
+    assert_eq!(
+        Uac::media_target(&ok),
+        target,
+        "same media address in 183 and 200"
+    );
+    uac.ack("").await;
+    assert_eq!(uac.bye().await.status, 200);
+    assert_uas_ok(&uas.await.unwrap(), "carrier with early media");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_session_refresh_ends_both_legs() {
+    let carrier_port = free_port();
+    let headers = "Session-Expires: 4;refresher=uac\nRequire: timer";
+    // The refresh gets 481: the carrier has lost the dialog. voicegate then hangs up both legs.
+    let midcall = r#"  <recv request="INVITE" timeout="3500"/>
+  <send>
+    <![CDATA[
+
+      SIP/2.0 481 Call/Transaction Does Not Exist
+      [last_Via:]
+      [last_From:]
+      [last_To:]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <recv request="ACK"/>"#;
+    let uas = sipp_uas(&uas_answer_scenario("", headers, midcall), carrier_port).await;
+    let config = config(vec![carrier("a", carrier_port, 10)], vec![]);
+    let running = start(&config).await;
+    let mut uac = Uac::new(running.local.udp.unwrap()).await;
+    let ok = uac.call(NUMBER, "0 101", "").await;
+    assert_eq!(ok.status, 200);
+    let bye = loop {
+        match uac.recv(Duration::from_secs(6)).await {
+            Some(Message::Request(r)) if r.method == "BYE" => break r,
+            Some(_) => continue,
+            None => panic!("no BYE after the failed refresh"),
+        }
+    };
+    assert!(
+        bye.headers
+            .get("Reason")
+            .is_some_and(|r| r.contains("refresh")),
+        "{:?}",
+        bye.headers.get("Reason")
+    );
+    uac.reply(&bye, 200).await;
+    assert_uas_ok(
+        &uas.await.unwrap(),
+        "carrier that lost the dialog (and got our BYE)",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn carrier_challenge_is_answered_with_its_credentials() {
+    let carrier_port = free_port();
+    let text = std::fs::read_to_string(scenario("uas_auth.xml"))
+        .unwrap()
+        .replace("USER", "vg-account")
+        .replace("PASSWORD", "carrier-secret");
+    let auth = std::env::temp_dir().join(format!("vg-auth-{:x}.xml", rand::random::<u64>()));
+    std::fs::write(&auth, text).unwrap();
+    let uas = sipp_uas(&auth, carrier_port).await;
+    let mut with_credentials = carrier("a", carrier_port, 10);
+    with_credentials.username = "vg-account".into();
+    with_credentials.password = "carrier-secret".into();
+    let config = config(vec![with_credentials], vec![]);
+    let running = start(&config).await;
+    let mut uac = Uac::new(running.local.udp.unwrap()).await;
+    let ok = uac.call(NUMBER, "0 101", "").await;
+    assert_eq!(ok.status, 200, "{} {}", ok.status, ok.reason);
+    assert_eq!(uac.bye().await.status, 200);
+    assert_uas_ok(&uas.await.unwrap(), "challenging carrier");
+}

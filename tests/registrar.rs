@@ -195,3 +195,82 @@ async fn a_trunk_without_registration_gets_403() {
         refused.reason
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inbound_call_reaches_the_registered_pbx() {
+    let mut config = registrar_config(true, "sqlite::memory:".into());
+    config.trunks[0].numbers = vec![voicegate::config::NumberConfig {
+        number: "+15550100".into(),
+        mode: "pstn".into(),
+        flow: String::new(),
+    }];
+    // A carrier whose INVITEs come from 127.0.0.2; the trunk has no destination URI.
+    config.carriers = vec![voicegate::config::CarrierConfig {
+        name: "upstream".into(),
+        uri: format!("sip:127.0.0.1:{}", free_port()),
+        inbound_ips: vec!["127.0.0.2".into()],
+        ..Default::default()
+    }];
+    let running = start(&config).await;
+    let server = running.local.udp.unwrap();
+    let mut pbx = Pbx::new(server).await;
+    let challenge = pbx.register(300, None).await;
+    let auth = pbx.authorization(&challenge, "s3cret");
+    assert_eq!(pbx.register(300, Some(auth)).await.status, 200);
+
+    let mut carrier = common::uac::Uac::from_ip(server, "127.0.0.2").await;
+    let invite = carrier
+        .request_text(
+            "INVITE",
+            &common::uac::offer(carrier.rtp_port(), "0 101", "sendrecv"),
+        )
+        .replace("sip:echo@", "sip:+15550100@");
+    carrier.send(&invite).await;
+
+    // The INVITE reaches the PBX at the address it registered from.
+    let mut buf = vec![0u8; 65536];
+    let (n, from) = tokio::time::timeout(Duration::from_secs(5), pbx.sock.recv_from(&mut buf))
+        .await
+        .expect("the registered PBX is called")
+        .unwrap();
+    let Ok(Message::Request(request)) = parse(&buf[..n]) else {
+        panic!("not a request")
+    };
+    assert_eq!(request.method, "INVITE");
+    // The registered contact is the Request-URI; the dialled number is in To.
+    assert!(
+        request.uri.starts_with("sip:pbx@127.0.0.1:"),
+        "{}",
+        request.uri
+    );
+    assert!(
+        request
+            .headers
+            .get("To")
+            .is_some_and(|to| to.contains("+15550100@")),
+        "{:?}",
+        request.headers.get("To")
+    );
+    let local = pbx.sock.local_addr().unwrap();
+    let answer = request
+        .response(200, "OK")
+        .with_to_tag("pbx1")
+        .header("Contact", format!("<sip:pbx@{local}>"))
+        .with_body(
+            "application/sdp",
+            common::uac::offer(local.port() + 2, "0 101", "sendrecv"),
+        );
+    pbx.sock.send_to(&answer.to_bytes(), from).await.unwrap();
+    let ok = carrier.final_response().await;
+    assert_eq!(ok.status, 200);
+    carrier.ack("").await;
+    // voicegate acknowledges the PBX's 200.
+    let (n, _) = tokio::time::timeout(Duration::from_secs(5), pbx.sock.recv_from(&mut buf))
+        .await
+        .expect("ACK")
+        .unwrap();
+    let Ok(Message::Request(ack)) = parse(&buf[..n]) else {
+        panic!("not a request")
+    };
+    assert_eq!(ack.method, "ACK");
+}

@@ -399,18 +399,7 @@ impl Call {
             ),
             None => None,
         };
-        let bind_ip = self.source.local.ip();
-        let ports = self
-            .core
-            .pool
-            .allocate(bind_ip)
-            .map_err(|e| (503, format!("Service Unavailable: {e}")))?;
-        let local = LocalMedia {
-            address: self.advertised_ip(),
-            port: ports.rtp_port(),
-            session_id: rand::random::<u32>() as u64,
-            session_version: 1,
-        };
+        let (ports, local) = self.allocate_ports()?;
         self.media = Some(Media {
             ports: Some(ports),
             leg: None,
@@ -418,6 +407,22 @@ impl Call {
             negotiated,
         });
         Ok(())
+    }
+
+    /// An RTP port pair of ours and the SDP origin that goes with it (503 when none is free).
+    fn allocate_ports(&self) -> Result<(RtpPorts, LocalMedia), (u16, String)> {
+        let ports = self
+            .core
+            .pool
+            .allocate(self.source.local.ip())
+            .map_err(|e| (503, format!("Service Unavailable: {e}")))?;
+        let local = LocalMedia {
+            address: self.advertised_ip(),
+            port: ports.rtp_port(),
+            session_id: rand::random::<u32>() as u64,
+            session_version: 1,
+        };
+        Ok((ports, local))
     }
 
     /// The address we put in Contact and SDP: the configured public one, else the address the
@@ -1225,21 +1230,7 @@ impl Call {
             SessionEnd::BotUnreachable(why) => format!("bot unreachable: {why}"),
             SessionEnd::MaxDuration => "bot session reached its maximum length".to_string(),
             SessionEnd::BotHangup => "bot hung up".to_string(),
-            SessionEnd::RtpTimeout => {
-                let secs = self.core.settings.rtp_timeout.as_secs();
-                warn!(
-                    call_id = self.invite.call_id(),
-                    secs, "no RTP: ending the call"
-                );
-                if matches!(self.phase, Phase::Answered | Phase::Confirmed) {
-                    self.send_bye(
-                        "RTP timeout",
-                        &format!("SIP;cause=408;text=\"no RTP for {secs} s\""),
-                        now,
-                    );
-                }
-                return;
-            }
+            SessionEnd::RtpTimeout => return self.on_rtp_timeout(now),
         };
         info!(
             call_id = self.invite.call_id(),
@@ -1283,23 +1274,26 @@ impl Call {
         });
     }
 
+    /// No RTP for `rtp.timeout_secs` on a leg that should send: the call ends (both legs).
+    fn on_rtp_timeout(&mut self, now: Instant) {
+        if matches!(self.phase, Phase::Answered | Phase::Confirmed) {
+            let secs = self.core.settings.rtp_timeout.as_secs();
+            warn!(
+                call_id = self.invite.call_id(),
+                secs, "no RTP: ending the call"
+            );
+            self.send_bye(
+                "RTP timeout",
+                &format!("SIP;cause=408;text=\"no RTP for {secs} s\""),
+                now,
+            );
+        }
+    }
+
     fn on_media_event(&mut self, event: MediaEvent, now: Instant) {
         match event {
             MediaEvent::Dtmf(digit) => self.on_dtmf(digit, "rfc4733"),
-            MediaEvent::RtpTimeout => {
-                if matches!(self.phase, Phase::Answered | Phase::Confirmed) {
-                    let secs = self.core.settings.rtp_timeout.as_secs();
-                    warn!(
-                        call_id = self.invite.call_id(),
-                        secs, "no RTP: ending the call"
-                    );
-                    self.send_bye(
-                        "RTP timeout",
-                        &format!("SIP;cause=408;text=\"no RTP for {secs} s\""),
-                        now,
-                    );
-                }
-            }
+            MediaEvent::RtpTimeout => self.on_rtp_timeout(now),
         }
     }
 

@@ -330,7 +330,11 @@ impl Core {
                 let response = request.response(416, "Unsupported URI Scheme");
                 return self.answer(&request, &source, &branch, response);
             }
-            let unsupported: Vec<&str> = request.headers.tokens("Require").collect();
+            let unsupported: Vec<&str> = request
+                .headers
+                .tokens("Require")
+                .filter(|tag| !tag.eq_ignore_ascii_case("timer"))
+                .collect();
             if !unsupported.is_empty() {
                 let response = request
                     .response(420, "Bad Extension")

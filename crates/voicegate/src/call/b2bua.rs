@@ -39,6 +39,9 @@ pub struct NextHop {
     pub fixed: Option<Target>,
     /// For logs and the call record: carrier or destination name.
     pub label: String,
+    /// The To URI when it is not the Request-URI (a registered contact is called at its own
+    /// URI, but the call is still to the dialled number).
+    pub to: Option<String>,
 }
 
 /// What the other leg is for.
@@ -114,6 +117,7 @@ pub fn carrier_hops(core: &Core, number: &str) -> Vec<NextHop> {
             credentials: c.credentials.clone(),
             fixed: None,
             label: format!("carrier {}", c.name),
+            to: None,
         })
         .collect()
 }
@@ -144,6 +148,7 @@ pub async fn trunk_hops(core: &Core, trunk_sid: &str, number: &str) -> Vec<NextH
                 credentials: None,
                 fixed: None,
                 label: format!("destination {uri}"),
+                to: None,
             }));
         }
     }
@@ -155,11 +160,16 @@ pub async fn trunk_hops(core: &Core, trunk_sid: &str, number: &str) -> Vec<NextH
         if let Ok(bindings) = store.bindings(now).await {
             for b in bindings.into_iter().filter(|b| b.trunk_sid == trunk_sid) {
                 let fixed = crate::registrar::binding_target(&b.source);
+                let to = parse_sip_target(&b.contact)
+                    .ok()
+                    .map(|t| format!("sip:{number}@{}", t.host));
                 hops.push(NextHop {
-                    request_uri: with_user(&b.contact, number),
+                    // RFC 3261 §10: a registered contact is the Request-URI as it is.
+                    request_uri: b.contact.clone(),
                     credentials: None,
                     fixed,
                     label: format!("registered {}", b.contact),
+                    to,
                 });
             }
         }
@@ -190,6 +200,7 @@ pub async fn agent_hops(core: &Core, to: &str, number: &str) -> Result<Vec<NextH
         credentials: None,
         fixed: None,
         label: format!("agent {to}"),
+        to: None,
     }])
 }
 
@@ -244,18 +255,7 @@ impl Call {
         hops: Vec<NextHop>,
         now: Instant,
     ) -> Result<(), (u16, String)> {
-        let bind_ip = self.source.local.ip();
-        let ports = self
-            .core
-            .pool
-            .allocate(bind_ip)
-            .map_err(|e| (503, format!("Service Unavailable: {e}")))?;
-        let local = LocalMedia {
-            address: self.advertised_ip(),
-            port: ports.rtp_port(),
-            session_id: rand::random::<u32>() as u64,
-            session_version: 1,
-        };
+        let (ports, local) = self.allocate_ports()?;
         self.peer = Some(Peer {
             role,
             hops: hops.into(),
@@ -432,12 +432,13 @@ impl Call {
         for (name, value) in super::forwarded_headers(&self.invite, &["X-*".to_string()]) {
             extra.push((name, value));
         }
-        let to_uri = hop
-            .request_uri
-            .split(';')
-            .next()
-            .unwrap_or(&hop.request_uri)
-            .to_string();
+        let to_uri = hop.to.clone().unwrap_or_else(|| {
+            hop.request_uri
+                .split(';')
+                .next()
+                .unwrap_or(&hop.request_uri)
+                .to_string()
+        });
         InviteParams {
             request_uri: hop.request_uri.clone(),
             from: format!("<sip:{user}@{host}>"),
@@ -753,17 +754,13 @@ impl Call {
                 info!(call_id = self.invite.call_id(), digit = %digit.digit, "DTMF from the other leg")
             }
             RelayEvent::RtpTimeout(side) => {
-                let secs = self.core.settings.rtp_timeout.as_secs();
                 let who = if side == Side::A {
                     "caller"
                 } else {
                     "other leg"
                 };
-                warn!(
-                    call_id = self.invite.call_id(),
-                    secs, who, "no RTP: ending the call"
-                );
-                self.end_both(&format!("RTP timeout ({who})"), now);
+                info!(call_id = self.invite.call_id(), who, "no RTP from one leg");
+                self.on_rtp_timeout(now);
             }
         }
     }
