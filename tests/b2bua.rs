@@ -509,3 +509,57 @@ async fn carrier_challenge_is_answered_with_its_credentials() {
     assert_eq!(uac.bye().await.status, 200);
     assert_uas_ok(&uas.await.unwrap(), "challenging carrier");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn carrier_hang_up_reaches_the_caller() {
+    let carrier_port = free_port();
+    let config = config(vec![carrier("a", carrier_port, 10)], vec![]);
+    let running = start(&config).await;
+    let voicegate = running.local.udp.unwrap();
+    let text = std::fs::read_to_string(scenario("uas_hangup.xml"))
+        .unwrap()
+        .replace("VOICEGATE", &voicegate.to_string());
+    let hangup = std::env::temp_dir().join(format!("vg-hangup-{:x}.xml", rand::random::<u64>()));
+    std::fs::write(&hangup, text).unwrap();
+    let uas = sipp_uas(&hangup, carrier_port).await;
+    let mut uac = Uac::new(voicegate).await;
+    assert_eq!(uac.call(NUMBER, "0 101", "").await.status, 200);
+    let bye = loop {
+        match uac.recv(Duration::from_secs(5)).await {
+            Some(Message::Request(r)) if r.method == "BYE" => break r,
+            Some(_) => continue,
+            None => panic!("the carrier's BYE did not reach the caller"),
+        }
+    };
+    assert_eq!(
+        bye.headers.get("Reason"),
+        Some("Q.850;cause=16;text=\"callee hung up\""),
+        "the other leg's Reason is passed on"
+    );
+    uac.reply(&bye, 200).await;
+    assert_uas_ok(&uas.await.unwrap(), "carrier that hung up");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn carrier_call_to_a_flow_number_reaches_the_bot() {
+    let (bot_addr, mut bots) = common::bot::bot_server().await;
+    let mut config = config(vec![upstream()], vec![]);
+    config.flows = vec![voicegate::config::FlowConfig {
+        name: "ivr".into(),
+        url: format!("ws://{bot_addr}/stream"),
+        ..Default::default()
+    }];
+    config.trunks[0].numbers.push(NumberConfig {
+        number: "+15550111".into(),
+        mode: "flow".into(),
+        flow: "ivr".into(),
+    });
+    let running = start(&config).await;
+    let mut carrier = Uac::from_ip(running.local.udp.unwrap(), CARRIER_IP).await;
+    let ok = carrier.call("+15550111", "8 101", "").await;
+    assert_eq!(ok.status, 200);
+    let mut bot = common::bot::next_bot(&mut bots).await;
+    let (_, (_, start)) = bot.until("start", Duration::from_secs(5)).await;
+    assert_eq!(start["start"]["to"], "+15550111");
+    assert_eq!(carrier.bye().await.status, 200);
+}

@@ -264,6 +264,11 @@ pub struct RoutingConfig {
     pub min_session_expires_secs: u32,
     /// The tone callers hear while an agent's phone rings: `eu` (425 Hz) or `us` (440+480 Hz).
     pub ringback: String,
+    /// PEM file of extra CA certificates trusted for TLS next hops, besides the public roots
+    /// ("" = public roots only).
+    pub tls_ca_file: String,
+    /// How long opening a TCP or TLS connection to a next hop may take, in seconds.
+    pub connect_timeout_secs: u64,
 }
 
 impl Default for RoutingConfig {
@@ -276,6 +281,8 @@ impl Default for RoutingConfig {
             session_expires_secs: 1800,
             min_session_expires_secs: 90,
             ringback: "eu".into(),
+            tls_ca_file: String::new(),
+            connect_timeout_secs: 5,
         }
     }
 }
@@ -834,6 +841,7 @@ impl RoutingConfig {
             ("routing.dns_timeout_ms", self.dns_timeout_ms),
             ("routing.attempt_timeout_secs", self.attempt_timeout_secs),
             ("routing.answer_timeout_secs", self.answer_timeout_secs),
+            ("routing.connect_timeout_secs", self.connect_timeout_secs),
             (
                 "routing.min_session_expires_secs",
                 u64::from(self.min_session_expires_secs),

@@ -47,9 +47,19 @@ pub async fn seed(store: &Store, config: &Config) -> Result<(), String> {
                 FlowDirection::Bidirectional
             },
             custom_parameters: serde_json::Map::new(),
-            on_stream_end: OnStreamEnd::Hangup,
-            agent_assist: false,
-            fallback: voicegate_control::FlowFallback::Hangup,
+            on_stream_end: if flow.on_stream_end == "connect" {
+                OnStreamEnd::Connect {
+                    destination: flow.connect_to.clone(),
+                }
+            } else {
+                OnStreamEnd::Hangup
+            },
+            agent_assist: flow.agent_assist,
+            fallback: if flow.fallback == "bot" {
+                voicegate_control::FlowFallback::Bot
+            } else {
+                voicegate_control::FlowFallback::Hangup
+            },
         };
         let record = match existing.iter().find(|f| f.name == flow.name) {
             Some(found) => store

@@ -125,6 +125,30 @@ pub fn settings(config: &Config) -> Result<Settings, StartError> {
     })
 }
 
+/// How we open connections to next hops: the TLS roots (plus `routing.tls_ca_file`) and the
+/// connect timeout.
+fn outbound_config(config: &Config) -> Result<transport::OutboundConfig, StartError> {
+    let routing = &config.routing;
+    let tls = if routing.tls_ca_file.is_empty() {
+        None
+    } else {
+        let pem = std::fs::read(&routing.tls_ca_file).map_err(|e| {
+            StartError::Flow(format!(
+                "config: routing.tls_ca_file: cannot read {}: {e}",
+                routing.tls_ca_file
+            ))
+        })?;
+        Some(
+            transport::client_tls_config(Some(&pem), false)
+                .map_err(|e| StartError::Flow(format!("config: routing.tls_ca_file: {e}")))?,
+        )
+    };
+    Ok(transport::OutboundConfig {
+        tls,
+        connect_timeout: Duration::from_secs(routing.connect_timeout_secs),
+    })
+}
+
 /// Binds every configured transport and starts serving. Must run inside a tokio runtime.
 pub async fn start(config: &Config) -> Result<Running, StartError> {
     let tls_config = match config.sip.tls_addr() {
@@ -180,13 +204,8 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         user_agent: config.sip.user_agent.clone(),
     };
     let handler: Arc<dyn Handler> = Arc::new(CoreHandler(core.clone()));
-    let (sender, local) = transport::start(
-        listen,
-        tls_config,
-        transport::OutboundConfig::default(),
-        handler,
-    )
-    .await?;
+    let (sender, local) =
+        transport::start(listen, tls_config, outbound_config(config)?, handler).await?;
     core.attach(sender.clone(), local);
     let api = match store {
         Some(store) => start_api(config, store, core.clone()).await?,
