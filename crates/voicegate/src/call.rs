@@ -167,6 +167,9 @@ struct Call {
     peer: Option<Peer>,
     /// The other leg while a REFER it sent is carried out (it is replaced on success).
     transferor: Option<Peer>,
+    /// Legs of peers given up on (a failed agent or transfer target), until their last
+    /// transactions end.
+    retired: Vec<crate::outbound::OutboundLeg>,
     /// Work for the run loop that has to await.
     pending: Option<Pending>,
     relay_events: Option<mpsc::Receiver<RelayEvent>>,
@@ -224,6 +227,7 @@ pub async fn run(
         self_tx,
         peer: None,
         transferor: None,
+        retired: Vec::new(),
         pending: None,
         relay_events: None,
         assist: None,

@@ -101,6 +101,34 @@ pub struct Peer {
 }
 
 impl Peer {
+    /// A peer that only holds finished legs (to reuse the leg bookkeeping on them).
+    fn holding(spent: Vec<OutboundLeg>) -> Peer {
+        Peer {
+            role: PeerRole::Forward,
+            hops: VecDeque::new(),
+            leg: None,
+            spent,
+            ports: None,
+            local: LocalMedia {
+                address: std::net::IpAddr::from([0, 0, 0, 0]),
+                port: 0,
+                session_id: 0,
+                session_version: 0,
+            },
+            negotiated: None,
+            attempt_deadline: None,
+            answer_deadline: Instant::now(),
+            last_failure: None,
+            timer: None,
+            reinvite: None,
+            attempts: 0,
+            answered_by: None,
+            ringing_sent: false,
+            early_media: false,
+            refreshing: false,
+        }
+    }
+
     fn current_hop_label(&self) -> String {
         self.answered_by.clone().unwrap_or_default()
     }
@@ -496,7 +524,8 @@ impl Call {
                     status, reason, "transfer target failed"
                 );
                 // The caller stays with the transferor, which hears how it went.
-                self.peer = self.transferor.take();
+                let failed = std::mem::replace(&mut self.peer, self.transferor.take());
+                self.retire(failed);
                 let transferor_up = match self.peer.as_mut().and_then(|p| p.leg.as_mut()) {
                     Some(leg) if leg.state == OutState::Answered => {
                         leg.notify_refer(&format!("SIP/2.0 {status} {reason}"), true, now);
@@ -513,6 +542,15 @@ impl Call {
                     );
                 }
             }
+        }
+    }
+
+    /// Keeps the legs of a peer that is done with, until their transactions end (the ACK of
+    /// a retransmitted final response, the 200 of a BYE): they keep their routes till then.
+    fn retire(&mut self, peer: Option<Peer>) {
+        if let Some(peer) = peer {
+            self.retired.extend(peer.leg);
+            self.retired.extend(peer.spent);
         }
     }
 
@@ -536,6 +574,10 @@ impl Call {
                 leg.on_response(response, now);
                 return;
             }
+        }
+        if let Some(leg) = self.retired.iter_mut().find(|l| l.owns(call_id)) {
+            leg.on_response(response, now);
+            return;
         }
         let Some(peer) = self.peer.as_mut() else {
             return;
@@ -1258,6 +1300,7 @@ impl Call {
             .into_iter()
             .chain(self.transferor.as_ref())
             .flat_map(|p| p.leg.iter().chain(p.spent.iter()))
+            .chain(self.retired.iter())
             .filter_map(|l| l.next_deadline());
         let peer_timers = peer.into_iter().flat_map(|p| {
             let answer = (p
@@ -1277,6 +1320,10 @@ impl Call {
     }
 
     pub(super) fn on_peer_timeout(&mut self, now: Instant) {
+        for leg in &mut self.retired {
+            leg.handle_timeout(now);
+            while leg.poll_event().is_some() {}
+        }
         if let Some(old) = self.transferor.as_mut() {
             for leg in old.leg.iter_mut().chain(old.spent.iter_mut()) {
                 leg.handle_timeout(now);
@@ -1360,6 +1407,11 @@ impl Call {
         if let Some(old) = self.transferor.as_mut() {
             flush_legs(&self.core, &sender, old);
         }
+        if !self.retired.is_empty() {
+            let mut retired = Peer::holding(std::mem::take(&mut self.retired));
+            flush_legs(&self.core, &sender, &mut retired);
+            self.retired = retired.spent;
+        }
         let Some(peer) = self.peer.as_mut() else {
             return;
         };
@@ -1386,9 +1438,10 @@ impl Call {
 
     /// Whether the other leg still has something to send or answer.
     pub(super) fn peer_busy(&self) -> bool {
-        let transferring = self.transferor.as_ref().is_some_and(|p| {
-            p.leg.as_ref().is_some_and(|l| !l.is_finished()) || !p.spent.is_empty()
-        });
+        let transferring = !self.retired.is_empty()
+            || self.transferor.as_ref().is_some_and(|p| {
+                p.leg.as_ref().is_some_and(|l| !l.is_finished()) || !p.spent.is_empty()
+            });
         transferring
             || self.peer.as_ref().is_some_and(|p| {
                 p.leg.as_ref().is_some_and(|l| !l.is_finished())
@@ -1404,6 +1457,9 @@ impl Call {
             for leg in peer.leg.iter().chain(peer.spent.iter()) {
                 self.core.unregister_leg(&leg.call_id, &leg.local_tag);
             }
+        }
+        for leg in &self.retired {
+            self.core.unregister_leg(&leg.call_id, &leg.local_tag);
         }
     }
 
@@ -1533,8 +1589,8 @@ impl Call {
             let (report, _) = bot.finish().await;
             self.media_record.bot = Some(report);
         }
-        self.release_peer_ports();
-        self.peer = None;
+        let failed = self.peer.take();
+        self.retire(failed);
         let flow = match &self.route {
             Route::Flow(flow) if flow.fallback_to_bot => Some(flow.clone()),
             _ => None,
