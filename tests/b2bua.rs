@@ -65,7 +65,8 @@ async fn outbound_call_relays_rtp_both_ways_through_voicegate() {
       <ereg regexp="Session-Expires: 1800" search_in="msg" check_it="true" assign_to="se_ok"/>
       <log message="[$from_ok] [$se_ok]"/>"#;
     let uas = sipp_uas(&uas_answer_scenario(checks, "", ""), carrier_port).await;
-    let config = config(vec![carrier("a", carrier_port, 10)], vec![]);
+    let mut config = config(vec![carrier("a", carrier_port, 10)], vec![]);
+    config.sip.t1_ms = 50;
     let running = start(&config).await;
     let mut uac = Uac::new(running.local.udp.unwrap()).await;
     let ok = uac.call(NUMBER, "0 101", "").await;
@@ -91,6 +92,7 @@ async fn outbound_call_relays_rtp_both_ways_through_voicegate() {
     );
     assert_eq!(uac.bye().await.status, 200);
     assert_uas_ok(&uas.await.unwrap(), "carrier");
+    routes_drain(&running).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -375,7 +377,8 @@ async fn caller_cancel_reaches_the_carrier() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pbx_refer_transfers_the_caller() {
     let (pbx_port, target_port) = (free_port(), free_port());
-    let config = config(vec![upstream()], vec![format!("127.0.0.1:{pbx_port}")]);
+    let mut config = config(vec![upstream()], vec![format!("127.0.0.1:{pbx_port}")]);
+    config.sip.t1_ms = 50;
     let running = start(&config).await;
     let voicegate = running.local.udp.unwrap();
     let text = std::fs::read_to_string(scenario("uas_refer.xml"))
@@ -399,6 +402,7 @@ async fn pbx_refer_transfers_the_caller() {
     assert!(rtp_round_trip(&carrier, Uac::media_target(&ok), 30).await >= 25);
     assert_eq!(carrier.bye().await.status, 200);
     assert_uas_ok(&target.await.unwrap(), "transfer target");
+    routes_drain(&running).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

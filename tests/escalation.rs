@@ -125,13 +125,14 @@ async fn agent_assist_streams_both_parties_to_the_bot() {
     let agent_port = free_port();
     let agent = sipp_uas(&uas_answer_scenario("", "", ""), agent_port).await;
     let (bot_addr, mut bots) = bot_server().await;
-    let config = flow(
+    let mut config = flow(
         format!("ws://{bot_addr}/stream"),
         "hangup",
         &agent_uri(agent_port),
         true,
         "hangup",
     );
+    config.sip.t1_ms = 50;
     let running = start(&config).await;
     let (mut uac, target) =
         answered_call(running.local.udp.unwrap(), BOT_NUMBER, "0 101", "").await;
@@ -168,6 +169,7 @@ async fn agent_assist_streams_both_parties_to_the_bot() {
     assert_uas_ok(&agent.await.unwrap(), "agent");
     // The caller hung up: the assisting bot's stream ends too.
     bot.until("stop", Duration::from_secs(5)).await;
+    routes_drain(&running).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -175,13 +177,14 @@ async fn busy_agent_falls_back_to_the_bot() {
     let agent_port = free_port();
     let agent = sipp_uas(&uas_reject_scenario(486, "Busy Here"), agent_port).await;
     let (bot_addr, mut bots) = bot_server().await;
-    let config = flow(
+    let mut config = flow(
         format!("ws://{bot_addr}/stream"),
         "hangup",
         &agent_uri(agent_port),
         false,
         "bot",
     );
+    config.sip.t1_ms = 50;
     let running = start(&config).await;
     let (mut uac, _) = answered_call(running.local.udp.unwrap(), BOT_NUMBER, "0 101", "").await;
     let mut bot = next_bot(&mut bots).await;
@@ -193,6 +196,8 @@ async fn busy_agent_falls_back_to_the_bot() {
     let (_, (_, start)) = again.until("start", Duration::from_secs(5)).await;
     assert_eq!(start["start"]["to"], BOT_NUMBER);
     assert_eq!(uac.bye().await.status, 200);
+    // The busy agent's leg lingers for Timer D (its 486 may be retransmitted), then goes.
+    routes_drain_within(&running, Duration::from_secs(40)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -373,3 +373,23 @@ pub async fn rtp_round_trip(uac: &uac::Uac, target: SocketAddr, count: u16) -> u
     }
     back
 }
+
+/// Every call and leg route is gone once their transactions end: Timer J (64*T1, with the
+/// test's `sip.t1_ms`) and Timer K (5 s) on UDP.
+pub async fn routes_drain(running: &voicegate::server::Running) {
+    routes_drain_within(running, Duration::from_secs(12)).await
+}
+
+/// [`routes_drain`] with a deadline: a refused INVITE keeps its transaction for Timer D,
+/// 32 s on UDP whatever T1 is.
+pub async fn routes_drain_within(running: &voicegate::server::Running, wait: Duration) {
+    let deadline = std::time::Instant::now() + wait;
+    while running.core.active_calls() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} routes left after the calls ended",
+            running.core.active_calls()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

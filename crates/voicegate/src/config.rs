@@ -394,6 +394,9 @@ pub struct SipConfig {
     pub max_message_bytes: usize,
     /// User-Agent / Server header value.
     pub user_agent: String,
+    /// RFC 3261 T1 (the round-trip estimate) in milliseconds: retransmissions start at T1 and
+    /// transactions give up after 64*T1.
+    pub t1_ms: u64,
 }
 
 impl Default for SipConfig {
@@ -407,6 +410,7 @@ impl Default for SipConfig {
             public_ip: String::new(),
             max_message_bytes: 65536,
             user_agent: "voicegate".into(),
+            t1_ms: 500,
         }
     }
 }
@@ -1150,6 +1154,12 @@ impl SipConfig {
                 }
                 Ok(_) => {}
             }
+        }
+        if !(50..=5000).contains(&self.t1_ms) {
+            return Err(invalid(
+                "sip.t1_ms",
+                format!("sip.t1_ms: {} is outside 50-5000", self.t1_ms),
+            ));
         }
         if !MESSAGE_BYTES_RANGE.contains(&self.max_message_bytes) {
             return Err(invalid(

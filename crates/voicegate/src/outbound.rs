@@ -526,8 +526,8 @@ impl OutboundLeg {
 
     /// Nothing left to send or answer: the leg can be dropped.
     pub fn is_finished(&self) -> bool {
+        // A CANCEL still waiting for a provisional is moot once the INVITE has timed out.
         self.state == OutState::Over
-            && !self.cancel_pending
             && self.tx.is_terminated()
             && self.cancel.as_ref().is_none_or(|c| c.is_terminated())
             && self
@@ -776,6 +776,19 @@ mod tests {
             "487 after CANCEL is ours"
         );
         assert_eq!(sent(&mut leg).remove(0).method, "ACK");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_hop_given_up_on_is_finished_after_timer_b() {
+        let now = Instant::now();
+        let mut leg = OutboundLeg::invite(params(), hop(), Timers::default(), now);
+        sent(&mut leg);
+        leg.cancel(now);
+        assert!(!leg.is_finished(), "the INVITE transaction still runs");
+        let later = now + std::time::Duration::from_secs(33);
+        leg.handle_timeout(later);
+        while leg.poll_event().is_some() {}
+        assert!(leg.is_finished(), "nothing left once Timer B fired");
     }
 
     #[tokio::test(start_paused = true)]

@@ -95,7 +95,10 @@ pub fn settings(config: &Config) -> Result<Settings, StartError> {
         ring_duration: config.test_numbers.ring_duration(),
         ring_timeout: Duration::from_secs(180),
         public_ip: config.sip.public_ip(),
-        timers: Timers::default(),
+        timers: Timers {
+            t1: Duration::from_millis(config.sip.t1_ms),
+            ..Timers::default()
+        },
         latching: LatchPolicy::from_name(&config.rtp.latching).unwrap_or(LatchPolicy::Auto),
         rtp_timeout: Duration::from_secs(config.rtp.timeout_secs),
         flows,
