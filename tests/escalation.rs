@@ -167,8 +167,9 @@ async fn agent_assist_streams_both_parties_to_the_bot() {
     );
     assert_eq!(uac.bye().await.status, 200);
     assert_uas_ok(&agent.await.unwrap(), "agent");
-    // The caller hung up: the assisting bot's stream ends too.
-    bot.until("stop", Duration::from_secs(5)).await;
+    // The caller hung up: the assisting bot's stream ends too, as a hang-up.
+    let (_, (_, stop)) = bot.until("stop", Duration::from_secs(5)).await;
+    assert_eq!(stop["stop"]["reason"], "callended", "{stop}");
     routes_drain(&running).await;
 }
 

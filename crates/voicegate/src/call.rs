@@ -1126,6 +1126,10 @@ impl Call {
             self.stopping.extend(media.leg);
         }
         if let Some(assist) = self.assist.take() {
+            if self.end_reason == "caller hung up" {
+                // The assisting bot hears `callended`, as it would have before the hand-off.
+                assist.caller_hung_up();
+            }
             self.stopping.push(Leg::Bot(assist));
         }
         self.tap = None;
@@ -1469,6 +1473,7 @@ impl Call {
             bot_marks = bot.marks_echoed,
             bot_clears = bot.clears,
             bot_frames_invalid = bot.bot_frames_invalid,
+            bot_media_ignored = bot.bot_media_ignored,
             direction = self.direction,
             peer = peer.and_then(|p| p.answered_by.as_deref()).unwrap_or("-"),
             peer_attempts = peer.map_or(0, |p| p.attempts),
