@@ -567,3 +567,66 @@ async fn carrier_call_to_a_flow_number_reaches_the_bot() {
     assert_eq!(start["start"]["to"], "+15550111");
     assert_eq!(carrier.bye().await.status, 200);
 }
+
+/// The re-INVITE voicegate sends the caller, answered with `direction`; returns its SDP.
+async fn answer_reinvite(uac: &Uac, direction: &str) -> String {
+    let reinvite = loop {
+        match uac.recv(Duration::from_secs(5)).await {
+            Some(Message::Request(r)) if r.method == "INVITE" => break r,
+            Some(_) => continue,
+            None => panic!("no re-INVITE reached the caller"),
+        }
+    };
+    let sdp = String::from_utf8_lossy(&reinvite.body).to_string();
+    let answer = reinvite
+        .response(200, "OK")
+        .header(
+            "Contact",
+            format!("<sip:tester@{}>", uac.sip.local_addr().unwrap()),
+        )
+        .with_body("application/sdp", offer(uac.rtp_port(), "0 101", direction));
+    uac.sip
+        .send_to(&answer.to_bytes(), uac.server)
+        .await
+        .unwrap();
+    loop {
+        match uac.recv(Duration::from_secs(5)).await {
+            Some(Message::Request(r)) if r.method == "ACK" => return sdp,
+            Some(_) => continue,
+            None => panic!("no ACK for the caller's 200"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hold_from_the_carrier_reaches_the_caller() {
+    let carrier_port = free_port();
+    let config = config(vec![carrier("a", carrier_port, 10)], vec![]);
+    let running = start(&config).await;
+    let voicegate = running.local.udp.unwrap();
+    let text = std::fs::read_to_string(scenario("uas_hold.xml"))
+        .unwrap()
+        .replace("VOICEGATE", &voicegate.to_string());
+    let hold = std::env::temp_dir().join(format!("vg-hold-{:x}.xml", rand::random::<u64>()));
+    std::fs::write(&hold, text).unwrap();
+    let uas = sipp_uas(&hold, carrier_port).await;
+    let mut uac = Uac::new(voicegate).await;
+    let ok = uac.call(NUMBER, "0 101", "").await;
+    assert_eq!(ok.status, 200);
+    let held = answer_reinvite(&uac, "recvonly").await;
+    assert!(
+        held.contains("a=sendonly"),
+        "hold offered to the caller: {held}"
+    );
+    let resumed = answer_reinvite(&uac, "sendrecv").await;
+    assert!(
+        resumed.contains("a=sendrecv"),
+        "resume offered to the caller: {resumed}"
+    );
+    assert!(
+        rtp_round_trip(&uac, Uac::media_target(&ok), 20).await >= 15,
+        "audio after resume"
+    );
+    assert_eq!(uac.bye().await.status, 200);
+    assert_uas_ok(&uas.await.unwrap(), "carrier that held and resumed");
+}

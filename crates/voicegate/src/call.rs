@@ -167,6 +167,8 @@ struct Call {
     peer: Option<Peer>,
     /// The other leg while a REFER it sent is carried out (it is replaced on success).
     transferor: Option<Peer>,
+    /// Our re-INVITE to the caller, carrying a hold or resume of the other leg.
+    caller_reinvite: Option<b2bua::CallerReinvite>,
     /// Legs of peers given up on (a failed agent or transfer target), until their last
     /// transactions end.
     retired: Vec<crate::outbound::OutboundLeg>,
@@ -228,6 +230,7 @@ pub async fn run(
         peer: None,
         transferor: None,
         retired: Vec::new(),
+        caller_reinvite: None,
         pending: None,
         relay_events: None,
         assist: None,
@@ -1078,6 +1081,9 @@ impl Call {
     fn on_response(&mut self, response: &Response, now: Instant) {
         if response.headers.get("Call-ID") != Some(self.invite.call_id()) {
             return self.on_peer_response(response, now);
+        }
+        if response.cseq().1 == "INVITE" {
+            return self.on_caller_reinvite_response(response, now);
         }
         let Some(bye) = self.bye.as_mut() else { return };
         if response.cseq().1 == "BYE"

@@ -583,7 +583,7 @@ fn build_invite(
 }
 
 /// The ACK of a non-2xx final response: part of the INVITE transaction (RFC 3261 §17.1.1.3).
-fn non_2xx_ack(invite: &Request, response: &Response) -> Bytes {
+pub(crate) fn non_2xx_ack(invite: &Request, response: &Response) -> Bytes {
     let mut headers = Headers::default();
     if let Some(via) = invite.headers.get("Via") {
         headers.push("Via", via.to_string());

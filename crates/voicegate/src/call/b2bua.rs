@@ -74,6 +74,13 @@ pub enum Pending {
     BridgeTransfer,
 }
 
+/// Our re-INVITE to the caller (the other leg put the call on hold or resumed it).
+pub struct CallerReinvite {
+    cseq: u32,
+    tx: voicegate_sip::transaction::ClientInviteTx,
+    request: Request,
+}
+
 /// The other leg of the call.
 pub struct Peer {
     pub role: PeerRole,
@@ -1106,6 +1113,147 @@ impl Call {
     /// The next hop's re-INVITE (hold, resume, refresh): answered here, its media change
     /// applied to the relay. The caller's leg keeps its own session.
     fn on_peer_reinvite(&mut self, request: Request, source: Source, now: Instant) {
+        let before = self
+            .peer
+            .as_ref()
+            .and_then(|p| p.negotiated.as_ref())
+            .map(|n| n.direction);
+        self.answer_peer_reinvite(request, source, now);
+        let after = self
+            .peer
+            .as_ref()
+            .and_then(|p| p.negotiated.as_ref())
+            .map(|n| n.direction);
+        if let (Some(before), Some(after)) = (before, after) {
+            if before != after {
+                // Hold or resume from the other side: the caller hears of it from us.
+                self.reinvite_caller(after.reversed(), now);
+            }
+        }
+    }
+
+    /// Offers the caller `direction` (the other leg's, as ours) with a re-INVITE.
+    fn reinvite_caller(&mut self, direction: Direction, now: Instant) {
+        if self
+            .caller_reinvite
+            .as_ref()
+            .is_some_and(|re| !re.tx.is_terminated())
+            || !matches!(self.phase, Phase::Confirmed)
+        {
+            return;
+        }
+        let contact = self.contact();
+        let user_agent = self.core.sender().user_agent().to_string();
+        let via = format!(
+            "SIP/2.0/{} {}:{};branch=z9hG4bK{};rport",
+            self.source.transport.as_via(),
+            self.advertised_ip(),
+            self.source.local.port(),
+            crate::core::random_token()
+        );
+        let Some(media) = self.media.as_mut() else {
+            return;
+        };
+        let Some(n) = media.negotiated.as_ref() else {
+            return;
+        };
+        media.local.session_version += 1;
+        let offer = sdp::build_offer(&media.local, &[n.codec], direction);
+        let mut request = self.dialog.request("INVITE", via, 70);
+        request.headers.push("Contact", contact);
+        request.headers.push("User-Agent", user_agent);
+        request.headers.push("Content-Type", "application/sdp");
+        request.body = Bytes::from(offer);
+        let cseq = request.cseq().0;
+        let tx = voicegate_sip::transaction::ClientInviteTx::new(
+            request.to_bytes(),
+            self.source.transport.is_reliable(),
+            self.core.settings.timers,
+            now,
+        );
+        info!(call_id = self.invite.call_id(), direction = %direction, "re-INVITE to the caller");
+        self.caller_reinvite = Some(CallerReinvite { cseq, tx, request });
+    }
+
+    /// The caller's answer to our re-INVITE: acknowledged, its media applied to the relay.
+    pub(super) fn on_caller_reinvite_response(&mut self, response: &Response, now: Instant) {
+        let Some(re) = self.caller_reinvite.as_mut() else {
+            return;
+        };
+        if response.cseq().0 != re.cseq {
+            return;
+        }
+        let pass = re.tx.on_response(response.status, now);
+        if response.status >= 300 {
+            let ack = crate::outbound::non_2xx_ack(&re.request, response);
+            re.tx.send_ack(ack, now);
+            return;
+        }
+        if response.status < 200 {
+            return;
+        }
+        // Every 2xx (retransmissions too) gets its ACK, a request of its own (RFC 3261 §13.2.2.4).
+        let mut dialog = self.dialog.clone();
+        dialog.local_cseq = re.cseq - 1;
+        let via = format!(
+            "SIP/2.0/{} {}:{};branch=z9hG4bK{};rport",
+            self.source.transport.as_via(),
+            self.advertised_ip(),
+            self.source.local.port(),
+            crate::core::random_token()
+        );
+        let ack = dialog.request("ACK", via, 70);
+        self.core
+            .sender()
+            .send_to(&self.source, self.source.remote, ack.to_bytes());
+        if !pass || response.body.is_empty() {
+            return;
+        }
+        let codecs = self.core.settings.codecs.clone();
+        let negotiated = sdp::parse(&response.body)
+            .map_err(|e| e.to_string())
+            .and_then(|answer| {
+                sdp::negotiate_from_answer(&answer, &codecs).map_err(|e| e.to_string())
+            });
+        match negotiated {
+            Ok(n) => {
+                if let Some(media) = self.media.as_mut() {
+                    if let Some(Leg::Relay(relay)) = media.leg.as_ref() {
+                        relay.update(Side::A, direction_of(&n), n.remote);
+                    }
+                    media.negotiated = Some(n);
+                }
+            }
+            Err(e) => {
+                warn!(call_id = self.invite.call_id(), error = %e, "unusable answer to our re-INVITE")
+            }
+        }
+    }
+
+    /// Sends what our re-INVITE to the caller queued; forgets it once it is over.
+    pub(super) fn flush_caller_reinvite(&mut self) {
+        let Some(re) = self.caller_reinvite.as_mut() else {
+            return;
+        };
+        let sender = self.core.sender().clone();
+        while let Some(bytes) = re.tx.poll_transmit() {
+            sender.send_to(&self.source, self.source.remote, bytes);
+        }
+        while let Some(event) = re.tx.poll_event() {
+            if event == TxEvent::Timeout {
+                warn!(
+                    call_id = self.invite.call_id(),
+                    "the caller did not answer our re-INVITE"
+                );
+            }
+        }
+        if re.tx.is_terminated() {
+            self.caller_reinvite = None;
+        }
+    }
+
+    /// The next hop's re-INVITE, answered from our media.
+    fn answer_peer_reinvite(&mut self, request: Request, source: Source, now: Instant) {
         let codecs = self.core.settings.codecs.clone();
         let user_agent = self.core.sender().user_agent().to_string();
         let contact = self.contact();
@@ -1316,10 +1464,19 @@ impl Call {
             ]
         });
         let caller_timer = self.caller_timer.map(|t| t.deadline());
-        legs.chain(peer_timers.flatten()).chain(caller_timer)
+        let caller_reinvite = self
+            .caller_reinvite
+            .as_ref()
+            .and_then(|re| re.tx.poll_timeout());
+        legs.chain(peer_timers.flatten())
+            .chain(caller_timer)
+            .chain(caller_reinvite)
     }
 
     pub(super) fn on_peer_timeout(&mut self, now: Instant) {
+        if let Some(re) = self.caller_reinvite.as_mut() {
+            re.tx.handle_timeout(now);
+        }
         for leg in &mut self.retired {
             leg.handle_timeout(now);
             while leg.poll_event().is_some() {}
@@ -1403,6 +1560,7 @@ impl Call {
 
     /// Sends what the other leg queued.
     pub(super) fn flush_peer(&mut self) {
+        self.flush_caller_reinvite();
         let sender = self.core.sender().clone();
         if let Some(old) = self.transferor.as_mut() {
             flush_legs(&self.core, &sender, old);
@@ -1438,7 +1596,8 @@ impl Call {
 
     /// Whether the other leg still has something to send or answer.
     pub(super) fn peer_busy(&self) -> bool {
-        let transferring = !self.retired.is_empty()
+        let transferring = self.caller_reinvite.is_some()
+            || !self.retired.is_empty()
             || self.transferor.as_ref().is_some_and(|p| {
                 p.leg.as_ref().is_some_and(|l| !l.is_finished()) || !p.spent.is_empty()
             });
