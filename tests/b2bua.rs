@@ -630,3 +630,55 @@ async fn hold_from_the_carrier_reaches_the_caller() {
     assert_eq!(uac.bye().await.status, 200);
     assert_uas_ok(&uas.await.unwrap(), "carrier that held and resumed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sipp_pbx_audio_crosses_voicegate_both_ways_on_the_wire() {
+    const G711A_PCAP: &str = "/usr/share/sip-tester/g711a.pcap";
+    let carrier_port = free_port();
+    let carrier_uas = sipp_uas(&uas_answer_scenario("", "", ""), carrier_port).await;
+    let config = config(vec![carrier("a", carrier_port, 10)], vec![]);
+    let (rtp_min, rtp_max) = (config.rtp.port_min, config.rtp.port_max);
+    let running = start(&config).await;
+    let pbx_media = free_even_port();
+    let tap = Capture::start(&format!("udp and portrange {rtp_min}-{rtp_max}")).await;
+    // The PBX (SIPp) plays a real PCMA capture; the carrier (SIPp, PCMU) echoes it.
+    let scenario = play_pcap_scenario(
+        "8 101",
+        &["a=rtpmap:8 PCMA/8000", "a=rtpmap:101 telephone-event/8000"],
+        &[(std::path::Path::new(G711A_PCAP), 8000)],
+    );
+    let out = sipp_with_media_port(
+        running.local.udp.unwrap(),
+        pbx_media,
+        &["-sf", scenario.to_str().unwrap(), "-s", NUMBER, "-m", "1"],
+    )
+    .await;
+    let _ = std::fs::remove_file(&scenario);
+    assert_sipp_ok(&out, 1);
+    assert_uas_ok(&carrier_uas.await.unwrap(), "carrier");
+    let ours = |port: u16| (rtp_min..=rtp_max).contains(&port);
+    let rtp: Vec<_> = tap
+        .finish()
+        .await
+        .into_iter()
+        // RTP only: version 2, not an RTCP packet type (200-204).
+        .filter(|d| d.payload.len() >= 12 && d.payload[0] >> 6 == 2)
+        .filter(|d| !(200..=204).contains(&d.payload[1]))
+        .collect();
+    let count = |f: &dyn Fn(&common::pcap::Datagram) -> bool| rtp.iter().filter(|d| f(d)).count();
+    let pbx_to_us = count(&|d| d.src_port == pbx_media && ours(d.dst_port));
+    let us_to_pbx = count(&|d| ours(d.src_port) && d.dst_port == pbx_media);
+    let us_to_carrier =
+        count(&|d| ours(d.src_port) && d.dst_port != pbx_media && !ours(d.dst_port));
+    let carrier_to_us =
+        count(&|d| d.src_port != pbx_media && !ours(d.src_port) && ours(d.dst_port));
+    let legs = format!(
+        "PBX→voicegate {pbx_to_us}, voicegate→carrier {us_to_carrier}, \
+         carrier→voicegate {carrier_to_us}, voicegate→PBX {us_to_pbx}"
+    );
+    eprintln!("{legs}");
+    // g711a.pcap holds 236 audio packets; allow a few for the edges of the call.
+    for n in [pbx_to_us, us_to_carrier, carrier_to_us, us_to_pbx] {
+        assert!(n >= 220, "RTP through voicegate's ports both ways: {legs}");
+    }
+}
