@@ -351,7 +351,13 @@ impl Call {
                     give_up_at,
                 };
             }
-            Route::Inbound { .. } => unreachable!("resolved above"),
+            // Resolved into hops above; none means no route.
+            Route::Inbound { .. } => self.reject_with(
+                503,
+                "Service Unavailable (no route)",
+                &[("Retry-After", "60".into())],
+                now,
+            ),
             Route::NotFound => {
                 self.reject(404, "Number not mapped", now);
             }
@@ -726,7 +732,7 @@ impl Call {
             "INVITE" if branch == self.invite_branch && request.to_tag().is_none() => {
                 self.invite_tx.on_request_retransmit(now);
             }
-            "INVITE" => self.on_reinvite(request, source, branch, now),
+            "INVITE" => self.on_reinvite(request, source, now),
             "CANCEL" => self.on_cancel(&request, &source, &branch, now),
             _ => {
                 if let Some((_, _, tx)) = self
@@ -903,7 +909,7 @@ impl Call {
         self.phase = Phase::Done;
     }
 
-    fn on_reinvite(&mut self, request: Request, source: Source, branch: String, now: Instant) {
+    fn on_reinvite(&mut self, request: Request, source: Source, now: Instant) {
         if let Some(re) = self.reinvite.as_mut() {
             if re.cseq == request.cseq().0 {
                 return re.tx.on_request_retransmit(now);
@@ -961,7 +967,6 @@ impl Call {
             response = response.with_body("application/sdp", body);
         }
         tx.respond(status, response.to_bytes(), now);
-        let _ = branch;
         self.reinvite = Some(Reinvite { cseq, tx });
     }
 

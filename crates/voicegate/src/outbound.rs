@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 use tokio::time::Instant;
 use voicegate_sip::dialog::Dialog;
-use voicegate_sip::message::{self, Headers, Request, Response};
+use voicegate_sip::message::{Headers, Request, Response};
 use voicegate_sip::transaction::{ClientInviteTx, ClientNonInviteTx, Timers, TxEvent};
 use voicegate_sip::transport::Source;
 
@@ -112,7 +112,7 @@ impl OutboundLeg {
         let call_id = format!("{}@voicegate", random_token());
         let local_tag = random_token();
         let cseq = u32::from(rand::random::<u16>()) + 1;
-        let invite = build_invite(&params, &call_id, &local_tag, cseq, None);
+        let invite = build_invite(&params, &call_id, &local_tag, cseq);
         let reliable = hop.source.transport.is_reliable();
         let tx = ClientInviteTx::new(invite.to_bytes(), reliable, timers, now);
         OutboundLeg {
@@ -136,11 +136,6 @@ impl OutboundLeg {
             outbox: Vec::new(),
             started: now,
         }
-    }
-
-    /// The INVITE as last sent.
-    pub fn request(&self) -> &Request {
-        &self.invite
     }
 
     pub fn on_response(&mut self, response: &Response, now: Instant) -> Option<OutboundEvent> {
@@ -543,14 +538,8 @@ impl OutboundLeg {
     }
 }
 
-fn build_invite(
-    params: &InviteParams,
-    call_id: &str,
-    local_tag: &str,
-    cseq: u32,
-    branch: Option<&str>,
-) -> Request {
-    let branch = branch.map_or_else(random_token, str::to_string);
+fn build_invite(params: &InviteParams, call_id: &str, local_tag: &str, cseq: u32) -> Request {
+    let branch = random_token();
     let mut headers = Headers::default();
     headers.push(
         "Via",
@@ -614,11 +603,6 @@ pub(crate) fn non_2xx_ack(invite: &Request, response: &Response) -> Bytes {
         body: Bytes::new(),
     }
     .to_bytes()
-}
-
-/// The To-tag of a response, if any.
-pub fn response_to_tag(response: &Response) -> Option<&str> {
-    message::tag_param(response.headers.get("To")?)
 }
 
 #[cfg(test)]

@@ -1392,8 +1392,7 @@ impl Call {
         let Some(timer) = peer.timer.as_mut() else {
             return;
         };
-        if let Some(at) = timer.refresh_at().filter(|t| *t <= now) {
-            let _ = at;
+        if timer.refresh_at().is_some_and(|t| t <= now) {
             timer.on_refreshed(now);
             let interval = timer.interval;
             let Some(n) = peer.negotiated.as_ref() else {
@@ -1633,7 +1632,7 @@ impl Call {
             Ok(hops) => hops,
             Err(e) => {
                 warn!(call_id = self.invite.call_id(), to, error = %e, "cannot reach the agent");
-                return self.agent_unreachable(now);
+                return self.agent_unreachable();
             }
         };
         let assist = from_transfer && matches!(&self.route, Route::Flow(flow) if flow.agent_assist);
@@ -1676,7 +1675,9 @@ impl Call {
         }
     }
 
-    fn agent_unreachable(&mut self, now: Instant) {
+    /// The agent cannot even be called (bad target, no carrier): with a running bot and a
+    /// `bot` fallback the bot just goes on; otherwise the fallback runs.
+    fn agent_unreachable(&mut self) {
         let back_to_bot = matches!(&self.route, Route::Flow(flow) if flow.fallback_to_bot);
         let bot_running = matches!(
             self.media.as_ref().and_then(|m| m.leg.as_ref()),
@@ -1686,7 +1687,6 @@ impl Call {
             return; // the bot simply goes on
         }
         self.pending = Some(Pending::Fallback);
-        let _ = now;
     }
 
     /// Stops the bot's hold on the caller's RTP: with agent assist the bot stays, listen-only
