@@ -1158,9 +1158,19 @@ impl Call {
             match leg {
                 Leg::Echo(echo) => self.media_record.report = Some(echo.stop().await),
                 Leg::Bot(bot) => {
-                    let (report, _ports) = bot.finish().await;
-                    // The first bot's report is the call's; an assisting bot adds nothing new.
-                    self.media_record.bot.get_or_insert(report);
+                    // A listening bot that stopped reading could hold its session (and so the
+                    // call record) forever: it gets a few seconds, then its task is dropped.
+                    let finished =
+                        tokio::time::timeout(std::time::Duration::from_secs(5), bot.finish()).await;
+                    if let Ok((report, _ports)) = finished {
+                        // The first bot's report is the call's; an assisting bot adds nothing.
+                        self.media_record.bot.get_or_insert(report);
+                    } else {
+                        warn!(
+                            call_id = self.invite.call_id(),
+                            "bot session did not end in 5 s: dropped"
+                        );
+                    }
                 }
                 Leg::Relay(relay) => self.media_record.relay = Some(relay.stop().await.report),
                 Leg::Tone(tone) => drop(tone.stop().await),
