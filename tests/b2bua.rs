@@ -682,3 +682,65 @@ async fn sipp_pbx_audio_crosses_voicegate_both_ways_on_the_wire() {
         assert!(n >= 220, "RTP through voicegate's ports both ways: {legs}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rfc4733_digits_cross_the_relay() {
+    let carrier_port = free_port();
+    let uas = sipp_uas(&uas_answer_scenario("", "", ""), carrier_port).await;
+    let config = config(vec![carrier("a", carrier_port, 10)], vec![]);
+    let running = start(&config).await;
+    let mut events = running.core.events.subscribe();
+    let mut uac = Uac::new(running.local.udp.unwrap()).await;
+    let ok = uac.call(NUMBER, "0 101", "").await;
+    assert_eq!(ok.status, 200);
+    let target = Uac::media_target(&ok);
+    // Digit 7: three updates and three copies of the end packet, one timestamp.
+    let mut sent = 0;
+    for (i, (end, duration)) in [
+        (false, 160u16),
+        (false, 320),
+        (false, 480),
+        (true, 640),
+        (true, 640),
+        (true, 640),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut packet = vec![0x80, if i == 0 { 0x80 | 101 } else { 101 }];
+        packet.extend_from_slice(&(100 + i as u16).to_be_bytes());
+        packet.extend_from_slice(&16000u32.to_be_bytes());
+        packet.extend_from_slice(&0x3333u32.to_be_bytes());
+        packet.extend_from_slice(&[7, if end { 0x80 | 10 } else { 10 }]);
+        packet.extend_from_slice(&duration.to_be_bytes());
+        uac.rtp.send_to(&packet, target).await.unwrap();
+        sent += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The carrier echoes them: they come back through both legs as telephone-event.
+    let mut buf = [0u8; 2048];
+    let mut events_back = 0;
+    while let Ok(Ok((n, _))) =
+        tokio::time::timeout(Duration::from_millis(500), uac.rtp.recv_from(&mut buf)).await
+    {
+        if buf[1] & 0x7f == 101 && n == 16 && buf[12] == 7 {
+            events_back += 1;
+        }
+    }
+    assert!(
+        events_back >= sent - 1,
+        "{events_back} of {sent} event packets came back"
+    );
+    let digit = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            if let Ok(voicegate::core::CallEvent::Dtmf { digit, .. }) = events.recv().await {
+                return digit;
+            }
+        }
+    })
+    .await
+    .expect("the caller's digit is reported");
+    assert_eq!(digit, '7');
+    assert_eq!(uac.bye().await.status, 200);
+    assert_uas_ok(&uas.await.unwrap(), "carrier");
+}

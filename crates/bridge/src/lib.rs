@@ -1,5 +1,6 @@
-//! The StreamKit bridge: a call's media streamed to a voice bot over WebSocket (Exotel or
-//! Twilio dialect) and the bot's audio played back to the caller.
+//! A call's media pipelines: streamed to a voice bot over WebSocket (Exotel or Twilio dialect)
+//! with the bot's audio played back, relayed (and transcoded) between the two legs of a B2BUA
+//! call, or ringback while an agent's phone rings.
 
 pub mod dialect;
 pub mod echo_bot;
