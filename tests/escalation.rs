@@ -222,3 +222,59 @@ async fn busy_agent_with_hangup_fallback_ends_the_call() {
     uac.reply(&bye, 200).await;
     assert_uas_ok(&agent.await.unwrap(), "busy agent");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_caller_hears_ringback_while_the_agent_rings() {
+    let agent_port = free_port();
+    // An agent whose phone rings for 2 s before it answers.
+    let ringing = std::fs::read_to_string(uas_answer_scenario("", "", ""))
+        .unwrap()
+        .replacen(
+            "  <send retrans=\"500\">",
+            "  <pause milliseconds=\"2000\"/>\n  <send retrans=\"500\">",
+            1,
+        );
+    let scenario = std::env::temp_dir().join(format!("vg-ring-{:x}.xml", rand::random::<u64>()));
+    std::fs::write(&scenario, ringing).unwrap();
+    let agent = sipp_uas(&scenario, agent_port).await;
+    let (bot_addr, mut bots) = bot_server().await;
+    let config = flow(
+        format!("ws://{bot_addr}/stream"),
+        "connect",
+        &agent_uri(agent_port),
+        false,
+        "hangup",
+    );
+    let running = start(&config).await;
+    let (mut uac, _) = answered_call(running.local.udp.unwrap(), BOT_NUMBER, "0 101", "").await;
+    let mut bot = next_bot(&mut bots).await;
+    started(&mut bot).await;
+    // Until the bot closes, its session sends silence: frames that are not loud.
+    let mut buf = [0u8; 2048];
+    bot.send.send(Message::Close(None)).unwrap();
+    // During the first second of ringing, the caller's port plays the 425 Hz burst.
+    let mut loud_frames = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(900);
+    while let Ok(Ok((n, _))) = tokio::time::timeout_at(deadline, uac.rtp.recv_from(&mut buf)).await
+    {
+        if n <= 12 || buf[1] & 0x7f != 0 {
+            continue;
+        }
+        let samples: Vec<f64> = buf[12..n]
+            .iter()
+            .map(|b| f64::from(voicegate_audio::g711::ulaw_decode(*b)))
+            .collect();
+        let rms = (samples.iter().map(|s| s * s).sum::<f64>() / samples.len() as f64).sqrt();
+        if rms > 1000.0 {
+            loud_frames += 1;
+        }
+    }
+    assert!(
+        loud_frames >= 20,
+        "{loud_frames} frames of ringback in the first 0.9 s"
+    );
+    // Then the agent answers and the call is theirs.
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    assert_eq!(uac.bye().await.status, 200);
+    assert_uas_ok(&agent.await.unwrap(), "agent");
+}
