@@ -103,7 +103,7 @@ async fn carrier_over_tcp_gets_its_own_connection() {
     let uas = sipp_uas_with(
         &uas_answer_scenario(checks, "", ""),
         carrier_port,
-        &["-t", "t1"],
+        &["-t", "t1", "-rtp_echo"],
     )
     .await;
     let mut tcp_carrier = carrier("tcp", carrier_port, 10);
@@ -743,4 +743,103 @@ async fn rfc4733_digits_cross_the_relay() {
     assert_eq!(digit, '7');
     assert_eq!(uac.bye().await.status, 200);
     assert_uas_ok(&uas.await.unwrap(), "carrier");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caller_refer_hands_the_call_to_the_target() {
+    const G711A_PCAP: &str = "/usr/share/sip-tester/g711a.pcap";
+    let (carrier_port, target_port) = (free_port(), free_port());
+    let carrier_uas = sipp_uas(&uas_answer_scenario("", "", ""), carrier_port).await;
+    let mut config = config(vec![carrier("a", carrier_port, 10)], vec![]);
+    config.sip.t1_ms = 50;
+    let (rtp_min, rtp_max) = (config.rtp.port_min, config.rtp.port_max);
+    let running = start(&config).await;
+    let voicegate = running.local.udp.unwrap();
+    // The target answers with PCMA, plays a capture to the carrier (which echoes it), then
+    // hangs up.
+    let text = std::fs::read_to_string(scenario("uas_hangup.xml"))
+        .unwrap()
+        .replace("VOICEGATE", &voicegate.to_string())
+        .replace("RTP/AVP 0 101", "RTP/AVP 8 101")
+        .replace("a=rtpmap:0 PCMU/8000", "a=rtpmap:8 PCMA/8000")
+        .replace(
+            "  <pause milliseconds=\"1000\"/>",
+            &format!(
+                "  <nop><action><exec play_pcap_audio=\"{G711A_PCAP}\"/></action></nop>\n  <pause milliseconds=\"9000\"/>"
+            ),
+        );
+    let target_scenario =
+        std::env::temp_dir().join(format!("vg-target-{:x}.xml", rand::random::<u64>()));
+    std::fs::write(&target_scenario, text).unwrap();
+    let target = sipp_uas_with(&target_scenario, target_port, &[]).await;
+    let tap = Capture::start(&format!("udp and portrange {rtp_min}-{rtp_max}")).await;
+
+    let mut uac = Uac::new(voicegate).await;
+    let ok = uac.call(NUMBER, "0 101", "").await;
+    assert_eq!(ok.status, 200);
+    let refer = uac.request_text("REFER", "").replace(
+        "Max-Forwards: 70\r\n",
+        &format!("Max-Forwards: 70\r\nRefer-To: <sip:+15550123@127.0.0.1:{target_port}>\r\n"),
+    );
+    uac.cseq += 1;
+    uac.send(&refer).await;
+    // 202, NOTIFY 100 Trying, NOTIFY 200 OK (subscription over), then our BYE.
+    let mut seen = Vec::new();
+    loop {
+        match uac.recv(Duration::from_secs(8)).await {
+            Some(Message::Response(r)) if r.cseq().1 == "REFER" => seen.push(r.status.to_string()),
+            Some(Message::Request(r)) if r.method == "NOTIFY" => {
+                let frag = String::from_utf8_lossy(&r.body).trim().to_string();
+                let state = r
+                    .headers
+                    .get("Subscription-State")
+                    .unwrap_or_default()
+                    .to_string();
+                seen.push(format!("NOTIFY {frag} ({state})"));
+                uac.reply(&r, 200).await;
+            }
+            Some(Message::Request(r)) if r.method == "BYE" => {
+                seen.push("BYE".into());
+                uac.reply(&r, 200).await;
+                break;
+            }
+            Some(_) => continue,
+            None => panic!("transfer stalled after {seen:?}"),
+        }
+    }
+    assert_eq!(
+        seen,
+        [
+            "202",
+            "NOTIFY SIP/2.0 100 Trying (active;expires=60)",
+            "NOTIFY SIP/2.0 200 OK (terminated;reason=noresource)",
+            "BYE"
+        ]
+    );
+    // The target hangs up after its audio (g711a.pcap: 236 packets over about 8 s); the
+    // carrier then gets our BYE.
+    assert_uas_ok(&target.await.unwrap(), "transfer target");
+    assert_uas_ok(&carrier_uas.await.unwrap(), "carrier");
+    // On the wire: the target's audio reached the carrier through voicegate and the
+    // carrier's echo came back to the target, after the caller had left.
+    let ours = |port: u16| (rtp_min..=rtp_max).contains(&port);
+    let caller_rtp = uac.rtp_port();
+    let mut by_remote: std::collections::HashMap<u16, (usize, usize)> = Default::default();
+    for d in tap.finish().await {
+        if d.payload.len() < 12 || d.payload[0] >> 6 != 2 || (200..=204).contains(&d.payload[1]) {
+            continue;
+        }
+        if ours(d.src_port) && !ours(d.dst_port) && d.dst_port != caller_rtp {
+            by_remote.entry(d.dst_port).or_default().0 += 1;
+        } else if ours(d.dst_port) && !ours(d.src_port) && d.src_port != caller_rtp {
+            by_remote.entry(d.src_port).or_default().1 += 1;
+        }
+    }
+    eprintln!("RTP by remote port (from voicegate, to voicegate): {by_remote:?}");
+    let busy: Vec<_> = by_remote
+        .values()
+        .filter(|(to, from)| *to >= 220 && *from >= 220)
+        .collect();
+    assert_eq!(busy.len(), 2, "carrier and target both ways: {by_remote:?}");
+    routes_drain(&running).await;
 }

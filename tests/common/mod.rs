@@ -237,10 +237,11 @@ pub fn play_pcap_scenario(
 /// A SIPp UAS (carrier, PBX or agent) on 127.0.0.1:`port` running `scenario` for one call,
 /// echoing RTP (`-rtp_echo`). Started in the background; await the handle for its output.
 pub async fn sipp_uas(scenario: &std::path::Path, port: u16) -> tokio::task::JoinHandle<Output> {
-    sipp_uas_with(scenario, port, &[]).await
+    sipp_uas_with(scenario, port, &["-rtp_echo"]).await
 }
 
-/// [`sipp_uas`] with more SIPp arguments (e.g. `-t t1` for TCP).
+/// A SIPp UAS like [`sipp_uas`] with the SIPp arguments given (`-rtp_echo` only if asked:
+/// two echoing ends of one relayed call would bounce every packet forever).
 pub async fn sipp_uas_with(
     scenario: &std::path::Path,
     port: u16,
@@ -259,7 +260,6 @@ pub async fn sipp_uas_with(
             &port.to_string(),
             "-mp",
             &free_even_port().to_string(),
-            "-rtp_echo",
             "-m",
             "1",
             "-timeout",

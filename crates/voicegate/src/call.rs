@@ -6,6 +6,7 @@
 //! from a carrier, to the trunk's destinations) with the B2BUA of [`b2bua`].
 
 mod b2bua;
+mod pair;
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::atomic::Ordering;
@@ -118,6 +119,8 @@ struct MediaRecord {
     peer_codec: Option<&'static str>,
     transcoding: bool,
     escalated_to: Option<String>,
+    /// The other leg's label once it left this task (handed over after the caller's REFER).
+    peer_label: Option<String>,
 }
 
 /// A re-INVITE in progress (RFC 3261 §14.2).
@@ -167,6 +170,8 @@ struct Call {
     peer: Option<Peer>,
     /// The other leg while a REFER it sent is carried out (it is replaced on success).
     transferor: Option<Peer>,
+    /// Our NOTIFYs to the caller about its REFER, by CSeq.
+    caller_requests: Vec<(u32, ClientNonInviteTx)>,
     /// Our re-INVITE to the caller, carrying a hold or resume of the other leg.
     caller_reinvite: Option<b2bua::CallerReinvite>,
     /// Legs of peers given up on (a failed agent or transfer target), until their last
@@ -231,6 +236,7 @@ pub async fn run(
         transferor: None,
         retired: Vec::new(),
         caller_reinvite: None,
+        caller_requests: Vec::new(),
         pending: None,
         relay_events: None,
         assist: None,
@@ -790,16 +796,7 @@ impl Call {
                         self.answer_request_with(&request, &source, &branch, 200, "OK", &extra, now)
                     }
                     "NOTIFY" => self.answer_request(&request, &source, &branch, 200, "OK", now),
-                    // Blind transfer is taken from the called side (the leg voicegate placed),
-                    // which it replaces; the caller's side cannot be replaced under the call.
-                    "REFER" => self.answer_request(
-                        &request,
-                        &source,
-                        &branch,
-                        403,
-                        "Forbidden (REFER is taken from the called side only)",
-                        now,
-                    ),
+                    "REFER" => self.on_caller_refer(&request, &source, &branch, now),
                     "REGISTER" | "SUBSCRIBE" | "PUBLISH" | "MESSAGE" | "PRACK" => self
                         .answer_request(&request, &source, &branch, 405, "Method Not Allowed", now),
                     _ => {
@@ -1089,6 +1086,9 @@ impl Call {
         }
         if response.cseq().1 == "INVITE" {
             return self.on_caller_reinvite_response(response, now);
+        }
+        if response.cseq().1 == "NOTIFY" {
+            return self.on_caller_request_response(response, now);
         }
         let Some(bye) = self.bye.as_mut() else { return };
         if response.cseq().1 == "BYE"
@@ -1496,7 +1496,10 @@ impl Call {
             bot_frames_invalid = bot.bot_frames_invalid,
             bot_media_ignored = bot.bot_media_ignored,
             direction = self.direction,
-            peer = peer.and_then(|p| p.answered_by.as_deref()).unwrap_or("-"),
+            peer = peer
+                .and_then(|p| p.answered_by.as_deref())
+                .or(self.media_record.peer_label.as_deref())
+                .unwrap_or("-"),
             peer_attempts = peer.map_or(0, |p| p.attempts),
             peer_last_failure = peer.and_then(|p| p.last_failure.as_ref()).map_or(0, |f| f.0),
             peer_codec = self.media_record.peer_codec.unwrap_or("-"),

@@ -441,6 +441,11 @@ impl OutboundLeg {
         true
     }
 
+    /// Our Contact on this leg.
+    pub fn contact(&self) -> &str {
+        &self.params.contact
+    }
+
     /// Records the CSeq of the peer's in-dialog request (RFC 3261 §12.2.2).
     pub fn accept_remote_cseq(&mut self, request: &Request) -> bool {
         match self.dialog.as_mut() {

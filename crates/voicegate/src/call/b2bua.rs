@@ -55,6 +55,9 @@ pub enum PeerRole {
     /// The target of a REFER from the other leg (blind transfer): replaces that leg when
     /// it answers; until then the caller stays with the transferor.
     Transfer,
+    /// The target of a REFER from the caller's side: replaces the caller when it answers
+    /// (the other leg and the target go on without it); until then nothing changes.
+    CallerTransfer,
 }
 
 /// Work that needs to await (DNS, connecting, stopping media), done by the run loop.
@@ -72,6 +75,11 @@ pub enum Pending {
     Transfer { to: String },
     /// The transfer target answered: the caller's media moves to it.
     BridgeTransfer,
+    /// Call the target of the caller's REFER.
+    CallerTransfer { to: String },
+    /// The caller's transfer target answered: the other leg and it become a call of their
+    /// own, and the caller is let go.
+    HandOver,
 }
 
 /// Our re-INVITE to the caller (the other leg put the call on hold or resumed it).
@@ -326,6 +334,10 @@ impl Call {
                 Pending::Fallback => self.agent_fallback(Instant::now()).await,
                 Pending::Transfer { to } => self.start_transfer(&to, Instant::now()).await,
                 Pending::BridgeTransfer => self.bridge_transfer(Instant::now()).await,
+                Pending::CallerTransfer { to } => {
+                    self.start_caller_transfer(&to, Instant::now()).await
+                }
+                Pending::HandOver => self.hand_over(Instant::now()).await,
             }
             self.flush();
         }
@@ -525,6 +537,16 @@ impl Call {
                 );
                 self.pending = Some(Pending::Fallback);
             }
+            PeerRole::CallerTransfer => {
+                info!(
+                    call_id = self.invite.call_id(),
+                    status, reason, "caller's transfer target failed"
+                );
+                // The call goes on as it was; the caller hears how the transfer went.
+                let failed = std::mem::replace(&mut self.peer, self.transferor.take());
+                self.retire(failed);
+                self.notify_caller(&format!("SIP/2.0 {status} {reason}"), true, now);
+            }
             PeerRole::Transfer => {
                 info!(
                     call_id = self.invite.call_id(),
@@ -686,6 +708,7 @@ impl Call {
             }
             PeerRole::Agent => self.pending = Some(Pending::BridgeAgent),
             PeerRole::Transfer => self.pending = Some(Pending::BridgeTransfer),
+            PeerRole::CallerTransfer => self.pending = Some(Pending::HandOver),
         }
     }
 
@@ -1015,6 +1038,185 @@ impl Call {
             target, "REFER: blind transfer"
         );
         self.pending = Some(Pending::Transfer { to: target });
+    }
+
+    /// A blind transfer asked by the caller's side (RFC 3515): 202, NOTIFY 100, and a new leg
+    /// to the Refer-To target; when it answers, it and the other leg go on as a call of their
+    /// own and the caller is let go.
+    pub(super) fn on_caller_refer(
+        &mut self,
+        request: &Request,
+        source: &Source,
+        branch: &str,
+        now: Instant,
+    ) {
+        if self.transferor.is_some() || !self.caller_requests.is_empty() {
+            return self.answer_request(request, source, branch, 491, "Request Pending", now);
+        }
+        let ready = matches!(self.phase, Phase::Confirmed)
+            && self.peer.as_ref().is_some_and(|p| {
+                p.role == PeerRole::Forward
+                    && p.leg
+                        .as_ref()
+                        .is_some_and(|l| l.state == OutState::Answered)
+            });
+        if !ready {
+            let reason = "Forbidden (REFER needs an answered call to another party)";
+            return self.answer_request(request, source, branch, 403, reason, now);
+        }
+        let target = request
+            .headers
+            .get("Refer-To")
+            .and_then(voicegate_sip::message::name_addr_uri_text)
+            .map(|uri| uri.split('?').next().unwrap_or(uri).to_string());
+        let Some(target) = target else {
+            return self.answer_request(
+                request,
+                source,
+                branch,
+                400,
+                "Bad Request (no Refer-To)",
+                now,
+            );
+        };
+        if let Err(e) = parse_sip_target(&target) {
+            let reason = format!("Bad Request (Refer-To: {e})");
+            return self.answer_request(request, source, branch, 400, &reason, now);
+        }
+        self.answer_request(request, source, branch, 202, "Accepted", now);
+        info!(
+            call_id = self.invite.call_id(),
+            target, "REFER from the caller: blind transfer"
+        );
+        self.pending = Some(Pending::CallerTransfer { to: target });
+    }
+
+    async fn start_caller_transfer(&mut self, to: &str, now: Instant) {
+        let hops = match agent_hops(&self.core, to, &self.number).await {
+            Ok(hops) => hops,
+            Err(e) => {
+                warn!(call_id = self.invite.call_id(), to, error = %e, "transfer target unusable");
+                return self.notify_caller("SIP/2.0 404 Not Found", true, now);
+            }
+        };
+        self.notify_caller("SIP/2.0 100 Trying", false, now);
+        self.transferor = self.peer.take();
+        self.media_record.escalated_to = Some(to.to_string());
+        if let Err((status, reason)) = self.start_peer(PeerRole::CallerTransfer, hops, now) {
+            warn!(
+                call_id = self.invite.call_id(),
+                status, reason, "transfer leg not started"
+            );
+            self.peer = self.transferor.take();
+            self.notify_caller(&format!("SIP/2.0 {status} {reason}"), true, now);
+        }
+    }
+
+    /// The caller's transfer target answered: the relay is rebuilt between the other leg and
+    /// the target in a task of their own; the caller hears 200 by NOTIFY and is hung up.
+    async fn hand_over(&mut self, now: Instant) {
+        let (Some(mut other), Some(mut target)) = (self.transferor.take(), self.peer.take()) else {
+            return;
+        };
+        let mut other_ports = None;
+        if let Some(media) = self.media.as_mut() {
+            if let Some(Leg::Relay(relay)) = media.leg.take() {
+                let parts = relay.stop().await;
+                other_ports = parts.b;
+                self.media_record.relay = Some(parts.report);
+            }
+        }
+        self.relay_events = None;
+        self.media_record.peer_label = Some(other.current_hop_label());
+        let pair_leg = |peer: &mut Peer, ports: Option<RtpPorts>| {
+            Some(super::pair::PairLeg {
+                leg: peer.leg.take()?,
+                spent: std::mem::take(&mut peer.spent),
+                ports: ports.or_else(|| peer.ports.take())?,
+                local: peer.local.clone(),
+                negotiated: peer.negotiated.clone()?,
+                timer: peer.timer,
+                label: peer.current_hop_label(),
+            })
+        };
+        let joined = match (
+            pair_leg(&mut other, other_ports),
+            pair_leg(&mut target, None),
+        ) {
+            (Some(a), Some(b)) => super::pair::spawn(
+                self.core.clone(),
+                self.invite.call_id().to_string(),
+                self.number.clone(),
+                a,
+                b,
+            ),
+            _ => Err("a leg lost its media".to_string()),
+        };
+        self.retire(Some(other));
+        self.retire(Some(target));
+        match joined {
+            Ok(()) => {
+                self.notify_caller("SIP/2.0 200 OK", true, now);
+                info!(
+                    call_id = self.invite.call_id(),
+                    "caller's transfer completed"
+                );
+                self.send_bye("transferred", "SIP;cause=200;text=\"transferred\"", now);
+            }
+            Err(e) => {
+                warn!(call_id = self.invite.call_id(), error = %e, "caller's transfer failed at hand-over");
+                self.notify_caller("SIP/2.0 500 Server Internal Error", true, now);
+                self.end_both("transfer hand-over failed", now);
+            }
+        }
+    }
+
+    /// Reports the caller's REFER's progress in its dialog (RFC 3515 §2.4.4).
+    fn notify_caller(&mut self, status_line: &str, terminated: bool, now: Instant) {
+        if !matches!(self.phase, Phase::Confirmed | Phase::Answered) {
+            return;
+        }
+        let via = format!(
+            "SIP/2.0/{} {}:{};branch=z9hG4bK{};rport",
+            self.source.transport.as_via(),
+            self.advertised_ip(),
+            self.source.local.port(),
+            crate::core::random_token()
+        );
+        let contact = self.contact();
+        let mut notify = self.dialog.request("NOTIFY", via, 70);
+        notify.headers.push("Event", "refer");
+        notify.headers.push(
+            "Subscription-State",
+            if terminated {
+                "terminated;reason=noresource"
+            } else {
+                "active;expires=60"
+            },
+        );
+        notify.headers.push("Contact", contact);
+        notify
+            .headers
+            .push("User-Agent", self.core.sender().user_agent());
+        notify
+            .headers
+            .push("Content-Type", "message/sipfrag;version=2.0");
+        notify.body = Bytes::from(format!("{status_line}\r\n"));
+        let tx = voicegate_sip::transaction::ClientNonInviteTx::new(
+            notify.to_bytes(),
+            self.source.transport.is_reliable(),
+            self.core.settings.timers,
+            now,
+        );
+        self.caller_requests.push((notify.cseq().0, tx));
+    }
+
+    /// Answers to our NOTIFYs in the caller's dialog.
+    pub(super) fn on_caller_request_response(&mut self, response: &Response, now: Instant) {
+        let cseq = response.cseq().0;
+        if let Some((_, tx)) = self.caller_requests.iter_mut().find(|(c, _)| *c == cseq) {
+            tx.on_response(response.status, now);
+        }
     }
 
     /// A request on the leg being transferred away: it may hang up without ending the call.
@@ -1466,7 +1668,13 @@ impl Call {
         let caller_reinvite = self
             .caller_reinvite
             .as_ref()
-            .and_then(|re| re.tx.poll_timeout());
+            .and_then(|re| re.tx.poll_timeout())
+            .into_iter()
+            .chain(
+                self.caller_requests
+                    .iter()
+                    .filter_map(|(_, tx)| tx.poll_timeout()),
+            );
         legs.chain(peer_timers.flatten())
             .chain(caller_timer)
             .chain(caller_reinvite)
@@ -1475,6 +1683,9 @@ impl Call {
     pub(super) fn on_peer_timeout(&mut self, now: Instant) {
         if let Some(re) = self.caller_reinvite.as_mut() {
             re.tx.handle_timeout(now);
+        }
+        for (_, tx) in &mut self.caller_requests {
+            tx.handle_timeout(now);
         }
         for leg in &mut self.retired {
             leg.handle_timeout(now);
@@ -1561,6 +1772,14 @@ impl Call {
     pub(super) fn flush_peer(&mut self) {
         self.flush_caller_reinvite();
         let sender = self.core.sender().clone();
+        for (_, tx) in &mut self.caller_requests {
+            while let Some(bytes) = tx.poll_transmit() {
+                sender.send_to(&self.source, self.source.remote, bytes);
+            }
+            while tx.poll_event().is_some() {}
+        }
+        self.caller_requests.retain(|(_, tx)| !tx.is_terminated());
+        let sender = self.core.sender().clone();
         if let Some(old) = self.transferor.as_mut() {
             flush_legs(&self.core, &sender, old);
         }
@@ -1596,6 +1815,7 @@ impl Call {
     /// Whether the other leg still has something to send or answer.
     pub(super) fn peer_busy(&self) -> bool {
         let transferring = self.caller_reinvite.is_some()
+            || !self.caller_requests.is_empty()
             || !self.retired.is_empty()
             || self.transferor.as_ref().is_some_and(|p| {
                 p.leg.as_ref().is_some_and(|l| !l.is_finished()) || !p.spent.is_empty()

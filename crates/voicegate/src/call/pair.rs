@@ -1,0 +1,604 @@
+//! What is left of a call after its caller transferred it away (a REFER from the caller's
+//! side): two legs voicegate placed, the other leg and the transfer target, joined by the
+//! relay. One task runs them until either hangs up, and writes their call record.
+//!
+//! Each leg is answered from our own media (re-INVITE, UPDATE), keeps its session timer, and a
+//! BYE on one is carried to the other, as in the call task.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio::time::{sleep_until, Instant};
+use tracing::{info, warn};
+use voicegate_bridge::relay::{LegDirection, RelayEvent, RelayHandle, RelayLeg, Side};
+use voicegate_rtp::RtpPorts;
+use voicegate_sip::message::{Request, Response};
+use voicegate_sip::sdp::{self, LocalMedia, Negotiated};
+use voicegate_sip::session_timer::{self, Refresher, SessionTimer};
+use voicegate_sip::transaction::{ServerInviteTx, ServerNonInviteTx};
+use voicegate_sip::transport::Source;
+
+use super::b2bua::call_media;
+use crate::core::{CallInput, Core, ALLOW, SUPPORTED};
+use crate::outbound::{OutState, OutboundEvent, OutboundLeg};
+
+/// One answered leg handed over to the pair.
+pub struct PairLeg {
+    pub leg: OutboundLeg,
+    /// Its legs given up on earlier, still finishing their transactions.
+    pub spent: Vec<OutboundLeg>,
+    pub ports: RtpPorts,
+    pub local: LocalMedia,
+    pub negotiated: Negotiated,
+    pub timer: Option<SessionTimer>,
+    /// Carrier, destination or target, for the record.
+    pub label: String,
+}
+
+/// A transaction of ours answering the leg's request, kept for retransmissions.
+enum Answered {
+    Invite(u32, ServerInviteTx),
+    Other(String, String, ServerNonInviteTx),
+}
+
+struct Side2 {
+    leg: OutboundLeg,
+    spent: Vec<OutboundLeg>,
+    local: LocalMedia,
+    negotiated: Negotiated,
+    timer: Option<SessionTimer>,
+    label: String,
+    /// With where their answers go.
+    answered: Vec<(Source, std::net::SocketAddr, Answered)>,
+}
+
+struct Pair {
+    core: Arc<Core>,
+    call_id: String,
+    number: String,
+    /// `[0]` is the relay's side A (the original other leg), `[1]` its side B (the target).
+    sides: [Side2; 2],
+    relay: Option<RelayHandle>,
+    relay_events: mpsc::Receiver<RelayEvent>,
+    started: Instant,
+    ended: Option<(Instant, String)>,
+    report: Option<voicegate_bridge::relay::RelayReport>,
+}
+
+/// Starts the pair's task; the legs' routes now lead to it.
+pub fn spawn(
+    core: Arc<Core>,
+    call_id: String,
+    number: String,
+    other: PairLeg,
+    target: PairLeg,
+) -> Result<(), String> {
+    let (tx, rx) = mpsc::channel(64);
+    let (events_tx, relay_events) = mpsc::channel(32);
+    let split = |p: PairLeg| {
+        let relay_leg = RelayLeg {
+            media: call_media(&p.negotiated, &core),
+            direction: direction_of(&p.negotiated),
+            rtcp_mux: p.negotiated.rtcp_mux,
+            cname: format!("voicegate@{}", p.local.address),
+            ports: p.ports,
+        };
+        let side = Side2 {
+            leg: p.leg,
+            spent: p.spent,
+            local: p.local,
+            negotiated: p.negotiated,
+            timer: p.timer,
+            label: p.label,
+            answered: Vec::new(),
+        };
+        (relay_leg, side)
+    };
+    let (a, side_a) = split(other);
+    let (b, side_b) = split(target);
+    let relay = RelayHandle::start(a, b, None, events_tx).map_err(|e| e.to_string())?;
+    for side in [&side_a, &side_b] {
+        for leg in std::iter::once(&side.leg).chain(side.spent.iter()) {
+            core.register_leg(&leg.call_id, &leg.local_tag, &tx);
+        }
+    }
+    let pair = Pair {
+        core,
+        call_id,
+        number,
+        sides: [side_a, side_b],
+        relay: Some(relay),
+        relay_events,
+        started: Instant::now(),
+        ended: None,
+        report: None,
+    };
+    tokio::spawn(pair.run(rx));
+    Ok(())
+}
+
+fn direction_of(n: &Negotiated) -> LegDirection {
+    LegDirection {
+        sending: n.direction.sends(),
+        expect_rtp: n.direction.receives(),
+    }
+}
+
+fn relay_side(i: usize) -> Side {
+    if i == 0 {
+        Side::A
+    } else {
+        Side::B
+    }
+}
+
+impl Pair {
+    async fn run(mut self, mut rx: mpsc::Receiver<CallInput>) {
+        info!(
+            call_id = self.call_id,
+            other = self.sides[0].label,
+            target = self.sides[1].label,
+            "transferred call: other leg and target joined"
+        );
+        loop {
+            self.flush();
+            if self.ended.is_some() {
+                if let Some(relay) = self.relay.take() {
+                    self.report = Some(relay.stop().await.report);
+                    self.record();
+                }
+                if self.finished() {
+                    break;
+                }
+            }
+            let deadline = self.next_deadline();
+            tokio::select! {
+                input = rx.recv() => match input {
+                    Some(CallInput::Request(request, source)) => self.on_request(request, source, Instant::now()),
+                    Some(CallInput::Response(response, _)) => self.on_response(&response, Instant::now()),
+                    None => break,
+                },
+                Some(event) = self.relay_events.recv() => self.on_relay_event(event, Instant::now()),
+                _ = sleep_until(deadline.unwrap_or_else(|| Instant::now() + std::time::Duration::from_secs(3600))) => self.on_timeout(Instant::now()),
+            }
+        }
+        for side in &self.sides {
+            for leg in std::iter::once(&side.leg).chain(side.spent.iter()) {
+                self.core.unregister_leg(&leg.call_id, &leg.local_tag);
+            }
+        }
+        if self.report.is_none() {
+            if let Some(relay) = self.relay.take() {
+                self.report = Some(relay.stop().await.report);
+            }
+            self.record();
+        }
+    }
+
+    fn side_of(&self, call_id: &str) -> Option<usize> {
+        self.sides.iter().position(|s| s.leg.owns(call_id))
+    }
+
+    fn on_request(&mut self, request: Request, source: Source, now: Instant) {
+        let branch = request.branch().unwrap_or_default();
+        let Some(i) = self.side_of(request.call_id()) else {
+            return self.respond(
+                None,
+                &request,
+                &source,
+                481,
+                "Call/Transaction Does Not Exist",
+                &[],
+                None,
+                now,
+            );
+        };
+        if request.method == "ACK" {
+            for (_, _, answered) in &mut self.sides[i].answered {
+                if let Answered::Invite(cseq, tx) = answered {
+                    if *cseq == request.cseq().0 {
+                        tx.on_ack(now);
+                    }
+                }
+            }
+            return;
+        }
+        // A retransmission gets the answer it had.
+        for (_, _, answered) in &mut self.sides[i].answered {
+            match answered {
+                Answered::Invite(cseq, tx)
+                    if request.method == "INVITE" && *cseq == request.cseq().0 =>
+                {
+                    return tx.on_request_retransmit(now)
+                }
+                Answered::Other(b, m, tx) if *b == branch && *m == request.method => {
+                    return tx.on_request_retransmit(now)
+                }
+                _ => {}
+            }
+        }
+        if self.ended.is_some() || !self.sides[i].leg.accept_remote_cseq(&request) {
+            return self.respond(
+                Some(i),
+                &request,
+                &source,
+                481,
+                "Call/Transaction Does Not Exist",
+                &[],
+                None,
+                now,
+            );
+        }
+        match request.method.as_str() {
+            "BYE" => {
+                self.respond(Some(i), &request, &source, 200, "OK", &[], None, now);
+                self.sides[i].leg.state = OutState::Over;
+                let reason = request
+                    .headers
+                    .get("Reason")
+                    .unwrap_or("Q.850;cause=16;text=\"Normal call clearing\"")
+                    .to_string();
+                let who = if i == 0 {
+                    "other leg"
+                } else {
+                    "transfer target"
+                };
+                self.end(&format!("{who} hung up"), &reason, now);
+            }
+            "INVITE" => self.on_reinvite(i, &request, &source, now),
+            "UPDATE" => {
+                let extra = self.refreshed(i, &request, now);
+                self.respond(Some(i), &request, &source, 200, "OK", &extra, None, now);
+            }
+            "INFO" | "OPTIONS" | "NOTIFY" => {
+                self.respond(Some(i), &request, &source, 200, "OK", &[], None, now)
+            }
+            _ => self.respond(
+                Some(i),
+                &request,
+                &source,
+                405,
+                "Method Not Allowed",
+                &[],
+                None,
+                now,
+            ),
+        }
+    }
+
+    /// A re-INVITE answered from our media; the relay follows the new direction or address.
+    fn on_reinvite(&mut self, i: usize, request: &Request, source: &Source, now: Instant) {
+        let codecs = self.core.settings.codecs.clone();
+        let side = &mut self.sides[i];
+        let answer = if request.body.is_empty() {
+            side.local.session_version += 1;
+            Ok(sdp::build_offer(
+                &side.local,
+                &[side.negotiated.codec],
+                sdp::Direction::SendRecv,
+            ))
+        } else {
+            sdp::parse(&request.body)
+                .map_err(|e| (400, format!("Malformed SDP: {e}")))
+                .and_then(|offer| {
+                    let n = sdp::negotiate_answer(&offer, &codecs)
+                        .map_err(|e| (488, format!("Not Acceptable Here: {e}")))?;
+                    side.local.session_version += 1;
+                    let body = sdp::build_answer(&offer, &side.local, &n);
+                    side.negotiated = n;
+                    Ok(body)
+                })
+        };
+        match answer {
+            Ok(body) => {
+                if let Some(relay) = &self.relay {
+                    let n = &self.sides[i].negotiated;
+                    relay.update(relay_side(i), direction_of(n), n.remote);
+                }
+                let extra = self.refreshed(i, request, now);
+                self.respond(Some(i), request, source, 200, "OK", &extra, Some(body), now);
+            }
+            Err((status, reason)) => {
+                self.respond(Some(i), request, source, status, &reason, &[], None, now)
+            }
+        }
+    }
+
+    /// The leg refreshed its session: its timer restarts; the headers to answer with.
+    fn refreshed(
+        &mut self,
+        i: usize,
+        request: &Request,
+        now: Instant,
+    ) -> Vec<(&'static str, String)> {
+        let Some(timer) = self.sides[i].timer.as_mut() else {
+            return Vec::new();
+        };
+        match session_timer::session_expires(&request.headers) {
+            Some(se) => {
+                let we_refresh = se.refresher == Some(Refresher::Uas);
+                timer.renegotiated(se.interval, we_refresh, now);
+                let refresher = if we_refresh {
+                    Refresher::Uas
+                } else {
+                    Refresher::Uac
+                };
+                vec![(
+                    "Session-Expires",
+                    session_timer::header_value(se.interval, refresher),
+                )]
+            }
+            None => {
+                timer.on_refreshed(now);
+                Vec::new()
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn respond(
+        &mut self,
+        i: Option<usize>,
+        request: &Request,
+        source: &Source,
+        status: u16,
+        reason: &str,
+        extra: &[(&'static str, String)],
+        sdp_body: Option<String>,
+        now: Instant,
+    ) {
+        let mut response: Response = request
+            .response(status, reason)
+            .header("Server", self.core.sender().user_agent());
+        for (name, value) in extra {
+            response = response.header(name, value.clone());
+        }
+        if status == 405 || (request.method == "INVITE" && status == 200) {
+            response = response.header("Allow", ALLOW);
+        }
+        if request.method == "INVITE" && status == 200 {
+            if let Some(i) = i {
+                let contact = self.sides[i].leg.contact().to_string();
+                response = response
+                    .header("Contact", contact)
+                    .header("Supported", SUPPORTED);
+            }
+        }
+        if let Some(body) = sdp_body {
+            response = response.with_body("application/sdp", Bytes::from(body));
+        }
+        let reliable = source.transport.is_reliable();
+        let target =
+            voicegate_sip::message::response_target(&request.headers, source.remote, reliable);
+        let answered = if request.method == "INVITE" {
+            let mut tx = ServerInviteTx::new(reliable, self.core.settings.timers);
+            tx.respond(status, response.to_bytes(), now);
+            Answered::Invite(request.cseq().0, tx)
+        } else {
+            let mut tx = ServerNonInviteTx::new(reliable, self.core.settings.timers);
+            tx.respond(status, response.to_bytes(), now);
+            Answered::Other(
+                request.branch().unwrap_or_default(),
+                request.method.clone(),
+                tx,
+            )
+        };
+        match i {
+            Some(i) => self.sides[i].answered.push((*source, target, answered)),
+            // Outside both dialogs: sent once, not kept.
+            None => {
+                let mut answered = answered;
+                while let Some(bytes) = poll_answered(&mut answered) {
+                    self.core.sender().send_to(source, target, bytes);
+                }
+            }
+        }
+    }
+
+    fn on_response(&mut self, response: &Response, now: Instant) {
+        let call_id = response.headers.get("Call-ID").unwrap_or_default();
+        if let Some(leg) = self
+            .sides
+            .iter_mut()
+            .flat_map(|s| s.spent.iter_mut())
+            .find(|l| l.owns(call_id))
+        {
+            leg.on_response(response, now);
+            return;
+        }
+        let Some(i) = self.side_of(call_id) else {
+            return;
+        };
+        match self.sides[i].leg.on_response(response, now) {
+            Some(OutboundEvent::ReinviteDone(r)) if (200..300).contains(&r.status) => {
+                if let Some(timer) = self.sides[i].timer.as_mut() {
+                    timer.on_refreshed(now);
+                }
+            }
+            Some(OutboundEvent::ReinviteDone(r)) => self.end(
+                &format!("session refresh failed: {} {}", r.status, r.reason),
+                "SIP;cause=408;text=\"session refresh failed\"",
+                now,
+            ),
+            Some(OutboundEvent::ReinviteTimeout) => self.end(
+                "session refresh got no answer",
+                "SIP;cause=408;text=\"session refresh failed\"",
+                now,
+            ),
+            _ => {}
+        }
+    }
+
+    fn on_relay_event(&mut self, event: RelayEvent, now: Instant) {
+        match event {
+            RelayEvent::RtpTimeout(side) => {
+                let secs = self.core.settings.rtp_timeout.as_secs();
+                warn!(
+                    call_id = self.call_id,
+                    ?side,
+                    secs,
+                    "no RTP: ending the transferred call"
+                );
+                self.end(
+                    "RTP timeout",
+                    &format!("SIP;cause=408;text=\"no RTP for {secs} s\""),
+                    now,
+                );
+            }
+            RelayEvent::Dtmf(side, digit) => {
+                info!(call_id = self.call_id, ?side, digit = %digit.digit, "DTMF")
+            }
+        }
+    }
+
+    fn on_timeout(&mut self, now: Instant) {
+        let mut expired = false;
+        for side in &mut self.sides {
+            side.leg.handle_timeout(now);
+            while side.leg.poll_event().is_some() {}
+            for leg in &mut side.spent {
+                leg.handle_timeout(now);
+                while leg.poll_event().is_some() {}
+            }
+            for (_, _, answered) in &mut side.answered {
+                match answered {
+                    Answered::Invite(_, tx) => tx.handle_timeout(now),
+                    Answered::Other(_, _, tx) => tx.handle_timeout(now),
+                }
+            }
+            if self.ended.is_some() {
+                continue;
+            }
+            let Some(timer) = side.timer.as_mut() else {
+                continue;
+            };
+            if timer.refresh_at().is_some_and(|t| t <= now) {
+                timer.on_refreshed(now);
+                let interval = timer.interval;
+                // Same session version: a refresh changes nothing in the media.
+                let offer = sdp::build_offer(
+                    &side.local,
+                    &[side.negotiated.codec],
+                    side.negotiated.direction,
+                );
+                let se = [
+                    (
+                        "Session-Expires".to_string(),
+                        session_timer::header_value(interval, Refresher::Uac),
+                    ),
+                    ("Supported".to_string(), "timer".to_string()),
+                ];
+                side.leg.reinvite(Some(Bytes::from(offer)), &se, now);
+            } else if timer.expires_at().is_some_and(|t| t <= now) {
+                expired = true;
+            }
+        }
+        if expired {
+            self.end(
+                "session expired",
+                "SIP;cause=408;text=\"session expired\"",
+                now,
+            );
+        }
+    }
+
+    /// Hangs up whatever leg is still up; the record follows.
+    fn end(&mut self, why: &str, reason: &str, now: Instant) {
+        if self.ended.is_some() {
+            return;
+        }
+        info!(call_id = self.call_id, why, "transferred call ended");
+        for side in &mut self.sides {
+            if side.leg.state == OutState::Answered {
+                side.leg.bye(reason, now);
+            }
+        }
+        self.ended = Some((now, why.to_string()));
+    }
+
+    fn flush(&mut self) {
+        let sender = self.core.sender().clone();
+        for side in &mut self.sides {
+            for leg in std::iter::once(&mut side.leg).chain(side.spent.iter_mut()) {
+                while let Some(bytes) = leg.poll_transmit() {
+                    sender.send_to(&leg.hop.source, leg.hop.target, bytes);
+                }
+                leg.prune();
+            }
+            side.spent.retain(|l| !l.is_finished());
+            for (source, target, answered) in &mut side.answered {
+                while let Some(bytes) = poll_answered(answered) {
+                    sender.send_to(source, *target, bytes);
+                }
+            }
+            side.answered.retain(|(_, _, a)| !answered_done(a));
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.sides
+            .iter()
+            .flat_map(|s| {
+                let legs = std::iter::once(&s.leg)
+                    .chain(s.spent.iter())
+                    .filter_map(|l| l.next_deadline());
+                let answered = s.answered.iter().filter_map(|(_, _, a)| match a {
+                    Answered::Invite(_, tx) => tx.poll_timeout(),
+                    Answered::Other(_, _, tx) => tx.poll_timeout(),
+                });
+                let timer = s
+                    .timer
+                    .filter(|_| self.ended.is_none())
+                    .map(|t| t.deadline());
+                legs.chain(answered).chain(timer).collect::<Vec<_>>()
+            })
+            .min()
+    }
+
+    fn finished(&self) -> bool {
+        self.sides
+            .iter()
+            .all(|s| s.leg.is_finished() && s.spent.is_empty() && s.answered.is_empty())
+    }
+
+    fn record(&mut self) {
+        let report = self.report.clone().unwrap_or_default();
+        let (ended_at, why) = self
+            .ended
+            .clone()
+            .unwrap_or_else(|| (Instant::now(), "ended".into()));
+        info!(
+            target: "voicegate::cdr",
+            call_id = self.call_id,
+            number = self.number,
+            direction = "transferred",
+            peer = self.sides[0].label,
+            escalated_to = self.sides[1].label,
+            duration_ms = (ended_at - self.started).as_millis() as u64,
+            codec = self.sides[0].negotiated.codec.encoding_name(),
+            peer_codec = self.sides[1].negotiated.codec.encoding_name(),
+            rtp_in = report.a.packets_in,
+            rtp_out = report.a.packets_out,
+            peer_rtp_in = report.b.packets_in,
+            peer_rtp_out = report.b.packets_out,
+            transcoding = report.transcoding,
+            end = why,
+            "call ended"
+        );
+    }
+}
+
+fn poll_answered(answered: &mut Answered) -> Option<Bytes> {
+    match answered {
+        Answered::Invite(_, tx) => tx.poll_transmit(),
+        Answered::Other(_, _, tx) => tx.poll_transmit(),
+    }
+}
+
+fn answered_done(answered: &Answered) -> bool {
+    match answered {
+        Answered::Invite(_, tx) => tx.is_terminated(),
+        Answered::Other(_, _, tx) => tx.is_terminated(),
+    }
+}
