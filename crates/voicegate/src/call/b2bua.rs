@@ -149,6 +149,39 @@ impl Peer {
     }
 }
 
+/// The target of a REFER: its Refer-To URI, or the reason phrase of a 400.
+fn refer_target(request: &Request) -> Result<String, String> {
+    let target = request
+        .headers
+        .get("Refer-To")
+        .and_then(voicegate_sip::message::name_addr_uri_text)
+        // Embedded headers (`?Replaces=…`) ask for an attended transfer: not done here.
+        .map(|uri| uri.split('?').next().unwrap_or(uri).to_string())
+        .ok_or("Bad Request (no Refer-To)")?;
+    parse_sip_target(&target).map_err(|e| format!("Bad Request (Refer-To: {e})"))?;
+    Ok(target)
+}
+
+/// Our answer to a re-INVITE from a leg whose media we terminate: to its offer (the new
+/// negotiation comes back), or, without one, our offer in the codec in use.
+pub(super) fn answer_reinvite_offer(
+    local: &mut LocalMedia,
+    current: Option<&Negotiated>,
+    body: &[u8],
+    codecs: &[sdp::Codec],
+) -> Result<(String, Option<Negotiated>), (u16, String)> {
+    if body.is_empty() {
+        local.session_version += 1;
+        let codec = current.map_or_else(|| codecs.to_vec(), |n| vec![n.codec]);
+        return Ok((sdp::build_offer(local, &codec, Direction::SendRecv), None));
+    }
+    let offer = sdp::parse(body).map_err(|e| (400, format!("Malformed SDP: {e}")))?;
+    let n = sdp::negotiate_answer(&offer, codecs)
+        .map_err(|e| (488, format!("Not Acceptable Here: {e}")))?;
+    local.session_version += 1;
+    Ok((sdp::build_answer(&offer, local, &n), Some(n)))
+}
+
 /// Hops through the carriers for a number, lowest priority first.
 pub fn carrier_hops(core: &Core, number: &str) -> Vec<NextHop> {
     let mut carriers: Vec<_> = core.settings.carriers.iter().collect();
@@ -1012,26 +1045,10 @@ impl Call {
         if !answered {
             return self.answer_request(request, source, branch, 491, "Request Pending", now);
         }
-        let target = request
-            .headers
-            .get("Refer-To")
-            .and_then(voicegate_sip::message::name_addr_uri_text)
-            // Embedded headers (`?Replaces=…`) ask for an attended transfer: not done here.
-            .map(|uri| uri.split('?').next().unwrap_or(uri).to_string());
-        let Some(target) = target else {
-            return self.answer_request(
-                request,
-                source,
-                branch,
-                400,
-                "Bad Request (no Refer-To)",
-                now,
-            );
+        let target = match refer_target(request) {
+            Ok(target) => target,
+            Err(reason) => return self.answer_request(request, source, branch, 400, &reason, now),
         };
-        if let Err(e) = parse_sip_target(&target) {
-            let reason = format!("Bad Request (Refer-To: {e})");
-            return self.answer_request(request, source, branch, 400, &reason, now);
-        }
         self.answer_request(request, source, branch, 202, "Accepted", now);
         info!(
             call_id = self.invite.call_id(),
@@ -1064,25 +1081,10 @@ impl Call {
             let reason = "Forbidden (REFER needs an answered call to another party)";
             return self.answer_request(request, source, branch, 403, reason, now);
         }
-        let target = request
-            .headers
-            .get("Refer-To")
-            .and_then(voicegate_sip::message::name_addr_uri_text)
-            .map(|uri| uri.split('?').next().unwrap_or(uri).to_string());
-        let Some(target) = target else {
-            return self.answer_request(
-                request,
-                source,
-                branch,
-                400,
-                "Bad Request (no Refer-To)",
-                now,
-            );
+        let target = match refer_target(request) {
+            Ok(target) => target,
+            Err(reason) => return self.answer_request(request, source, branch, 400, &reason, now),
         };
-        if let Err(e) = parse_sip_target(&target) {
-            let reason = format!("Bad Request (Refer-To: {e})");
-            return self.answer_request(request, source, branch, 400, &reason, now);
-        }
         self.answer_request(request, source, branch, 202, "Accepted", now);
         info!(
             call_id = self.invite.call_id(),
@@ -1458,33 +1460,26 @@ impl Call {
     fn answer_peer_reinvite(&mut self, request: Request, source: Source, now: Instant) {
         let codecs = self.core.settings.codecs.clone();
         let user_agent = self.core.sender().user_agent().to_string();
-        let contact = self.contact();
         let peer = self.peer.as_mut().expect("peer");
+        // Our Contact on this leg (its transport may not be the caller's).
+        let contact = peer
+            .leg
+            .as_ref()
+            .map(|l| l.contact().to_string())
+            .unwrap_or_default();
         let mut tx = ServerInviteTx::new(source.transport.is_reliable(), self.core.settings.timers);
-        let result: Result<Option<String>, (u16, String)> = if request.body.is_empty() {
-            peer.local.session_version += 1;
-            let codec = peer
-                .negotiated
-                .as_ref()
-                .map(|n| vec![n.codec])
-                .unwrap_or(codecs.clone());
-            Ok(Some(sdp::build_offer(
-                &peer.local,
-                &codec,
-                Direction::SendRecv,
-            )))
-        } else {
-            sdp::parse(&request.body)
-                .map_err(|e| (400, format!("Malformed SDP: {e}")))
-                .and_then(|offer| {
-                    let n = sdp::negotiate_answer(&offer, &codecs)
-                        .map_err(|e| (488, format!("Not Acceptable Here: {e}")))?;
-                    peer.local.session_version += 1;
-                    let body = sdp::build_answer(&offer, &peer.local, &n);
-                    peer.negotiated = Some(n);
-                    Ok(Some(body))
-                })
-        };
+        let result = answer_reinvite_offer(
+            &mut peer.local,
+            peer.negotiated.as_ref(),
+            &request.body,
+            &codecs,
+        )
+        .map(|(body, negotiated)| {
+            if let Some(n) = negotiated {
+                peer.negotiated = Some(n);
+            }
+            Some(body)
+        });
         let mut response = match &result {
             Ok(_) => request.response(200, "OK"),
             Err((status, reason)) => request.response(*status, reason),

@@ -271,25 +271,18 @@ impl Pair {
     fn on_reinvite(&mut self, i: usize, request: &Request, source: &Source, now: Instant) {
         let codecs = self.core.settings.codecs.clone();
         let side = &mut self.sides[i];
-        let answer = if request.body.is_empty() {
-            side.local.session_version += 1;
-            Ok(sdp::build_offer(
-                &side.local,
-                &[side.negotiated.codec],
-                sdp::Direction::SendRecv,
-            ))
-        } else {
-            sdp::parse(&request.body)
-                .map_err(|e| (400, format!("Malformed SDP: {e}")))
-                .and_then(|offer| {
-                    let n = sdp::negotiate_answer(&offer, &codecs)
-                        .map_err(|e| (488, format!("Not Acceptable Here: {e}")))?;
-                    side.local.session_version += 1;
-                    let body = sdp::build_answer(&offer, &side.local, &n);
-                    side.negotiated = n;
-                    Ok(body)
-                })
-        };
+        let answer = super::b2bua::answer_reinvite_offer(
+            &mut side.local,
+            Some(&side.negotiated),
+            &request.body,
+            &codecs,
+        )
+        .map(|(body, negotiated)| {
+            if let Some(n) = negotiated {
+                side.negotiated = n;
+            }
+            body
+        });
         match answer {
             Ok(body) => {
                 if let Some(relay) = &self.relay {
