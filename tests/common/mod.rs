@@ -273,8 +273,20 @@ pub async fn sipp_uas_with(
             .expect("sipp UAS finishes within 60 s")
             .expect("sipp runs (install sip-tester)")
     });
-    // SIPp binds its socket before reading the network; give it that moment.
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Ready once SIPp holds its port (on a loaded machine that can take a while).
+    let ready_by = std::time::Instant::now() + Duration::from_secs(10);
+    let tcp = extra.contains(&"t1");
+    let free = |port: u16| {
+        if tcp {
+            std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+        } else {
+            UdpSocket::bind(("127.0.0.1", port)).is_ok()
+        }
+    };
+    while free(port) && std::time::Instant::now() < ready_by {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
     handle
 }
 
