@@ -796,7 +796,7 @@ impl Call {
                         self.answer_request_with(&request, &source, &branch, 200, "OK", &extra, now)
                     }
                     "NOTIFY" => self.answer_request(&request, &source, &branch, 200, "OK", now),
-                    "REFER" => self.on_caller_refer(&request, &source, &branch, now),
+                    "REFER" => self.on_refer(&request, &source, &branch, true, now),
                     "REGISTER" | "SUBSCRIBE" | "PUBLISH" | "MESSAGE" | "PRACK" => self
                         .answer_request(&request, &source, &branch, 405, "Method Not Allowed", now),
                     _ => {

@@ -362,23 +362,13 @@ impl OutboundLeg {
         };
         let via = format!("{};branch=z9hG4bK{};rport", self.params.via, random_token());
         let mut notify = dialog.request("NOTIFY", via, 70);
-        notify.headers.push("Event", "refer");
-        notify.headers.push(
-            "Subscription-State",
-            if terminated {
-                "terminated;reason=noresource"
-            } else {
-                "active;expires=60"
-            },
+        refer_notify(
+            &mut notify,
+            status_line,
+            terminated,
+            &self.params.contact,
+            &self.params.user_agent,
         );
-        notify.headers.push("Contact", self.params.contact.clone());
-        notify
-            .headers
-            .push("User-Agent", self.params.user_agent.clone());
-        notify
-            .headers
-            .push("Content-Type", "message/sipfrag;version=2.0");
-        notify.body = Bytes::from(format!("{status_line}\r\n"));
         let cseq = notify.cseq().0;
         let tx = ClientNonInviteTx::new(notify.to_bytes(), self.reliable, self.timers, now);
         self.requests.push((cseq, "NOTIFY".into(), tx));
@@ -574,6 +564,32 @@ fn build_invite(params: &InviteParams, call_id: &str, local_tag: &str, cseq: u32
         headers,
         body,
     }
+}
+
+/// Makes a dialog's NOTIFY report a REFER's progress (RFC 3515 §2.4.4): the new call's status
+/// line as a sipfrag; `terminated` ends the implicit subscription.
+pub(crate) fn refer_notify(
+    notify: &mut Request,
+    status_line: &str,
+    terminated: bool,
+    contact: &str,
+    user_agent: &str,
+) {
+    notify.headers.push("Event", "refer");
+    notify.headers.push(
+        "Subscription-State",
+        if terminated {
+            "terminated;reason=noresource"
+        } else {
+            "active;expires=60"
+        },
+    );
+    notify.headers.push("Contact", contact);
+    notify.headers.push("User-Agent", user_agent);
+    notify
+        .headers
+        .push("Content-Type", "message/sipfrag;version=2.0");
+    notify.body = Bytes::from(format!("{status_line}\r\n"));
 }
 
 /// The ACK of a non-2xx final response: part of the INVITE transaction (RFC 3261 §17.1.1.3).

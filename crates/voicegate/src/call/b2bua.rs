@@ -71,12 +71,10 @@ pub enum Pending {
     BridgeAgent,
     /// The agent leg failed: the flow's fallback.
     Fallback,
-    /// Call a REFER's target.
-    Transfer { to: String },
+    /// Call a REFER's target (asked by the caller's side, or by the other leg).
+    Transfer { to: String, from_caller: bool },
     /// The transfer target answered: the caller's media moves to it.
     BridgeTransfer,
-    /// Call the target of the caller's REFER.
-    CallerTransfer { to: String },
     /// The caller's transfer target answered: the other leg and it become a call of their
     /// own, and the caller is let go.
     HandOver,
@@ -116,23 +114,24 @@ pub struct Peer {
 }
 
 impl Peer {
-    /// A peer that only holds finished legs (to reuse the leg bookkeeping on them).
-    fn holding(spent: Vec<OutboundLeg>) -> Peer {
+    /// A leg about to be tried on `hops`, with our ports and SDP origin towards it.
+    fn new(
+        role: PeerRole,
+        hops: Vec<NextHop>,
+        ports: Option<RtpPorts>,
+        local: LocalMedia,
+        answer_deadline: Instant,
+    ) -> Peer {
         Peer {
-            role: PeerRole::Forward,
-            hops: VecDeque::new(),
+            role,
+            hops: hops.into(),
             leg: None,
-            spent,
-            ports: None,
-            local: LocalMedia {
-                address: std::net::IpAddr::from([0, 0, 0, 0]),
-                port: 0,
-                session_id: 0,
-                session_version: 0,
-            },
+            spent: Vec::new(),
+            ports,
+            local,
             negotiated: None,
             attempt_deadline: None,
-            answer_deadline: Instant::now(),
+            answer_deadline,
             last_failure: None,
             timer: None,
             reinvite: None,
@@ -141,6 +140,20 @@ impl Peer {
             ringing_sent: false,
             early_media: false,
             refreshing: false,
+        }
+    }
+
+    /// A peer that only holds finished legs (to reuse the leg bookkeeping on them).
+    fn holding(spent: Vec<OutboundLeg>) -> Peer {
+        let nowhere = LocalMedia {
+            address: std::net::IpAddr::from([0, 0, 0, 0]),
+            port: 0,
+            session_id: 0,
+            session_version: 0,
+        };
+        Peer {
+            spent,
+            ..Peer::new(PeerRole::Forward, Vec::new(), None, nowhere, Instant::now())
         }
     }
 
@@ -332,25 +345,8 @@ impl Call {
         now: Instant,
     ) -> Result<(), (u16, String)> {
         let (ports, local) = self.allocate_ports()?;
-        self.peer = Some(Peer {
-            role,
-            hops: hops.into(),
-            leg: None,
-            spent: Vec::new(),
-            ports: Some(ports),
-            local,
-            negotiated: None,
-            attempt_deadline: None,
-            answer_deadline: now + self.core.settings.routing.answer_timeout,
-            last_failure: None,
-            timer: None,
-            reinvite: None,
-            attempts: 0,
-            answered_by: None,
-            ringing_sent: false,
-            early_media: false,
-            refreshing: false,
-        });
+        let answer_deadline = now + self.core.settings.routing.answer_timeout;
+        self.peer = Some(Peer::new(role, hops, Some(ports), local, answer_deadline));
         self.pending = Some(Pending::Attempt);
         Ok(())
     }
@@ -365,11 +361,10 @@ impl Call {
                 }
                 Pending::BridgeAgent => self.bridge_agent(Instant::now()).await,
                 Pending::Fallback => self.agent_fallback(Instant::now()).await,
-                Pending::Transfer { to } => self.start_transfer(&to, Instant::now()).await,
-                Pending::BridgeTransfer => self.bridge_transfer(Instant::now()).await,
-                Pending::CallerTransfer { to } => {
-                    self.start_caller_transfer(&to, Instant::now()).await
+                Pending::Transfer { to, from_caller } => {
+                    self.start_transfer(&to, from_caller, Instant::now()).await
                 }
+                Pending::BridgeTransfer => self.bridge_transfer(Instant::now()).await,
                 Pending::HandOver => self.hand_over(Instant::now()).await,
             }
             self.flush();
@@ -1024,7 +1019,7 @@ impl Call {
             "INFO" | "OPTIONS" | "NOTIFY" => {
                 self.answer_request(&request, &source, &branch, 200, "OK", now)
             }
-            "REFER" => self.on_peer_refer(&request, &source, &branch, now),
+            "REFER" => self.on_refer(&request, &source, &branch, false, now),
             "SUBSCRIBE" | "MESSAGE" | "PRACK" | "PUBLISH" | "REGISTER" => {
                 self.answer_request(&request, &source, &branch, 405, "Method Not Allowed", now)
             }
@@ -1032,52 +1027,29 @@ impl Call {
         }
     }
 
-    /// A blind transfer asked by the other leg (RFC 3515): 202, NOTIFY 100, and a new leg to
-    /// the Refer-To target that replaces the transferor when it answers.
-    fn on_peer_refer(&mut self, request: &Request, source: &Source, branch: &str, now: Instant) {
-        let answered = matches!(self.phase, Phase::Answered | Phase::Confirmed)
-            && self.transferor.is_none()
-            && self.peer.as_ref().is_some_and(|p| {
-                p.leg
-                    .as_ref()
-                    .is_some_and(|l| l.state == OutState::Answered)
-            });
-        if !answered {
-            return self.answer_request(request, source, branch, 491, "Request Pending", now);
-        }
-        let target = match refer_target(request) {
-            Ok(target) => target,
-            Err(reason) => return self.answer_request(request, source, branch, 400, &reason, now),
-        };
-        self.answer_request(request, source, branch, 202, "Accepted", now);
-        info!(
-            call_id = self.invite.call_id(),
-            target, "REFER: blind transfer"
-        );
-        self.pending = Some(Pending::Transfer { to: target });
-    }
-
-    /// A blind transfer asked by the caller's side (RFC 3515): 202, NOTIFY 100, and a new leg
-    /// to the Refer-To target; when it answers, it and the other leg go on as a call of their
-    /// own and the caller is let go.
-    pub(super) fn on_caller_refer(
+    /// A blind transfer (RFC 3515), asked by the other leg (`from_caller` false: the target
+    /// replaces that leg) or by the caller's side (the other leg and the target go on without
+    /// the caller): 202, NOTIFY 100, and a new leg to the Refer-To target.
+    pub(super) fn on_refer(
         &mut self,
         request: &Request,
         source: &Source,
         branch: &str,
+        from_caller: bool,
         now: Instant,
     ) {
         if self.transferor.is_some() || !self.caller_requests.is_empty() {
             return self.answer_request(request, source, branch, 491, "Request Pending", now);
         }
-        let ready = matches!(self.phase, Phase::Confirmed)
+        let answered = matches!(self.phase, Phase::Answered | Phase::Confirmed)
             && self.peer.as_ref().is_some_and(|p| {
-                p.role == PeerRole::Forward
+                // From the caller: only once the call is a plain two-party call.
+                (!from_caller || p.role == PeerRole::Forward)
                     && p.leg
                         .as_ref()
                         .is_some_and(|l| l.state == OutState::Answered)
             });
-        if !ready {
+        if !answered {
             let reason = "Forbidden (REFER needs an answered call to another party)";
             return self.answer_request(request, source, branch, 403, reason, now);
         }
@@ -1088,30 +1060,12 @@ impl Call {
         self.answer_request(request, source, branch, 202, "Accepted", now);
         info!(
             call_id = self.invite.call_id(),
-            target, "REFER from the caller: blind transfer"
+            target, from_caller, "REFER: blind transfer"
         );
-        self.pending = Some(Pending::CallerTransfer { to: target });
-    }
-
-    async fn start_caller_transfer(&mut self, to: &str, now: Instant) {
-        let hops = match agent_hops(&self.core, to, &self.number).await {
-            Ok(hops) => hops,
-            Err(e) => {
-                warn!(call_id = self.invite.call_id(), to, error = %e, "transfer target unusable");
-                return self.notify_caller("SIP/2.0 404 Not Found", true, now);
-            }
-        };
-        self.notify_caller("SIP/2.0 100 Trying", false, now);
-        self.transferor = self.peer.take();
-        self.media_record.escalated_to = Some(to.to_string());
-        if let Err((status, reason)) = self.start_peer(PeerRole::CallerTransfer, hops, now) {
-            warn!(
-                call_id = self.invite.call_id(),
-                status, reason, "transfer leg not started"
-            );
-            self.peer = self.transferor.take();
-            self.notify_caller(&format!("SIP/2.0 {status} {reason}"), true, now);
-        }
+        self.pending = Some(Pending::Transfer {
+            to: target,
+            from_caller,
+        });
     }
 
     /// The caller's transfer target answered: the relay is rebuilt between the other leg and
@@ -1187,23 +1141,13 @@ impl Call {
         );
         let contact = self.contact();
         let mut notify = self.dialog.request("NOTIFY", via, 70);
-        notify.headers.push("Event", "refer");
-        notify.headers.push(
-            "Subscription-State",
-            if terminated {
-                "terminated;reason=noresource"
-            } else {
-                "active;expires=60"
-            },
+        crate::outbound::refer_notify(
+            &mut notify,
+            status_line,
+            terminated,
+            &contact,
+            self.core.sender().user_agent(),
         );
-        notify.headers.push("Contact", contact);
-        notify
-            .headers
-            .push("User-Agent", self.core.sender().user_agent());
-        notify
-            .headers
-            .push("Content-Type", "message/sipfrag;version=2.0");
-        notify.body = Bytes::from(format!("{status_line}\r\n"));
         let tx = voicegate_sip::transaction::ClientNonInviteTx::new(
             notify.to_bytes(),
             self.source.transport.is_reliable(),
@@ -1251,32 +1195,47 @@ impl Call {
         }
     }
 
-    /// Starts the leg to a REFER's target; the current leg becomes the transferor.
-    async fn start_transfer(&mut self, to: &str, now: Instant) {
+    /// Starts the leg to a REFER's target; the current other leg steps aside (as the
+    /// transferor, or to be joined to the target when the caller asked).
+    async fn start_transfer(&mut self, to: &str, from_caller: bool, now: Instant) {
         let hops = match agent_hops(&self.core, to, &self.number).await {
             Ok(hops) => hops,
             Err(e) => {
                 warn!(call_id = self.invite.call_id(), to, error = %e, "transfer target unusable");
-                if let Some(leg) = self.peer.as_mut().and_then(|p| p.leg.as_mut()) {
-                    leg.notify_refer("SIP/2.0 404 Not Found", true, now);
-                }
-                return;
+                return self.notify_referrer(from_caller, "SIP/2.0 404 Not Found", true, now);
             }
         };
-        if let Some(leg) = self.peer.as_mut().and_then(|p| p.leg.as_mut()) {
-            leg.notify_refer("SIP/2.0 100 Trying", false, now);
-        }
+        self.notify_referrer(from_caller, "SIP/2.0 100 Trying", false, now);
         self.transferor = self.peer.take();
         self.media_record.escalated_to = Some(to.to_string());
-        if let Err((status, reason)) = self.start_peer(PeerRole::Transfer, hops, now) {
+        let role = if from_caller {
+            PeerRole::CallerTransfer
+        } else {
+            PeerRole::Transfer
+        };
+        if let Err((status, reason)) = self.start_peer(role, hops, now) {
             warn!(
                 call_id = self.invite.call_id(),
                 status, reason, "transfer leg not started"
             );
             self.peer = self.transferor.take();
-            if let Some(leg) = self.peer.as_mut().and_then(|p| p.leg.as_mut()) {
-                leg.notify_refer(&format!("SIP/2.0 {status} {reason}"), true, now);
-            }
+            let line = format!("SIP/2.0 {status} {reason}");
+            self.notify_referrer(from_caller, &line, true, now);
+        }
+    }
+
+    /// A NOTIFY of the transfer's progress to whoever sent the REFER.
+    fn notify_referrer(
+        &mut self,
+        from_caller: bool,
+        status_line: &str,
+        terminated: bool,
+        now: Instant,
+    ) {
+        if from_caller {
+            self.notify_caller(status_line, terminated, now);
+        } else if let Some(leg) = self.peer.as_mut().and_then(|p| p.leg.as_mut()) {
+            leg.notify_refer(status_line, terminated, now);
         }
     }
 
