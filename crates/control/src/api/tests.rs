@@ -1321,7 +1321,12 @@ async fn flow_escalation_fields_default_update_and_validate() {
     assert_eq!(data(&read)["agent_assist"], true);
     assert_eq!(data(&read)["fallback"], "bot");
     let listed = list_data(&api.call("GET", "/flows", None).await);
-    assert_eq!(listed[1]["fallback"], "bot");
+    // Flows created in the same second list in id order: look this one up by its id.
+    let listed_flow = listed
+        .iter()
+        .find(|f| f["id"] == id.as_str())
+        .expect("the flow is listed");
+    assert_eq!(listed_flow["fallback"], "bot");
     // The SIP side sees them.
     let snap = api.store.snapshot().await.unwrap();
     let rec = snap.flow(&id).unwrap();
