@@ -381,16 +381,16 @@ async fn pbx_refer_transfers_the_caller() {
     config.sip.t1_ms = 50;
     let running = start(&config).await;
     let voicegate = running.local.udp.unwrap();
-    let text = std::fs::read_to_string(scenario("uas_refer.xml"))
-        .unwrap()
-        .replace("VOICEGATE", &voicegate.to_string())
-        .replace(
-            "REFER_TO",
-            &format!("sip:+15550123@127.0.0.1:{target_port}"),
-        );
-    let refer_scenario =
-        std::env::temp_dir().join(format!("vg-refer-{:x}.xml", rand::random::<u64>()));
-    std::fs::write(&refer_scenario, text).unwrap();
+    let refer_scenario = filled_scenario(
+        "uas_refer.xml",
+        &[
+            ("VOICEGATE", &voicegate.to_string()),
+            (
+                "REFER_TO",
+                &format!("sip:+15550123@127.0.0.1:{target_port}"),
+            ),
+        ],
+    );
     let pbx = sipp_uas(&refer_scenario, pbx_port).await;
     let target = sipp_uas(&uas_answer_scenario("", "", ""), target_port).await;
     let mut carrier = Uac::from_ip(voicegate, CARRIER_IP).await;
@@ -408,11 +408,7 @@ async fn pbx_refer_transfers_the_caller() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn early_media_is_passed_through_before_the_answer() {
     let carrier_port = free_port();
-    let text = std::fs::read_to_string(scenario("uas_early_media.xml"))
-        .unwrap()
-        .replace("EARLY_MS", "2500");
-    let early = std::env::temp_dir().join(format!("vg-early-{:x}.xml", rand::random::<u64>()));
-    std::fs::write(&early, text).unwrap();
+    let early = filled_scenario("uas_early_media.xml", &[("EARLY_MS", "2500")]);
     let uas = sipp_uas(&early, carrier_port).await;
     let config = config(vec![carrier("a", carrier_port, 10)], vec![]);
     let running = start(&config).await;
@@ -495,12 +491,10 @@ async fn a_failed_session_refresh_ends_both_legs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn carrier_challenge_is_answered_with_its_credentials() {
     let carrier_port = free_port();
-    let text = std::fs::read_to_string(scenario("uas_auth.xml"))
-        .unwrap()
-        .replace("USER", "vg-account")
-        .replace("PASSWORD", "carrier-secret");
-    let auth = std::env::temp_dir().join(format!("vg-auth-{:x}.xml", rand::random::<u64>()));
-    std::fs::write(&auth, text).unwrap();
+    let auth = filled_scenario(
+        "uas_auth.xml",
+        &[("USER", "vg-account"), ("PASSWORD", "carrier-secret")],
+    );
     let uas = sipp_uas(&auth, carrier_port).await;
     let mut with_credentials = carrier("a", carrier_port, 10);
     with_credentials.username = "vg-account".into();
@@ -520,11 +514,7 @@ async fn carrier_hang_up_reaches_the_caller() {
     let config = config(vec![carrier("a", carrier_port, 10)], vec![]);
     let running = start(&config).await;
     let voicegate = running.local.udp.unwrap();
-    let text = std::fs::read_to_string(scenario("uas_hangup.xml"))
-        .unwrap()
-        .replace("VOICEGATE", &voicegate.to_string());
-    let hangup = std::env::temp_dir().join(format!("vg-hangup-{:x}.xml", rand::random::<u64>()));
-    std::fs::write(&hangup, text).unwrap();
+    let hangup = filled_scenario("uas_hangup.xml", &[("VOICEGATE", &voicegate.to_string())]);
     let uas = sipp_uas(&hangup, carrier_port).await;
     let mut uac = Uac::new(voicegate).await;
     assert_eq!(uac.call(NUMBER, "0 101", "").await.status, 200);
@@ -604,11 +594,7 @@ async fn hold_from_the_carrier_reaches_the_caller() {
     let config = config(vec![carrier("a", carrier_port, 10)], vec![]);
     let running = start(&config).await;
     let voicegate = running.local.udp.unwrap();
-    let text = std::fs::read_to_string(scenario("uas_hold.xml"))
-        .unwrap()
-        .replace("VOICEGATE", &voicegate.to_string());
-    let hold = std::env::temp_dir().join(format!("vg-hold-{:x}.xml", rand::random::<u64>()));
-    std::fs::write(&hold, text).unwrap();
+    let hold = filled_scenario("uas_hold.xml", &[("VOICEGATE", &voicegate.to_string())]);
     let uas = sipp_uas(&hold, carrier_port).await;
     let mut uac = Uac::new(voicegate).await;
     let ok = uac.call(NUMBER, "0 101", "").await;
@@ -757,20 +743,18 @@ async fn caller_refer_hands_the_call_to_the_target() {
     let voicegate = running.local.udp.unwrap();
     // The target answers with PCMA, plays a capture to the carrier (which echoes it), then
     // hangs up.
-    let text = std::fs::read_to_string(scenario("uas_hangup.xml"))
-        .unwrap()
-        .replace("VOICEGATE", &voicegate.to_string())
-        .replace("RTP/AVP 0 101", "RTP/AVP 8 101")
-        .replace("a=rtpmap:0 PCMU/8000", "a=rtpmap:8 PCMA/8000")
-        .replace(
-            "  <pause milliseconds=\"1000\"/>",
-            &format!(
-                "  <nop><action><exec play_pcap_audio=\"{G711A_PCAP}\"/></action></nop>\n  <pause milliseconds=\"9000\"/>"
-            ),
-        );
-    let target_scenario =
-        std::env::temp_dir().join(format!("vg-target-{:x}.xml", rand::random::<u64>()));
-    std::fs::write(&target_scenario, text).unwrap();
+    let play = format!(
+        "  <nop><action><exec play_pcap_audio=\"{G711A_PCAP}\"/></action></nop>\n  <pause milliseconds=\"9000\"/>"
+    );
+    let target_scenario = filled_scenario(
+        "uas_hangup.xml",
+        &[
+            ("VOICEGATE", &voicegate.to_string()),
+            ("RTP/AVP 0 101", "RTP/AVP 8 101"),
+            ("a=rtpmap:0 PCMU/8000", "a=rtpmap:8 PCMA/8000"),
+            ("  <pause milliseconds=\"1000\"/>", &play),
+        ],
+    );
     let target = sipp_uas_with(&target_scenario, target_port, &[]).await;
     let tap = Capture::start(&format!("udp and portrange {rtp_min}-{rtp_max}")).await;
 

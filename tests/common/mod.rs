@@ -302,11 +302,10 @@ pub fn uas_answer_scenario(invite_checks: &str, ok_headers: &str, midcall: &str)
 
 /// `tests/scenarios/uas_reject.xml` answering `status reason`.
 pub fn uas_reject_scenario(status: u16, reason: &str) -> PathBuf {
-    let text = std::fs::read_to_string(scenario("uas_reject.xml"))
-        .unwrap()
-        .replace("STATUS", &status.to_string())
-        .replace("REASON", reason);
-    write_temp_scenario(&text)
+    filled_scenario(
+        "uas_reject.xml",
+        &[("STATUS", &status.to_string()), ("REASON", reason)],
+    )
 }
 
 /// A mid-call re-INVITE step (for MIDCALL): the re-INVITE must match `check` (a regexp),
@@ -326,6 +325,15 @@ fn indent_headers(headers: &str) -> String {
         .filter(|l| !l.trim().is_empty())
         .map(|l| format!("      {}\n", l.trim()))
         .collect()
+}
+
+/// `tests/scenarios/<name>` with each `(placeholder, value)` filled in, written to a temp file.
+pub fn filled_scenario(name: &str, fills: &[(&str, &str)]) -> PathBuf {
+    let mut text = std::fs::read_to_string(scenario(name)).unwrap();
+    for (placeholder, value) in fills {
+        text = text.replace(placeholder, value);
+    }
+    write_temp_scenario(&text)
 }
 
 fn write_temp_scenario(text: &str) -> PathBuf {
