@@ -43,8 +43,8 @@ fn data(v: &Value) -> &Value {
     &v["response"]["data"]
 }
 
-/// A bot that counts the connections it accepts (and answers the handshake).
-async fn counting_bot() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<()>) {
+/// A bot that reports the `start` message of each connection it accepts.
+async fn counting_bot() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<Value>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -53,9 +53,18 @@ async fn counting_bot() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<()>
             let tx = tx.clone();
             tokio::spawn(async move {
                 if let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await {
-                    let _ = tx.send(());
                     use futures_util::StreamExt;
-                    while let Some(Ok(_)) = ws.next().await {}
+                    while let Some(Ok(message)) = ws.next().await {
+                        let Ok(text) = message.into_text() else {
+                            continue;
+                        };
+                        let Ok(value) = serde_json::from_str::<Value>(text.as_str()) else {
+                            continue;
+                        };
+                        if value["event"] == "start" {
+                            let _ = tx.send(value);
+                        }
+                    }
                 }
             });
         }
@@ -137,10 +146,12 @@ async fn a_number_remapped_through_the_api_takes_effect_on_the_next_call() {
 
     let (mut uac, status) = call(sip, "+15550123").await;
     assert_eq!(status, 200);
-    tokio::time::timeout(Duration::from_secs(5), seen_a.recv())
+    let start = tokio::time::timeout(Duration::from_secs(5), seen_a.recv())
         .await
         .expect("bot a is called")
         .unwrap();
+    // The flow belongs to the account that created it, and its bot is told so.
+    assert_eq!(start["start"]["account_sid"], "acme", "{start}");
     assert_eq!(uac.bye().await.status, 200);
 
     let (status, _) = http(

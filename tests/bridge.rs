@@ -147,6 +147,10 @@ async fn exotel_events_fields_and_audio_both_ways() {
             "start.{key}: {start}"
         );
     }
+    // A flow from the config file belongs to the account it is seeded under ("config" when
+    // no API account is configured).
+    assert_eq!(s["account_sid"], "config");
+    assert_eq!(s["media_format"]["encoding"], "base64");
     assert_eq!(s["to"], "+15550100");
     assert_eq!(s["from"], "tester");
     assert_eq!(s["custom_parameters"]["campaign"], "spring");
@@ -194,6 +198,7 @@ async fn exotel_events_fields_and_audio_both_ways() {
     let (media_after_mark, (stopped_at, stop)) = bot.until("stop", Duration::from_secs(3)).await;
     assert_eq!(stop["stop"]["reason"], "callended");
     assert_eq!(stop["stop"]["call_sid"], s["call_sid"]);
+    assert_eq!(stop["stop"]["account_sid"], "config");
     let (_, _closed) = bot.until("<closed>", Duration::from_secs(3)).await;
 
     // Caller audio at the bot: about call duration × 16000 × 2 bytes, in 100 ms chunks.
@@ -215,12 +220,14 @@ async fn exotel_events_fields_and_audio_both_ways() {
     );
     assert_eq!(media[0]["media"]["chunk"], "1");
     assert_eq!(media[1]["media"]["timestamp"], "100");
+    let (last, full) = media.split_last().unwrap();
     assert!(
-        media
-            .iter()
+        full.iter()
             .all(|m| m["media"]["payload"].as_str().unwrap().len() == 4268),
         "100 ms at 16 kHz = 3200 bytes"
     );
+    // The last one is what was left at the hang-up: at most a chunk.
+    assert!(last["media"]["payload"].as_str().unwrap().len() <= 4268);
     // And the caller's tone reached the bot as a 1 kHz tone at 16 kHz.
     let voiced: Vec<i16> = pcm
         .iter()
@@ -258,6 +265,11 @@ async fn twilio_dialect_in_camel_case_with_mulaw() {
     assert_eq!(start["streamSid"], s["streamSid"]);
     assert!(s["accountSid"].is_string() && s["callSid"].is_string());
     assert_eq!(s["tracks"], json!(["inbound", "outbound"]));
+    // Twilio's start has no numbers: they come as custom parameters, as pipecat reads them.
+    assert_eq!(
+        s["customParameters"],
+        json!({"from_number": "tester", "to_number": "+15550101"})
+    );
     assert_eq!(
         s["mediaFormat"],
         json!({"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1})
@@ -441,6 +453,46 @@ async fn caller_digits_reach_the_bot_once_each() {
     assert_eq!(digits, "123");
     let dtmf = frames.iter().find(|v| v["event"] == "dtmf").unwrap();
     assert_eq!(dtmf["dtmf"]["duration"], "280");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bot_that_speaks_then_closes_is_heard_before_the_bye() {
+    let (bot_addr, mut conns) = bot_server().await;
+    let running = start(&flow_config(
+        format!("ws://{bot_addr}/"),
+        "exotel",
+        "+15550108",
+    ))
+    .await;
+    let (uac, _) = answered_call(running.local.udp.unwrap(), "+15550108", "8", "").await;
+    let mut bot = next_bot(&mut conns).await;
+    bot.until("start", Duration::from_secs(5)).await;
+    // Exotel's "speak, then disconnect": 3 s of speech in one message, then the socket closes.
+    let goodbye = tone(440.0, 8000, 24_000, 8000.0);
+    bot.send_json(json!({"event": "media", "media": {"payload": pcm16_base64(&goodbye)}}));
+    bot.send.send(Message::Close(None)).unwrap();
+    let closed_at = Instant::now();
+    let (heard, (bye, bye_at)) = tokio::join!(
+        receive_audio(&uac, Duration::from_millis(3600), true),
+        async {
+            let bye = expect_bye(&uac, Duration::from_secs(6)).await;
+            (bye, Instant::now())
+        }
+    );
+    let voiced_frames = heard
+        .chunks(160)
+        .filter(|frame| analyse(frame, 8000).1 > 1000.0)
+        .count();
+    assert!(
+        voiced_frames >= 140,
+        "the caller heard {voiced_frames} of the goodbye's 150 frames"
+    );
+    let held = bye_at - closed_at;
+    assert!(
+        held >= Duration::from_millis(2800),
+        "BYE {held:?} after the close"
+    );
+    uac.reply(&bye, 200).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

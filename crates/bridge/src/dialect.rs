@@ -95,8 +95,15 @@ impl fmt::Display for Protocol {
     }
 }
 
-/// The value of Exotel's `start.media_format.encoding`: raw signed 16-bit little-endian PCM.
-pub const EXOTEL_ENCODING: &str = "raw/slin";
+/// The value of Exotel's `start.media_format.encoding`, as Exotel's own `start` shows it: the
+/// payloads are base64 text (of raw signed 16-bit little-endian PCM, "slin").
+pub const EXOTEL_ENCODING: &str = "base64";
+/// The `customParameters` names under which the Twilio dialect passes the caller's and the
+/// called number (Twilio's `start` has no such fields; a TwiML `<Stream>` would pass them as
+/// `<Parameter>`s, and these are the names stock pipecat bots read).
+pub const TWILIO_FROM_PARAMETER: &str = "from_number";
+/// See [`TWILIO_FROM_PARAMETER`].
+pub const TWILIO_TO_PARAMETER: &str = "to_number";
 /// The value of Twilio's `start.mediaFormat.encoding`.
 pub const TWILIO_ENCODING: &str = "audio/x-mulaw";
 /// Twilio streams are always 8 kHz.
@@ -111,9 +118,9 @@ pub struct StreamInfo {
     pub call_sid: String,
     /// The account's SID.
     pub account_sid: String,
-    /// Caller number (Exotel `start.from`; Twilio's start has no such field).
+    /// Caller number (Exotel `start.from`; Twilio `customParameters.from_number`).
     pub from: String,
-    /// Called number (Exotel `start.to`; Twilio's start has no such field).
+    /// Called number (Exotel `start.to`; Twilio `customParameters.to_number`).
     pub to: String,
     /// Emitted as the `custom_parameters` / `customParameters` object, in this order; a key that
     /// repeats an earlier one is left out (the first value wins).
@@ -167,10 +174,16 @@ pub struct Encoder {
 }
 
 impl Encoder {
-    /// An encoder for one stream. For Twilio the sample rate is forced to 8000.
+    /// An encoder for one stream. For Twilio the sample rate is forced to 8000, and the
+    /// numbers join the custom parameters after the others, so a flow's own parameter of the
+    /// same name wins.
     pub fn new(protocol: Protocol, mut info: StreamInfo) -> Self {
         if protocol == Protocol::Twilio {
             info.sample_rate = TWILIO_SAMPLE_RATE;
+            info.custom_parameters
+                .push((TWILIO_FROM_PARAMETER.into(), info.from.clone()));
+            info.custom_parameters
+                .push((TWILIO_TO_PARAMETER.into(), info.to.clone()));
         }
         let mut sid_json = String::with_capacity(info.stream_sid.len() + 2);
         write_json_str(&mut sid_json, &info.stream_sid);
@@ -1010,7 +1023,7 @@ mod tests {
                     "to": "+918047491899",
                     "custom_parameters": {"lang": "hi", "tier": "gold"},
                     "media_format": {
-                        "encoding": "raw/slin",
+                        "encoding": "base64",
                         "sample_rate": "8000",
                         "bit_rate": "128kbps"
                     }
@@ -1055,7 +1068,12 @@ mod tests {
                     "streamSid": "MZ0001",
                     "callSid": "CA0002",
                     "tracks": ["inbound", "outbound"],
-                    "customParameters": {"lang": "hi", "tier": "gold"},
+                    "customParameters": {
+                        "lang": "hi",
+                        "tier": "gold",
+                        "from_number": "+919876543210",
+                        "to_number": "+918047491899"
+                    },
                     "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}
                 }
             })
@@ -1075,8 +1093,28 @@ mod tests {
         enc.start(&mut out);
         let v = value(&out);
         assert_eq!(v["start"]["tracks"], json!(["inbound"]));
-        assert_eq!(v["start"]["customParameters"], json!({}));
+        assert_eq!(
+            v["start"]["customParameters"],
+            json!({"from_number": "+919876543210", "to_number": "+918047491899"})
+        );
         assert_eq!(v["start"]["mediaFormat"]["sampleRate"], json!(8000));
+    }
+
+    #[test]
+    fn twilio_flow_parameters_win_over_the_numbers_of_the_same_name() {
+        let mut enc = Encoder::new(
+            Protocol::Twilio,
+            StreamInfo {
+                custom_parameters: vec![("to_number".into(), "flow's own".into())],
+                ..info()
+            },
+        );
+        let mut out = String::new();
+        enc.start(&mut out);
+        assert_eq!(
+            value(&out)["start"]["customParameters"],
+            json!({"to_number": "flow's own", "from_number": "+919876543210"})
+        );
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //!   size; the caller side pulls exactly one frame (normally 20 ms) per tick. Marks and `clear`
 //!   follow the bot-protocol rules: a mark is echoed once the audio queued before it has been
 //!   handed out for playout (at once if nothing is queued), and `clear` drops the queued audio and
-//!   makes every pending mark due at once.
+//!   makes every pending mark due at once. [`AfterPlayout`] holds a bot request (its goodbye,
+//!   hang-up or transfer) the same way, so the caller hears what the bot queued before it.
 //! - [`Pacer`]: a drift-free frame scheduler on the monotonic clock (deadline `n` is always
 //!   `start + n * period`), with a cap on catch-up after a stall.
 //! - [`Chunker`]: the caller's audio cut into fixed chunks for the bot (100 ms for Exotel, 20 ms
@@ -367,6 +368,34 @@ impl PlayoutQueue {
             _ => None,
         }
     }
+
+    /// Holds `action` until the audio queued now has been handed out (or cleared), and at most
+    /// `limit` from `now`. Audio pushed later does not delay it.
+    pub fn after_playout<T>(&self, action: T, now: Instant, limit: Duration) -> AfterPlayout<T> {
+        AfterPlayout {
+            action,
+            position: self.pushed,
+            latest: now + limit,
+        }
+    }
+
+    /// Whether `held` is due: its audio has played, or its time is up.
+    pub fn is_due<T>(&self, held: &AfterPlayout<T>, now: Instant) -> bool {
+        self.played >= held.position || now >= held.latest
+    }
+}
+
+/// Something held until the caller has heard the audio queued before it, like a mark, but at
+/// most until `latest`: a bot's end of stream, hang-up or transfer, so its last words are heard
+/// and a stalled queue cannot hold the call. Made by [`PlayoutQueue::after_playout`], checked
+/// with [`PlayoutQueue::is_due`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AfterPlayout<T> {
+    /// What is held.
+    pub action: T,
+    /// The queue's `pushed` counter when it was placed: due once `played` reaches it.
+    position: u64,
+    latest: Instant,
 }
 
 /// A drift-free frame scheduler on the monotonic clock.
@@ -1236,5 +1265,48 @@ mod tests {
             lens.push((chunk.len(), chunk.timestamp_ms));
         }
         assert_eq!(lens, vec![(160, 0), (160, 20), (80, 40)]);
+    }
+
+    #[test]
+    fn after_playout_waits_for_the_audio_queued_before_it_and_no_later_audio() {
+        let now = Instant::now();
+        let mut queue = PlayoutQueue::new(8_000, 60 * SECOND);
+        // The bot's goodbye: 3 s in one message, then its request.
+        queue.push_audio(&ramp(0, 24_000));
+        let held = queue.after_playout("hangup", now, 10 * SECOND);
+        // Audio sent after the request plays later but does not hold it.
+        queue.push_audio(&ramp(0, 8_000));
+        let mut out = vec![0; queue.frame_samples()];
+        let mut frames = 0;
+        while !queue.is_due(&held, now) {
+            assert!(queue.next_frame(&mut out).is_audio());
+            frames += 1;
+        }
+        assert_eq!(frames, 150, "due after exactly the 3 s queued before it");
+        assert_eq!(held.action, "hangup");
+    }
+
+    #[test]
+    fn after_playout_is_due_at_once_on_an_empty_queue_and_after_clear() {
+        let now = Instant::now();
+        let mut queue = PlayoutQueue::new(16_000, 60 * SECOND);
+        assert!(queue.is_due(&queue.after_playout((), now, SECOND), now));
+        queue.push_audio(&ramp(0, 16_000));
+        let held = queue.after_playout((), now, 10 * SECOND);
+        assert!(!queue.is_due(&held, now));
+        queue.clear();
+        assert!(queue.is_due(&held, now));
+    }
+
+    #[test]
+    fn after_playout_is_due_at_its_limit_whatever_is_queued() {
+        let now = Instant::now();
+        let mut queue = PlayoutQueue::new(8_000, 60 * SECOND);
+        queue.push_audio(&ramp(0, 80_000));
+        let held = queue.after_playout((), now, 2 * SECOND);
+        assert!(!queue.is_due(&held, now + 2 * SECOND - Duration::from_millis(1)));
+        assert!(queue.is_due(&held, now + 2 * SECOND));
+        // A zero limit cuts the goodbye at once.
+        assert!(queue.is_due(&queue.after_playout((), now, Duration::ZERO), now));
     }
 }

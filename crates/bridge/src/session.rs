@@ -22,7 +22,9 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, Instant};
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsProtocolError, Message};
 use tracing::{debug, info, warn};
 use voicegate_audio::{g711, G711Plc, OpusDecoder, OpusEncoder, Resampler};
 use voicegate_rtp::dtmf::{DtmfEvent, Rfc4733Receiver};
@@ -33,11 +35,13 @@ use voicegate_rtp::rtcp::MosCodec;
 use voicegate_rtp::stats::{RtpStats, StatsSummary};
 
 use crate::dialect::{self, Encoder, Protocol, StopReason, StreamInfo};
-use crate::playout::{Chunker, Frame, Pacer, PlayoutQueue};
+use crate::playout::{AfterPlayout, Chunker, Frame, Pacer, PlayoutQueue};
 use crate::tap::{TapFrame, Track, TAP_FRAME_SAMPLES};
 use crate::ws::{self, BotSocket, BotUrl, ClientConfig};
 
 const FRAME: Duration = Duration::from_millis(20);
+/// How long the bot has to answer our Close before the connection is dropped.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 /// The call's negotiated audio, as the bridge needs it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,6 +86,9 @@ pub struct BotSettings {
     pub media_interval: Duration,
     pub max_session: Duration,
     pub playout_max: Duration,
+    /// When the bot closes, hangs up or transfers, the audio it queued before still plays to
+    /// the caller for at most this long.
+    pub final_playout_max: Duration,
     pub silence_when_idle: bool,
     /// For the `start` event.
     pub call_sid: String,
@@ -524,6 +531,8 @@ struct HandOff {
 struct Link {
     to_bot: SplitSink<BotSocket, Message>,
     from_bot: SplitStream<BotSocket>,
+    /// False once the socket closed or broke: nothing more is sent or read.
+    open: bool,
     encoder: Encoder,
     /// The frame being built, reused.
     out: String,
@@ -532,17 +541,111 @@ struct Link {
 impl Link {
     /// Sends the frame in `out`; false when the socket is gone.
     async fn send(&mut self) -> bool {
-        self.to_bot
+        if !self.open {
+            return false;
+        }
+        self.open = self
+            .to_bot
             .send(Message::text(self.out.clone()))
             .await
-            .is_ok()
+            .is_ok();
+        self.open
     }
 
-    /// `stop` with `reason`, then close.
+    /// `stop` with `reason`, then our Close.
     async fn stop(&mut self, reason: StopReason) {
         self.encoder.stop(reason, &mut self.out);
         let _ = self.send().await;
-        let _ = self.to_bot.close().await;
+        self.close(match reason {
+            StopReason::CallEnded => "call ended",
+            StopReason::Stopped => "stream stopped",
+        })
+        .await;
+    }
+
+    /// Our Close (1000, `reason`), then the bot's Close in answer (RFC 6455 §5.5.1; what it
+    /// still sends before that is dropped), bounded by [`CLOSE_WAIT`].
+    async fn close(&mut self, reason: &str) {
+        if !self.open {
+            return;
+        }
+        self.open = false;
+        let frame = CloseFrame {
+            code: CloseCode::Normal,
+            reason: reason.into(),
+        };
+        let (to_bot, from_bot) = (&mut self.to_bot, &mut self.from_bot);
+        let handshake = async move {
+            if to_bot.send(Message::Close(Some(frame))).await.is_ok() {
+                while let Some(Ok(message)) = from_bot.next().await {
+                    if message.is_close() {
+                        break;
+                    }
+                }
+            }
+        };
+        if tokio::time::timeout(CLOSE_WAIT, handshake).await.is_err() {
+            debug!("bot did not answer our Close in time");
+        }
+    }
+
+    /// The bot sent Close: ours goes back (tungstenite queued the echo of its code; flushing
+    /// the sink sends it), so the bot sees a clean close rather than 1006.
+    async fn answer_close(&mut self) {
+        self.open = false;
+        let _ = tokio::time::timeout(CLOSE_WAIT, self.to_bot.close()).await;
+    }
+
+    /// The caller's audio not yet sent (a partial chunk), then `stop` and Close: a normal end
+    /// loses none of what the caller said.
+    async fn finish_stream(
+        &mut self,
+        chunker: &mut Chunker,
+        report: &mut SessionReport,
+        reason: StopReason,
+    ) {
+        self.flush_caller_audio(chunker, report).await;
+        self.stop(reason).await;
+    }
+
+    /// Sends what `chunker` still holds, however short.
+    async fn flush_caller_audio(&mut self, chunker: &mut Chunker, report: &mut SessionReport) {
+        if !self.open {
+            return;
+        }
+        while let Some(chunk) = chunker.flush() {
+            self.encoder
+                .media(&chunk, chunk.timestamp_ms, &mut self.out);
+            report.media_messages_sent += 1;
+            if !self.send().await {
+                break;
+            }
+        }
+    }
+
+    /// Echoes every mark that is due.
+    async fn echo_due_marks(&mut self, playout: &mut PlayoutQueue, report: &mut SessionReport) {
+        while let Some(name) = playout.poll_mark() {
+            report.marks_echoed += 1;
+            self.encoder.mark(&name, &mut self.out);
+            let _ = self.send().await;
+        }
+    }
+}
+
+/// How the bot left, as read from its socket: `None` while it is still there.
+fn bot_left(message: &Option<Result<Message, WsProtocolError>>) -> Option<String> {
+    match message {
+        Some(Ok(Message::Close(frame))) => Some(
+            frame
+                .as_ref()
+                .map(|f| f.reason.to_string())
+                .filter(|r| !r.is_empty())
+                .unwrap_or_else(|| "closed".into()),
+        ),
+        Some(Err(e)) => Some(e.to_string()),
+        None => Some("socket closed".into()),
+        Some(Ok(_)) => None,
     }
 }
 
@@ -555,6 +658,15 @@ struct Timeline {
     chunk: Duration,
     /// Stream time up to which the caller's audio has been sent.
     sent_ms: u64,
+}
+
+/// Bot requests held until the caller has heard what the bot queued before them.
+#[derive(Default)]
+struct Held {
+    /// A `transfer`: reported to the call once its audio has played.
+    transfer: Option<AfterPlayout<String>>,
+    /// The end of the bot step: it closed the socket, or sent `hangup`.
+    end: Option<AfterPlayout<SessionEnd>>,
 }
 
 async fn session(
@@ -576,7 +688,7 @@ async fn session(
         },
         end = wait_for_end(control) => return Exit::End(end),
     };
-    let (mut to_bot, mut from_bot) = socket.split();
+    let (to_bot, from_bot) = socket.split();
     let bot_rate = match bot.protocol {
         Protocol::Twilio => 8000,
         Protocol::Exotel => bot.url.sample_rate(),
@@ -589,7 +701,7 @@ async fn session(
     };
     let mut custom_parameters = bot.url.custom_parameters().to_vec();
     custom_parameters.extend(bot.extra_parameters.iter().cloned());
-    let mut encoder = Encoder::new(
+    let encoder = Encoder::new(
         bot.protocol,
         StreamInfo {
             stream_sid: format!("{:032x}", rand::random::<u128>()),
@@ -602,13 +714,19 @@ async fn session(
             bidirectional: bot.bidirectional,
         },
     );
-    let mut out = String::with_capacity(4096);
-    encoder.connected(&mut out);
-    if to_bot.send(Message::text(out.clone())).await.is_err() {
+    let mut link = Link {
+        to_bot,
+        from_bot,
+        open: true,
+        encoder,
+        out: String::with_capacity(4096),
+    };
+    link.encoder.connected(&mut link.out);
+    if !link.send().await {
         return Exit::End(SessionEnd::BotClosed("socket closed before start".into()));
     }
-    encoder.start(&mut out);
-    if to_bot.send(Message::text(out.clone())).await.is_err() {
+    link.encoder.start(&mut link.out);
+    if !link.send().await {
         return Exit::End(SessionEnd::BotClosed("socket closed before start".into()));
     }
 
@@ -660,6 +778,7 @@ async fn session(
     let mut rtcp_in = vec![0u8; 1500];
     let mut last_rtp = started;
     let mut expect_rtp = true;
+    let mut held = Held::default();
 
     let stage = loop {
         tokio::select! {
@@ -679,11 +798,9 @@ async fn session(
                     if let Some(event) = dtmf.on_packet(packet.timestamp(), packet.mark(), packet.payload(), now) {
                         report.dtmf_events += 1;
                         let _ = events.try_send(BridgeEvent::Dtmf(event));
-                        if bot.bidirectional {
-                            encoder.dtmf(event.digit, event.duration_ms, &mut out);
-                            if to_bot.send(Message::text(out.clone())).await.is_err() {
-                                break Stage::End(SessionEnd::BotClosed("socket closed".into()));
-                            }
+                        if bot.bidirectional && link.open {
+                            link.encoder.dtmf(event.digit, event.duration_ms, &mut link.out);
+                            let _ = link.send().await;
                         }
                     }
                 } else if packet.payload_type() == media.payload_type {
@@ -697,16 +814,19 @@ async fn session(
                     }
                 }
             }
-            message = from_bot.next() => {
-                let text = match message {
-                    Some(Ok(Message::Text(text))) => text,
-                    Some(Ok(Message::Close(frame))) => {
-                        break Stage::End(SessionEnd::BotClosed(frame.map(|f| f.reason.to_string()).unwrap_or_else(|| "closed".into())));
+            message = link.from_bot.next(), if link.open => {
+                if let Some(why) = bot_left(&message) {
+                    if matches!(message, Some(Ok(Message::Close(_)))) {
+                        link.answer_close().await;
                     }
-                    Some(Ok(_)) => continue,
-                    Some(Err(e)) => break Stage::End(SessionEnd::BotClosed(e.to_string())),
-                    None => break Stage::End(SessionEnd::BotClosed("socket closed".into())),
-                };
+                    link.open = false;
+                    // The bot's last words (Exotel's pattern: speak, then disconnect) still play.
+                    if held.end.is_none() {
+                        held.end = Some(playout.after_playout(SessionEnd::BotClosed(why), Instant::now(), bot.final_playout_max));
+                    }
+                    continue;
+                }
+                let Some(Ok(Message::Text(text))) = message else { continue };
                 if !bot.bidirectional {
                     continue;
                 }
@@ -728,12 +848,17 @@ async fn session(
                         report.clears += 1;
                         playout.clear();
                     }
-                    Ok(dialect::BotMessageRef::Hangup) => break Stage::End(SessionEnd::BotHangup),
+                    Ok(dialect::BotMessageRef::Hangup) => {
+                        if held.end.is_none() {
+                            held.end = Some(playout.after_playout(SessionEnd::BotHangup, Instant::now(), bot.final_playout_max));
+                        }
+                    }
                     Ok(dialect::BotMessageRef::Transfer(to)) => {
                         info!(to, "bot asked for a transfer");
-                        // Never wait on the call here: it may be waiting on this session.
-                        if events.try_send(BridgeEvent::Transfer { to }).is_err() {
-                            warn!("transfer request lost: the call's event queue is full");
+                        if held.transfer.is_none() {
+                            held.transfer = Some(playout.after_playout(to, Instant::now(), bot.final_playout_max));
+                        } else {
+                            debug!("second transfer while one is pending ignored");
                         }
                     }
                     Ok(dialect::BotMessageRef::Other(event)) => debug!(event, "unknown bot event ignored"),
@@ -743,13 +868,7 @@ async fn session(
                     }
                 }
                 // Marks due now (an empty queue, or a clear) go back at once.
-                while let Some(name) = playout.poll_mark() {
-                    report.marks_echoed += 1;
-                    encoder.mark(&name, &mut out);
-                    if to_bot.send(Message::text(out.clone())).await.is_err() {
-                        break;
-                    }
-                }
+                link.echo_due_marks(&mut playout, report).await;
             }
             _ = sleep_until(pacer.next_deadline()) => {
                 let now = Instant::now();
@@ -759,9 +878,7 @@ async fn session(
                     }
                 }
                 if expect_rtp && now.saturating_duration_since(last_rtp) >= media.rtp_timeout {
-                    encoder.stop(StopReason::Stopped, &mut out);
-                    let _ = to_bot.send(Message::text(out.clone())).await;
-                    let _ = to_bot.close().await;
+                    link.finish_stream(&mut chunker, report, StopReason::Stopped).await;
                     break Stage::End(SessionEnd::RtpTimeout);
                 }
                 for _ in 0..pacer.tick(now) {
@@ -779,9 +896,12 @@ async fn session(
                     }
                     chunker.push(&decoded);
                     while let Some(chunk) = chunker.take_chunk() {
-                        encoder.media(&chunk, chunk.timestamp_ms, &mut out);
+                        if !link.open {
+                            break;
+                        }
+                        link.encoder.media(&chunk, chunk.timestamp_ms, &mut link.out);
                         report.media_messages_sent += 1;
-                        if to_bot.send(Message::text(out.clone())).await.is_err() {
+                        if !link.send().await {
                             break;
                         }
                     }
@@ -797,26 +917,20 @@ async fn session(
                                 stats.on_sent(pipeline.last_timestamp(), pipeline.packet.len() - 12, now);
                             }
                         }
-                        while let Some(name) = playout.poll_mark() {
-                            report.marks_echoed += 1;
-                            encoder.mark(&name, &mut out);
-                            let _ = to_bot.send(Message::text(out.clone())).await;
-                        }
+                        link.echo_due_marks(&mut playout, report).await;
                     }
                 }
             }
             _ = sleep_until(deadline) => {
-                encoder.stop(StopReason::Stopped, &mut out);
-                let _ = to_bot.send(Message::text(out.clone())).await;
-                let _ = to_bot.close().await;
+                link.finish_stream(&mut chunker, report, StopReason::Stopped).await;
                 break Stage::End(SessionEnd::MaxDuration);
             }
             command = control.recv() => match command {
                 Some(Control::Dtmf { digit, duration_ms }) => {
                     report.dtmf_events += 1;
-                    if bot.bidirectional {
-                        encoder.dtmf(digit, duration_ms, &mut out);
-                        let _ = to_bot.send(Message::text(out.clone())).await;
+                    if bot.bidirectional && link.open {
+                        link.encoder.dtmf(digit, duration_ms, &mut link.out);
+                        let _ = link.send().await;
                     }
                 }
                 Some(Control::ExpectRtp(expect)) => {
@@ -827,19 +941,44 @@ async fn session(
                     expect_rtp = expect;
                 }
                 Some(Control::CallerHungUp) | None => {
-                    encoder.stop(StopReason::CallEnded, &mut out);
-                    let _ = to_bot.send(Message::text(out.clone())).await;
-                    let _ = to_bot.close().await;
+                    link.finish_stream(&mut chunker, report, StopReason::CallEnded).await;
                     break Stage::End(SessionEnd::CallerHungUp);
                 }
                 Some(Control::Stop) => {
-                    encoder.stop(StopReason::Stopped, &mut out);
-                    let _ = to_bot.send(Message::text(out.clone())).await;
-                    let _ = to_bot.close().await;
+                    link.finish_stream(&mut chunker, report, StopReason::Stopped).await;
                     break Stage::End(SessionEnd::Stopped);
                 }
                 Some(Control::HandOff { tap, ports }) => break Stage::HandOff(tap, ports),
             },
+        }
+        // Held bot requests whose audio the caller has now heard (or whose time is up).
+        if held.transfer.is_some() || held.end.is_some() {
+            let now = Instant::now();
+            if held
+                .transfer
+                .as_ref()
+                .is_some_and(|t| playout.is_due(t, now))
+            {
+                if let Some(transfer) = held.transfer.take() {
+                    // Never wait on the call here: it may be waiting on this session.
+                    if events
+                        .try_send(BridgeEvent::Transfer {
+                            to: transfer.action,
+                        })
+                        .is_err()
+                    {
+                        warn!("transfer request lost: the call's event queue is full");
+                    }
+                }
+            }
+            if held.end.as_ref().is_some_and(|e| playout.is_due(e, now)) {
+                if let Some(end) = held.end.take() {
+                    // A bot that hung up still gets `stop` and our Close; one that left, nothing.
+                    link.finish_stream(&mut chunker, report, StopReason::Stopped)
+                        .await;
+                    break Stage::End(end.action);
+                }
+            }
         }
     };
     report.playout_samples_dropped = playout.stats().samples_dropped;
@@ -862,26 +1001,13 @@ async fn session(
     };
     // The queued audio will never play: its marks come back now, as after `clear`.
     playout.clear();
-    while let Some(name) = playout.poll_mark() {
-        report.marks_echoed += 1;
-        encoder.mark(&name, &mut out);
-        let _ = to_bot.send(Message::text(out.clone())).await;
-    }
+    link.echo_due_marks(&mut playout, report).await;
     // The caller's audio not yet sent closes the caller-only part of the stream.
-    while let Some(chunk) = chunker.flush() {
-        encoder.media(&chunk, chunk.timestamp_ms, &mut out);
-        report.media_messages_sent += 1;
-        let _ = to_bot.send(Message::text(out.clone())).await;
-    }
+    link.flush_caller_audio(&mut chunker, report).await;
     Exit::HandOff(Box::new(HandOff {
         tap,
         ports,
-        link: Link {
-            to_bot,
-            from_bot,
-            encoder,
-            out,
-        },
+        link,
         timeline: Timeline {
             started,
             deadline,
@@ -1009,15 +1135,13 @@ async fn listen_only(
                 }
             }
             message = link.from_bot.next() => {
-                let text = match message {
-                    Some(Ok(Message::Text(text))) => text,
-                    Some(Ok(Message::Close(frame))) => {
-                        return SessionEnd::BotClosed(frame.map(|f| f.reason.to_string()).unwrap_or_else(|| "closed".into()));
+                if let Some(why) = bot_left(&message) {
+                    if matches!(message, Some(Ok(Message::Close(_)))) {
+                        link.answer_close().await;
                     }
-                    Some(Ok(_)) => continue,
-                    Some(Err(e)) => return SessionEnd::BotClosed(e.to_string()),
-                    None => return SessionEnd::BotClosed("socket closed".into()),
-                };
+                    return SessionEnd::BotClosed(why);
+                }
+                let Some(Ok(Message::Text(text))) = message else { continue };
                 if !bot.bidirectional {
                     continue;
                 }

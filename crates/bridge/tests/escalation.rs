@@ -2,156 +2,22 @@
 //! bot's `transfer` reaches the call, `finish` gives the caller's ports back (also after the bot
 //! closed), and `hand_off` turns the session into a listen-only stream of both parties.
 
-use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
-use std::sync::Arc;
-use std::time::Duration;
+mod common;
+
+use std::net::SocketAddr;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
-use futures_util::{SinkExt, StreamExt};
+use common::*;
 use serde_json::{json, Value};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use std::time::Duration;
+use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
 use voicegate_bridge::dialect::Protocol;
-use voicegate_bridge::session::{
-    BotSettings, BridgeEvent, BridgeHandle, CallCodec, CallMedia, SessionEnd,
-};
+use voicegate_bridge::session::{BridgeEvent, SessionEnd};
 use voicegate_bridge::tap::{TapFrame, Track, TAP_FRAME_SAMPLES};
-use voicegate_bridge::ws::{BotUrl, ClientConfig};
-use voicegate_rtp::latch::LatchPolicy;
-use voicegate_rtp::{PortPool, RtpPorts};
-
-const WAIT: Duration = Duration::from_secs(5);
-
-type Bot = WebSocketStream<TcpStream>;
-
-/// A range of `len` ports nobody holds now (found from an OS-chosen port).
-fn free_range(len: u16) -> (u16, u16) {
-    loop {
-        let probe = StdUdpSocket::bind("127.0.0.1:0").unwrap();
-        let base = probe.local_addr().unwrap().port() & !1;
-        drop(probe);
-        if base < 60000 && (base..base + len).all(|p| StdUdpSocket::bind(("127.0.0.1", p)).is_ok())
-        {
-            return (base, base + len - 1);
-        }
-    }
-}
-
-/// One call's fixture: the pool, the caller's RTP socket and a listening bot.
-struct Call {
-    pool: Arc<PortPool>,
-    caller: UdpSocket,
-    listener: TcpListener,
-}
-
-impl Call {
-    async fn new() -> Call {
-        let (min, max) = free_range(4);
-        Call {
-            pool: PortPool::new(min, max),
-            caller: UdpSocket::bind("127.0.0.1:0").await.unwrap(),
-            listener: TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        }
-    }
-
-    fn media(&self) -> CallMedia {
-        CallMedia {
-            codec: CallCodec::Pcmu,
-            payload_type: 0,
-            telephone_event: None,
-            signalled: Some(self.caller.local_addr().unwrap()),
-            latching: LatchPolicy::Never,
-            ssrc: 0x1234_5678,
-            rtp_timeout: Duration::from_secs(30),
-        }
-    }
-
-    fn bot(&self, protocol: Protocol, query: &str) -> BotSettings {
-        let url = format!("ws://{}/bot{query}", self.listener.local_addr().unwrap());
-        BotSettings {
-            url: BotUrl::parse(&url).unwrap(),
-            protocol,
-            bidirectional: true,
-            client: ClientConfig {
-                handshake_timeout: WAIT,
-                retries: 0,
-                extra_ca_file: None,
-            },
-            media_interval: Duration::from_millis(100),
-            max_session: Duration::from_secs(60),
-            playout_max: Duration::from_secs(10),
-            silence_when_idle: false,
-            call_sid: "CA1".into(),
-            account_sid: "AC1".into(),
-            from: "+15550100".into(),
-            to: "+15550199".into(),
-            extra_parameters: vec![],
-        }
-    }
-
-    /// Starts the session and accepts the bot's side, past `connected` and `start`.
-    async fn start(
-        &self,
-        protocol: Protocol,
-        query: &str,
-    ) -> (BridgeHandle, mpsc::Receiver<BridgeEvent>, Bot, u16) {
-        let ports = self.pool.allocate("127.0.0.1".parse().unwrap()).unwrap();
-        let port = ports.rtp_port();
-        let (events_tx, events) = mpsc::channel(32);
-        let handle =
-            BridgeHandle::start(ports, self.media(), self.bot(protocol, query), events_tx).unwrap();
-        let (stream, _) = tokio::time::timeout(WAIT, self.listener.accept())
-            .await
-            .unwrap()
-            .unwrap();
-        let mut bot = tokio_tungstenite::accept_async(stream).await.unwrap();
-        assert_eq!(next_json(&mut bot).await["event"], "connected");
-        assert_eq!(next_json(&mut bot).await["event"], "start");
-        (handle, events, bot, port)
-    }
-}
-
-async fn next_message(bot: &mut Bot) -> Option<Message> {
-    tokio::time::timeout(WAIT, bot.next())
-        .await
-        .expect("nothing from the session")
-        .map(|m| m.unwrap())
-}
-
-async fn next_json(bot: &mut Bot) -> Value {
-    match next_message(bot).await {
-        Some(Message::Text(text)) => serde_json::from_str(text.as_str()).unwrap(),
-        other => panic!("expected a text frame, got {other:?}"),
-    }
-}
-
-/// The next message that is not caller `media`.
-async fn next_control(bot: &mut Bot) -> Value {
-    loop {
-        let v = next_json(bot).await;
-        if v["event"] != "media" {
-            return v;
-        }
-    }
-}
-
-async fn send(bot: &mut Bot, value: Value) {
-    bot.send(Message::text(value.to_string())).await.unwrap();
-}
-
-/// The next event that is not a digit.
-async fn next_event(events: &mut mpsc::Receiver<BridgeEvent>) -> BridgeEvent {
-    loop {
-        match tokio::time::timeout(WAIT, events.recv()).await.unwrap() {
-            Some(BridgeEvent::Dtmf(_)) => continue,
-            Some(event) => return event,
-            None => panic!("event channel closed"),
-        }
-    }
-}
+use voicegate_rtp::RtpPorts;
 
 /// The ports are still bound and usable: a datagram to the RTP port arrives on them.
 async fn assert_bound(ports: RtpPorts, port: u16, from: &UdpSocket) -> RtpPorts {

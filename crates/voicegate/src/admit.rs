@@ -162,6 +162,7 @@ fn flow_route(flow: &FlowRecord) -> Result<FlowRoute, String> {
     let url = BotUrl::parse(&flow.stream_url).map_err(|e| e.to_string())?;
     Ok(FlowRoute {
         name: flow.id.clone(),
+        account_sid: flow.account_sid.clone(),
         url,
         protocol: match flow.protocol {
             FlowProtocol::Exotel => Protocol::Exotel,

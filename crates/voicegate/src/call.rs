@@ -1212,9 +1212,10 @@ impl Call {
             media_interval: settings.bridge.media_interval,
             max_session: settings.bridge.max_session,
             playout_max: settings.bridge.playout_max,
+            final_playout_max: settings.bridge.final_playout_max,
             silence_when_idle: settings.bridge.silence_when_idle,
             call_sid: self.call_sid.clone(),
-            account_sid: settings.bridge.account_sid.clone(),
+            account_sid: flow.account_sid.clone(),
             from,
             to: self.number.clone(),
             extra_parameters: flow

@@ -351,6 +351,9 @@ pub struct BridgeConfig {
     pub handshake_timeout_secs: u64,
     /// Most bot audio queued for playout; beyond it audio is dropped (and counted).
     pub playout_max_secs: u64,
+    /// When the bot closes its socket, hangs up or asks for a transfer, the audio it queued
+    /// before still plays to the caller for at most this long (0: cut at once).
+    pub final_playout_max_secs: u64,
     /// Send RTP silence while the bot has nothing queued (`true`), or send nothing.
     pub silence_when_idle: bool,
     /// PEM file of extra CA certificates for private wss:// bots ("" = none).
@@ -367,6 +370,7 @@ impl Default for BridgeConfig {
             max_session_secs: 3600,
             handshake_timeout_secs: 10,
             playout_max_secs: 60,
+            final_playout_max_secs: 10,
             silence_when_idle: true,
             extra_ca_file: String::new(),
             forward_headers: vec!["X-UUI".into(), "X-Exotel-*".into()],
@@ -878,6 +882,9 @@ impl RoutingConfig {
     }
 }
 
+/// A bot's last words may hold the call this long at most.
+const MAX_FINAL_PLAYOUT_SECS: u64 = 300;
+
 impl BridgeConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         if !(20..=200).contains(&self.media_interval_ms) {
@@ -897,6 +904,15 @@ impl BridgeConfig {
             if value == 0 {
                 return Err(invalid(key, format!("{key}: must be at least 1")));
             }
+        }
+        if self.final_playout_max_secs > MAX_FINAL_PLAYOUT_SECS {
+            return Err(invalid(
+                "bridge.final_playout_max_secs",
+                format!(
+                    "bridge.final_playout_max_secs: {} is above {MAX_FINAL_PLAYOUT_SECS}",
+                    self.final_playout_max_secs
+                ),
+            ));
         }
         Ok(())
     }

@@ -76,6 +76,8 @@ pub struct RoutingSettings {
 #[derive(Clone, Debug)]
 pub struct FlowRoute {
     pub name: String,
+    /// The account that owns the flow: bots see it as `account_sid` in `start` and `stop`.
+    pub account_sid: String,
     pub url: voicegate_bridge::ws::BotUrl,
     pub protocol: voicegate_bridge::dialect::Protocol,
     pub bidirectional: bool,
@@ -99,10 +101,9 @@ pub struct BridgeSettings {
     pub media_interval: Duration,
     pub max_session: Duration,
     pub playout_max: Duration,
+    pub final_playout_max: Duration,
     pub silence_when_idle: bool,
     pub forward_headers: Vec<String>,
-    /// The account id bots see in `start` (the trunk API gives real ones later).
-    pub account_sid: String,
 }
 
 /// Counters of calls, for tests and (later) metrics.

@@ -51,6 +51,8 @@ pub fn settings(config: &Config) -> Result<Settings, StartError> {
             .map_err(|e| StartError::Flow(format!("config: flows[{i}].url: {e}")))?;
         flows.push(FlowRoute {
             name: flow.name.clone(),
+            // Seeded into the store under this account, so the API shows it there too.
+            account_sid: crate::seed::seed_account(config),
             url,
             protocol: Protocol::from_name(&flow.protocol).unwrap_or_default(),
             bidirectional: flow.direction == "bidirectional",
@@ -111,9 +113,9 @@ pub fn settings(config: &Config) -> Result<Settings, StartError> {
             media_interval: Duration::from_millis(bridge.media_interval_ms),
             max_session: Duration::from_secs(bridge.max_session_secs),
             playout_max: Duration::from_secs(bridge.playout_max_secs),
+            final_playout_max: Duration::from_secs(bridge.final_playout_max_secs),
             silence_when_idle: bridge.silence_when_idle,
             forward_headers: bridge.forward_headers.clone(),
-            account_sid: "voicegate".into(),
         },
         carriers,
         routing: RoutingSettings {
