@@ -3,6 +3,11 @@
 //! goes through the playout queue and comes out as 20 ms RTP frames paced by a monotonic
 //! clock. Marks, `clear`, DTMF and the endings of both sides are handled here too.
 //!
+//! A bot's close, `hangup` and `transfer` are held until the caller has heard the audio the bot
+//! queued before them (at most [`BotSettings::final_playout_max`]), so its last words are not
+//! cut off. Both ends of the WebSocket close with the close handshake: the bot's Close is
+//! answered, ours carries 1000 and a reason.
+//!
 //! Escalation to a human: the bot's `transfer` reaches the call as [`BridgeEvent::Transfer`]
 //! while the session goes on. The call then either [`BridgeHandle::finish`]es the session, which
 //! gives the caller's RTP ports back still bound, or [`BridgeHandle::hand_off`]s it: the ports come
@@ -104,13 +109,13 @@ pub struct BotSettings {
 pub enum SessionEnd {
     /// The caller hung up; the bot got `stop` (`callended`).
     CallerHungUp,
-    /// The bot closed the socket or it broke.
+    /// The bot closed the socket or it broke (after its queued audio played).
     BotClosed(String),
     /// The handshake failed twice (or timed out).
     BotUnreachable(String),
     /// The session reached its maximum length; the bot got `stop` (`stopped`).
     MaxDuration,
-    /// The bot asked to hang up (extension message).
+    /// The bot asked to hang up (extension message), after its queued audio played.
     BotHangup,
     /// The caller sent no RTP for the configured time; the bot got `stop` (`stopped`).
     RtpTimeout,
@@ -142,8 +147,8 @@ pub enum BridgeEvent {
     /// An RFC 4733 key press from the caller (already sent to the bot).
     Dtmf(DtmfEvent),
     /// The bot asked (extension message) to transfer the call to `to` (`sip:…` or `+…`, as
-    /// sent). The session goes on: the call rings the target, then hands the session off or
-    /// finishes it.
+    /// sent); reported once the audio the bot queued before it has played. The session goes
+    /// on: the call rings the target, then hands the session off or finishes it.
     Transfer { to: String },
     /// The bot step ended; sent once, last.
     Ended(SessionEnd),
