@@ -1,46 +1,42 @@
-//! The `voicegate` binary as a user runs it: help, config errors, and the README's call.
+//! The `voicegate` binary as a user runs it: help, config errors, its log output, and the
+//! README's call.
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_voicegate");
+use common::binary::{command as voicegate, port_env, Served};
+
 const SHIPPED_CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/voicegate.toml");
 
-fn voicegate(args: &[&str], env: &[(&str, String)]) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args);
-    // The machine is shared: never the default ports.
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd
-}
-
-/// Ephemeral-port overrides for every listener and the RTP range.
-fn port_env() -> Vec<(&'static str, String)> {
-    let port = common::free_port();
-    let (min, max) = common::rtp_range(100);
-    vec![
-        ("VOICEGATE_SIP_UDP", format!("127.0.0.1:{port}")),
-        ("VOICEGATE_SIP_TCP", format!("127.0.0.1:{port}")),
-        ("VOICEGATE_SIP_TLS", "127.0.0.1:0".to_string()),
-        ("VOICEGATE_RTP_PORT_MIN", min.to_string()),
-        ("VOICEGATE_RTP_PORT_MAX", max.to_string()),
-        ("VOICEGATE_API_LISTEN", "127.0.0.1:0".to_string()),
-        ("VOICEGATE_STORE_URL", "sqlite::memory:".to_string()),
-    ]
-}
-
-/// Runs to completion; returns (exit code, stderr).
+/// Runs a command expected to stop by itself; returns (exit code, stderr). One still running
+/// after 20 s (start-up went ahead) is killed and the test fails, rather than hanging.
 fn run(mut cmd: Command) -> (i32, String) {
-    let out = cmd.output().expect("voicegate runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("voicegate runs");
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut stderr, &mut bytes);
+        String::from_utf8_lossy(&bytes).into_owned()
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("still running after 20 s:\n{}", reader.join().unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    (status.code().unwrap_or(-1), reader.join().unwrap())
 }
 
 #[test]
@@ -127,35 +123,91 @@ fn unreadable_certificate_stops_startup_naming_the_key() {
 async fn readme_call_to_the_echo_number() {
     let env = port_env();
     let udp: std::net::SocketAddr = env[0].1.parse().unwrap();
-    let mut child = voicegate(&["serve", "--config", SHIPPED_CONFIG], &env)
-        .env("VOICEGATE_LOG_LEVEL", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("voicegate started") {
-                let _ = ready_tx.send(());
-            }
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while ready_rx.try_recv().is_err() {
-        assert!(Instant::now() < deadline, "voicegate did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let mut cmd = voicegate(&["serve", "--config", SHIPPED_CONFIG], &env);
+    cmd.env("VOICEGATE_LOG_LEVEL", "info");
+    let served = Served::start(cmd);
     let out = common::sipp(udp, &["-sn", "uac", "-s", "echo", "-m", "1"]).await;
     // Ask it to stop the way an init system does, and expect a clean exit.
-    send_sigterm(child.id());
-    let status = child.wait().unwrap();
+    let (status, _, _) = served.stop();
     common::assert_sipp_ok(&out, 1);
     assert!(status.success(), "exit on SIGTERM: {status:?}");
 }
 
-fn send_sigterm(pid: u32) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status();
+/// `serve` on free ports with stderr and stdout piped, as under systemd or `2>file`, at
+/// info level in `format` (the default when None).
+fn serve_piped(format: Option<&str>) -> (Served, std::net::SocketAddr) {
+    let env = port_env();
+    let udp = env[0].1.parse().unwrap();
+    let mut cmd = voicegate(&["serve"], &env);
+    cmd.env("VOICEGATE_LOG_LEVEL", "info");
+    match format {
+        Some(format) => cmd.env("VOICEGATE_LOG_FORMAT", format),
+        None => cmd.env_remove("VOICEGATE_LOG_FORMAT"),
+    };
+    // Whatever the test runner's environment says: the default is what is under test.
+    cmd.env_remove("NO_COLOR");
+    (Served::start(cmd), udp)
+}
+
+#[test]
+fn text_log_to_a_pipe_has_no_colour_codes() {
+    let (served, _) = serve_piped(None);
+    let (status, stderr, stdout) = served.stop();
+    assert!(status.success(), "exit on SIGTERM: {status:?}");
+    let text = String::from_utf8_lossy(&stderr.concat()).into_owned();
+    assert!(
+        !stderr.concat().contains(&0x1b) && !stdout.contains(&0x1b),
+        "ESC in piped output: {text:?}"
+    );
+    let started = text
+        .lines()
+        .find(|l| l.contains("voicegate started"))
+        .expect("the start-up line");
+    assert!(started.contains(" INFO voicegate: "), "{started}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_log_is_one_object_per_line() {
+    let (mut served, udp) = serve_piped(Some("json"));
+    common::good_call(udp, "u1").await;
+    let cdr = served.wait_for("voicegate::cdr", Duration::from_secs(10));
+    let (status, stderr, _) = served.stop();
+    assert!(status.success(), "exit on SIGTERM: {status:?}");
+    let text = String::from_utf8_lossy(&stderr.concat()).into_owned();
+    assert!(cdr.is_some(), "no call record: {text}");
+    let mut record = None;
+    for line in &stderr {
+        let event: serde_json::Value = serde_json::from_slice(line)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(line)));
+        for (key, value) in [
+            ("level", &event["level"]),
+            ("message", &event["fields"]["message"]),
+            ("target", &event["target"]),
+        ] {
+            assert!(value.is_string(), "no {key} in {event}");
+        }
+        if event["target"] == "voicegate::cdr" {
+            record = Some(event);
+        }
+    }
+    assert!(text.contains("voicegate started"), "{text}");
+    // The call record's figures stay numbers, for whatever reads them.
+    let record = record.unwrap();
+    assert_eq!(record["level"], "INFO");
+    assert_eq!(record["fields"]["message"], "call ended");
+    assert_eq!(record["fields"]["status"], 200);
+    assert!(record["fields"]["rtp_lost"].is_u64(), "{record}");
+}
+
+#[test]
+fn unknown_log_format_stops_startup_naming_the_key() {
+    let mut env = port_env();
+    env.push(("VOICEGATE_LOG_FORMAT", "xml".into()));
+    let (code, stderr) = run(voicegate(&["serve"], &env));
+    assert_eq!(code, 2);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("log.format") && stderr.contains("xml"),
+        "{stderr}"
+    );
 }

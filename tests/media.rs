@@ -5,6 +5,7 @@ mod common;
 
 use common::*;
 use std::path::Path;
+use std::time::Duration;
 
 const G711A_PCAP: &str = "/usr/share/sip-tester/g711a.pcap";
 
@@ -145,4 +146,45 @@ async fn rfc4733_digits_from_sipp_are_reported_once_each() {
             .load(std::sync::atomic::Ordering::Relaxed),
         5
     );
+}
+
+/// The value of `key=` in a text log line (fields are space-separated `key=value`).
+fn log_field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace()
+        .find_map(|word| word.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// SIPp plays its RFC 4733 capture into an echo call of the real binary. The capture's end
+/// packet is sent three times under one sequence number: the call record must count the two
+/// copies as duplicates, not as negative loss (it used to say `rtp_lost=-2`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_dtmf_end_packets_are_duplicates_in_the_call_record() {
+    let env = binary::port_env();
+    let udp: std::net::SocketAddr = env[0].1.parse().unwrap();
+    let mut served = binary::Served::start(binary::command(&["serve"], &env));
+    let capture = Path::new("/usr/share/sip-tester/dtmf_2833_1.pcap");
+    let scenario = play_pcap_scenario(
+        "8 101",
+        &["a=rtpmap:8 PCMA/8000", "a=rtpmap:101 telephone-event/8000"],
+        &[(capture, 400)],
+    );
+    let out = sipp(
+        udp,
+        &["-sf", scenario.to_str().unwrap(), "-s", "echo", "-m", "1"],
+    )
+    .await;
+    let _ = std::fs::remove_file(&scenario);
+    assert_sipp_ok(&out, 1);
+    let record = served
+        .wait_for("voicegate::cdr", Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("no call record:\n{}", served.stderr_text()));
+    let (status, _, _) = served.stop();
+    assert!(status.success(), "exit on SIGTERM: {status:?}");
+    let field =
+        |key| log_field(&record, key).unwrap_or_else(|| panic!("no {key} in the record: {record}"));
+    // 10 packets on the wire: 8 distinct, the end packet twice more.
+    assert_eq!(field("rtp_in"), "10", "{record}");
+    assert_eq!(field("rtp_lost"), "0", "{record}");
+    assert_eq!(field("rtp_duplicates"), "2", "{record}");
+    assert_eq!(field("dtmf"), "\"1\"", "{record}");
 }

@@ -1,6 +1,7 @@
 //! Test harness: voicegate in-process on ephemeral ports, and real peers (SIPp, socat) around it.
 #![allow(dead_code)]
 
+pub mod binary;
 pub mod bot;
 pub mod dns;
 pub mod pcap;

@@ -21,6 +21,10 @@ const MAX_DROPOUT: u16 = 3000;
 /// A packet this far behind the highest is a restart, not reordering (RFC 3550 A.1).
 const MAX_MISORDER: u16 = 100;
 const SEQ_MOD: u32 = 1 << 16;
+/// How many sequence numbers, the highest included, [`ReceptionStats`] remembers for spotting
+/// duplicates: every packet A.1 can take as reordered (up to `MAX_MISORDER` behind) fits.
+const SEEN_WINDOW: u16 = u128::BITS as u16;
+const _: () = assert!(MAX_MISORDER < SEEN_WINDOW);
 
 /// Seconds from the NTP epoch (1900) to the Unix epoch (1970).
 const NTP_UNIX_OFFSET: u64 = 2_208_988_800;
@@ -32,7 +36,8 @@ pub struct ReportBlock {
     pub ssrc: u32,
     /// Lost fraction since the previous report, in 1/256.
     pub fraction_lost: u8,
-    /// Packets lost since the start, 24-bit signed on the wire (duplicates can make it < 0).
+    /// Packets lost since the start, 24-bit signed on the wire. Ours are never negative
+    /// (duplicates are not counted as received); a peer's may be (RFC 3550 counts them).
     pub cumulative_lost: i32,
     /// Highest sequence number received, extended with the wrap count in the top 16 bits.
     pub extended_highest_seq: u32,
@@ -44,15 +49,35 @@ pub struct ReportBlock {
     pub delay_since_last_sr: u32,
 }
 
+/// What [`ReceptionStats::on_rtp`] made of a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reception {
+    /// A new packet of the stream (in order, after a gap, or late): counted as received.
+    Counted,
+    /// A copy of a packet already received (RFC 4733 sends each end packet three times
+    /// under one sequence number): counted on its own, not as received.
+    Duplicate,
+    /// Far from the stream: taken as a stray, counted only if the next packet confirms a
+    /// sequence restart.
+    Stray,
+}
+
 /// Reception statistics of one incoming RTP source (RFC 3550 A.1, A.3 and A.8).
 ///
 /// Call [`Self::reset`] when the source's SSRC changes; a sequence restart under the same
 /// SSRC is detected (two consecutive packets far from the old sequence) and restarts the
 /// counts as A.1 does.
+///
+/// Unlike A.3, duplicates are not counted as received: they are counted on their own, so
+/// the loss (expected − received) is never negative.
 #[derive(Debug, Clone, Default)]
 pub struct ReceptionStats {
     started: bool,
     max_seq: u16,
+    /// Which of the last [`SEEN_WINDOW`] sequence numbers arrived: bit `n` is `max_seq − n`.
+    /// A fixed-size bitmap, so spotting a duplicate costs no allocation per packet.
+    seen: u128,
+    duplicates: u64,
     /// Wrap count, shifted: added to `max_seq` it makes the extended sequence number.
     cycles: u32,
     base_seq: u32,
@@ -84,18 +109,21 @@ impl ReceptionStats {
     fn init_seq(&mut self, seq: u16) {
         self.started = true;
         self.max_seq = seq;
+        // The packet that starts the sequence is counted right after.
+        self.seen = 1;
         self.cycles = 0;
         self.base_seq = u32::from(seq);
         self.bad_seq = SEQ_MOD + 1; // Never equal to a 16-bit sequence number.
         self.received = 0;
+        self.duplicates = 0;
         self.bytes = 0;
         self.expected_prior = 0;
         self.received_prior = 0;
         self.transit = None;
     }
 
-    /// Counts one RTP packet. Returns false for a packet taken as a stray from another
-    /// sequence (far jump; counted only if the next packet confirms a restart).
+    /// Counts one RTP packet: received, duplicate, or a stray from another sequence (far
+    /// jump; counted only if the next packet confirms a restart).
     pub fn on_rtp(
         &mut self,
         seq: u16,
@@ -103,32 +131,49 @@ impl ReceptionStats {
         clock_rate: u32,
         payload_len: usize,
         now: Instant,
-    ) -> bool {
+    ) -> Reception {
         if !self.started {
             self.init_seq(seq);
         } else {
             let udelta = seq.wrapping_sub(self.max_seq);
-            if udelta < MAX_DROPOUT {
+            if udelta == 0 {
+                // The highest one again: always seen already.
+                self.duplicates += 1;
+                return Reception::Duplicate;
+            } else if udelta < MAX_DROPOUT {
                 // In order, possibly with a gap.
                 if seq < self.max_seq {
                     self.cycles = self.cycles.wrapping_add(SEQ_MOD);
                 }
                 self.max_seq = seq;
+                self.seen = self.seen.checked_shl(u32::from(udelta)).unwrap_or(0) | 1;
             } else if u32::from(udelta) <= SEQ_MOD - u32::from(MAX_MISORDER) {
                 // A very large jump: a restart if the next packet follows this one.
                 if u32::from(seq) == self.bad_seq {
                     self.init_seq(seq);
                 } else {
                     self.bad_seq = (u32::from(seq) + 1) & (SEQ_MOD - 1);
-                    return false;
+                    return Reception::Stray;
                 }
+            } else {
+                // Up to MAX_MISORDER behind the highest: late, or a copy of one received.
+                let behind = self.max_seq.wrapping_sub(seq);
+                // Below SEEN_WINDOW (checked at compile time); checked anyway, as network
+                // input must never panic.
+                let bit = 1u128.checked_shl(u32::from(behind)).unwrap_or(0);
+                if self.seen & bit != 0 {
+                    self.duplicates += 1;
+                    return Reception::Duplicate;
+                }
+                self.seen |= bit;
             }
-            // Otherwise a duplicate or reordered packet: counted, not the new maximum.
         }
         self.received += 1;
         self.bytes += payload_len as u64;
+        // Duplicates stay out of the jitter too: a copy sent later under the same timestamp
+        // would read as delay variation.
         self.update_jitter(rtp_timestamp, clock_rate, now);
-        true
+        Reception::Counted
     }
 
     /// RFC 3550 A.8: J += (|D| - J) / 16, with D the change in transit time between this
@@ -160,9 +205,14 @@ impl ReceptionStats {
         self.last_sr = Some((ntp_middle(ntp), now));
     }
 
-    /// Packets counted since the start (or restart).
+    /// Packets received since the start (or restart), duplicates not included.
     pub fn packets(&self) -> u64 {
         self.received
+    }
+
+    /// Copies of packets already received, since the start (or restart).
+    pub fn duplicates(&self) -> u64 {
+        self.duplicates
     }
 
     /// Payload bytes counted since the start (or restart).
@@ -183,9 +233,10 @@ impl ReceptionStats {
         (ext + 1).saturating_sub(u64::from(self.base_seq))
     }
 
-    /// Packets lost since the start (expected minus received; negative with duplicates).
-    pub fn cumulative_lost(&self) -> i64 {
-        self.expected() as i64 - self.received as i64
+    /// Packets lost since the start: expected minus received, never negative (duplicates
+    /// are not received packets, and a packet older than the first one is not expected).
+    pub fn cumulative_lost(&self) -> u64 {
+        self.expected().saturating_sub(self.received)
     }
 
     /// Lost fraction (0.0-1.0) since the last [`Self::report_block`], without resetting it.
@@ -236,7 +287,8 @@ impl ReceptionStats {
         ReportBlock {
             ssrc: ssrc_of_source,
             fraction_lost,
-            cumulative_lost: self.cumulative_lost().clamp(-0x80_0000, 0x7f_ffff) as i32,
+            // RFC 3550 §6.4.1: clamped at the 24-bit field's largest positive value.
+            cumulative_lost: self.cumulative_lost().min(0x7f_ffff) as i32,
             extended_highest_seq: self.extended_highest_seq(),
             jitter: self.jitter(),
             last_sr,
@@ -891,22 +943,167 @@ mod tests {
         assert_eq!(b.extended_highest_seq, 0x0001_0009);
         assert_eq!((b.last_sr, b.delay_since_last_sr), (0, 0));
 
-        // Next interval: 10..=19 with one lost, and a reordered late one (8 again: a
-        // duplicate) that does not move the maximum.
-        for seq in 10u16..20 {
-            if seq != 15 {
-                feed(&mut rs, seq);
-            }
+        // Next interval: 10..=19 with 15 coming late (after 19), and 8 again: a duplicate.
+        // Neither moves the maximum.
+        for seq in (10u16..20).filter(|s| *s != 15).chain([15, 8]) {
+            feed(&mut rs, seq);
         }
-        feed(&mut rs, 8);
         let b = rs.report_block(0xabc, t0);
-        // Expected 10, received 10 (9 new + the duplicate): nothing lost this interval.
+        // Expected 10, received 10 (the late one counts, the duplicate does not).
         assert_eq!(b.fraction_lost, 0);
         assert_eq!(b.cumulative_lost, 3);
         assert_eq!(b.extended_highest_seq, 0x0001_0013);
+        assert_eq!(rs.duplicates(), 1);
 
         // An interval with nothing received reports 0, not a division by zero.
         assert_eq!(rs.report_block(0xabc, t0).fraction_lost, 0);
+    }
+
+    /// Feeds `seqs` 20 ms apart; returns what each packet was taken as.
+    fn feed_seqs(rs: &mut ReceptionStats, seqs: impl IntoIterator<Item = u16>) -> Vec<Reception> {
+        let t0 = Instant::now();
+        seqs.into_iter()
+            .enumerate()
+            .map(|(i, seq)| {
+                let at = t0 + Duration::from_millis(20 * i as u64);
+                rs.on_rtp(seq, 160 * i as u32, 8000, 4, at)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn repeated_rfc4733_end_packets_are_duplicates_not_negative_loss() {
+        // SIPp's dtmf_2833_1.pcap: 0x1f30..=0x1f37, the end packet 0x1f37 sent three times.
+        let mut rs = ReceptionStats::new();
+        let seqs: Vec<u16> = (0x1f30..=0x1f37).chain([0x1f37, 0x1f37]).collect();
+        let taken = feed_seqs(&mut rs, seqs);
+        assert_eq!(taken[..8], [Reception::Counted; 8]);
+        assert_eq!(taken[8..], [Reception::Duplicate; 2]);
+        assert_eq!(
+            (rs.packets(), rs.duplicates(), rs.cumulative_lost()),
+            (8, 2, 0)
+        );
+        assert_eq!(rs.bytes(), 8 * 4);
+        let b = rs.report_block(1, Instant::now());
+        assert_eq!((b.cumulative_lost, b.fraction_lost), (0, 0));
+        assert_eq!(b.extended_highest_seq, 0x1f37);
+        // On the wire too: the 24-bit field reads back as 0, not as -2.
+        let mut buf = Vec::new();
+        write_receiver_report(&mut buf, 9, &[b], "x");
+        match &parse(&buf).unwrap()[0] {
+            RtcpPacket::ReceiverReport { reports, .. } => assert_eq!(reports[0].cumulative_lost, 0),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn old_duplicate_within_the_window() {
+        let mut rs = ReceptionStats::new();
+        feed_seqs(&mut rs, 1000u16..1200);
+        // 50 and 99 behind the highest (1199): copies of packets received long ago.
+        assert_eq!(
+            feed_seqs(&mut rs, [1149, 1100]),
+            [Reception::Duplicate, Reception::Duplicate]
+        );
+        assert_eq!(
+            (rs.packets(), rs.duplicates(), rs.cumulative_lost()),
+            (200, 2, 0)
+        );
+        // Further behind than A.1 takes as reordering: a stray, neither counted nor a copy.
+        assert_eq!(feed_seqs(&mut rs, [1000]), [Reception::Stray]);
+        assert_eq!((rs.packets(), rs.duplicates()), (200, 2));
+    }
+
+    #[test]
+    fn late_packet_is_received_and_its_copy_is_a_duplicate() {
+        let mut rs = ReceptionStats::new();
+        feed_seqs(&mut rs, (0u16..10).filter(|s| *s != 5));
+        assert_eq!(rs.cumulative_lost(), 1);
+        assert_eq!(feed_seqs(&mut rs, [5]), [Reception::Counted]);
+        assert_eq!(
+            (rs.packets(), rs.duplicates(), rs.cumulative_lost()),
+            (10, 0, 0)
+        );
+        assert_eq!(
+            rs.extended_highest_seq(),
+            9,
+            "a late packet is not the new maximum"
+        );
+        assert_eq!(feed_seqs(&mut rs, [5]), [Reception::Duplicate]);
+        assert_eq!(
+            (rs.packets(), rs.duplicates(), rs.cumulative_lost()),
+            (10, 1, 0)
+        );
+    }
+
+    #[test]
+    fn duplicates_across_the_sequence_wrap() {
+        let mut rs = ReceptionStats::new();
+        feed_seqs(
+            &mut rs,
+            (65530u16..=65535).chain(0..5).filter(|s| *s != 65534),
+        );
+        assert_eq!(rs.cumulative_lost(), 1);
+        // 65534 arrives late across the wrap; then copies from both sides of it.
+        assert_eq!(
+            feed_seqs(&mut rs, [65534, 65535, 65534, 3, 4]),
+            [
+                Reception::Counted,
+                Reception::Duplicate,
+                Reception::Duplicate,
+                Reception::Duplicate,
+                Reception::Duplicate
+            ]
+        );
+        assert_eq!(
+            (rs.packets(), rs.duplicates(), rs.cumulative_lost()),
+            (11, 4, 0)
+        );
+        assert_eq!(rs.extended_highest_seq(), 0x0001_0004);
+    }
+
+    #[test]
+    fn a_long_gap_empties_the_window() {
+        let mut rs = ReceptionStats::new();
+        feed_seqs(&mut rs, 0u16..10);
+        // 500 jumps far past the window; 450 (50 behind it) was never received: late.
+        assert_eq!(
+            feed_seqs(&mut rs, [500, 450, 450]),
+            [Reception::Counted, Reception::Counted, Reception::Duplicate]
+        );
+        assert_eq!((rs.packets(), rs.duplicates()), (12, 1));
+        assert_eq!(rs.cumulative_lost(), 501 - 12);
+    }
+
+    #[test]
+    fn loss_is_never_negative_whatever_arrives() {
+        // A packet from before the first one (reordered at the start) is received but was
+        // not expected: loss stays 0 rather than going below.
+        let mut rs = ReceptionStats::new();
+        feed_seqs(&mut rs, [10, 9, 8]);
+        assert_eq!((rs.packets(), rs.cumulative_lost()), (3, 0));
+        assert_eq!(rs.report_block(1, Instant::now()).cumulative_lost, 0);
+        // Random sequences (close to each other, and anywhere): no panic, no negative block.
+        let mut x: u32 = 0x2545_f491;
+        let mut rnd = || {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x
+        };
+        let mut seq = 0u16;
+        for i in 0..50_000 {
+            let r = rnd();
+            seq = if i % 97 == 0 {
+                r as u16
+            } else {
+                seq.wrapping_add((r % 7) as u16).wrapping_sub(3)
+            };
+            feed_seqs(&mut rs, [seq]);
+            if i % 500 == 0 {
+                assert!(rs.report_block(1, Instant::now()).cumulative_lost >= 0);
+            }
+        }
     }
 
     #[test]
@@ -917,11 +1114,11 @@ mod tests {
             rs.on_rtp(seq, 0, 8000, 10, t0);
         }
         // One stray far packet is ignored; two in sequence restart the counts.
-        assert!(!rs.on_rtp(30000, 0, 8000, 10, t0));
-        assert!(rs.on_rtp(1010, 0, 8000, 10, t0));
+        assert_eq!(rs.on_rtp(30000, 0, 8000, 10, t0), Reception::Stray);
+        assert_eq!(rs.on_rtp(1010, 0, 8000, 10, t0), Reception::Counted);
         assert_eq!(rs.packets(), 11);
-        assert!(!rs.on_rtp(40000, 0, 8000, 10, t0));
-        assert!(rs.on_rtp(40001, 0, 8000, 10, t0));
+        assert_eq!(rs.on_rtp(40000, 0, 8000, 10, t0), Reception::Stray);
+        assert_eq!(rs.on_rtp(40001, 0, 8000, 10, t0), Reception::Counted);
         assert_eq!(rs.packets(), 1);
         assert_eq!(rs.cumulative_lost(), 0);
         assert_eq!(rs.extended_highest_seq(), 40001);

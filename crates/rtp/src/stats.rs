@@ -5,7 +5,7 @@
 
 use tokio::time::{Duration, Instant};
 
-use crate::rtcp::{self, MosCodec, ReceptionStats, RtcpPacket, SenderStats};
+use crate::rtcp::{self, MosCodec, Reception, ReceptionStats, RtcpPacket, SenderStats};
 
 /// RTCP report interval (RFC 3550 §6.2 minimum for a two-party call, before randomisation).
 pub const RTCP_INTERVAL: Duration = Duration::from_secs(5);
@@ -13,18 +13,24 @@ pub const RTCP_INTERVAL: Duration = Duration::from_secs(5);
 /// The numbers a call record keeps.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct StatsSummary {
+    /// RTP packets from the peer, duplicates included (what came in on the wire).
     pub packets_in: u64,
     pub bytes_in: u64,
     pub packets_out: u64,
     pub bytes_out: u64,
-    /// RTP packets lost on the way to us (RFC 3550 cumulative count).
-    pub lost: i64,
+    /// RTP packets lost on the way to us: expected minus received (RFC 3550 cumulative
+    /// count, but duplicates are not taken as received, so it is never negative).
+    pub lost: u64,
+    /// Of `packets_in`, copies of a packet already received (RFC 4733 end packets are sent
+    /// three times under one sequence number; a network may duplicate too).
+    pub duplicates: u64,
     pub loss_percent: f64,
     /// RFC 3550 interarrival jitter of what we received.
     pub jitter_ms: f64,
     /// Round trip from the peer's reports about our stream, if it sent any.
     pub rtt_ms: Option<f64>,
-    /// Loss the peer reported for our stream.
+    /// Loss the peer reported for our stream, as it reported it (RFC 3550 lets a peer
+    /// count duplicates as received, so this one can be negative).
     pub peer_reported_lost: Option<i64>,
     /// Estimated MOS of what we received (simplified E-model).
     pub mos: f64,
@@ -89,8 +95,12 @@ impl RtpStats {
             self.reception.reset();
             self.peer_ssrc = Some(ssrc);
         }
-        self.reception
+        let taken = self
+            .reception
             .on_rtp(seq, timestamp, self.clock_rate, payload_len, now);
+        if taken == Reception::Duplicate {
+            self.summary.duplicates += 1;
+        }
         self.summary.packets_in += 1;
         self.summary.bytes_in += payload_len as u64;
     }
@@ -185,9 +195,9 @@ impl RtpStats {
     /// The figures for the call record.
     pub fn summary(&self) -> StatsSummary {
         let lost = self.reception.cumulative_lost();
-        let expected = self.reception.packets() as i64 + lost.max(0);
+        let expected = self.reception.packets() + lost;
         let loss_percent = if expected > 0 {
-            lost.max(0) as f64 * 100.0 / expected as f64
+            lost as f64 * 100.0 / expected as f64
         } else {
             0.0
         };
@@ -261,5 +271,28 @@ mod tests {
         assert!((summary.loss_percent - 100.0 * 2.0 / 102.0).abs() < 1e-9);
         assert!(summary.mos > 3.5 && summary.mos < 4.5, "{}", summary.mos);
         assert_eq!(summary.rtcp_sent, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn repeated_end_packets_are_duplicates_in_the_summary_and_report() {
+        let t0 = Instant::now();
+        let mut stats = RtpStats::new(42, "test@voicegate".into(), 8000, MosCodec::G711, t0);
+        // SIPp's dtmf_2833_1.pcap: eight packets, the last (the end packet) sent three times.
+        for (i, seq) in (0x1f30u16..=0x1f37).chain([0x1f37, 0x1f37]).enumerate() {
+            stats.on_received(seq, 0x33e0, 7, 4, t0 + Duration::from_millis(20 * i as u64));
+        }
+        let summary = stats.summary();
+        assert_eq!(
+            (summary.packets_in, summary.lost, summary.duplicates),
+            (10, 0, 2)
+        );
+        assert_eq!(summary.loss_percent, 0.0);
+        let report = stats.final_report(t0 + Duration::from_secs(1)).to_vec();
+        match &rtcp::parse(&report).unwrap()[0] {
+            RtcpPacket::ReceiverReport { reports, .. } => {
+                assert_eq!((reports[0].ssrc, reports[0].cumulative_lost), (7, 0));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

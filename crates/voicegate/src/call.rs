@@ -1486,6 +1486,7 @@ impl Call {
             rtp_in = rtp.packets_in,
             rtp_out = rtp.packets_out,
             rtp_lost = rtp.lost,
+            rtp_duplicates = rtp.duplicates,
             jitter_ms = format_args!("{:.1}", rtp.jitter_ms),
             rtt_ms = format_args!("{:.1}", rtp.rtt_ms.unwrap_or(0.0)),
             mos = format_args!("{:.2}", rtp.mos),

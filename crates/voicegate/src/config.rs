@@ -41,6 +41,9 @@ pub const KNOWN_CODECS: &[&str] = &["PCMA", "PCMU", "OPUS"];
 /// Values of `rtp.latching`.
 pub const LATCHING_MODES: &[&str] = &["auto", "always", "never"];
 
+/// Values of `log.format`.
+pub const LOG_FORMATS: &[&str] = &["text", "json"];
+
 /// Bounds for `sip.max_message_bytes`.
 pub const MESSAGE_BYTES_RANGE: RangeInclusive<usize> = 1024..=16 * 1024 * 1024;
 
@@ -478,12 +481,16 @@ impl Default for TestNumbersConfig {
 pub struct LogConfig {
     /// A `tracing` EnvFilter directive, e.g. `info` or `voicegate=debug,info`.
     pub level: String,
+    /// `text` (coloured on a terminal only) or `json` (one object per line, for log
+    /// shippers); see [`LOG_FORMATS`].
+    pub format: String,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
         Self {
             level: "info".into(),
+            format: "text".into(),
         }
     }
 }
@@ -1318,6 +1325,16 @@ impl LogConfig {
         if self.level.trim().is_empty() {
             return Err(invalid("log.level", "log.level: must not be empty"));
         }
+        if !LOG_FORMATS.contains(&self.format.as_str()) {
+            return Err(invalid(
+                "log.format",
+                format!(
+                    "log.format: {:?} is not one of {}",
+                    self.format,
+                    LOG_FORMATS.join(", ")
+                ),
+            ));
+        }
         Ok(())
     }
 }
@@ -1392,6 +1409,7 @@ mod tests {
         assert!(c.test_numbers.ringing.is_empty());
         assert_eq!(c.test_numbers.ring_duration(), Duration::ZERO);
         assert_eq!(c.log.level, "info");
+        assert_eq!(c.log.format, "text");
         c.validate().unwrap();
         assert_eq!(Config::load(None, no_env).unwrap(), c);
     }
@@ -1424,9 +1442,11 @@ mod tests {
                 ("VOICEGATE_SIP_UDP", "127.0.0.1:15060"),
                 ("VOICEGATE_SIP_PUBLIC_IP", "192.0.2.7"),
                 ("VOICEGATE_LOG_LEVEL", "voicegate=debug,info"),
+                ("VOICEGATE_LOG_FORMAT", "json"),
             ]),
         )
         .unwrap();
+        assert_eq!(c.log.format, "json");
         assert_eq!(c.sip.udp_addr(), Some("127.0.0.1:15060".parse().unwrap()));
         assert_eq!(c.sip.public_ip(), Some("192.0.2.7".parse().unwrap()));
         assert_eq!(c.log.level, "voicegate=debug,info");
@@ -1606,6 +1626,12 @@ mod tests {
             env_err(&[("VOICEGATE_LOG_LEVEL", " ")]),
             "config: log.level: must not be empty"
         );
+        assert_eq!(
+            env_err(&[("VOICEGATE_LOG_FORMAT", "logfmt")]),
+            r#"config: log.format: "logfmt" is not one of text, json"#
+        );
+        let (err, _) = load_err("[log]\nformat = \"JSON\"\n", "log-format", &[]);
+        assert_eq!(err.key(), Some("log.format"));
         let err = env_err(&[("VOICEGATE_TEST_NUMBERS_RINGING", "echo")]);
         assert!(err.contains("listed in both echo and ringing"), "{err}");
 

@@ -8,6 +8,7 @@ pub mod admit;
 pub mod call;
 pub mod config;
 pub mod core;
+pub mod logging;
 pub mod outbound;
 pub mod registrar;
 pub mod resolve;

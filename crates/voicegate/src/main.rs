@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use voicegate::config::Config;
+use voicegate::logging::{self, LogFormat};
 
 /// voicegate: a SIP trunk gateway and SIP-to-WebSocket media bridge.
 ///
@@ -68,7 +69,8 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let Some(runtime) = logging_and_runtime(&config.log.level) else {
+    let format = LogFormat::from_config(&config.log.format);
+    let Some(runtime) = logging_and_runtime(&config.log.level, format) else {
         return ExitCode::FAILURE;
     };
     runtime.block_on(async {
@@ -86,14 +88,10 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
     })
 }
 
-/// Logs to stderr with the `level` filter (a tracing EnvFilter directive) and builds the
-/// runtime; None (with the reason printed) if the runtime cannot start.
-fn logging_and_runtime(level: &str) -> Option<tokio::runtime::Runtime> {
-    let filter = tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|_| "info".into());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+/// Logs to stderr with the `level` filter (a tracing EnvFilter directive) in `format` and
+/// builds the runtime; None (with the reason printed) if the runtime cannot start.
+fn logging_and_runtime(level: &str, format: LogFormat) -> Option<tokio::runtime::Runtime> {
+    logging::init(level, format);
     match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -107,7 +105,7 @@ fn logging_and_runtime(level: &str) -> Option<tokio::runtime::Runtime> {
 }
 
 fn echo_bot(listen: &str, delay_ms: u64) -> ExitCode {
-    let Some(runtime) = logging_and_runtime("info") else {
+    let Some(runtime) = logging_and_runtime("info", LogFormat::Text) else {
         return ExitCode::FAILURE;
     };
     runtime.block_on(async {
