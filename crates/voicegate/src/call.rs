@@ -457,26 +457,15 @@ impl Call {
         local_ip_towards(self.source.remote).unwrap_or(local)
     }
 
+    /// Our Contact towards the caller, in answers and in the requests of its dialog: the
+    /// scheme follows its INVITE (RFC 3261 §12.1.1), not the transport it came over.
     fn contact(&self) -> String {
-        let ip = self.advertised_ip();
-        let host = match ip {
-            IpAddr::V6(v6) => format!("[{v6}]"),
-            IpAddr::V4(v4) => v4.to_string(),
-        };
-        let transport = self.source.transport.as_via().to_ascii_lowercase();
-        let scheme = if self.source.transport == voicegate_sip::transport::TransportKind::Tls {
-            "sips"
-        } else {
-            "sip"
-        };
-        let user = if self.number.is_empty() {
-            String::new()
-        } else {
-            format!("{}@", self.number)
-        };
-        format!(
-            "<{scheme}:{user}{host}:{};transport={transport}>",
-            self.source.local.port()
+        voicegate_sip::contact::value(
+            voicegate_sip::contact::for_answer(&self.invite),
+            &self.number,
+            self.advertised_ip(),
+            self.source.local.port(),
+            self.source.transport,
         )
     }
 

@@ -518,9 +518,13 @@ impl Call {
             request_uri: hop.request_uri.clone(),
             from: format!("<sip:{user}@{host}>"),
             to: format!("<{to_uri}>"),
-            contact: format!(
-                "<sip:{user}@{host}:{port};transport={}>",
-                transport.to_ascii_lowercase()
+            // sips only when the target is a SIPS URI; TLS alone does not make one.
+            contact: voicegate_sip::contact::value(
+                voicegate_sip::contact::for_request(&hop.request_uri, None),
+                &user,
+                ip,
+                port,
+                target.transport,
             ),
             via: format!("SIP/2.0/{transport} {host}:{port}"),
             sdp: Some(Bytes::from(sdp)),
