@@ -413,8 +413,12 @@ impl Call {
         };
         let negotiated = match &offer {
             Some(offer) => Some(
-                sdp::negotiate_answer(offer, &self.core.settings.codecs)
-                    .map_err(|e| (488, format!("Not Acceptable Here: {e}")))?,
+                sdp::negotiate_answer(
+                    offer,
+                    &self.core.settings.codecs,
+                    self.core.settings.codec_preference,
+                )
+                .map_err(|e| (488, format!("Not Acceptable Here: {e}")))?,
             ),
             None => None,
         };
@@ -959,6 +963,7 @@ impl Call {
     /// A re-INVITE's offer (hold, resume, new address) or, without SDP, our new offer.
     fn renegotiate(&mut self, request: &Request) -> Result<String, (u16, String)> {
         let codecs = self.core.settings.codecs.clone();
+        let preference = self.core.settings.codec_preference;
         let Some(media) = self.media.as_mut() else {
             return Err((488, "Not Acceptable Here: no media".into()));
         };
@@ -967,7 +972,7 @@ impl Call {
             return Ok(sdp::build_offer(&media.local, &codecs, Direction::SendRecv));
         }
         let offer = sdp::parse(&request.body).map_err(|e| (400, format!("Malformed SDP: {e}")))?;
-        let negotiated = sdp::negotiate_answer(&offer, &codecs)
+        let negotiated = sdp::negotiate_answer(&offer, &codecs, preference)
             .map_err(|e| (488, format!("Not Acceptable Here: {e}")))?;
         match &media.leg {
             Some(Leg::Echo(echo)) => echo.update(leg_control(&negotiated)),
