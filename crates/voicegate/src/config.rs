@@ -426,7 +426,8 @@ pub struct RtpConfig {
     pub port_min: u16,
     /// Highest RTP port (inclusive).
     pub port_max: u16,
-    /// Codec names in preference order (case-insensitive, see [`KNOWN_CODECS`]).
+    /// Codec names in our preference order (case-insensitive, see [`KNOWN_CODECS`]): our
+    /// offers list them so, and answers follow it with `codec_preference = "ours"`.
     pub codecs: Vec<String>,
     /// Which codec answers an offer with several of ours: `offer` (the caller's first, as
     /// RFC 3264 recommends: no needless transcoding) or `ours` (the first of `codecs`).
