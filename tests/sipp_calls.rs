@@ -103,3 +103,32 @@ async fn call_over_tls_through_socat() {
     assert_eq!(running.core.stats.answered.load(Ordering::Relaxed), 3);
     let _ = socat.kill().await;
 }
+
+/// SIPp offers PCMU, then PCMA; the 200 must answer with `answer` (its m= line's formats).
+async fn codec_answer_is(config: &voicegate::config::Config, answer: &str) {
+    let running = start(config).await;
+    let scenario = filled_scenario("uac_codec_order.xml", &[("ANSWER", answer)]);
+    let out = sipp(
+        running.local.udp.unwrap(),
+        &["-sf", scenario.to_str().unwrap(), "-s", "echo", "-m", "1"],
+    )
+    .await;
+    std::fs::remove_file(&scenario).ok();
+    assert_sipp_ok(&out, 1);
+}
+
+/// RFC 3264 §6.1: the offer's first codec we support (PCMU), though we list PCMA first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answer_follows_the_offers_codec_order() {
+    let config = test_config();
+    assert_eq!(config.rtp.codecs, ["PCMA", "PCMU"]);
+    codec_answer_is(&config, "0 101").await;
+}
+
+/// `rtp.codec_preference = "ours"`: our first codec (PCMA) that the offer has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answer_follows_our_codec_order_when_configured() {
+    let mut config = test_config();
+    config.rtp.codec_preference = "ours".into();
+    codec_answer_is(&config, "8 101").await;
+}

@@ -4,7 +4,7 @@
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use voicegate_rtp::echo::Renumber;
 use voicegate_sip::message;
-use voicegate_sip::sdp::{self, Codec, LocalMedia};
+use voicegate_sip::sdp::{self, Codec, CodecPreference, LocalMedia};
 
 const INVITE: &[u8] = b"INVITE sip:echo@127.0.0.1:5060 SIP/2.0\r\n\
 Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-524287-1---3d0b7d8c;rport\r\n\
@@ -46,8 +46,12 @@ fn benches(c: &mut Criterion) {
     };
     c.bench_function("sdp_negotiate_and_answer", |b| {
         b.iter(|| {
-            let negotiated =
-                sdp::negotiate_answer(black_box(&offer), &[Codec::Pcma, Codec::Pcmu]).unwrap();
+            let negotiated = sdp::negotiate_answer(
+                black_box(&offer),
+                &[Codec::Pcma, Codec::Pcmu],
+                CodecPreference::Offer,
+            )
+            .unwrap();
             sdp::build_answer(&offer, &local, &negotiated)
         })
     });

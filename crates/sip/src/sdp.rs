@@ -531,16 +531,37 @@ pub enum NegotiationError {
     UnsupportedProtocol(String),
 }
 
+/// Whose order picks the codec when we answer an offer that has several of ours.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CodecPreference {
+    /// The offer's first codec that we support (RFC 3264 §6.1 recommends keeping the offer's
+    /// order): a µ-law caller gets µ-law, with nothing to transcode on its way to a µ-law bot.
+    Offer,
+    /// The first of our codecs (`rtp.codecs`) that the offer has, whatever its order.
+    Ours,
+}
+
+impl CodecPreference {
+    /// From its config name, `offer` or `ours`.
+    pub fn from_name(name: &str) -> Option<CodecPreference> {
+        match name {
+            "offer" => Some(CodecPreference::Offer),
+            "ours" => Some(CodecPreference::Ours),
+            _ => None,
+        }
+    }
+}
+
 /// Whose codec order wins when several codecs are common.
 #[derive(Clone, Copy)]
 enum CodecOrder {
-    /// Ours: we are the answerer and may pick (RFC 3264 §6.1).
+    /// Ours: we are the answerer and were told to prefer ours.
     Ours,
-    /// The SDP's: the answerer already picked, its first listed codec wins.
+    /// The SDP's: an offer whose order we follow, or an answer (the answerer already picked).
     Theirs,
 }
 
-/// RFC 3264 answerer: pick the first codec in OUR preference order that the offer's first usable audio m= line (protocol RTP/AVP or RTP/AVPF) contains (by static PT 0/8 even without rtpmap, or by rtpmap name with clock 8000); keep telephone-event (rtpmap "telephone-event/8000", any dynamic PT) if offered. Direction: the media-level direction, else the session-level one, else sendrecv; c=0.0.0.0 counts as sendonly hold (RFC 2543 style). ptime from the offer or 20.
+/// RFC 3264 answerer: pick a codec that the offer's first usable audio m= line (protocol RTP/AVP or RTP/AVPF) contains (by static PT 0/8 even without rtpmap, or by rtpmap name with clock 8000) and `prefs` lists: the offer's first such codec, or with [`CodecPreference::Ours`] the first in OUR order; keep telephone-event (rtpmap "telephone-event/8000", any dynamic PT) if offered. Direction: the media-level direction, else the session-level one, else sendrecv; c=0.0.0.0 counts as sendonly hold (RFC 2543 style). ptime from the offer or 20.
 ///
 /// Audio lines with port 0 are skipped (the offerer disabled them and
 /// RFC 3264 §8.2 forbids reviving them in the answer); if a usable line has
@@ -548,8 +569,13 @@ enum CodecOrder {
 pub fn negotiate_answer(
     offer: &SessionDescription,
     prefs: &[Codec],
+    preference: CodecPreference,
 ) -> Result<Negotiated, NegotiationError> {
-    negotiate(offer, prefs, CodecOrder::Ours)
+    let order = match preference {
+        CodecPreference::Offer => CodecOrder::Theirs,
+        CodecPreference::Ours => CodecOrder::Ours,
+    };
+    negotiate(offer, prefs, order)
 }
 
 /// Reading the peer's answer to our offer: the first codec in the answer's audio line that is also in prefs (answer order wins), telephone-event if present, remote address, direction reversed appropriately to OUR direction (peer recvonly -> we sendonly, etc.).
@@ -878,8 +904,12 @@ mod tests {
 m=audio 4000 RTP/AVP 96 0 101\r\na=rtpmap:96 opus/48000/2\r\na=fmtp:96 useinbandfec=1\r\n\
 a=rtpmap:101 telephone-event/8000\r\n";
         let sd = parse(offer.as_bytes()).expect("parses");
-        let n =
-            negotiate_answer(&sd, &[Codec::Opus, Codec::Pcma, Codec::Pcmu]).expect("negotiates");
+        let n = negotiate_answer(
+            &sd,
+            &[Codec::Opus, Codec::Pcma, Codec::Pcmu],
+            CodecPreference::Offer,
+        )
+        .expect("negotiates");
         assert_eq!((n.codec, n.payload_type), (Codec::Opus, 96));
         let local = LocalMedia {
             address: "127.0.0.1".parse().unwrap(),
@@ -897,13 +927,14 @@ a=rtpmap:101 telephone-event/8000\r\n";
             "{answer}"
         );
         // Without Opus in our preferences, G.711 is chosen from the same offer.
-        let n = negotiate_answer(&sd, &[Codec::Pcma, Codec::Pcmu]).expect("negotiates");
+        let n = negotiate_answer(&sd, &[Codec::Pcma, Codec::Pcmu], CodecPreference::Offer)
+            .expect("negotiates");
         assert_eq!(n.codec, Codec::Pcmu);
         // PT 111 without an rtpmap is not Opus: dynamic types need one.
         let bare = offer.replace("a=rtpmap:96 opus/48000/2\r\n", "");
         let sd = parse(bare.as_bytes()).unwrap();
         assert_eq!(
-            negotiate_answer(&sd, &[Codec::Opus]).unwrap_err(),
+            negotiate_answer(&sd, &[Codec::Opus], CodecPreference::Offer).unwrap_err(),
             NegotiationError::NoCommonCodec {
                 offered: "PT 96, PCMU, telephone-event".into(),
                 accepted: "opus".into()
@@ -968,7 +999,8 @@ a=rtpmap:101 telephone-event/8000\r\n";
 
     #[test]
     fn sipp_uac_negotiates_pcmu() {
-        let n = negotiate_answer(&offer(SIPP_UAC), PREFS).expect("negotiates");
+        let n =
+            negotiate_answer(&offer(SIPP_UAC), PREFS, CodecPreference::Offer).expect("negotiates");
         assert_eq!(
             n,
             Negotiated {
@@ -994,42 +1026,94 @@ a=rtpmap:101 telephone-event/8000\r\n";
             "a=fmtp:101 0-15",
         ]);
         assert_eq!(sd.media[0].fmtps, vec![(101, "0-15".to_owned())]);
-        let n = negotiate_answer(&sd, PREFS).expect("negotiates");
+        let n = negotiate_answer(&sd, PREFS, CodecPreference::Offer).expect("negotiates");
         assert_eq!(n.codec, Codec::Pcma);
         assert_eq!(n.payload_type, 8);
         assert_eq!(n.telephone_event, Some(101));
         assert_eq!(n.remote, remote("192.0.2.10:5004"));
     }
 
+    /// The offer's first codec we support, however we order ours (RFC 3264 §6.1).
     #[test]
-    fn our_preference_order_wins_when_answering() {
-        let sd = offer_with(&[
-            "m=audio 5004 RTP/AVP 8 0 101",
+    fn offer_order_wins_when_answering_by_default() {
+        let answer = |media: &[&str], prefs: &[Codec]| {
+            let n = negotiate_answer(&offer_with(media), prefs, CodecPreference::Offer)
+                .expect("negotiates");
+            (n.codec, n.payload_type)
+        };
+        let pcmu_then_pcma = [
+            "m=audio 5004 RTP/AVP 0 8 101",
             "a=rtpmap:101 telephone-event/8000",
-        ]);
-        let n = negotiate_answer(&sd, &[Codec::Pcmu, Codec::Pcma]).expect("negotiates");
-        assert_eq!(n.codec, Codec::Pcmu);
-        assert_eq!(n.payload_type, 0);
-        let n = negotiate_answer(&sd, PREFS).expect("negotiates");
-        assert_eq!(n.codec, Codec::Pcma);
+        ];
+        assert_eq!(answer(&pcmu_then_pcma, PREFS), (Codec::Pcmu, 0));
+        assert_eq!(
+            answer(&["m=audio 5004 RTP/AVP 8 0"], &[Codec::Pcmu, Codec::Pcma]),
+            (Codec::Pcma, 8)
+        );
+        // Formats we do not take (G.729, telephone-event) are passed over, not a choice.
+        assert_eq!(
+            answer(
+                &[
+                    "m=audio 5004 RTP/AVP 101 18 8 0",
+                    "a=rtpmap:101 telephone-event/8000"
+                ],
+                &[Codec::Pcmu, Codec::Pcma]
+            ),
+            (Codec::Pcma, 8)
+        );
+        // A codec we know but did not configure is passed over too.
+        let opus_first = ["m=audio 5004 RTP/AVP 96 0 8", "a=rtpmap:96 opus/48000/2"];
+        assert_eq!(answer(&opus_first, PREFS), (Codec::Pcmu, 0));
+        assert_eq!(
+            answer(&opus_first, &[Codec::Pcma, Codec::Opus]),
+            (Codec::Opus, 96)
+        );
+    }
+
+    /// `rtp.codec_preference = "ours"`: our first codec that the offer has.
+    #[test]
+    fn our_order_wins_when_answering_if_configured() {
+        let answer = |media: &[&str], prefs: &[Codec]| {
+            let n = negotiate_answer(&offer_with(media), prefs, CodecPreference::Ours)
+                .expect("negotiates");
+            (n.codec, n.payload_type)
+        };
+        let pcmu_then_pcma = [
+            "m=audio 5004 RTP/AVP 0 8 101",
+            "a=rtpmap:101 telephone-event/8000",
+        ];
+        assert_eq!(answer(&pcmu_then_pcma, PREFS), (Codec::Pcma, 8));
+        assert_eq!(
+            answer(&["m=audio 5004 RTP/AVP 8 0"], &[Codec::Pcmu, Codec::Pcma]),
+            (Codec::Pcmu, 0)
+        );
+        let opus_last = ["m=audio 5004 RTP/AVP 0 8 96", "a=rtpmap:96 opus/48000/2"];
+        assert_eq!(
+            answer(&opus_last, &[Codec::Opus, Codec::Pcma]),
+            (Codec::Opus, 96)
+        );
     }
 
     #[test]
     fn static_payload_types_need_no_rtpmap() {
-        let n =
-            negotiate_answer(&offer_with(&["m=audio 5004 RTP/AVP 8"]), PREFS).expect("negotiates");
+        let n = negotiate_answer(
+            &offer_with(&["m=audio 5004 RTP/AVP 8"]),
+            PREFS,
+            CodecPreference::Offer,
+        )
+        .expect("negotiates");
         assert_eq!((n.codec, n.payload_type), (Codec::Pcma, 8));
     }
 
     #[test]
     fn dynamic_payload_type_matched_by_rtpmap_name_and_clock() {
         let sd = offer_with(&["m=audio 5004 RTP/AVP 96", "a=rtpmap:96 pcma/8000"]);
-        let n = negotiate_answer(&sd, PREFS).expect("negotiates");
+        let n = negotiate_answer(&sd, PREFS, CodecPreference::Offer).expect("negotiates");
         assert_eq!((n.codec, n.payload_type), (Codec::Pcma, 96));
 
         let wideband = offer_with(&["m=audio 5004 RTP/AVP 96", "a=rtpmap:96 PCMU/16000"]);
         assert!(matches!(
-            negotiate_answer(&wideband, PREFS),
+            negotiate_answer(&wideband, PREFS, CodecPreference::Offer),
             Err(NegotiationError::NoCommonCodec { .. })
         ));
     }
@@ -1041,7 +1125,7 @@ a=rtpmap:101 telephone-event/8000\r\n";
             "a=rtpmap:97 telephone-event/16000",
         ]);
         assert_eq!(
-            negotiate_answer(&sd, PREFS)
+            negotiate_answer(&sd, PREFS, CodecPreference::Offer)
                 .expect("negotiates")
                 .telephone_event,
             None
@@ -1050,7 +1134,12 @@ a=rtpmap:101 telephone-event/8000\r\n";
 
     #[test]
     fn g729_only_has_no_common_codec() {
-        let err = negotiate_answer(&offer_with(&["m=audio 5004 RTP/AVP 18"]), PREFS).unwrap_err();
+        let err = negotiate_answer(
+            &offer_with(&["m=audio 5004 RTP/AVP 18"]),
+            PREFS,
+            CodecPreference::Offer,
+        )
+        .unwrap_err();
         assert_eq!(
             err,
             NegotiationError::NoCommonCodec {
@@ -1070,7 +1159,7 @@ a=rtpmap:101 telephone-event/8000\r\n";
             "m=audio 5004 RTP/AVP 18 3 98 99",
             "a=rtpmap:98 opus/48000/2",
         ]);
-        let err = negotiate_answer(&sd, &[Codec::Pcmu]).unwrap_err();
+        let err = negotiate_answer(&sd, &[Codec::Pcmu], CodecPreference::Offer).unwrap_err();
         assert_eq!(
             err.to_string(),
             "no common codec (offered: G729, GSM, opus, PT 99; we accept: PCMU)"
@@ -1080,7 +1169,7 @@ a=rtpmap:101 telephone-event/8000\r\n";
     #[test]
     fn sendonly_offer_gets_recvonly_answer() {
         let sd = offer_with(&["m=audio 5004 RTP/AVP 0", "a=sendonly"]);
-        let n = negotiate_answer(&sd, PREFS).expect("negotiates");
+        let n = negotiate_answer(&sd, PREFS, CodecPreference::Offer).expect("negotiates");
         assert_eq!(n.direction, Direction::RecvOnly);
         assert!(n.remote.is_some());
         let answer = build_answer(&sd, &local(), &n);
@@ -1104,7 +1193,9 @@ a=rtpmap:101 telephone-event/8000\r\n";
         ]);
         assert_eq!(sd.direction, Some(Direction::RecvOnly));
         assert_eq!(
-            negotiate_answer(&sd, PREFS).expect("negotiates").direction,
+            negotiate_answer(&sd, PREFS, CodecPreference::Offer)
+                .expect("negotiates")
+                .direction,
             Direction::SendOnly
         );
     }
@@ -1112,7 +1203,7 @@ a=rtpmap:101 telephone-event/8000\r\n";
     #[test]
     fn inactive_offer_gets_inactive_answer() {
         let sd = offer_with(&["m=audio 5004 RTP/AVP 0", "a=inactive"]);
-        let n = negotiate_answer(&sd, PREFS).expect("negotiates");
+        let n = negotiate_answer(&sd, PREFS, CodecPreference::Offer).expect("negotiates");
         assert_eq!(n.direction, Direction::Inactive);
         assert!(build_answer(&sd, &local(), &n).contains("\r\na=inactive\r\n"));
     }
@@ -1127,7 +1218,7 @@ a=rtpmap:101 telephone-event/8000\r\n";
             "t=0 0",
             "m=audio 5004 RTP/AVP 0",
         ]);
-        let n = negotiate_answer(&sd, PREFS).expect("negotiates");
+        let n = negotiate_answer(&sd, PREFS, CodecPreference::Offer).expect("negotiates");
         assert_eq!(n.remote, None);
         assert_eq!(n.direction, Direction::RecvOnly);
 
@@ -1138,7 +1229,7 @@ a=rtpmap:101 telephone-event/8000\r\n";
             "a=recvonly",
         ]);
         assert_eq!(
-            negotiate_answer(&held_recvonly, PREFS)
+            negotiate_answer(&held_recvonly, PREFS, CodecPreference::Offer)
                 .expect("negotiates")
                 .direction,
             Direction::Inactive
@@ -1149,7 +1240,9 @@ a=rtpmap:101 telephone-event/8000\r\n";
     fn media_level_connection_overrides_session_level() {
         let sd = offer_with(&["m=audio 5004 RTP/AVP 0", "c=IN IP4 203.0.113.5"]);
         assert_eq!(
-            negotiate_answer(&sd, PREFS).expect("negotiates").remote,
+            negotiate_answer(&sd, PREFS, CodecPreference::Offer)
+                .expect("negotiates")
+                .remote,
             remote("203.0.113.5:5004")
         );
     }
@@ -1158,7 +1251,9 @@ a=rtpmap:101 telephone-event/8000\r\n";
     fn ipv6_and_multicast_suffix() {
         let sd = offer(&["v=0", "c=IN IP6 2001:db8::1", "m=audio 5004 RTP/AVP 0"]);
         assert_eq!(
-            negotiate_answer(&sd, PREFS).expect("negotiates").remote,
+            negotiate_answer(&sd, PREFS, CodecPreference::Offer)
+                .expect("negotiates")
+                .remote,
             Some(SocketAddr::new(
                 IpAddr::V6("2001:db8::1".parse().expect("v6")),
                 5004
@@ -1183,7 +1278,7 @@ a=rtpmap:101 telephone-event/8000\r\n";
             "a=ptime:30",
             "a=rtcp-mux",
         ]);
-        let n = negotiate_answer(&sd, PREFS).expect("negotiates");
+        let n = negotiate_answer(&sd, PREFS, CodecPreference::Ours).expect("negotiates");
         assert_eq!(n.media_index, 1);
         assert_eq!(n.ptime, 30);
         assert!(n.rtcp_mux);
@@ -1213,7 +1308,8 @@ a=rtpmap:101 telephone-event/8000\r\n";
 
     #[test]
     fn answer_header_and_line_endings() {
-        let n = negotiate_answer(&offer(SIPP_UAC), PREFS).expect("negotiates");
+        let n =
+            negotiate_answer(&offer(SIPP_UAC), PREFS, CodecPreference::Offer).expect("negotiates");
         let answer = build_answer(&offer(SIPP_UAC), &local(), &n);
         assert!(answer.starts_with(
             "v=0\r\no=voicegate 42 7 IN IP4 198.51.100.1\r\ns=voicegate\r\nc=IN IP4 198.51.100.1\r\nt=0 0\r\n"
@@ -1236,7 +1332,12 @@ a=rtpmap:101 telephone-event/8000\r\n";
 
     #[test]
     fn srtp_only_is_unsupported_protocol() {
-        let err = negotiate_answer(&offer_with(&["m=audio 5004 RTP/SAVP 0"]), PREFS).unwrap_err();
+        let err = negotiate_answer(
+            &offer_with(&["m=audio 5004 RTP/SAVP 0"]),
+            PREFS,
+            CodecPreference::Offer,
+        )
+        .unwrap_err();
         assert_eq!(
             err,
             NegotiationError::UnsupportedProtocol("RTP/SAVP".into())
@@ -1247,7 +1348,7 @@ a=rtpmap:101 telephone-event/8000\r\n";
     #[test]
     fn plain_rtp_line_preferred_over_srtp() {
         let sd = offer_with(&["m=audio 5004 RTP/SAVP 0", "m=audio 5006 RTP/AVPF 0"]);
-        let n = negotiate_answer(&sd, PREFS).expect("negotiates");
+        let n = negotiate_answer(&sd, PREFS, CodecPreference::Offer).expect("negotiates");
         assert_eq!(n.media_index, 1);
         let answer = build_answer(&sd, &local(), &n);
         assert_eq!(
@@ -1260,7 +1361,7 @@ a=rtpmap:101 telephone-event/8000\r\n";
     fn no_audio_and_disabled_audio() {
         let video = offer_with(&["m=video 5006 RTP/AVP 96"]);
         assert_eq!(
-            negotiate_answer(&video, PREFS),
+            negotiate_answer(&video, PREFS, CodecPreference::Offer),
             Err(NegotiationError::NoAudio)
         );
         assert_eq!(
@@ -1269,12 +1370,12 @@ a=rtpmap:101 telephone-event/8000\r\n";
         );
         let disabled = offer_with(&["m=audio 0 RTP/AVP 0"]);
         assert_eq!(
-            negotiate_answer(&disabled, PREFS),
+            negotiate_answer(&disabled, PREFS, CodecPreference::Offer),
             Err(NegotiationError::NoAudio)
         );
         let none = offer(&["v=0"]);
         assert_eq!(
-            negotiate_answer(&none, PREFS),
+            negotiate_answer(&none, PREFS, CodecPreference::Offer),
             Err(NegotiationError::NoAudio)
         );
     }
@@ -1283,17 +1384,23 @@ a=rtpmap:101 telephone-event/8000\r\n";
     fn ptime_parsing_and_limits() {
         let decimal = offer_with(&["m=audio 5004 RTP/AVP 0", "a=ptime:30.0"]);
         assert_eq!(
-            negotiate_answer(&decimal, PREFS).expect("negotiates").ptime,
+            negotiate_answer(&decimal, PREFS, CodecPreference::Offer)
+                .expect("negotiates")
+                .ptime,
             30
         );
         let huge = offer_with(&["m=audio 5004 RTP/AVP 0", "a=ptime:5000"]);
         assert_eq!(
-            negotiate_answer(&huge, PREFS).expect("negotiates").ptime,
+            negotiate_answer(&huge, PREFS, CodecPreference::Offer)
+                .expect("negotiates")
+                .ptime,
             20
         );
         let junk = offer_with(&["m=audio 5004 RTP/AVP 0", "a=ptime:soon"]);
         assert_eq!(
-            negotiate_answer(&junk, PREFS).expect("negotiates").ptime,
+            negotiate_answer(&junk, PREFS, CodecPreference::Offer)
+                .expect("negotiates")
+                .ptime,
             20
         );
     }
@@ -1309,7 +1416,9 @@ a=rtpmap:101 telephone-event/8000\r\n";
         assert!(m.fmtps.is_empty());
         assert_eq!(m.direction, Some(Direction::SendRecv));
         assert_eq!(
-            negotiate_answer(&sd, PREFS).expect("negotiates").remote,
+            negotiate_answer(&sd, PREFS, CodecPreference::Offer)
+                .expect("negotiates")
+                .remote,
             remote("10.0.0.1:7000")
         );
     }
@@ -1324,7 +1433,7 @@ a=rtpmap:101 telephone-event/8000\r\n";
         assert_eq!(sd.media[0].rtpmaps[0].channels, Some(1));
         assert_eq!(sd.media[0].rtpmaps[1].channels, Some(2));
         assert_eq!(
-            negotiate_answer(&sd, PREFS)
+            negotiate_answer(&sd, PREFS, CodecPreference::Offer)
                 .expect("negotiates")
                 .payload_type,
             96
@@ -1414,7 +1523,7 @@ a=rtpmap:101 telephone-event/8000\r\n";
         assert_eq!(m.ptime, Some(20));
         assert_eq!(m.direction, Some(Direction::SendRecv));
         assert_eq!(m.fmtps, vec![(101, "0-16".to_owned())]);
-        let n = negotiate_answer(&sd, &[Codec::Pcmu]).expect("negotiates");
+        let n = negotiate_answer(&sd, &[Codec::Pcmu], CodecPreference::Offer).expect("negotiates");
         assert_eq!(n.codec, Codec::Pcmu);
         assert_eq!(n.telephone_event, Some(101));
         assert_eq!(n.remote, remote("198.51.100.1:40000"));
@@ -1470,7 +1579,7 @@ a=rtpmap:101 telephone-event/8000\r\n";
     #[test]
     fn answer_with_out_of_range_index_rejects_everything() {
         let sd = offer(SIPP_UAC);
-        let mut n = negotiate_answer(&sd, PREFS).expect("negotiates");
+        let mut n = negotiate_answer(&sd, PREFS, CodecPreference::Offer).expect("negotiates");
         n.media_index = 5;
         let answer = build_answer(&sd, &local(), &n);
         assert_eq!(m_lines(&answer), vec!["m=audio 0 RTP/AVP 0"]);
@@ -1505,7 +1614,7 @@ a=rtpmap:101 telephone-event/8000\r\n";
                 }
             }
             if let Ok(sd) = parse(&body) {
-                if let Ok(n) = negotiate_answer(&sd, PREFS) {
+                if let Ok(n) = negotiate_answer(&sd, PREFS, CodecPreference::Offer) {
                     let answer = build_answer(&sd, &local(), &n);
                     parse(answer.as_bytes()).expect("our answer always parses");
                 }

@@ -413,8 +413,12 @@ impl Call {
         };
         let negotiated = match &offer {
             Some(offer) => Some(
-                sdp::negotiate_answer(offer, &self.core.settings.codecs)
-                    .map_err(|e| (488, format!("Not Acceptable Here: {e}")))?,
+                sdp::negotiate_answer(
+                    offer,
+                    &self.core.settings.codecs,
+                    self.core.settings.codec_preference,
+                )
+                .map_err(|e| (488, format!("Not Acceptable Here: {e}")))?,
             ),
             None => None,
         };
@@ -457,26 +461,15 @@ impl Call {
         local_ip_towards(self.source.remote).unwrap_or(local)
     }
 
+    /// Our Contact towards the caller, in answers and in the requests of its dialog: the
+    /// scheme follows its INVITE (RFC 3261 §12.1.1), not the transport it came over.
     fn contact(&self) -> String {
-        let ip = self.advertised_ip();
-        let host = match ip {
-            IpAddr::V6(v6) => format!("[{v6}]"),
-            IpAddr::V4(v4) => v4.to_string(),
-        };
-        let transport = self.source.transport.as_via().to_ascii_lowercase();
-        let scheme = if self.source.transport == voicegate_sip::transport::TransportKind::Tls {
-            "sips"
-        } else {
-            "sip"
-        };
-        let user = if self.number.is_empty() {
-            String::new()
-        } else {
-            format!("{}@", self.number)
-        };
-        format!(
-            "<{scheme}:{user}{host}:{};transport={transport}>",
-            self.source.local.port()
+        voicegate_sip::contact::value(
+            voicegate_sip::contact::for_answer(&self.invite),
+            &self.number,
+            self.advertised_ip(),
+            self.source.local.port(),
+            self.source.transport,
         )
     }
 
@@ -970,6 +963,7 @@ impl Call {
     /// A re-INVITE's offer (hold, resume, new address) or, without SDP, our new offer.
     fn renegotiate(&mut self, request: &Request) -> Result<String, (u16, String)> {
         let codecs = self.core.settings.codecs.clone();
+        let preference = self.core.settings.codec_preference;
         let Some(media) = self.media.as_mut() else {
             return Err((488, "Not Acceptable Here: no media".into()));
         };
@@ -978,7 +972,7 @@ impl Call {
             return Ok(sdp::build_offer(&media.local, &codecs, Direction::SendRecv));
         }
         let offer = sdp::parse(&request.body).map_err(|e| (400, format!("Malformed SDP: {e}")))?;
-        let negotiated = sdp::negotiate_answer(&offer, &codecs)
+        let negotiated = sdp::negotiate_answer(&offer, &codecs, preference)
             .map_err(|e| (488, format!("Not Acceptable Here: {e}")))?;
         match &media.leg {
             Some(Leg::Echo(echo)) => echo.update(leg_control(&negotiated)),

@@ -44,6 +44,9 @@ pub const LATCHING_MODES: &[&str] = &["auto", "always", "never"];
 /// Values of `log.format`.
 pub const LOG_FORMATS: &[&str] = &["text", "json"];
 
+/// Values of `rtp.codec_preference`.
+pub const CODEC_PREFERENCES: &[&str] = &["offer", "ours"];
+
 /// Bounds for `sip.max_message_bytes`.
 pub const MESSAGE_BYTES_RANGE: RangeInclusive<usize> = 1024..=16 * 1024 * 1024;
 
@@ -430,8 +433,12 @@ pub struct RtpConfig {
     pub port_min: u16,
     /// Highest RTP port (inclusive).
     pub port_max: u16,
-    /// Codec names in preference order (case-insensitive, see [`KNOWN_CODECS`]).
+    /// Codec names in our preference order (case-insensitive, see [`KNOWN_CODECS`]): our
+    /// offers list them so, and answers follow it with `codec_preference = "ours"`.
     pub codecs: Vec<String>,
+    /// Which codec answers an offer with several of ours: `offer` (the caller's first, as
+    /// RFC 3264 recommends: no needless transcoding) or `ours` (the first of `codecs`).
+    pub codec_preference: String,
     /// An answered call with no RTP for this long is ended with a BYE (not while held).
     pub timeout_secs: u64,
     /// Where we send RTP: `auto` latches to the address packets really come from when the SDP
@@ -446,6 +453,7 @@ impl Default for RtpConfig {
             port_min: 10000,
             port_max: 20000,
             codecs: vec!["PCMA".into(), "PCMU".into()],
+            codec_preference: "offer".into(),
             timeout_secs: 30,
             latching: "auto".into(),
         }
@@ -1259,6 +1267,16 @@ impl RtpConfig {
                 ),
             ));
         }
+        if !CODEC_PREFERENCES.contains(&self.codec_preference.as_str()) {
+            return Err(invalid(
+                "rtp.codec_preference",
+                format!(
+                    "rtp.codec_preference: {:?} is not one of {}",
+                    self.codec_preference,
+                    CODEC_PREFERENCES.join(", ")
+                ),
+            ));
+        }
         if self.timeout_secs == 0 {
             return Err(invalid(
                 "rtp.timeout_secs",
@@ -1609,6 +1627,17 @@ mod tests {
         );
         let err = env_err(&[("VOICEGATE_RTP_CODECS", "")]);
         assert!(err.contains("at least one codec"), "{err}");
+    }
+
+    #[test]
+    fn codec_preference() {
+        assert_eq!(Config::default().rtp.codec_preference, "offer");
+        let c = Config::load(None, env(&[("VOICEGATE_RTP_CODEC_PREFERENCE", "ours")])).unwrap();
+        assert_eq!(c.rtp.codec_preference, "ours");
+        assert_eq!(
+            env_err(&[("VOICEGATE_RTP_CODEC_PREFERENCE", "caller")]),
+            r#"config: rtp.codec_preference: "caller" is not one of offer, ours"#
+        );
     }
 
     #[test]

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use tracing::debug;
 use voicegate_rtp::PortPool;
 use voicegate_sip::message::{Message, Request, Response};
-use voicegate_sip::sdp::Codec;
+use voicegate_sip::sdp::{Codec, CodecPreference};
 use voicegate_sip::transaction::{ServerNonInviteTx, Timers};
 use voicegate_sip::transport::{Handler, Incoming, Sender, Source};
 
@@ -33,6 +33,8 @@ const KNOWN_NOT_ALLOWED: &[&str] = &["REGISTER", "SUBSCRIBE", "PUBLISH", "MESSAG
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub codecs: Vec<Codec>,
+    /// Whose order picks the codec when we answer an offer.
+    pub codec_preference: CodecPreference,
     pub echo_numbers: Vec<String>,
     pub ringing_numbers: Vec<String>,
     pub ring_duration: Duration,

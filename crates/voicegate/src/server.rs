@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use voicegate_rtp::latch::LatchPolicy;
 use voicegate_rtp::PortPool;
-use voicegate_sip::sdp::Codec;
+use voicegate_sip::sdp::{Codec, CodecPreference};
 use voicegate_sip::transaction::Timers;
 use voicegate_sip::transport::{self, Handler, ListenConfig, LocalAddrs, Sender};
 
@@ -92,6 +92,8 @@ pub fn settings(config: &Config) -> Result<Settings, StartError> {
             .iter()
             .filter_map(|n| Codec::from_name(n))
             .collect(),
+        codec_preference: CodecPreference::from_name(&config.rtp.codec_preference)
+            .unwrap_or(CodecPreference::Offer),
         echo_numbers: config.test_numbers.echo.clone(),
         ringing_numbers: config.test_numbers.ringing.clone(),
         ring_duration: config.test_numbers.ring_duration(),

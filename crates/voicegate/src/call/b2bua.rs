@@ -182,6 +182,7 @@ pub(super) fn answer_reinvite_offer(
     current: Option<&Negotiated>,
     body: &[u8],
     codecs: &[sdp::Codec],
+    preference: sdp::CodecPreference,
 ) -> Result<(String, Option<Negotiated>), (u16, String)> {
     if body.is_empty() {
         local.session_version += 1;
@@ -189,7 +190,7 @@ pub(super) fn answer_reinvite_offer(
         return Ok((sdp::build_offer(local, &codec, Direction::SendRecv), None));
     }
     let offer = sdp::parse(body).map_err(|e| (400, format!("Malformed SDP: {e}")))?;
-    let n = sdp::negotiate_answer(&offer, codecs)
+    let n = sdp::negotiate_answer(&offer, codecs, preference)
         .map_err(|e| (488, format!("Not Acceptable Here: {e}")))?;
     local.session_version += 1;
     Ok((sdp::build_answer(&offer, local, &n), Some(n)))
@@ -518,9 +519,13 @@ impl Call {
             request_uri: hop.request_uri.clone(),
             from: format!("<sip:{user}@{host}>"),
             to: format!("<{to_uri}>"),
-            contact: format!(
-                "<sip:{user}@{host}:{port};transport={}>",
-                transport.to_ascii_lowercase()
+            // sips only when the target is a SIPS URI; TLS alone does not make one.
+            contact: voicegate_sip::contact::value(
+                voicegate_sip::contact::for_request(&hop.request_uri, None),
+                &user,
+                ip,
+                port,
+                target.transport,
             ),
             via: format!("SIP/2.0/{transport} {host}:{port}"),
             sdp: Some(Bytes::from(sdp)),
@@ -1432,6 +1437,7 @@ impl Call {
             peer.negotiated.as_ref(),
             &request.body,
             &codecs,
+            self.core.settings.codec_preference,
         )
         .map(|(body, negotiated)| {
             if let Some(n) = negotiated {

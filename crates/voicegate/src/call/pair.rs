@@ -276,6 +276,7 @@ impl Pair {
             Some(&side.negotiated),
             &request.body,
             &codecs,
+            self.core.settings.codec_preference,
         )
         .map(|(body, negotiated)| {
             if let Some(n) = negotiated {
