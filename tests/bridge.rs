@@ -1,5 +1,5 @@
 //! Calls bridged to a bot: a real WebSocket server plays the bot, SIPp or a scripted UA the
-//! caller. Events and fields as in shared/spec/bot-protocols.md, audio both ways, marks,
+//! caller. Events and fields as in docs/bot-protocol.md, audio both ways, marks,
 //! clear, DTMF and the endings of both sides.
 
 mod common;
