@@ -2,11 +2,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
-const BIN: &str = env!("CARGO_BIN_EXE_voicegate");
+use common::binary::{serve, BIN};
+
 const SHIPPED_CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/voicegate.toml");
 
 fn voicegate(args: &[&str], env: &[(&str, String)]) -> Command {
@@ -21,11 +20,10 @@ fn voicegate(args: &[&str], env: &[(&str, String)]) -> Command {
 
 /// Ephemeral-port overrides for every listener and the RTP range.
 fn port_env() -> Vec<(&'static str, String)> {
-    let port = common::free_port();
     let (min, max) = common::rtp_range(100);
     vec![
-        ("VOICEGATE_SIP_UDP", format!("127.0.0.1:{port}")),
-        ("VOICEGATE_SIP_TCP", format!("127.0.0.1:{port}")),
+        ("VOICEGATE_SIP_UDP", "127.0.0.1:0".to_string()),
+        ("VOICEGATE_SIP_TCP", "127.0.0.1:0".to_string()),
         ("VOICEGATE_SIP_TLS", "127.0.0.1:0".to_string()),
         ("VOICEGATE_RTP_PORT_MIN", min.to_string()),
         ("VOICEGATE_RTP_PORT_MAX", max.to_string()),
@@ -125,37 +123,13 @@ fn unreadable_certificate_stops_startup_naming_the_key() {
 /// The README's first call: start with the shipped config, `sipp -sn uac -s echo`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readme_call_to_the_echo_number() {
-    let env = port_env();
-    let udp: std::net::SocketAddr = env[0].1.parse().unwrap();
-    let mut child = voicegate(&["serve", "--config", SHIPPED_CONFIG], &env)
-        .env("VOICEGATE_LOG_LEVEL", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("voicegate started") {
-                let _ = ready_tx.send(());
-            }
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while ready_rx.try_recv().is_err() {
-        assert!(Instant::now() < deadline, "voicegate did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let out = common::sipp(udp, &["-sn", "uac", "-s", "echo", "-m", "1"]).await;
-    // Ask it to stop the way an init system does, and expect a clean exit.
-    send_sigterm(child.id());
-    let status = child.wait().unwrap();
+    let serving = serve(voicegate(
+        &["serve", "--config", SHIPPED_CONFIG],
+        &port_env(),
+    ))
+    .expect("voicegate starts");
+    let out = common::sipp(serving.udp, &["-sn", "uac", "-s", "echo", "-m", "1"]).await;
+    let status = serving.stop();
     common::assert_sipp_ok(&out, 1);
     assert!(status.success(), "exit on SIGTERM: {status:?}");
-}
-
-fn send_sigterm(pid: u32) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status();
 }
