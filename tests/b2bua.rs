@@ -30,7 +30,7 @@ fn carrier(name: &str, port: u16, priority: u32) -> CarrierConfig {
 
 /// The carrier the inbound calls come from (it is never called in those tests).
 fn upstream() -> CarrierConfig {
-    carrier("upstream", free_port(), 10)
+    carrier("upstream", silent_port(), 10)
 }
 
 /// A PBX trunk (127.0.0.1) with NUMBER in `pstn` mode, inbound calls to `destinations`.
@@ -59,19 +59,18 @@ fn in_rtp_range(config: &Config, target: SocketAddr) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outbound_call_relays_rtp_both_ways_through_voicegate() {
-    let carrier_port = free_port();
     // The carrier sees our caller ID (the trunk's external alias) and our own media address.
     let checks = r#"      <ereg regexp="From: .sip:\+15550999@" search_in="msg" check_it="true" assign_to="from_ok"/>
       <ereg regexp="Session-Expires: 1800" search_in="msg" check_it="true" assign_to="se_ok"/>
       <log message="[$from_ok] [$se_ok]"/>"#;
-    let uas = sipp_uas(&uas_answer_scenario(checks, "", ""), carrier_port).await;
-    let mut config = config(vec![carrier("a", carrier_port, 10)], vec![]);
+    let uas = sipp_uas(&uas_answer_scenario(checks, "", "")).await;
+    let mut config = config(vec![carrier("a", uas.port, 10)], vec![]);
     config.sip.t1_ms = 50;
     let running = start(&config).await;
     let mut uac = Uac::new(running.local.udp.unwrap()).await;
     let ok = uac.call(NUMBER, "0 101", "").await;
     if ok.status != 200 {
-        let out = uas.await.unwrap();
+        let out = uas.finish().await;
         panic!(
             "{} {}\n{}\n{}",
             ok.status,
@@ -91,23 +90,21 @@ async fn outbound_call_relays_rtp_both_ways_through_voicegate() {
         "{back} of 50 packets came back through both legs"
     );
     assert_eq!(uac.bye().await.status, 200);
-    assert_uas_ok(&uas.await.unwrap(), "carrier");
+    assert_uas_ok(&uas.finish().await, "carrier");
     routes_drain(&running).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn carrier_over_tcp_gets_its_own_connection() {
-    let carrier_port = free_port();
     let checks = r#"      <ereg regexp="Via: SIP/2.0/TCP 127.0.0.1:[0-9]+;branch" search_in="msg" check_it="true" assign_to="via_ok"/>
       <log message="[$via_ok]"/>"#;
     let uas = sipp_uas_with(
         &uas_answer_scenario(checks, "", ""),
-        carrier_port,
         &["-t", "t1", "-rtp_echo"],
     )
     .await;
-    let mut tcp_carrier = carrier("tcp", carrier_port, 10);
-    tcp_carrier.uri = format!("sip:127.0.0.1:{carrier_port};transport=tcp");
+    let mut tcp_carrier = carrier("tcp", uas.port, 10);
+    tcp_carrier.uri = format!("sip:127.0.0.1:{};transport=tcp", uas.port);
     let config = config(vec![tcp_carrier], vec![]);
     let running = start(&config).await;
     let mut uac = Uac::new(running.local.udp.unwrap()).await;
@@ -115,36 +112,40 @@ async fn carrier_over_tcp_gets_its_own_connection() {
     assert_eq!(ok.status, 200);
     assert!(rtp_round_trip(&uac, Uac::media_target(&ok), 20).await >= 15);
     assert_eq!(uac.bye().await.status, 200);
-    assert_uas_ok(&uas.await.unwrap(), "TCP carrier");
+    assert_uas_ok(&uas.finish().await, "TCP carrier");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn carrier_503_fails_over_to_the_next_carrier() {
-    let (first, second) = (free_port(), free_port());
-    let refusing = sipp_uas(&uas_reject_scenario(503, "Service Unavailable"), first).await;
-    let answering = sipp_uas(&uas_answer_scenario("", "", ""), second).await;
+    let refusing = sipp_uas(&uas_reject_scenario(503, "Service Unavailable")).await;
+    let answering = sipp_uas(&uas_answer_scenario("", "", "")).await;
     let config = config(
-        vec![carrier("second", second, 20), carrier("first", first, 10)],
+        vec![
+            carrier("second", answering.port, 20),
+            carrier("first", refusing.port, 10),
+        ],
         vec![],
     );
     let running = start(&config).await;
     let mut uac = Uac::new(running.local.udp.unwrap()).await;
     let ok = uac.call(NUMBER, "0 101", "").await;
     assert_eq!(ok.status, 200);
-    assert_uas_ok(&refusing.await.unwrap(), "first carrier (503, ACKed)");
+    assert_uas_ok(&refusing.finish().await, "first carrier (503, ACKed)");
     let target = Uac::media_target(&ok);
     assert!(rtp_round_trip(&uac, target, 20).await >= 15);
     assert_eq!(uac.bye().await.status, 200);
-    assert_uas_ok(&answering.await.unwrap(), "second carrier");
+    assert_uas_ok(&answering.finish().await, "second carrier");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn carrier_486_goes_back_to_the_caller() {
-    let (first, second) = (free_port(), free_port());
-    let busy = sipp_uas(&uas_reject_scenario(486, "Busy Here"), first).await;
-    // A second carrier that must not be tried: nothing listens there.
+    let busy = sipp_uas(&uas_reject_scenario(486, "Busy Here")).await;
+    // A second carrier that must not be tried: nothing answers there.
     let config = config(
-        vec![carrier("first", first, 10), carrier("second", second, 20)],
+        vec![
+            carrier("first", busy.port, 10),
+            carrier("second", silent_port(), 20),
+        ],
         vec![],
     );
     let running = start(&config).await;
@@ -152,17 +153,16 @@ async fn carrier_486_goes_back_to_the_caller() {
     let refused = uac.call(NUMBER, "0 101", "").await;
     assert_eq!(refused.status, 486);
     assert_eq!(refused.reason, "Busy Here");
-    assert_uas_ok(&busy.await.unwrap(), "busy carrier");
+    assert_uas_ok(&busy.finish().await, "busy carrier");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_carrier_is_skipped_after_the_attempt_timeout() {
-    let (silent, answering_port) = (free_port(), free_port());
-    let answering = sipp_uas(&uas_answer_scenario("", "", ""), answering_port).await;
+    let answering = sipp_uas(&uas_answer_scenario("", "", "")).await;
     let config = config(
         vec![
-            carrier("silent", silent, 10),
-            carrier("b", answering_port, 20),
+            carrier("silent", silent_port(), 10),
+            carrier("b", answering.port, 20),
         ],
         vec![],
     );
@@ -192,16 +192,15 @@ async fn silent_carrier_is_skipped_after_the_attempt_timeout() {
         .map(str::to_string);
     uac.ack("").await;
     assert_eq!(uac.bye().await.status, 200);
-    assert_uas_ok(&answering.await.unwrap(), "second carrier");
+    assert_uas_ok(&answering.finish().await, "second carrier");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inbound_call_reaches_the_trunk_destination() {
-    let pbx_port = free_port();
     let checks = r#"      <ereg regexp="INVITE sip:\+15550100@127.0.0.1" search_in="msg" check_it="true" assign_to="ruri_ok"/>
       <log message="[$ruri_ok]"/>"#;
-    let pbx = sipp_uas(&uas_answer_scenario(checks, "", ""), pbx_port).await;
-    let config = config(vec![upstream()], vec![format!("127.0.0.1:{pbx_port}")]);
+    let pbx = sipp_uas(&uas_answer_scenario(checks, "", "")).await;
+    let config = config(vec![upstream()], vec![format!("127.0.0.1:{}", pbx.port)]);
     let running = start(&config).await;
     let mut carrier = Uac::from_ip(running.local.udp.unwrap(), CARRIER_IP).await;
     let ok = carrier.call(NUMBER, "0 101", "").await;
@@ -210,19 +209,18 @@ async fn inbound_call_reaches_the_trunk_destination() {
     assert!(in_rtp_range(&config, target));
     assert!(rtp_round_trip(&carrier, target, 30).await >= 25);
     assert_eq!(carrier.bye().await.status, 200);
-    assert_uas_ok(&pbx.await.unwrap(), "PBX");
+    assert_uas_ok(&pbx.finish().await, "PBX");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inbound_call_to_a_dns_name_uses_srv_then_a() {
-    let pbx_port = free_port();
-    let pbx = sipp_uas(&uas_answer_scenario("", "", ""), pbx_port).await;
+    let pbx = sipp_uas(&uas_answer_scenario("", "", "")).await;
     let dns = TestDns::start(vec![
         srv(
             "_sip._udp.pbx.acme.test",
             10,
             1,
-            pbx_port,
+            pbx.port,
             "host1.acme.test",
         ),
         addr("host1.acme.test", "127.0.0.1"),
@@ -236,7 +234,7 @@ async fn inbound_call_to_a_dns_name_uses_srv_then_a() {
     assert_eq!(ok.status, 200);
     assert!(rtp_round_trip(&carrier, Uac::media_target(&ok), 20).await >= 15);
     assert_eq!(carrier.bye().await.status, 200);
-    assert_uas_ok(&pbx.await.unwrap(), "PBX found through SRV");
+    assert_uas_ok(&pbx.finish().await, "PBX found through SRV");
     let queries = dns.queries();
     assert!(
         queries
@@ -248,20 +246,22 @@ async fn inbound_call_to_a_dns_name_uses_srv_then_a() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inbound_call_fails_over_between_destinations() {
-    let (first, second) = (free_port(), free_port());
-    let refusing = sipp_uas(&uas_reject_scenario(503, "Service Unavailable"), first).await;
-    let answering = sipp_uas(&uas_answer_scenario("", "", ""), second).await;
+    let refusing = sipp_uas(&uas_reject_scenario(503, "Service Unavailable")).await;
+    let answering = sipp_uas(&uas_answer_scenario("", "", "")).await;
     let config = config(
         vec![upstream()],
-        vec![format!("127.0.0.1:{first}"), format!("127.0.0.1:{second}")],
+        vec![
+            format!("127.0.0.1:{}", refusing.port),
+            format!("127.0.0.1:{}", answering.port),
+        ],
     );
     let running = start(&config).await;
     let mut carrier = Uac::from_ip(running.local.udp.unwrap(), CARRIER_IP).await;
     let ok = carrier.call(NUMBER, "0 101", "").await;
     assert_eq!(ok.status, 200);
-    assert_uas_ok(&refusing.await.unwrap(), "first destination");
+    assert_uas_ok(&refusing.finish().await, "first destination");
     assert_eq!(carrier.bye().await.status, 200);
-    assert_uas_ok(&answering.await.unwrap(), "second destination");
+    assert_uas_ok(&answering.finish().await, "second destination");
 }
 
 /// A re-INVITE of the caller's, and its final answer (ACKed).
@@ -274,14 +274,13 @@ async fn reinvite(uac: &mut Uac, direction: &str) -> voicegate_sip::message::Res
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hold_and_resume_cross_the_b2bua() {
-    let carrier_port = free_port();
     let midcall = format!(
         "{}{}",
         midcall_reinvite("a=sendonly", 10_000, "recvonly", ""),
         midcall_reinvite("a=sendrecv", 10_000, "sendrecv", "")
     );
-    let uas = sipp_uas(&uas_answer_scenario("", "", &midcall), carrier_port).await;
-    let config = config(vec![carrier("a", carrier_port, 10)], vec![]);
+    let uas = sipp_uas(&uas_answer_scenario("", "", &midcall)).await;
+    let config = config(vec![carrier("a", uas.port, 10)], vec![]);
     let running = start(&config).await;
     let mut uac = Uac::new(running.local.udp.unwrap()).await;
     let ok = uac.call(NUMBER, "0 101", "").await;
@@ -303,17 +302,16 @@ async fn hold_and_resume_cross_the_b2bua() {
         "audio after resume"
     );
     assert_eq!(uac.bye().await.status, 200);
-    assert_uas_ok(&uas.await.unwrap(), "carrier saw hold and resume");
+    assert_uas_ok(&uas.finish().await, "carrier saw hold and resume");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_timer_refresh_is_sent_to_the_carrier() {
-    let carrier_port = free_port();
     // The carrier asks us to refresh every 4 s: a re-INVITE must come within about 2 s.
     let headers = "Session-Expires: 4;refresher=uac\nRequire: timer";
     let midcall = midcall_reinvite("Session-Expires: 4", 3_500, "sendrecv", headers);
-    let uas = sipp_uas(&uas_answer_scenario("", headers, &midcall), carrier_port).await;
-    let config = config(vec![carrier("a", carrier_port, 10)], vec![]);
+    let uas = sipp_uas(&uas_answer_scenario("", headers, &midcall)).await;
+    let config = config(vec![carrier("a", uas.port, 10)], vec![]);
     let running = start(&config).await;
     let mut uac = Uac::new(running.local.udp.unwrap()).await;
     let ok = uac.call(NUMBER, "0 101", "Supported: timer\r\n").await;
@@ -328,12 +326,12 @@ async fn session_timer_refresh_is_sent_to_the_carrier() {
     );
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(uac.bye().await.status, 200);
-    assert_uas_ok(&uas.await.unwrap(), "carrier got the refresh");
+    assert_uas_ok(&uas.finish().await, "carrier got the refresh");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn too_small_session_interval_gets_422() {
-    let config = config(vec![carrier("a", free_port(), 10)], vec![]);
+    let config = config(vec![carrier("a", silent_port(), 10)], vec![]);
     let running = start(&config).await;
     let mut uac = Uac::new(running.local.udp.unwrap()).await;
     let refused = uac
@@ -349,10 +347,9 @@ async fn too_small_session_interval_gets_422() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn caller_cancel_reaches_the_carrier() {
-    let carrier_port = free_port();
     // A carrier that rings and never answers until cancelled.
-    let uas = sipp_uas(&scenario("uas_ring_cancel.xml"), carrier_port).await;
-    let config = config(vec![carrier("a", carrier_port, 10)], vec![]);
+    let uas = sipp_uas(&scenario("uas_ring_cancel.xml")).await;
+    let config = config(vec![carrier("a", uas.port, 10)], vec![]);
     let running = start(&config).await;
     let mut uac = Uac::new(running.local.udp.unwrap()).await;
     let invite = uac
@@ -371,46 +368,40 @@ async fn caller_cancel_reaches_the_carrier() {
     assert_eq!(uac.cancel().await.status, 200);
     assert_eq!(uac.final_response().await.status, 487);
     uac.ack_failure().await;
-    assert_uas_ok(&uas.await.unwrap(), "carrier got the CANCEL");
+    assert_uas_ok(&uas.finish().await, "carrier got the CANCEL");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pbx_refer_transfers_the_caller() {
-    let (pbx_port, target_port) = (free_port(), free_port());
-    let mut config = config(vec![upstream()], vec![format!("127.0.0.1:{pbx_port}")]);
+    // The target first: the PBX's scenario names its port.
+    let target = sipp_uas(&uas_answer_scenario("", "", "")).await;
+    let refer_to = format!("sip:+15550123@127.0.0.1:{}", target.port);
+    let pbx = sipp_uas(&filled_scenario(
+        "uas_refer.xml",
+        &[("REFER_TO", &refer_to)],
+    ))
+    .await;
+    let mut config = config(vec![upstream()], vec![format!("127.0.0.1:{}", pbx.port)]);
     config.sip.t1_ms = 50;
     let running = start(&config).await;
     let voicegate = running.local.udp.unwrap();
-    let refer_scenario = filled_scenario(
-        "uas_refer.xml",
-        &[
-            ("VOICEGATE", &voicegate.to_string()),
-            (
-                "REFER_TO",
-                &format!("sip:+15550123@127.0.0.1:{target_port}"),
-            ),
-        ],
-    );
-    let pbx = sipp_uas(&refer_scenario, pbx_port).await;
-    let target = sipp_uas(&uas_answer_scenario("", "", ""), target_port).await;
     let mut carrier = Uac::from_ip(voicegate, CARRIER_IP).await;
     let ok = carrier.call(NUMBER, "0 101", "").await;
     assert_eq!(ok.status, 200);
     // The PBX transfers, hears 100 and 200 by NOTIFY, and is hung up.
-    assert_uas_ok(&pbx.await.unwrap(), "transferring PBX");
+    assert_uas_ok(&pbx.finish().await, "transferring PBX");
     // The caller now talks to the transfer target, on the same voicegate port.
     assert!(rtp_round_trip(&carrier, Uac::media_target(&ok), 30).await >= 25);
     assert_eq!(carrier.bye().await.status, 200);
-    assert_uas_ok(&target.await.unwrap(), "transfer target");
+    assert_uas_ok(&target.finish().await, "transfer target");
     routes_drain(&running).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn early_media_is_passed_through_before_the_answer() {
-    let carrier_port = free_port();
     let early = filled_scenario("uas_early_media.xml", &[("EARLY_MS", "2500")]);
-    let uas = sipp_uas(&early, carrier_port).await;
-    let config = config(vec![carrier("a", carrier_port, 10)], vec![]);
+    let uas = sipp_uas(&early).await;
+    let config = config(vec![carrier("a", uas.port, 10)], vec![]);
     let running = start(&config).await;
     let mut uac = Uac::new(running.local.udp.unwrap()).await;
     let invite = uac
@@ -438,12 +429,11 @@ async fn early_media_is_passed_through_before_the_answer() {
     );
     uac.ack("").await;
     assert_eq!(uac.bye().await.status, 200);
-    assert_uas_ok(&uas.await.unwrap(), "carrier with early media");
+    assert_uas_ok(&uas.finish().await, "carrier with early media");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_session_refresh_ends_both_legs() {
-    let carrier_port = free_port();
     let headers = "Session-Expires: 4;refresher=uac\nRequire: timer";
     // The refresh gets 481: the carrier has lost the dialog. voicegate then hangs up both legs.
     let midcall = r#"  <recv request="INVITE" timeout="3500"/>
@@ -461,8 +451,8 @@ async fn a_failed_session_refresh_ends_both_legs() {
     ]]>
   </send>
   <recv request="ACK"/>"#;
-    let uas = sipp_uas(&uas_answer_scenario("", headers, midcall), carrier_port).await;
-    let config = config(vec![carrier("a", carrier_port, 10)], vec![]);
+    let uas = sipp_uas(&uas_answer_scenario("", headers, midcall)).await;
+    let config = config(vec![carrier("a", uas.port, 10)], vec![]);
     let running = start(&config).await;
     let mut uac = Uac::new(running.local.udp.unwrap()).await;
     let ok = uac.call(NUMBER, "0 101", "").await;
@@ -483,20 +473,19 @@ async fn a_failed_session_refresh_ends_both_legs() {
     );
     uac.reply(&bye, 200).await;
     assert_uas_ok(
-        &uas.await.unwrap(),
+        &uas.finish().await,
         "carrier that lost the dialog (and got our BYE)",
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn carrier_challenge_is_answered_with_its_credentials() {
-    let carrier_port = free_port();
     let auth = filled_scenario(
         "uas_auth.xml",
         &[("USER", "vg-account"), ("PASSWORD", "carrier-secret")],
     );
-    let uas = sipp_uas(&auth, carrier_port).await;
-    let mut with_credentials = carrier("a", carrier_port, 10);
+    let uas = sipp_uas(&auth).await;
+    let mut with_credentials = carrier("a", uas.port, 10);
     with_credentials.username = "vg-account".into();
     with_credentials.password = "carrier-secret".into();
     let config = config(vec![with_credentials], vec![]);
@@ -505,17 +494,15 @@ async fn carrier_challenge_is_answered_with_its_credentials() {
     let ok = uac.call(NUMBER, "0 101", "").await;
     assert_eq!(ok.status, 200, "{} {}", ok.status, ok.reason);
     assert_eq!(uac.bye().await.status, 200);
-    assert_uas_ok(&uas.await.unwrap(), "challenging carrier");
+    assert_uas_ok(&uas.finish().await, "challenging carrier");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn carrier_hang_up_reaches_the_caller() {
-    let carrier_port = free_port();
-    let config = config(vec![carrier("a", carrier_port, 10)], vec![]);
+    let uas = sipp_uas(&scenario("uas_hangup.xml")).await;
+    let config = config(vec![carrier("a", uas.port, 10)], vec![]);
     let running = start(&config).await;
     let voicegate = running.local.udp.unwrap();
-    let hangup = filled_scenario("uas_hangup.xml", &[("VOICEGATE", &voicegate.to_string())]);
-    let uas = sipp_uas(&hangup, carrier_port).await;
     let mut uac = Uac::new(voicegate).await;
     assert_eq!(uac.call(NUMBER, "0 101", "").await.status, 200);
     let bye = loop {
@@ -531,7 +518,7 @@ async fn carrier_hang_up_reaches_the_caller() {
         "the other leg's Reason is passed on"
     );
     uac.reply(&bye, 200).await;
-    assert_uas_ok(&uas.await.unwrap(), "carrier that hung up");
+    assert_uas_ok(&uas.finish().await, "carrier that hung up");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -590,12 +577,10 @@ async fn answer_reinvite(uac: &Uac, direction: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hold_from_the_carrier_reaches_the_caller() {
-    let carrier_port = free_port();
-    let config = config(vec![carrier("a", carrier_port, 10)], vec![]);
+    let uas = sipp_uas(&scenario("uas_hold.xml")).await;
+    let config = config(vec![carrier("a", uas.port, 10)], vec![]);
     let running = start(&config).await;
     let voicegate = running.local.udp.unwrap();
-    let hold = filled_scenario("uas_hold.xml", &[("VOICEGATE", &voicegate.to_string())]);
-    let uas = sipp_uas(&hold, carrier_port).await;
     let mut uac = Uac::new(voicegate).await;
     let ok = uac.call(NUMBER, "0 101", "").await;
     assert_eq!(ok.status, 200);
@@ -614,18 +599,16 @@ async fn hold_from_the_carrier_reaches_the_caller() {
         "audio after resume"
     );
     assert_eq!(uac.bye().await.status, 200);
-    assert_uas_ok(&uas.await.unwrap(), "carrier that held and resumed");
+    assert_uas_ok(&uas.finish().await, "carrier that held and resumed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sipp_pbx_audio_crosses_voicegate_both_ways_on_the_wire() {
     const G711A_PCAP: &str = "/usr/share/sip-tester/g711a.pcap";
-    let carrier_port = free_port();
-    let carrier_uas = sipp_uas(&uas_answer_scenario("", "", ""), carrier_port).await;
-    let config = config(vec![carrier("a", carrier_port, 10)], vec![]);
+    let carrier_uas = sipp_uas(&uas_answer_scenario("", "", "")).await;
+    let config = config(vec![carrier("a", carrier_uas.port, 10)], vec![]);
     let (rtp_min, rtp_max) = (config.rtp.port_min, config.rtp.port_max);
     let running = start(&config).await;
-    let pbx_media = free_even_port();
     let tap = Capture::start(&format!("udp and portrange {rtp_min}-{rtp_max}")).await;
     // The PBX (SIPp) plays a real PCMA capture; the carrier (SIPp, PCMU) echoes it.
     let scenario = play_pcap_scenario(
@@ -633,15 +616,15 @@ async fn sipp_pbx_audio_crosses_voicegate_both_ways_on_the_wire() {
         &["a=rtpmap:8 PCMA/8000", "a=rtpmap:101 telephone-event/8000"],
         &[(std::path::Path::new(G711A_PCAP), 8000)],
     );
-    let out = sipp_with_media_port(
+    let pbx = sipp_run(
         running.local.udp.unwrap(),
-        pbx_media,
         &["-sf", scenario.to_str().unwrap(), "-s", NUMBER, "-m", "1"],
     )
     .await;
     let _ = std::fs::remove_file(&scenario);
-    assert_sipp_ok(&out, 1);
-    assert_uas_ok(&carrier_uas.await.unwrap(), "carrier");
+    assert_sipp_ok(&pbx.output, 1);
+    assert_uas_ok(&carrier_uas.finish().await, "carrier");
+    let pbx_media = pbx.ports.media;
     let ours = |port: u16| (rtp_min..=rtp_max).contains(&port);
     let rtp: Vec<_> = tap
         .finish()
@@ -671,9 +654,8 @@ async fn sipp_pbx_audio_crosses_voicegate_both_ways_on_the_wire() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rfc4733_digits_cross_the_relay() {
-    let carrier_port = free_port();
-    let uas = sipp_uas(&uas_answer_scenario("", "", ""), carrier_port).await;
-    let config = config(vec![carrier("a", carrier_port, 10)], vec![]);
+    let uas = sipp_uas(&uas_answer_scenario("", "", "")).await;
+    let config = config(vec![carrier("a", uas.port, 10)], vec![]);
     let running = start(&config).await;
     let mut events = running.core.events.subscribe();
     let mut uac = Uac::new(running.local.udp.unwrap()).await;
@@ -728,19 +710,13 @@ async fn rfc4733_digits_cross_the_relay() {
     .expect("the caller's digit is reported");
     assert_eq!(digit, '7');
     assert_eq!(uac.bye().await.status, 200);
-    assert_uas_ok(&uas.await.unwrap(), "carrier");
+    assert_uas_ok(&uas.finish().await, "carrier");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn caller_refer_hands_the_call_to_the_target() {
     const G711A_PCAP: &str = "/usr/share/sip-tester/g711a.pcap";
-    let (carrier_port, target_port) = (free_port(), free_port());
-    let carrier_uas = sipp_uas(&uas_answer_scenario("", "", ""), carrier_port).await;
-    let mut config = config(vec![carrier("a", carrier_port, 10)], vec![]);
-    config.sip.t1_ms = 50;
-    let (rtp_min, rtp_max) = (config.rtp.port_min, config.rtp.port_max);
-    let running = start(&config).await;
-    let voicegate = running.local.udp.unwrap();
+    let carrier_uas = sipp_uas(&uas_answer_scenario("", "", "")).await;
     // The target answers with PCMA, plays a capture to the carrier (which echoes it), then
     // hangs up.
     let play = format!(
@@ -749,13 +725,18 @@ async fn caller_refer_hands_the_call_to_the_target() {
     let target_scenario = filled_scenario(
         "uas_hangup.xml",
         &[
-            ("VOICEGATE", &voicegate.to_string()),
             ("RTP/AVP 0 101", "RTP/AVP 8 101"),
             ("a=rtpmap:0 PCMU/8000", "a=rtpmap:8 PCMA/8000"),
             ("  <pause milliseconds=\"1000\"/>", &play),
         ],
     );
-    let target = sipp_uas_with(&target_scenario, target_port, &[]).await;
+    let target = sipp_uas_with(&target_scenario, &[]).await;
+    let target_port = target.port;
+    let mut config = config(vec![carrier("a", carrier_uas.port, 10)], vec![]);
+    config.sip.t1_ms = 50;
+    let (rtp_min, rtp_max) = (config.rtp.port_min, config.rtp.port_max);
+    let running = start(&config).await;
+    let voicegate = running.local.udp.unwrap();
     let tap = Capture::start(&format!("udp and portrange {rtp_min}-{rtp_max}")).await;
 
     let mut uac = Uac::new(voicegate).await;
@@ -802,8 +783,8 @@ async fn caller_refer_hands_the_call_to_the_target() {
     );
     // The target hangs up after its audio (g711a.pcap: 236 packets over about 8 s); the
     // carrier then gets our BYE.
-    assert_uas_ok(&target.await.unwrap(), "transfer target");
-    assert_uas_ok(&carrier_uas.await.unwrap(), "carrier");
+    assert_uas_ok(&target.finish().await, "transfer target");
+    assert_uas_ok(&carrier_uas.finish().await, "carrier");
     // On the wire: the target's audio reached the carrier through voicegate and the
     // carrier's echo came back to the target, after the caller had left.
     let ours = |port: u16| (rtp_min..=rtp_max).contains(&port);

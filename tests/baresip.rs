@@ -84,9 +84,11 @@ async fn baresip_dial(target: &str, seconds: u32) -> BaresipRun {
     let dir: PathBuf = std::env::temp_dir().join(format!("vg-baresip-{:x}", rand::random::<u64>()));
     std::fs::create_dir_all(&dir).unwrap();
     let (rtp_min, rtp_max) = rtp_range(100);
+    // SIP on a port the kernel picks (baresip puts it in its Via and Contact); RTP on a port
+    // of the range that baresip finds free.
     let config_text = format!(
         "poll_method epoll\n\
-sip_listen 127.0.0.1:{sip}\n\
+sip_listen 127.0.0.1:0\n\
 audio_source ausine,1000\n\
 audio_player aubridge,nil\n\
 audio_alert aubridge,nil\n\
@@ -96,8 +98,6 @@ module_path /usr/lib/baresip/modules\n\
 module opus.so\nmodule ausine.so\nmodule aubridge.so\nmodule sndfile.so\n\
 module_app account.so\nmodule_app menu.so\n\
 snd_path {dir}\n",
-        // baresip listens for TLS on the next port up.
-        sip = free_even_port(),
         dir = dir.display()
     );
     std::fs::write(dir.join("config"), config_text).unwrap();

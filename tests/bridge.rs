@@ -1,5 +1,5 @@
 //! Calls bridged to a bot: a real WebSocket server plays the bot, SIPp or a scripted UA the
-//! caller. Events and fields as in shared/spec/bot-protocols.md, audio both ways, marks,
+//! caller. Events and fields as in docs/bot-protocol.md, audio both ways, marks,
 //! clear, DTMF and the endings of both sides.
 
 mod common;
@@ -406,7 +406,6 @@ async fn caller_digits_reach_the_bot_once_each() {
         "+15550103",
     ))
     .await;
-    let media_port = free_even_port();
     let files: Vec<std::path::PathBuf> = ["1", "2", "3"]
         .iter()
         .map(|d| format!("/usr/share/sip-tester/dtmf_2833_{d}.pcap").into())
@@ -425,7 +424,7 @@ async fn caller_digits_reach_the_bot_once_each() {
         "-m",
         "1",
     ];
-    let sipp_run = sipp_with_media_port(running.local.udp.unwrap(), media_port, &args);
+    let sipp_run = sipp(running.local.udp.unwrap(), &args);
     let mut call_events = running.core.events.subscribe();
     let collect = async {
         let mut bot = tokio::time::timeout(Duration::from_secs(5), conns.recv())
@@ -630,14 +629,16 @@ async fn sipp_hears_the_echo_bot_play_its_audio_back() {
         listener,
         voicegate_bridge::echo_bot::EchoBotOptions::default(),
     ));
-    let running = start(&flow_config(
+    let config = flow_config(
         format!("ws://{bot_addr}/?sample-rate=16000"),
         "exotel",
         "+15550107",
-    ))
-    .await;
-    let media_port = free_even_port();
-    let tap = Capture::start(&format!("udp and dst port {media_port}")).await;
+    );
+    let running = start(&config).await;
+    // SIPp's media port is known once it runs: capture what leaves voicegate's RTP ports,
+    // then keep what went to SIPp's.
+    let (rtp_min, rtp_max) = (config.rtp.port_min, config.rtp.port_max);
+    let tap = Capture::start(&format!("udp and src portrange {rtp_min}-{rtp_max}")).await;
     let capture = std::path::Path::new("/usr/share/sip-tester/g711a.pcap");
     let scenario = play_pcap_scenario(
         "8 101",
@@ -652,14 +653,14 @@ async fn sipp_hears_the_echo_bot_play_its_audio_back() {
         "-m",
         "1",
     ];
-    let out = sipp_with_media_port(running.local.udp.unwrap(), media_port, &args).await;
+    let run = sipp_run(running.local.udp.unwrap(), &args).await;
     let _ = std::fs::remove_file(&scenario);
-    assert_sipp_ok(&out, 1);
+    assert_sipp_ok(&run.output, 1);
     let rtp: Vec<_> = tap
         .finish()
         .await
         .into_iter()
-        .filter(|d| d.payload.len() == 172)
+        .filter(|d| d.dst_port == run.ports.media && d.payload.len() == 172)
         .collect();
     // About 8 s of 20 ms PCMA frames (silence while the bot has nothing queued).
     assert!(

@@ -121,12 +121,11 @@ fn unreadable_certificate_stops_startup_naming_the_key() {
 /// The README's first call: start with the shipped config, `sipp -sn uac -s echo`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readme_call_to_the_echo_number() {
-    let env = port_env();
-    let udp: std::net::SocketAddr = env[0].1.parse().unwrap();
-    let mut cmd = voicegate(&["serve", "--config", SHIPPED_CONFIG], &env);
-    cmd.env("VOICEGATE_LOG_LEVEL", "info");
-    let served = Served::start(cmd);
-    let out = common::sipp(udp, &["-sn", "uac", "-s", "echo", "-m", "1"]).await;
+    let served = Served::start(voicegate(
+        &["serve", "--config", SHIPPED_CONFIG],
+        &port_env(),
+    ));
+    let out = common::sipp(served.udp, &["-sn", "uac", "-s", "echo", "-m", "1"]).await;
     // Ask it to stop the way an init system does, and expect a clean exit.
     let (status, _, _) = served.stop();
     common::assert_sipp_ok(&out, 1);
@@ -136,9 +135,7 @@ async fn readme_call_to_the_echo_number() {
 /// `serve` on free ports with stderr and stdout piped, as under systemd or `2>file`, at
 /// info level in `format` (the default when None).
 fn serve_piped(format: Option<&str>) -> (Served, std::net::SocketAddr) {
-    let env = port_env();
-    let udp = env[0].1.parse().unwrap();
-    let mut cmd = voicegate(&["serve"], &env);
+    let mut cmd = voicegate(&["serve"], &port_env());
     cmd.env("VOICEGATE_LOG_LEVEL", "info");
     match format {
         Some(format) => cmd.env("VOICEGATE_LOG_FORMAT", format),
@@ -146,7 +143,9 @@ fn serve_piped(format: Option<&str>) -> (Served, std::net::SocketAddr) {
     };
     // Whatever the test runner's environment says: the default is what is under test.
     cmd.env_remove("NO_COLOR");
-    (Served::start(cmd), udp)
+    let served = Served::start(cmd);
+    let udp = served.udp;
+    (served, udp)
 }
 
 #[test]

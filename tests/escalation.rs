@@ -41,13 +41,12 @@ async fn started(bot: &mut BotConn) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bot_closing_connects_the_caller_to_the_agent() {
-    let agent_port = free_port();
-    let agent = sipp_uas(&uas_answer_scenario("", "", ""), agent_port).await;
+    let agent = sipp_uas(&uas_answer_scenario("", "", "")).await;
     let (bot_addr, mut bots) = bot_server().await;
     let config = flow(
         format!("ws://{bot_addr}/stream"),
         "connect",
-        &agent_uri(agent_port),
+        &agent_uri(agent.port),
         false,
         "hangup",
     );
@@ -63,13 +62,12 @@ async fn bot_closing_connects_the_caller_to_the_agent() {
     let back = rtp_round_trip(&uac, target, 40).await;
     assert!(back >= 30, "{back} of 40 packets came back from the agent");
     assert_eq!(uac.bye().await.status, 200);
-    assert_uas_ok(&agent.await.unwrap(), "agent");
+    assert_uas_ok(&agent.finish().await, "agent");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_band_transfer_hands_the_call_to_the_agent() {
-    let agent_port = free_port();
-    let agent = sipp_uas(&uas_answer_scenario("", "", ""), agent_port).await;
+    let agent = sipp_uas(&uas_answer_scenario("", "", "")).await;
     let (bot_addr, mut bots) = bot_server().await;
     let config = flow(
         format!("ws://{bot_addr}/stream"),
@@ -83,7 +81,7 @@ async fn in_band_transfer_hands_the_call_to_the_agent() {
         answered_call(running.local.udp.unwrap(), BOT_NUMBER, "0 101", "").await;
     let mut bot = next_bot(&mut bots).await;
     started(&mut bot).await;
-    bot.send_json(json!({"event": "transfer", "transfer": {"to": agent_uri(agent_port)}}));
+    bot.send_json(json!({"event": "transfer", "transfer": {"to": agent_uri(agent.port)}}));
     // The bot step ends with `stop` (stopped), not a hang-up.
     let (_, (_, stop)) = bot.until("stop", Duration::from_secs(5)).await;
     assert_eq!(stop["stop"]["reason"], "stopped", "{stop}");
@@ -91,7 +89,7 @@ async fn in_band_transfer_hands_the_call_to_the_agent() {
     let back = rtp_round_trip(&uac, target, 40).await;
     assert!(back >= 30, "{back} of 40 packets came back from the agent");
     assert_eq!(uac.bye().await.status, 200);
-    assert_uas_ok(&agent.await.unwrap(), "agent");
+    assert_uas_ok(&agent.finish().await, "agent");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,13 +120,12 @@ async fn in_band_hangup_ends_the_call() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_assist_streams_both_parties_to_the_bot() {
-    let agent_port = free_port();
-    let agent = sipp_uas(&uas_answer_scenario("", "", ""), agent_port).await;
+    let agent = sipp_uas(&uas_answer_scenario("", "", "")).await;
     let (bot_addr, mut bots) = bot_server().await;
     let mut config = flow(
         format!("ws://{bot_addr}/stream"),
         "hangup",
-        &agent_uri(agent_port),
+        &agent_uri(agent.port),
         true,
         "hangup",
     );
@@ -166,7 +163,7 @@ async fn agent_assist_streams_both_parties_to_the_bot() {
         "both tracks reach the assisting bot"
     );
     assert_eq!(uac.bye().await.status, 200);
-    assert_uas_ok(&agent.await.unwrap(), "agent");
+    assert_uas_ok(&agent.finish().await, "agent");
     // The caller hung up: the assisting bot's stream ends too, as a hang-up.
     let (_, (_, stop)) = bot.until("stop", Duration::from_secs(5)).await;
     assert_eq!(stop["stop"]["reason"], "callended", "{stop}");
@@ -175,13 +172,12 @@ async fn agent_assist_streams_both_parties_to_the_bot() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn busy_agent_falls_back_to_the_bot() {
-    let agent_port = free_port();
-    let agent = sipp_uas(&uas_reject_scenario(486, "Busy Here"), agent_port).await;
+    let agent = sipp_uas(&uas_reject_scenario(486, "Busy Here")).await;
     let (bot_addr, mut bots) = bot_server().await;
     let mut config = flow(
         format!("ws://{bot_addr}/stream"),
         "hangup",
-        &agent_uri(agent_port),
+        &agent_uri(agent.port),
         false,
         "bot",
     );
@@ -191,7 +187,7 @@ async fn busy_agent_falls_back_to_the_bot() {
     let mut bot = next_bot(&mut bots).await;
     started(&mut bot).await;
     bot.send_json(json!({"event": "transfer"}));
-    assert_uas_ok(&agent.await.unwrap(), "busy agent");
+    assert_uas_ok(&agent.finish().await, "busy agent");
     // Back to the bot: a new stream for the same call.
     let mut again = next_bot(&mut bots).await;
     let (_, (_, start)) = again.until("start", Duration::from_secs(5)).await;
@@ -203,13 +199,12 @@ async fn busy_agent_falls_back_to_the_bot() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn busy_agent_with_hangup_fallback_ends_the_call() {
-    let agent_port = free_port();
-    let agent = sipp_uas(&uas_reject_scenario(486, "Busy Here"), agent_port).await;
+    let agent = sipp_uas(&uas_reject_scenario(486, "Busy Here")).await;
     let (bot_addr, mut bots) = bot_server().await;
     let config = flow(
         format!("ws://{bot_addr}/stream"),
         "connect",
-        &agent_uri(agent_port),
+        &agent_uri(agent.port),
         false,
         "hangup",
     );
@@ -220,12 +215,11 @@ async fn busy_agent_with_hangup_fallback_ends_the_call() {
     bot.send.send(Message::Close(None)).unwrap();
     let bye = expect_bye(&uac, Duration::from_secs(8)).await;
     uac.reply(&bye, 200).await;
-    assert_uas_ok(&agent.await.unwrap(), "busy agent");
+    assert_uas_ok(&agent.finish().await, "busy agent");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_caller_hears_ringback_while_the_agent_rings() {
-    let agent_port = free_port();
     // An agent whose phone rings for 2 s before it answers.
     let ringing = std::fs::read_to_string(uas_answer_scenario("", "", ""))
         .unwrap()
@@ -236,12 +230,12 @@ async fn the_caller_hears_ringback_while_the_agent_rings() {
         );
     let scenario = std::env::temp_dir().join(format!("vg-ring-{:x}.xml", rand::random::<u64>()));
     std::fs::write(&scenario, ringing).unwrap();
-    let agent = sipp_uas(&scenario, agent_port).await;
+    let agent = sipp_uas(&scenario).await;
     let (bot_addr, mut bots) = bot_server().await;
     let config = flow(
         format!("ws://{bot_addr}/stream"),
         "connect",
-        &agent_uri(agent_port),
+        &agent_uri(agent.port),
         false,
         "hangup",
     );
@@ -276,5 +270,5 @@ async fn the_caller_hears_ringback_while_the_agent_rings() {
     // Then the agent answers and the call is theirs.
     tokio::time::sleep(Duration::from_millis(1800)).await;
     assert_eq!(uac.bye().await.status, 200);
-    assert_uas_ok(&agent.await.unwrap(), "agent");
+    assert_uas_ok(&agent.finish().await, "agent");
 }

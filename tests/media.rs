@@ -12,23 +12,25 @@ const G711A_PCAP: &str = "/usr/share/sip-tester/g711a.pcap";
 /// Plays `capture` to the echo number offering `formats`, and compares what voicegate sent back
 /// to SIPp's media port with what SIPp sent.
 async fn echo_capture(capture: &Path, formats: &str, rtpmaps: &[&str]) {
-    let running = start(&test_config()).await;
-    let media_port = free_even_port();
-    let tap = Capture::start(&format!("udp and dst port {media_port}")).await;
+    let config = test_config();
+    let running = start(&config).await;
+    // SIPp's media port is known once it runs: capture what leaves voicegate's RTP ports,
+    // then keep what went to SIPp's.
+    let (rtp_min, rtp_max) = (config.rtp.port_min, config.rtp.port_max);
+    let tap = Capture::start(&format!("udp and src portrange {rtp_min}-{rtp_max}")).await;
     let scenario = play_pcap_scenario(formats, rtpmaps, &[(capture, 8000)]);
-    let out = sipp_with_media_port(
+    let run = sipp_run(
         running.local.udp.unwrap(),
-        media_port,
         &["-sf", scenario.to_str().unwrap(), "-s", "echo", "-m", "1"],
     )
     .await;
     let _ = std::fs::remove_file(&scenario);
-    assert_sipp_ok(&out, 1);
+    assert_sipp_ok(&run.output, 1);
     let echoed: Vec<_> = tap
         .finish()
         .await
         .into_iter()
-        .filter(|d| d.payload.len() >= 12)
+        .filter(|d| d.dst_port == run.ports.media && d.payload.len() >= 12)
         .collect();
     let sent: Vec<_> = pcap::read(&std::fs::read(capture).unwrap())
         .into_iter()
@@ -159,9 +161,8 @@ fn log_field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
 /// copies as duplicates, not as negative loss (it used to say `rtp_lost=-2`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_dtmf_end_packets_are_duplicates_in_the_call_record() {
-    let env = binary::port_env();
-    let udp: std::net::SocketAddr = env[0].1.parse().unwrap();
-    let mut served = binary::Served::start(binary::command(&["serve"], &env));
+    let mut served = binary::Served::start(binary::command(&["serve"], &binary::port_env()));
+    let udp = served.udp;
     let capture = Path::new("/usr/share/sip-tester/dtmf_2833_1.pcap");
     let scenario = play_pcap_scenario(
         "8 101",

@@ -204,10 +204,11 @@ async fn an_inbound_call_reaches_the_registered_pbx() {
         mode: "pstn".into(),
         flow: String::new(),
     }];
-    // A carrier whose INVITEs come from 127.0.0.2; the trunk has no destination URI.
+    // A carrier whose INVITEs come from 127.0.0.2 (never called); the trunk has no
+    // destination URI.
     config.carriers = vec![voicegate::config::CarrierConfig {
         name: "upstream".into(),
-        uri: format!("sip:127.0.0.1:{}", free_port()),
+        uri: format!("sip:127.0.0.1:{}", silent_port()),
         inbound_ips: vec!["127.0.0.2".into()],
         ..Default::default()
     }];

@@ -4,6 +4,8 @@ mod common;
 
 use common::*;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::io::AsyncBufReadExt;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uac_200_calls_at_20_cps_over_udp() {
@@ -81,23 +83,28 @@ async fn unmapped_number_gets_404() {
 async fn call_over_tls_through_socat() {
     let running = start(&test_config()).await;
     let tls = running.local.tls.unwrap();
-    let listen = free_port();
+    // socat listens on a port the kernel picks and says which (-d -d: "listening on").
     let mut socat = tokio::process::Command::new("socat")
-        .arg(format!("TCP-LISTEN:{listen},bind=127.0.0.1,reuseaddr,fork"))
+        .args(["-d", "-d"])
+        .arg("TCP-LISTEN:0,bind=127.0.0.1,reuseaddr,fork")
         .arg(format!("OPENSSL:{tls},verify=0"))
+        .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .expect("socat runs (install socat)");
-    let front: std::net::SocketAddr = format!("127.0.0.1:{listen}").parse().unwrap();
-    let mut ready = false;
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(front).await.is_ok() {
-            ready = true;
-            break;
+    let mut log = tokio::io::BufReader::new(socat.stderr.take().unwrap()).lines();
+    let front: std::net::SocketAddr = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(line) = log.next_line().await.unwrap() {
+            if let Some((_, addr)) = line.split_once("listening on AF=2 ") {
+                return addr.trim().parse().expect("socat's listening address");
+            }
         }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    assert!(ready, "socat did not start listening");
+        panic!("socat ended without listening");
+    })
+    .await
+    .expect("socat listens within 10 s");
+    // Its per-connection notices must not fill the pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = log.next_line().await {} });
     let out = sipp(front, &["-sn", "uac", "-s", "echo", "-m", "3", "-t", "t1"]).await;
     assert_sipp_ok(&out, 3);
     assert_eq!(running.core.stats.answered.load(Ordering::Relaxed), 3);

@@ -1,4 +1,4 @@
-//! The 49 RFC 4475 torture messages, byte-exact from the shared folder, sent over UDP to one
+//! The 49 RFC 4475 torture messages, byte-exact in tests/sip-torture/, sent over UDP to one
 //! running voicegate: each gets the outcome the RFC expects of a server (as listed in the
 //! folder's index.tsv), none crashes or stalls it, and a good call succeeds afterwards.
 //!
@@ -14,6 +14,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use sha2::{Digest, Sha256};
 use tokio::net::UdpSocket;
 use tokio::time::Instant;
 use voicegate_sip::message::{self, Headers, Message, ParseError, Request};
@@ -128,15 +129,15 @@ const CASES: &[(&str, &str, Expect, &str)] = &[
 const STAGGER: Duration = Duration::from_millis(10);
 const COLLECT: Duration = Duration::from_millis(600);
 
+/// The messages and their index, kept in the repository (tests/sip-torture/, see its README).
 fn torture_dir() -> PathBuf {
     let dir = Path::new(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/sip-torture"
+        "/../../tests/sip-torture"
     ));
     assert!(
         dir.join("index.tsv").is_file(),
-        "RFC 4475 torture messages not found: expected shared/sip-torture/ (with index.tsv \
-         and the .dat files) beside the repository, at {}",
+        "RFC 4475 torture messages not found at {}",
         dir.display()
     );
     dir.to_path_buf()
@@ -358,6 +359,34 @@ fn describe(expect: Expect) -> String {
         Final(code) => code.to_string(),
         RetransmissionOf(other) => format!("nothing ({other}'s answer re-sent)"),
     }
+}
+
+/// The copies hold the RFC's bytes (SHA256SUMS): a checkout that converted line endings, or an
+/// editor that tidied a message, would change what voicegate is tortured with.
+#[test]
+fn torture_messages_match_their_checksums() {
+    let dir = torture_dir();
+    let sums = std::fs::read_to_string(dir.join("SHA256SUMS")).expect("SHA256SUMS readable");
+    let mut checked = Vec::new();
+    for line in sums.lines().filter(|l| !l.trim().is_empty()) {
+        let (want, name) = line
+            .split_once("  ")
+            .unwrap_or_else(|| panic!("SHA256SUMS: not `HASH  NAME`: {line:?}"));
+        let bytes = std::fs::read(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let got: String = Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(got, want, "{name} is not byte-exact");
+        checked.push(name.trim_end_matches(".dat").to_string());
+    }
+    let mut names: Vec<String> = CASES.iter().map(|(n, ..)| n.to_string()).collect();
+    names.sort();
+    checked.sort();
+    assert_eq!(
+        checked, names,
+        "SHA256SUMS covers exactly the messages tested"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

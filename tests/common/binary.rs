@@ -1,6 +1,9 @@
-//! The `voicegate` binary as a user runs it, on ports free right now, with its log read back.
+//! The built `voicegate` binary run as a user or a container runs it: every listener on a port
+//! the kernel picks (`127.0.0.1:0`), the addresses it really got read from its start-up line,
+//! and its log read back line by line as raw bytes, as a log file would hold it.
 
 use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -17,14 +20,13 @@ pub fn command(args: &[&str], env: &[(&str, String)]) -> Command {
     cmd
 }
 
-/// Ephemeral-port overrides for every listener and the RTP range (the machine is shared:
-/// never the default ports), and an in-memory store.
+/// Overrides for every listener (ports the kernel picks: the machine is shared, never the
+/// defaults), the RTP range and an in-memory store.
 pub fn port_env() -> Vec<(&'static str, String)> {
-    let port = super::free_port();
     let (min, max) = super::rtp_range(100);
     vec![
-        ("VOICEGATE_SIP_UDP", format!("127.0.0.1:{port}")),
-        ("VOICEGATE_SIP_TCP", format!("127.0.0.1:{port}")),
+        ("VOICEGATE_SIP_UDP", "127.0.0.1:0".to_string()),
+        ("VOICEGATE_SIP_TCP", "127.0.0.1:0".to_string()),
         ("VOICEGATE_SIP_TLS", "127.0.0.1:0".to_string()),
         ("VOICEGATE_RTP_PORT_MIN", min.to_string()),
         ("VOICEGATE_RTP_PORT_MAX", max.to_string()),
@@ -33,19 +35,30 @@ pub fn port_env() -> Vec<(&'static str, String)> {
     ]
 }
 
-/// A `voicegate serve` in the background, its stderr (where it logs) piped and read line by
-/// line as raw bytes, so a test sees exactly what a log file would hold.
+/// A `voicegate serve` that has started, its stderr (where it logs) read in the background.
+/// Killed when dropped, so a test that fails half-way leaves no server holding its ports.
 pub struct Served {
     child: Child,
     lines: mpsc::Receiver<Vec<u8>>,
     /// Every stderr line read so far, newline included.
     pub stderr: Vec<Vec<u8>>,
+    /// Its SIP UDP address, from the "voicegate started" line.
+    pub udp: SocketAddr,
 }
 
 impl Served {
-    /// Spawns `cmd` with stderr (and stdout) piped and waits for the "voicegate started"
-    /// line; panics with what it printed if that does not come within 20 s.
-    pub fn start(mut cmd: Command) -> Served {
+    /// Spawns `cmd` (at info level unless it sets one) with stdout and stderr piped, and waits
+    /// for the "voicegate started" line; panics with what it printed if that does not come.
+    pub fn start(cmd: Command) -> Served {
+        Served::try_start(cmd).unwrap_or_else(|stderr| panic!("voicegate did not start: {stderr}"))
+    }
+
+    /// [`Served::start`], but a process that exits before starting gives its exit status and
+    /// stderr. One that neither starts nor exits within 20 s is killed and the test fails.
+    pub fn try_start(mut cmd: Command) -> Result<Served, String> {
+        if !cmd.get_envs().any(|(key, _)| key == "VOICEGATE_LOG_LEVEL") {
+            cmd.env("VOICEGATE_LOG_LEVEL", "info");
+        }
         let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -67,19 +80,45 @@ impl Served {
                 }
             }
         });
-        let mut served = Served {
-            child,
-            lines,
-            stderr: Vec::new(),
-        };
-        if served
-            .wait_for("voicegate started", Duration::from_secs(20))
-            .is_none()
-        {
-            let _ = served.child.kill();
-            panic!("voicegate did not start:\n{}", served.stderr_text());
+        let mut seen: Vec<Vec<u8>> = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(line) => {
+                    let text = String::from_utf8_lossy(&line).into_owned();
+                    seen.push(line);
+                    if !text.contains("voicegate started") {
+                        continue;
+                    }
+                    let Some(udp) = started_address(&text, "udp") else {
+                        let _ = child.kill();
+                        panic!("no UDP address in {text:?}");
+                    };
+                    return Ok(Served {
+                        child,
+                        lines,
+                        stderr: seen,
+                        udp,
+                    });
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = child.wait().expect("voicegate exit status");
+                    return Err(format!(
+                        "{status}\n{}",
+                        String::from_utf8_lossy(&seen.concat())
+                    ));
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!(
+                        "voicegate neither started nor stopped within 20 s:\n{}",
+                        String::from_utf8_lossy(&seen.concat())
+                    );
+                }
+            }
         }
-        served
     }
 
     /// Reads stderr until a line contains `needle`; that line, or None after `within`.
@@ -104,9 +143,7 @@ impl Served {
     /// Stops it the way an init system does (SIGTERM) and returns its exit status, every
     /// stderr line and its stdout.
     pub fn stop(mut self) -> (ExitStatus, Vec<Vec<u8>>, Vec<u8>) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
+        send_sigterm(self.child.id());
         let status = self.child.wait().expect("voicegate exits");
         // The reader thread ends at EOF, once the process is gone.
         while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
@@ -122,8 +159,24 @@ impl Served {
 
 impl Drop for Served {
     fn drop(&mut self) {
-        // A test that panicked half-way must not leave a server holding its ports.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
+}
+
+/// The address logged as `<field>=Some(…)` (text) or `"<field>":"Some(…)"` (JSON) in the
+/// start-up line.
+fn started_address(line: &str, field: &str) -> Option<SocketAddr> {
+    let rest = [format!("{field}=Some("), format!("\"{field}\":\"Some(")]
+        .iter()
+        .find_map(|key| line.split(key.as_str()).nth(1))?;
+    rest.split(')').next()?.parse().ok()
+}
+
+pub fn send_sigterm(pid: u32) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
 }

@@ -5,7 +5,10 @@ pub mod binary;
 pub mod bot;
 pub mod dns;
 pub mod pcap;
+pub mod sipp;
 pub mod uac;
+
+pub use sipp::{sipp_run, sipp_uas_with, SippUas};
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
@@ -41,18 +44,26 @@ pub async fn start(config: &Config) -> Running {
 }
 
 /// A random even-aligned port range of `len` ports that is free right now, away from the
-/// defaults, so parallel tests and other users of the machine rarely collide (the pool skips
-/// ports that are taken anyway).
+/// defaults and below the kernel's ephemeral range (where [`free_port`] and every bind to port
+/// 0 land, SIPp's ports among them), so parallel tests and other users of the machine rarely
+/// collide (the pool skips ports that are taken anyway).
 pub fn rtp_range(len: u16) -> (u16, u16) {
+    const LOWEST: u16 = 21000;
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let bases = (ephemeral_start.saturating_sub(LOWEST + len) / 8).max(1);
     loop {
-        let base = 21000 + (rand::random::<u16>() % 4000) * 8;
+        let base = LOWEST + (rand::random::<u16>() % bases) * 8;
         if (base..base + len).all(|p| UdpSocket::bind(("127.0.0.1", p)).is_ok()) {
             return (base, base + len - 1);
         }
     }
 }
 
-/// A UDP port free right now (SIPp needs its local port named).
+/// A UDP port free right now, and maybe not a moment later: what another process is told to
+/// bind goes through [`sipp::launch`], which copes with losing it.
 pub fn free_port() -> u16 {
     UdpSocket::bind("127.0.0.1:0")
         .unwrap()
@@ -71,48 +82,21 @@ pub fn scenario(name: &str) -> PathBuf {
 
 /// Runs SIPp against `target` and returns its output; `args` come after the common ones.
 pub async fn sipp(target: SocketAddr, args: &[&str]) -> Output {
-    sipp_with_media_port(target, free_even_port(), args).await
+    sipp_run(target, args).await.output
 }
 
-/// An even UDP port with its odd neighbour free right now (SIPp's media port and RTCP).
+/// An even UDP port with the next two free right now: SIPp's audio RTP port (`-mp`), RTCP
+/// beside it, and SIPp's video RTP port two up.
 pub fn free_even_port() -> u16 {
     loop {
         let port = free_port() & !1;
         if port > 1024
-            && UdpSocket::bind(("127.0.0.1", port)).is_ok()
-            && UdpSocket::bind(("127.0.0.1", port + 1)).is_ok()
+            && port < u16::MAX - 2
+            && (port..=port + 2).all(|p| UdpSocket::bind(("127.0.0.1", p)).is_ok())
         {
             return port;
         }
     }
-}
-
-/// SIPp with its RTP (`-mp`) on `media_port`, for tests that capture what reaches it.
-pub async fn sipp_with_media_port(target: SocketAddr, media_port: u16, args: &[&str]) -> Output {
-    let mut cmd = tokio::process::Command::new("sipp");
-    let local = free_port().to_string();
-    let media = media_port.to_string();
-    let tmp = std::env::temp_dir();
-    cmd.current_dir(&tmp)
-        .arg(target.to_string())
-        .args([
-            "-nostdin",
-            "-i",
-            "127.0.0.1",
-            "-p",
-            &local,
-            "-mp",
-            &media,
-            "-timeout",
-            "60",
-            "-timeout_error",
-        ])
-        .args(args)
-        .kill_on_drop(true);
-    tokio::time::timeout(Duration::from_secs(90), cmd.output())
-        .await
-        .expect("sipp finishes within 90 s")
-        .expect("sipp runs (install sip-tester)")
 }
 
 /// The cumulative "Successful call" and "Failed call" counts from SIPp's final screen.
@@ -235,60 +219,21 @@ pub fn play_pcap_scenario(
     path
 }
 
-/// A SIPp UAS (carrier, PBX or agent) on 127.0.0.1:`port` running `scenario` for one call,
-/// echoing RTP (`-rtp_echo`). Started in the background; await the handle for its output.
-pub async fn sipp_uas(scenario: &std::path::Path, port: u16) -> tokio::task::JoinHandle<Output> {
-    sipp_uas_with(scenario, port, &["-rtp_echo"]).await
+/// A SIPp UAS (carrier, PBX or agent) running `scenario` for one call, echoing RTP
+/// (`-rtp_echo`), on a port it holds (`.port`). Await `.finish()` for its output.
+pub async fn sipp_uas(scenario: &std::path::Path) -> SippUas {
+    sipp_uas_with(scenario, &["-rtp_echo"]).await
 }
 
-/// A SIPp UAS like [`sipp_uas`] with the SIPp arguments given (`-rtp_echo` only if asked:
-/// two echoing ends of one relayed call would bounce every packet forever).
-pub async fn sipp_uas_with(
-    scenario: &std::path::Path,
-    port: u16,
-    extra: &[&str],
-) -> tokio::task::JoinHandle<Output> {
-    let mut cmd = tokio::process::Command::new("sipp");
-    cmd.args(extra);
-    cmd.current_dir(std::env::temp_dir())
-        .arg("-sf")
-        .arg(scenario)
-        .args([
-            "-nostdin",
-            "-i",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-mp",
-            &free_even_port().to_string(),
-            "-m",
-            "1",
-            "-timeout",
-            "45",
-            "-timeout_error",
-        ])
-        .kill_on_drop(true);
-    let handle = tokio::spawn(async move {
-        tokio::time::timeout(Duration::from_secs(60), cmd.output())
-            .await
-            .expect("sipp UAS finishes within 60 s")
-            .expect("sipp runs (install sip-tester)")
-    });
-    // Ready once SIPp holds its port (on a loaded machine that can take a while).
-    let ready_by = std::time::Instant::now() + Duration::from_secs(10);
-    let tcp = extra.contains(&"t1");
-    let free = |port: u16| {
-        if tcp {
-            std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
-        } else {
-            UdpSocket::bind(("127.0.0.1", port)).is_ok()
-        }
-    };
-    while free(port) && std::time::Instant::now() < ready_by {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    handle
+/// A UDP port on 127.0.0.1 that never answers, held by this test process so that no other
+/// process can take it: the address of a next hop that is down (or must not be tried).
+pub fn silent_port() -> u16 {
+    static SILENT: std::sync::OnceLock<UdpSocket> = std::sync::OnceLock::new();
+    SILENT
+        .get_or_init(|| UdpSocket::bind("127.0.0.1:0").expect("bind a silent UDP port"))
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// `tests/scenarios/uas_answer.xml` with its placeholders filled, written to a temp file.

@@ -232,11 +232,36 @@ async fn open_store(config: &Config) -> Result<Option<Arc<Store>>, StartError> {
     }
     let store = Store::open(&config.store.url).await.map_err(|e| {
         StartError::Store(format!(
-            "config: store.url: cannot open {}: {e}",
-            config.store.url
+            "config: store.url (VOICEGATE_STORE_URL): cannot open {}{}: {e}",
+            config.store.url,
+            relative_store_file(&config.store.url, std::env::current_dir().ok())
         ))
     })?;
     Ok(Some(Arc::new(store)))
+}
+
+/// For a `sqlite:` URL with a relative path, which file that is: it is resolved against the
+/// working directory, easy to miss when a service or container runs in `/`. Empty for
+/// absolute paths (the URL says it all) and in-memory stores.
+fn relative_store_file(url: &str, cwd: Option<std::path::PathBuf>) -> String {
+    let Some(rest) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    else {
+        return String::new();
+    };
+    let path = rest.split('?').next().unwrap_or_default();
+    if path.is_empty() || path.contains(":memory:") || std::path::Path::new(path).is_absolute() {
+        return String::new();
+    }
+    match cwd {
+        Some(cwd) => format!(
+            " (the file {}: relative paths are taken from the working directory, {})",
+            cwd.join(path).display(),
+            cwd.display()
+        ),
+        None => " (a path relative to the working directory)".into(),
+    }
 }
 
 /// Serves the trunk API; every successful write refreshes the trunks calls see before the
@@ -302,4 +327,34 @@ async fn start_api(
     });
     tracing::info!(addr = ?local, "trunk API listening");
     Ok(local)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::relative_store_file;
+    use std::path::PathBuf;
+
+    #[test]
+    fn a_relative_store_url_names_the_file_it_resolves_to() {
+        let note = relative_store_file("sqlite://voicegate.db", Some(PathBuf::from("/")));
+        assert_eq!(
+            note,
+            " (the file /voicegate.db: relative paths are taken from the working directory, /)"
+        );
+        assert!(
+            relative_store_file("sqlite:data/vg.db?mode=rwc", Some(PathBuf::from("/srv")))
+                .contains("the file /srv/data/vg.db:")
+        );
+    }
+
+    #[test]
+    fn absolute_and_memory_store_urls_need_no_note() {
+        let cwd = Some(PathBuf::from("/"));
+        assert_eq!(
+            relative_store_file("sqlite:///var/lib/voicegate/voicegate.db", cwd.clone()),
+            ""
+        );
+        assert_eq!(relative_store_file("sqlite::memory:", cwd.clone()), "");
+        assert_eq!(relative_store_file("", cwd), "");
+    }
 }
