@@ -4,6 +4,7 @@
 
 pub mod dialect;
 pub mod echo_bot;
+pub mod limits;
 pub mod playout;
 pub mod relay;
 pub mod session;

@@ -24,6 +24,7 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use rtp_rs::RtpReader;
 use tokio::net::UdpSocket;
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, Instant};
@@ -40,6 +41,7 @@ use voicegate_rtp::rtcp::MosCodec;
 use voicegate_rtp::stats::{RtpStats, StatsSummary};
 
 use crate::dialect::{self, Encoder, Protocol, StopReason, StreamInfo};
+use crate::limits::{BotBudget, WarnLimiter, MAX_MARK_NAME_BYTES};
 use crate::playout::{AfterPlayout, Chunker, Frame, Pacer, PlayoutQueue};
 use crate::tap::{TapFrame, Track, TAP_FRAME_SAMPLES};
 use crate::ws::{self, BotSocket, BotUrl, ClientConfig};
@@ -47,6 +49,11 @@ use crate::ws::{self, BotSocket, BotUrl, ClientConfig};
 const FRAME: Duration = Duration::from_millis(20);
 /// How long the bot has to answer our Close before the connection is dropped.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
+/// Frames waiting for the bot to read them: about 13 s of Exotel media at 100 ms, 2.5 s of
+/// Twilio's 20 ms frames. A bot that lets it fill is not reading; what does not fit is dropped.
+const TO_BOT_QUEUE: usize = 128;
+/// At most this many warnings of a kind per interval for one session (see [`WarnLimiter`]).
+const WARN_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The call's negotiated audio, as the bridge needs it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,6 +101,13 @@ pub struct BotSettings {
     /// When the bot closes, hangs up or transfers, the audio it queued before still plays to
     /// the caller for at most this long.
     pub final_playout_max: Duration,
+    /// A bot that reads nothing we send for this long (its queue stays full) is ended as if
+    /// it had closed: the call never waits on it.
+    pub write_timeout: Duration,
+    /// What the bot may send per second (burst: [`crate::limits::BURST_SECS`] seconds of it);
+    /// beyond it messages are dropped unread, and counted.
+    pub max_messages_per_sec: u64,
+    pub max_bytes_per_sec: u64,
     pub silence_when_idle: bool,
     /// For the `start` event.
     pub call_sid: String,
@@ -139,6 +153,10 @@ pub struct SessionReport {
     pub dtmf_events: u64,
     /// Bot `media` after a hand-off (listen-only: not played).
     pub bot_media_ignored: u64,
+    /// Bot messages dropped unread: over the bot's budget of messages or bytes a second.
+    pub bot_frames_over_budget: u64,
+    /// Our frames dropped because the bot was not reading them (its queue was full).
+    pub frames_to_bot_dropped: u64,
 }
 
 /// What a session tells the call while it runs.
@@ -509,6 +527,7 @@ async fn run(
             };
             info!("bot session handed off: listen-only");
             let end = listen_only(&mut link, tap, &bot, &timeline, &mut control, &mut report).await;
+            report.frames_to_bot_dropped = link.dropped;
             (end, unclaimed)
         }
     };
@@ -532,73 +551,155 @@ struct HandOff {
     timeline: Timeline,
 }
 
+/// What the session hands the task that writes to the bot.
+enum Outgoing {
+    Frame(Message),
+    /// Write what tungstenite queued by itself: the answer to the bot's Close.
+    Flush,
+}
+
+/// Writes the session's frames to the bot, so the session never waits on a bot's socket. Ends
+/// after our Close or the flush of the answer to the bot's, or when the session drops its end.
+async fn write_to_bot(
+    mut sink: SplitSink<BotSocket, Message>,
+    mut queue: mpsc::Receiver<Outgoing>,
+) {
+    while let Some(outgoing) = queue.recv().await {
+        match outgoing {
+            Outgoing::Frame(message) => {
+                let last = message.is_close();
+                // After the bot's Close, data frames fail: the flush of the answer may follow.
+                if sink.send(message).await.is_ok() && last {
+                    return;
+                }
+            }
+            Outgoing::Flush => {
+                let _ = sink.flush().await;
+                return;
+            }
+        }
+    }
+}
+
 /// The bot's WebSocket and the encoder of its stream.
 struct Link {
-    to_bot: SplitSink<BotSocket, Message>,
+    /// To [`write_to_bot`]: a full queue means the bot is not reading, and the frame is dropped.
+    to_bot: mpsc::Sender<Outgoing>,
+    writer: JoinHandle<()>,
     from_bot: SplitStream<BotSocket>,
     /// False once the socket closed or broke: nothing more is sent or read.
     open: bool,
     encoder: Encoder,
     /// The frame being built, reused.
     out: String,
+    /// Since when our frames have not fitted in the queue (the bot stopped reading).
+    stalled_since: Option<Instant>,
+    /// Frames dropped for a full queue.
+    dropped: u64,
 }
 
 impl Link {
-    /// Sends the frame in `out`; false when the socket is gone.
-    async fn send(&mut self) -> bool {
+    fn new(socket: BotSocket, encoder: Encoder) -> Link {
+        let (sink, from_bot) = socket.split();
+        let (to_bot, queue) = mpsc::channel(TO_BOT_QUEUE);
+        Link {
+            to_bot,
+            writer: tokio::spawn(write_to_bot(sink, queue)),
+            from_bot,
+            open: true,
+            encoder,
+            out: String::with_capacity(4096),
+            stalled_since: None,
+            dropped: 0,
+        }
+    }
+
+    /// Queues the frame in `out` for the bot; false when the socket is gone or the bot is not
+    /// reading (the frame is then dropped and counted). Never waits.
+    fn send(&mut self) -> bool {
         if !self.open {
             return false;
         }
-        self.open = self
+        match self
             .to_bot
-            .send(Message::text(self.out.clone()))
-            .await
-            .is_ok();
-        self.open
+            .try_send(Outgoing::Frame(Message::text(self.out.clone())))
+        {
+            Ok(()) => {
+                self.stalled_since = None;
+                true
+            }
+            Err(TrySendError::Full(_)) => {
+                self.dropped += 1;
+                self.stalled_since.get_or_insert_with(Instant::now);
+                false
+            }
+            Err(TrySendError::Closed(_)) => {
+                self.open = false;
+                false
+            }
+        }
+    }
+
+    /// How long the bot has left our frames unread, if it has.
+    fn stalled_for(&self, now: Instant) -> Option<Duration> {
+        self.stalled_since
+            .map(|since| now.saturating_duration_since(since))
     }
 
     /// `stop` with `reason`, then our Close.
     async fn stop(&mut self, reason: StopReason) {
         self.encoder.stop(reason, &mut self.out);
-        let _ = self.send().await;
-        self.close(match reason {
-            StopReason::CallEnded => "call ended",
-            StopReason::Stopped => "stream stopped",
-        })
+        let _ = self.send();
+        self.close(
+            CloseCode::Normal,
+            match reason {
+                StopReason::CallEnded => "call ended",
+                StopReason::Stopped => "stream stopped",
+            },
+        )
         .await;
     }
 
-    /// Our Close (1000, `reason`), then the bot's Close in answer (RFC 6455 §5.5.1; what it
+    /// Our Close (`code`, `reason`), then the bot's Close in answer (RFC 6455 §5.5.1; what it
     /// still sends before that is dropped), bounded by [`CLOSE_WAIT`].
-    async fn close(&mut self, reason: &str) {
+    async fn close(&mut self, code: CloseCode, reason: &str) {
         if !self.open {
             return;
         }
         self.open = false;
         let frame = CloseFrame {
-            code: CloseCode::Normal,
+            code,
             reason: reason.into(),
         };
-        let (to_bot, from_bot) = (&mut self.to_bot, &mut self.from_bot);
+        if self
+            .to_bot
+            .try_send(Outgoing::Frame(Message::Close(Some(frame))))
+            .is_err()
+        {
+            return; // not reading: dropping the connection is all that is left
+        }
+        let from_bot = &mut self.from_bot;
+        let writer = &mut self.writer;
         let handshake = async move {
-            if to_bot.send(Message::Close(Some(frame))).await.is_ok() {
-                while let Some(Ok(message)) = from_bot.next().await {
-                    if message.is_close() {
-                        break;
-                    }
+            while let Some(Ok(message)) = from_bot.next().await {
+                if message.is_close() {
+                    break;
                 }
             }
+            let _ = writer.await;
         };
         if tokio::time::timeout(CLOSE_WAIT, handshake).await.is_err() {
             debug!("bot did not answer our Close in time");
         }
     }
 
-    /// The bot sent Close: ours goes back (tungstenite queued the echo of its code; flushing
-    /// the sink sends it), so the bot sees a clean close rather than 1006.
+    /// The bot sent Close: ours goes back (tungstenite queued the echo of its code; the writer
+    /// flushes it), so the bot sees a clean close rather than 1006.
     async fn answer_close(&mut self) {
         self.open = false;
-        let _ = tokio::time::timeout(CLOSE_WAIT, self.to_bot.close()).await;
+        if self.to_bot.try_send(Outgoing::Flush).is_ok() {
+            let _ = tokio::time::timeout(CLOSE_WAIT, &mut self.writer).await;
+        }
     }
 
     /// The caller's audio not yet sent (a partial chunk), then `stop` and Close: a normal end
@@ -609,12 +710,12 @@ impl Link {
         report: &mut SessionReport,
         reason: StopReason,
     ) {
-        self.flush_caller_audio(chunker, report).await;
+        self.flush_caller_audio(chunker, report);
         self.stop(reason).await;
     }
 
     /// Sends what `chunker` still holds, however short.
-    async fn flush_caller_audio(&mut self, chunker: &mut Chunker, report: &mut SessionReport) {
+    fn flush_caller_audio(&mut self, chunker: &mut Chunker, report: &mut SessionReport) {
         if !self.open {
             return;
         }
@@ -622,19 +723,26 @@ impl Link {
             self.encoder
                 .media(&chunk, chunk.timestamp_ms, &mut self.out);
             report.media_messages_sent += 1;
-            if !self.send().await {
+            if !self.send() {
                 break;
             }
         }
     }
 
     /// Echoes every mark that is due.
-    async fn echo_due_marks(&mut self, playout: &mut PlayoutQueue, report: &mut SessionReport) {
+    fn echo_due_marks(&mut self, playout: &mut PlayoutQueue, report: &mut SessionReport) {
         while let Some(name) = playout.poll_mark() {
             report.marks_echoed += 1;
             self.encoder.mark(&name, &mut self.out);
-            let _ = self.send().await;
+            let _ = self.send();
         }
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        // A writer stuck on a bot that reads nothing must not outlive the session.
+        self.writer.abort();
     }
 }
 
@@ -674,6 +782,25 @@ struct Held {
     end: Option<AfterPlayout<SessionEnd>>,
 }
 
+/// One session's rate-limited warnings, one limiter per kind.
+struct Warnings {
+    malformed: WarnLimiter,
+    over_budget: WarnLimiter,
+    playout_full: WarnLimiter,
+    marks_full: WarnLimiter,
+}
+
+impl Warnings {
+    fn new() -> Self {
+        Warnings {
+            malformed: WarnLimiter::new(WARN_INTERVAL),
+            over_budget: WarnLimiter::new(WARN_INTERVAL),
+            playout_full: WarnLimiter::new(WARN_INTERVAL),
+            marks_full: WarnLimiter::new(WARN_INTERVAL),
+        }
+    }
+}
+
 async fn session(
     sockets: &Sockets,
     media: &CallMedia,
@@ -693,7 +820,6 @@ async fn session(
         },
         end = wait_for_end(control) => return Exit::End(end),
     };
-    let (to_bot, from_bot) = socket.split();
     let bot_rate = match bot.protocol {
         Protocol::Twilio => 8000,
         Protocol::Exotel => bot.url.sample_rate(),
@@ -719,19 +845,13 @@ async fn session(
             bidirectional: bot.bidirectional,
         },
     );
-    let mut link = Link {
-        to_bot,
-        from_bot,
-        open: true,
-        encoder,
-        out: String::with_capacity(4096),
-    };
+    let mut link = Link::new(socket, encoder);
     link.encoder.connected(&mut link.out);
-    if !link.send().await {
+    if !link.send() {
         return Exit::End(SessionEnd::BotClosed("socket closed before start".into()));
     }
     link.encoder.start(&mut link.out);
-    if !link.send().await {
+    if !link.send() {
         return Exit::End(SessionEnd::BotClosed("socket closed before start".into()));
     }
 
@@ -784,6 +904,8 @@ async fn session(
     let mut last_rtp = started;
     let mut expect_rtp = true;
     let mut held = Held::default();
+    let mut budget = BotBudget::new(bot.max_messages_per_sec, bot.max_bytes_per_sec, started);
+    let mut warnings = Warnings::new();
 
     let stage = loop {
         tokio::select! {
@@ -805,7 +927,7 @@ async fn session(
                         let _ = events.try_send(BridgeEvent::Dtmf(event));
                         if bot.bidirectional && link.open {
                             link.encoder.dtmf(event.digit, event.duration_ms, &mut link.out);
-                            let _ = link.send().await;
+                            let _ = link.send();
                         }
                     }
                 } else if packet.payload_type() == media.payload_type {
@@ -821,8 +943,13 @@ async fn session(
             }
             message = link.from_bot.next(), if link.open => {
                 if let Some(why) = bot_left(&message) {
-                    if matches!(message, Some(Ok(Message::Close(_)))) {
-                        link.answer_close().await;
+                    match &message {
+                        Some(Ok(Message::Close(_))) => link.answer_close().await,
+                        // tungstenite read no further than the limit: the bot hears why.
+                        Some(Err(WsProtocolError::Capacity(_))) => {
+                            link.close(CloseCode::Size, "message too big").await;
+                        }
+                        _ => {}
                     }
                     link.open = false;
                     // The bot's last words (Exotel's pattern: speak, then disconnect) still play.
@@ -835,18 +962,36 @@ async fn session(
                 if !bot.bidirectional {
                     continue;
                 }
+                let now = Instant::now();
+                if !budget.admit(text.len(), now) {
+                    report.bot_frames_over_budget += 1;
+                    if let Some(suppressed) = warnings.over_budget.allow(now) {
+                        warn!(suppressed, "bot over its message budget: message dropped");
+                    }
+                    continue;
+                }
                 match dialect::parse_into(bot.protocol, text.as_str(), &mut bot_pcm) {
                     Ok(dialect::BotMessageRef::Media) => {
                         report.bot_media_messages += 1;
                         let pushed = playout.push_audio(&bot_pcm);
                         if pushed.dropped > 0 {
                             report.playout_samples_dropped += pushed.dropped as u64;
-                            warn!(dropped = pushed.dropped, "playout queue full: bot audio dropped");
+                            if let Some(suppressed) = warnings.playout_full.allow(now) {
+                                warn!(dropped = pushed.dropped, suppressed, "playout queue full: bot audio dropped");
+                            }
+                        }
+                    }
+                    Ok(dialect::BotMessageRef::Mark(name)) if name.len() > MAX_MARK_NAME_BYTES => {
+                        report.bot_frames_invalid += 1;
+                        if let Some(suppressed) = warnings.malformed.allow(now) {
+                            warn!(bytes = name.len(), suppressed, "mark name over {MAX_MARK_NAME_BYTES} bytes: frame ignored");
                         }
                     }
                     Ok(dialect::BotMessageRef::Mark(name)) => {
                         if !playout.push_mark(name) {
-                            warn!("too many pending marks: mark dropped");
+                            if let Some(suppressed) = warnings.marks_full.allow(now) {
+                                warn!(suppressed, "too many pending marks: mark dropped");
+                            }
                         }
                     }
                     Ok(dialect::BotMessageRef::Clear) => {
@@ -869,11 +1014,13 @@ async fn session(
                     Ok(dialect::BotMessageRef::Other(event)) => debug!(event, "unknown bot event ignored"),
                     Err(e) => {
                         report.bot_frames_invalid += 1;
-                        warn!(error = %e, "malformed bot frame ignored");
+                        if let Some(suppressed) = warnings.malformed.allow(now) {
+                            warn!(error = %e, suppressed, "malformed bot frame ignored");
+                        }
                     }
                 }
                 // Marks due now (an empty queue, or a clear) go back at once.
-                link.echo_due_marks(&mut playout, report).await;
+                link.echo_due_marks(&mut playout, report);
             }
             _ = sleep_until(pacer.next_deadline()) => {
                 let now = Instant::now();
@@ -885,6 +1032,11 @@ async fn session(
                 if expect_rtp && now.saturating_duration_since(last_rtp) >= media.rtp_timeout {
                     link.finish_stream(&mut chunker, report, StopReason::Stopped).await;
                     break Stage::End(SessionEnd::RtpTimeout);
+                }
+                if let Some(stalled) = link.stalled_for(now).filter(|s| *s >= bot.write_timeout) {
+                    warn!(secs = stalled.as_secs(), "bot stopped reading: ending its step");
+                    link.open = false;
+                    break Stage::End(SessionEnd::BotClosed(format!("bot read nothing for {} s", stalled.as_secs())));
                 }
                 for _ in 0..pacer.tick(now) {
                     // Caller → bot.
@@ -906,7 +1058,7 @@ async fn session(
                         }
                         link.encoder.media(&chunk, chunk.timestamp_ms, &mut link.out);
                         report.media_messages_sent += 1;
-                        if !link.send().await {
+                        if !link.send() {
                             break;
                         }
                     }
@@ -922,7 +1074,7 @@ async fn session(
                                 stats.on_sent(pipeline.last_timestamp(), pipeline.packet.len() - 12, now);
                             }
                         }
-                        link.echo_due_marks(&mut playout, report).await;
+                        link.echo_due_marks(&mut playout, report);
                     }
                 }
             }
@@ -935,7 +1087,7 @@ async fn session(
                     report.dtmf_events += 1;
                     if bot.bidirectional && link.open {
                         link.encoder.dtmf(digit, duration_ms, &mut link.out);
-                        let _ = link.send().await;
+                        let _ = link.send();
                     }
                 }
                 Some(Control::ExpectRtp(expect)) => {
@@ -987,6 +1139,7 @@ async fn session(
         }
     };
     report.playout_samples_dropped = playout.stats().samples_dropped;
+    report.frames_to_bot_dropped = link.dropped;
     // When the call moves on (an agent, ringback) the caller's media goes on: no RTCP BYE then.
     let media_goes_on = matches!(stage, Stage::HandOff(..) | Stage::End(SessionEnd::Stopped));
     if let (Some(to), false) = (rtcp_remote.target(), media_goes_on) {
@@ -1006,9 +1159,9 @@ async fn session(
     };
     // The queued audio will never play: its marks come back now, as after `clear`.
     playout.clear();
-    link.echo_due_marks(&mut playout, report).await;
+    link.echo_due_marks(&mut playout, report);
     // The caller's audio not yet sent closes the caller-only part of the stream.
-    link.flush_caller_audio(&mut chunker, report).await;
+    link.flush_caller_audio(&mut chunker, report);
     Exit::HandOff(Box::new(HandOff {
         tap,
         ports,
@@ -1073,7 +1226,8 @@ impl TrackFeed {
                 &mut link.out,
             );
             report.media_messages_sent += 1;
-            if !link.send().await {
+            // A full queue drops the chunk (the bot is slow); only a gone socket stops here.
+            if !link.send() && !link.open {
                 return false;
             }
         }
@@ -1100,6 +1254,12 @@ async fn listen_only(
         }
     };
     let mut bot_pcm: Vec<i16> = Vec::new();
+    let mut budget = BotBudget::new(
+        bot.max_messages_per_sec,
+        bot.max_bytes_per_sec,
+        Instant::now(),
+    );
+    let mut warnings = Warnings::new();
     loop {
         tokio::select! {
             frame = tap.recv() => {
@@ -1138,6 +1298,11 @@ async fn listen_only(
                 if !feed.send_chunks(link, report, false).await {
                     return SessionEnd::BotClosed("socket closed".into());
                 }
+                if let Some(stalled) = link.stalled_for(Instant::now()).filter(|s| *s >= bot.write_timeout) {
+                    warn!(secs = stalled.as_secs(), "listening bot stopped reading: ending its stream");
+                    link.open = false;
+                    return SessionEnd::BotClosed(format!("bot read nothing for {} s", stalled.as_secs()));
+                }
             }
             message = link.from_bot.next() => {
                 if let Some(why) = bot_left(&message) {
@@ -1150,13 +1315,21 @@ async fn listen_only(
                 if !bot.bidirectional {
                     continue;
                 }
+                let now = Instant::now();
+                if !budget.admit(text.len(), now) {
+                    report.bot_frames_over_budget += 1;
+                    if let Some(suppressed) = warnings.over_budget.allow(now) {
+                        warn!(suppressed, "bot over its message budget: message dropped");
+                    }
+                    continue;
+                }
                 match dialect::parse_into(bot.protocol, text.as_str(), &mut bot_pcm) {
                     Ok(dialect::BotMessageRef::Media) => report.bot_media_ignored += 1,
                     Ok(dialect::BotMessageRef::Mark(name)) => {
                         // Nothing is queued, so a mark is due at once.
                         report.marks_echoed += 1;
                         link.encoder.mark(&name, &mut link.out);
-                        let _ = link.send().await;
+                        let _ = link.send();
                     }
                     Ok(dialect::BotMessageRef::Clear) => report.clears += 1,
                     // The bot only listens now: the call is the caller's and the agent's.
@@ -1166,7 +1339,9 @@ async fn listen_only(
                     Ok(dialect::BotMessageRef::Other(event)) => debug!(event, "unknown bot event ignored"),
                     Err(e) => {
                         report.bot_frames_invalid += 1;
-                        warn!(error = %e, "malformed bot frame ignored");
+                        if let Some(suppressed) = warnings.malformed.allow(now) {
+                            warn!(error = %e, suppressed, "malformed bot frame ignored");
+                        }
                     }
                 }
             }
@@ -1179,7 +1354,7 @@ async fn listen_only(
                     report.dtmf_events += 1;
                     if bot.bidirectional {
                         link.encoder.dtmf(digit, duration_ms, &mut link.out);
-                        let _ = link.send().await;
+                        let _ = link.send();
                     }
                 }
                 Some(Control::ExpectRtp(_)) => {}

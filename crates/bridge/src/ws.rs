@@ -18,6 +18,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::client::Request;
 use tokio_tungstenite::tungstenite::http::header::AUTHORIZATION;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
 /// An open WebSocket connection to a bot, plain or TLS.
@@ -255,7 +256,14 @@ pub struct ClientConfig {
     pub retries: u32,
     /// PEM certificates trusted for `wss://` besides the webpki roots (for private bots).
     pub extra_ca_file: Option<PathBuf>,
+    /// Largest message (and frame) accepted from the bot; a larger one ends the bot step with
+    /// Close 1009. tungstenite's own default (64 MiB) would let one bot take that much memory.
+    pub max_message_bytes: usize,
 }
+
+/// The default [`ClientConfig::max_message_bytes`]: ten times Exotel's largest chunk (100 KB,
+/// base64 and JSON around it), about 30 s of 16 kHz audio in one message.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1 << 20;
 
 impl Default for ClientConfig {
     fn default() -> Self {
@@ -263,6 +271,7 @@ impl Default for ClientConfig {
             handshake_timeout: Duration::from_secs(10),
             retries: 1,
             extra_ca_file: None,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
         }
     }
 }
@@ -333,14 +342,22 @@ pub async fn connect_with_tls(
     };
     let attempts = config.retries.saturating_add(1);
     let mut reason = String::new();
+    let limits = WebSocketConfig::default()
+        .max_message_size(Some(config.max_message_bytes))
+        .max_frame_size(Some(config.max_message_bytes));
     for attempt in 1..=attempts {
         let request = url.request()?;
-        let handshake = tokio_tungstenite::connect_async_tls_with_config(
-            request,
-            None,
-            true,
-            connector.clone(),
-        );
+        let connector = connector.clone();
+        let handshake = async move {
+            let stream = open_tcp(&request).await?;
+            tokio_tungstenite::client_async_tls_with_config(
+                request,
+                stream,
+                Some(limits),
+                connector,
+            )
+            .await
+        };
         match tokio::time::timeout(config.handshake_timeout, handshake).await {
             Ok(Ok((socket, response))) => {
                 tracing::debug!(bot = %url, attempt, status = %response.status(), "bot WebSocket open");
@@ -357,6 +374,50 @@ pub async fn connect_with_tls(
         tracing::warn!(bot = %url, attempt, of = attempts, %reason, "bot WebSocket handshake failed");
     }
     Err(WsError::Handshake { attempts, reason })
+}
+
+/// The kernel's send buffer for a bot's connection. Linux would grow it to 4 MiB for a bot
+/// that stops reading; this bounds what one such bot holds, and makes it show as stalled
+/// within seconds. Twice the bandwidth-delay product of a 24 kHz stream at 500 ms round trip.
+const BOT_SEND_BUFFER: u32 = 128 * 1024;
+
+/// The TCP connection to the request's host: each of its addresses in turn, as tungstenite's
+/// own connect does, with [`BOT_SEND_BUFFER`] and no Nagle delay.
+async fn open_tcp(request: &Request) -> Result<TcpStream, tokio_tungstenite::tungstenite::Error> {
+    use tokio_tungstenite::tungstenite::error::UrlError;
+    use tokio_tungstenite::tungstenite::Error;
+    let uri = request.uri();
+    let host = uri.host().ok_or(Error::Url(UrlError::NoHostName))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port = uri
+        .port_u16()
+        .unwrap_or(if uri.scheme_str() == Some("wss") {
+            443
+        } else {
+            80
+        });
+    let mut last = None;
+    for addr in tokio::net::lookup_host((host, port)).await? {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_send_buffer_size(BOT_SEND_BUFFER)?;
+        match socket.connect(addr).await {
+            Ok(stream) => {
+                let _ = stream.set_nodelay(true);
+                return Ok(stream);
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(Error::Io(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "the bot's host has no address",
+        )
+    })))
 }
 
 #[cfg(test)]
@@ -515,6 +576,7 @@ mod tests {
         assert_eq!(config.handshake_timeout, Duration::from_secs(10));
         assert_eq!(config.retries, 1);
         assert_eq!(config.extra_ca_file, None);
+        assert_eq!(config.max_message_bytes, 1 << 20);
     }
 
     #[tokio::test]

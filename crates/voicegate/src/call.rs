@@ -1207,6 +1207,9 @@ impl Call {
             max_session: settings.bridge.max_session,
             playout_max: settings.bridge.playout_max,
             final_playout_max: settings.bridge.final_playout_max,
+            write_timeout: settings.bridge.bot_write_timeout,
+            max_messages_per_sec: settings.bridge.max_bot_messages_per_sec,
+            max_bytes_per_sec: settings.bridge.max_bot_bytes_per_sec,
             silence_when_idle: settings.bridge.silence_when_idle,
             call_sid: self.call_sid.clone(),
             account_sid: flow.account_sid.clone(),
@@ -1491,6 +1494,8 @@ impl Call {
             bot_clears = bot.clears,
             bot_frames_invalid = bot.bot_frames_invalid,
             bot_media_ignored = bot.bot_media_ignored,
+            bot_over_budget = bot.bot_frames_over_budget,
+            bot_frames_dropped = bot.frames_to_bot_dropped,
             direction = self.direction,
             peer = peer
                 .and_then(|p| p.answered_by.as_deref())

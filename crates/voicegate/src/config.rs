@@ -360,6 +360,15 @@ pub struct BridgeConfig {
     /// When the bot closes its socket, hangs up or asks for a transfer, the audio it queued
     /// before still plays to the caller for at most this long (0: cut at once).
     pub final_playout_max_secs: u64,
+    /// Largest message accepted from a bot, in bytes; a larger one ends the bot step (Close
+    /// 1009).
+    pub max_message_bytes: usize,
+    /// A bot that reads none of our frames for this long is ended as if it had closed.
+    pub bot_write_timeout_secs: u64,
+    /// Messages and bytes a bot may send per second (5 s of either may come at once); beyond,
+    /// its messages are dropped unread and counted.
+    pub max_bot_messages_per_sec: u64,
+    pub max_bot_bytes_per_sec: u64,
     /// Send RTP silence while the bot has nothing queued (`true`), or send nothing.
     pub silence_when_idle: bool,
     /// PEM file of extra CA certificates for private wss:// bots ("" = none).
@@ -377,6 +386,10 @@ impl Default for BridgeConfig {
             handshake_timeout_secs: 10,
             playout_max_secs: 60,
             final_playout_max_secs: 10,
+            max_message_bytes: voicegate_bridge::ws::DEFAULT_MAX_MESSAGE_BYTES,
+            bot_write_timeout_secs: 10,
+            max_bot_messages_per_sec: 500,
+            max_bot_bytes_per_sec: 1 << 20,
             silence_when_idle: true,
             extra_ca_file: String::new(),
             forward_headers: vec!["X-UUI".into(), "X-Exotel-*".into()],
@@ -915,10 +928,27 @@ impl BridgeConfig {
             ("bridge.max_session_secs", self.max_session_secs),
             ("bridge.handshake_timeout_secs", self.handshake_timeout_secs),
             ("bridge.playout_max_secs", self.playout_max_secs),
+            ("bridge.bot_write_timeout_secs", self.bot_write_timeout_secs),
+            (
+                "bridge.max_bot_messages_per_sec",
+                self.max_bot_messages_per_sec,
+            ),
+            ("bridge.max_bot_bytes_per_sec", self.max_bot_bytes_per_sec),
         ] {
             if value == 0 {
                 return Err(invalid(key, format!("{key}: must be at least 1")));
             }
+        }
+        if !MESSAGE_BYTES_RANGE.contains(&self.max_message_bytes) {
+            return Err(invalid(
+                "bridge.max_message_bytes",
+                format!(
+                    "bridge.max_message_bytes: {} is outside {}-{}",
+                    self.max_message_bytes,
+                    MESSAGE_BYTES_RANGE.start(),
+                    MESSAGE_BYTES_RANGE.end()
+                ),
+            ));
         }
         if self.final_playout_max_secs > MAX_FINAL_PLAYOUT_SECS {
             return Err(invalid(

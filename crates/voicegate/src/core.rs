@@ -104,6 +104,9 @@ pub struct BridgeSettings {
     pub max_session: Duration,
     pub playout_max: Duration,
     pub final_playout_max: Duration,
+    pub bot_write_timeout: Duration,
+    pub max_bot_messages_per_sec: u64,
+    pub max_bot_bytes_per_sec: u64,
     pub silence_when_idle: bool,
     pub forward_headers: Vec<String>,
 }

@@ -74,6 +74,8 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
         return ExitCode::FAILURE;
     };
     runtime.block_on(async {
+        // Before the start-up line: a SIGTERM right after it must stop us cleanly, not kill us.
+        let shutdown = Shutdown::install();
         let running = match voicegate::server::start(&config).await {
             Ok(r) => r,
             Err(e) => {
@@ -82,7 +84,7 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
             }
         };
         tracing::info!(udp = ?running.local.udp, tcp = ?running.local.tcp, tls = ?running.local.tls, "voicegate started");
-        wait_for_shutdown().await;
+        shutdown.wait().await;
         tracing::info!("shutting down");
         ExitCode::SUCCESS
     })
@@ -116,6 +118,7 @@ fn echo_bot(listen: &str, delay_ms: u64) -> ExitCode {
                 return ExitCode::from(2);
             }
         };
+        let shutdown = Shutdown::install();
         tracing::info!(%listen, "echo bot listening (ws://{listen}/)");
         let options = voicegate_bridge::echo_bot::EchoBotOptions {
             delay: std::time::Duration::from_millis(delay_ms),
@@ -128,24 +131,43 @@ fn echo_bot(listen: &str, delay_ms: u64) -> ExitCode {
                     ExitCode::FAILURE
                 }
             },
-            _ = wait_for_shutdown() => ExitCode::SUCCESS,
+            _ = shutdown.wait() => ExitCode::SUCCESS,
         }
     })
 }
 
-async fn wait_for_shutdown() {
+/// The signals that stop us (SIGTERM, Ctrl-C), listened for from `install` on: one that comes
+/// before [`Shutdown::wait`] is kept, not left to its default action.
+struct Shutdown {
     #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return std::future::pending().await,
-            };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+    term: Option<tokio::signal::unix::Signal>,
+}
+
+impl Shutdown {
+    fn install() -> Self {
+        Shutdown {
+            #[cfg(unix)]
+            term: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok(),
         }
     }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
+
+    async fn wait(mut self) {
+        #[cfg(unix)]
+        {
+            let term = async {
+                match self.term.as_mut() {
+                    Some(term) => {
+                        term.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
