@@ -288,3 +288,193 @@ async fn trunks_and_flows_in_the_config_are_seeded_and_updated_at_start() {
     assert_eq!(items[0]["data"]["max_concurrent_calls"], 9);
     let _ = std::fs::remove_file(&path);
 }
+
+/// Sends `request` as it is and returns the status and the JSON body of the answer; a reset
+/// after the answer (the server closing with unread request bytes) is not an error here.
+async fn raw(api: SocketAddr, request: &[u8]) -> (u16, Value) {
+    let mut stream = TcpStream::connect(api).await.unwrap();
+    // The server may answer and close before reading everything (a body over the limit).
+    let _ = stream.write_all(request).await;
+    let mut response = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while let Ok(n) = stream.read(&mut chunk).await {
+        if n == 0 {
+            break;
+        }
+        response.extend_from_slice(&chunk[..n]);
+    }
+    let text = String::from_utf8_lossy(&response);
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let json = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| serde_json::from_str(b).unwrap_or(Value::Null))
+        .unwrap_or(Value::Null);
+    (status, json)
+}
+
+fn authorized(method: &str, target: &str, body: &str) -> Vec<u8> {
+    let auth = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "key:token");
+    format!(
+        "{method} {target} HTTP/1.1\r\nHost: api\r\nAuthorization: Basic {auth}\r\n\
+Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// The envelope's failure `code` (Exotel's), after checking the envelope agrees with `status`.
+fn failure_code(status: u16, answer: &Value) -> u64 {
+    assert_eq!(answer["http_code"], status, "{answer}");
+    assert_eq!(answer["response"]["code"], status, "{answer}");
+    assert_eq!(answer["response"]["status"], "failure", "{answer}");
+    assert!(
+        answer["response"]["error_data"]["message"].is_string(),
+        "{answer}"
+    );
+    answer["response"]["error_data"]["code"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no error code: {answer}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_made_outside_the_handlers_are_in_the_envelope_too() {
+    let running = start(&api_config()).await;
+    let api = running.api.expect("the API listens");
+
+    let (status, answer) = raw(api, &authorized("PATCH", "/v2/accounts/acme/trunks", "{}")).await;
+    assert_eq!((status, failure_code(status, &answer)), (405, 1005));
+
+    let (status, answer) = raw(api, &authorized("GET", "/v2/accounts/acme/nothing", "")).await;
+    assert_eq!((status, failure_code(status, &answer)), (404, 1000));
+
+    let long = format!("/v2/accounts/acme/trunks?trunk_sid={}", "A".repeat(4000));
+    let (status, answer) = raw(api, &authorized("GET", &long, "")).await;
+    assert_eq!((status, failure_code(status, &answer)), (414, 1014));
+
+    let big = json!({"trunk_name": "x".repeat(70_000)}).to_string();
+    let (status, answer) = raw(api, &authorized("POST", "/v2/accounts/acme/trunks", &big)).await;
+    assert_eq!((status, failure_code(status, &answer)), (413, 1013));
+
+    let not_utf8 = authorized("GET", "/v2/accounts/acme/trunks/%FF%FE", "");
+    let (status, answer) = raw(api, &not_utf8).await;
+    assert_eq!((status, failure_code(status, &answer)), (400, 1002));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_destinations_are_refused_quickly_and_whole() {
+    let running = start(&api_config()).await;
+    let api = running.api.expect("the API listens");
+    let (status, trunk) = http(
+        api,
+        "POST",
+        "/trunks",
+        Some(json!({"trunk_name": "big", "nso_code": "ANY-ANY", "domain_name": "big.example"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{trunk}");
+    let sid = data(&trunk)["trunk_sid"].as_str().unwrap().to_string();
+    let destinations = |n: usize, from: usize| {
+        let items: Vec<Value> = (from..from + n)
+            .map(|i| json!({"destination": format!("host{i}.example")}))
+            .collect();
+        Some(json!({ "destinations": items }))
+    };
+    let path = format!("/trunks/{sid}/destination-uris");
+
+    let started = std::time::Instant::now();
+    // Refused before it is read in full, so sent with `raw`, which survives the early close.
+    let huge = destinations(10_000, 0).unwrap().to_string();
+    let request = authorized("POST", &format!("/v2/accounts/acme{path}"), &huge);
+    let (status, answer) = raw(api, &request).await;
+    assert_eq!((status, failure_code(status, &answer)), (413, 1013));
+    let (status, answer) = http(api, "POST", &path, destinations(101, 0)).await;
+    assert_eq!((status, failure_code(status, &answer)), (413, 1013));
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "refusals took {:?}",
+        started.elapsed()
+    );
+
+    let (status, answer) = http(api, "POST", &path, destinations(100, 0)).await;
+    assert_eq!(status, 200, "{answer}");
+    let (status, answer) = http(api, "POST", &path, destinations(1, 100)).await;
+    assert_eq!((status, failure_code(status, &answer)), (400, 1012));
+    let (_, listed) = http(
+        api,
+        "GET",
+        &format!("{path}?page_size=100&offset=100"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        listed["response"],
+        json!([]),
+        "nothing of a refused POST is stored"
+    );
+}
+
+/// True if the server closed `stream` within `within` (EOF or reset), false if it stayed open.
+async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
+    let mut byte = [0u8; 1];
+    match tokio::time::timeout(within, stream.read(&mut byte)).await {
+        Ok(Ok(0)) | Ok(Err(_)) => true,
+        Ok(Ok(_)) => panic!("the server sent something unasked"),
+        Err(_) => false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_over_the_cap_do_not_lock_the_api_out_and_are_closed() {
+    let mut config = api_config();
+    config.api.max_connections = 4;
+    config.api.max_connections_per_ip = 4;
+    config.api.idle_timeout_secs = 1;
+    let running = start(&config).await;
+    let api = running.api.expect("the API listens");
+
+    let mut idle = Vec::new();
+    for _ in 0..6 {
+        idle.push(TcpStream::connect(api).await.unwrap());
+    }
+    let started = std::time::Instant::now();
+    let (status, answer) =
+        tokio::time::timeout(Duration::from_secs(5), http(api, "GET", "/trunks", None))
+            .await
+            .expect("a normal request is served once idle connections time out");
+    assert_eq!(status, 200, "{answer}");
+    // It had to wait for a slot: the four idle connections held them all until their timeout.
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "served after {:?}, so the cap did not hold",
+        started.elapsed()
+    );
+    for stream in &mut idle {
+        assert!(
+            closed_within(stream, Duration::from_secs(3)).await,
+            "an idle connection is closed after the timeout"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_take_more_than_its_share_of_connections() {
+    let mut config = api_config();
+    config.api.max_connections = 8;
+    config.api.max_connections_per_ip = 2;
+    config.api.idle_timeout_secs = 30;
+    let running = start(&config).await;
+    let api = running.api.expect("the API listens");
+
+    let mut first = TcpStream::connect(api).await.unwrap();
+    let _second = TcpStream::connect(api).await.unwrap();
+    let mut third = TcpStream::connect(api).await.unwrap();
+    assert!(closed_within(&mut third, Duration::from_secs(2)).await);
+    assert!(
+        !closed_within(&mut first, Duration::from_millis(200)).await,
+        "connections within the share stay open"
+    );
+}

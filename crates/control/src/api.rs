@@ -25,6 +25,10 @@
 //! (400 / 1007), then the parameters (1001 missing, 1002 invalid), then ownership (403 / 1003
 //! for a trunk that is not the account's; 404 / 1000 for other missing ids). Duplicates answer
 //! HTTP 409 with code 1008. After every successful write [`ApiState::on_change`] is called.
+//!
+//! Sizes are bounded ([`MAX_BODY_BYTES`], [`MAX_URI_BYTES`], [`MAX_ITEMS_PER_REQUEST`], the
+//! per-trunk limits), and every answer is in the envelope, including those axum makes itself
+//! (405, 413, a path that is not UTF-8).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -32,9 +36,10 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, Method, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
@@ -53,6 +58,18 @@ use crate::store::{
 pub const DEFAULT_PAGE_SIZE: u32 = 50;
 /// The largest `page_size` accepted.
 pub const MAX_PAGE_SIZE: u32 = 100;
+/// The largest request body accepted (413 / 1013 beyond). Ample for [`MAX_ITEMS_PER_REQUEST`]
+/// items; a bigger body is refused before it is read in full.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// The longest request target (path and query) accepted (414 / 1014 beyond).
+pub const MAX_URI_BYTES: usize = 2048;
+/// The most items in one multi-item POST (destinations, settings): 413 / 1013 beyond.
+pub const MAX_ITEMS_PER_REQUEST: usize = 100;
+/// The most destination URIs one trunk may have: a POST that would exceed it is refused
+/// whole (400 / 1012), so the snapshot every call reads stays small.
+pub const MAX_DESTINATIONS_PER_TRUNK: usize = 100;
+/// The most whitelisted IP ranges one trunk may have (400 / 1012 beyond).
+pub const MAX_IPS_PER_TRUNK: usize = 100;
 
 /// One account allowed to use the API: Basic auth user `api_key`, password `api_token`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -175,7 +192,14 @@ pub fn router(state: ApiState) -> Router {
                 delete(delete_destination),
             );
     }
-    r.fallback(not_found).with_state(Arc::new(state))
+    r.fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        // Extractor rejections (a body over the limit, a path that is not UTF-8, …) are
+        // axum's plain-text answers; this puts them in the envelope like every other answer.
+        .layer(axum::middleware::map_response(envelope_bare_answers))
+        .layer(axum::middleware::from_fn(refuse_long_uri))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(Arc::new(state))
 }
 
 const PREFIX: &str = "/v2/accounts/{account_sid}";
@@ -238,6 +262,57 @@ impl ApiError {
     fn internal() -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, 500, "Internal error")
     }
+    fn method_not_allowed(method: &Method) -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            1005,
+            format!("Method {method} is not allowed on this path"),
+        )
+    }
+    fn too_many_items(what: &str, max: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            1013,
+            format!("At most {max} {what} per request"),
+        )
+    }
+    fn trunk_full(what: &str, max: usize) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            1012,
+            format!("A trunk may have at most {max} {what}"),
+        )
+    }
+    /// An answer axum made without a handler (an extractor's rejection), by its status.
+    fn from_bare(http: StatusCode, text: &str) -> Self {
+        let text = text.trim();
+        match http {
+            StatusCode::PAYLOAD_TOO_LARGE => Self::new(
+                http,
+                1013,
+                format!("Request body larger than {MAX_BODY_BYTES} bytes"),
+            ),
+            StatusCode::URI_TOO_LONG => Self::uri_too_long(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => Self::content_type(),
+            s if s.is_client_error() => Self::new(
+                s,
+                1002,
+                if text.is_empty() {
+                    "Invalid request"
+                } else {
+                    text
+                },
+            ),
+            _ => Self::internal(),
+        }
+    }
+    fn uri_too_long() -> Self {
+        Self::new(
+            StatusCode::URI_TOO_LONG,
+            1014,
+            format!("Request URI longer than {MAX_URI_BYTES} bytes"),
+        )
+    }
 
     fn description(&self) -> &'static str {
         match self.code {
@@ -249,6 +324,10 @@ impl ApiError {
             1008 => "The resource already exists",
             1010 => "Authentication failed: use the API key and token of this account",
             1011 => "Unsupported content type",
+            1005 => "The method is not allowed on this path",
+            1012 => "A per-trunk limit would be exceeded",
+            1013 => "The request is too large",
+            1014 => "The request URI is too long",
             _ => "Internal error",
         }
     }
@@ -761,6 +840,50 @@ async fn not_found(ctx: Ctx) -> Response {
     ctx.reply(Err(ApiError::not_found("Resource")))
 }
 
+/// Auth first, as everywhere: an unauthenticated request learns nothing about the paths.
+async fn method_not_allowed(ctx: Ctx) -> Response {
+    let e = ApiError::method_not_allowed(&ctx.method);
+    ctx.reply(Err(e))
+}
+
+/// Refuses an over-long request target before routing or auth look at it.
+async fn refuse_long_uri(request: Request, next: Next) -> Response {
+    let target_len = request
+        .uri()
+        .path_and_query()
+        .map_or(0, |pq| pq.as_str().len());
+    if target_len > MAX_URI_BYTES {
+        return Ctx::error(request.method(), &ApiError::uri_too_long());
+    }
+    next.run(request).await
+}
+
+/// Every answer is an envelope (JSON); any other is an extractor's rejection and is rewrapped.
+async fn envelope_bare_answers(method: Method, response: Response) -> Response {
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|ct| ct.as_bytes().starts_with(b"application/json"));
+    if is_json {
+        return response;
+    }
+    let http = response.status();
+    // Rejection texts are short; the cap only guards against a surprise.
+    let text = axum::body::to_bytes(response.into_body(), 4096)
+        .await
+        .unwrap_or_default();
+    let e = ApiError::from_bare(http, &String::from_utf8_lossy(&text));
+    Ctx::error(&method, &e)
+}
+
+/// Enough rows to tell whether a per-trunk limit of `max` is reached, and no more.
+fn room_probe(max: usize) -> Page {
+    Page {
+        limit: u32::try_from(max).unwrap_or(u32::MAX),
+        offset: 0,
+    }
+}
+
 /// The trunk if it is the account's, else 403 / 1003.
 async fn own_trunk(st: &ApiState, ctx: &Ctx, sid: &str) -> Result<TrunkRecord, ApiError> {
     st.store
@@ -1052,6 +1175,15 @@ async fn create_ip(State(st): St, ctx: Ctx, Path(p): Params, body: Bytes) -> Res
             ApiError::invalid(format!("mask must be between {min} and {max}"))
         })?;
         let trunk = own_trunk(&st, &ctx, param(&p, "trunk_sid")).await?;
+        let existing = st
+            .store
+            .list_ips(&trunk.sid, room_probe(MAX_IPS_PER_TRUNK))
+            .await
+            .map_err(|e| ApiError::store(e, "Whitelisted IP"))?
+            .len();
+        if existing >= MAX_IPS_PER_TRUNK {
+            return Err(ApiError::trunk_full("whitelisted IPs", MAX_IPS_PER_TRUNK));
+        }
         let rec = st
             .store
             .add_ip(&trunk.sid, net)
@@ -1171,7 +1303,25 @@ async fn create_destinations(State(st): St, ctx: Ctx, Path(p): Params, body: Byt
                 ))
             }
         };
+        if items.len() > MAX_ITEMS_PER_REQUEST {
+            return Err(ApiError::too_many_items(
+                "destinations",
+                MAX_ITEMS_PER_REQUEST,
+            ));
+        }
         let trunk = own_trunk(&st, &ctx, param(&p, "trunk_sid")).await?;
+        let existing = st
+            .store
+            .list_destinations(&trunk.sid, room_probe(MAX_DESTINATIONS_PER_TRUNK))
+            .await
+            .map_err(|e| ApiError::store(e, "Destination"))?
+            .len();
+        if existing + items.len() > MAX_DESTINATIONS_PER_TRUNK {
+            return Err(ApiError::trunk_full(
+                "destination URIs",
+                MAX_DESTINATIONS_PER_TRUNK,
+            ));
+        }
         let whitelist: Vec<IpNet> = st
             .store
             .list_ips(&trunk.sid, Page::ALL)
@@ -1441,6 +1591,9 @@ async fn set_settings(State(st): St, ctx: Ctx, Path(p): Params, body: Bytes) -> 
                 ))
             }
         };
+        if items.len() > MAX_ITEMS_PER_REQUEST {
+            return Err(ApiError::too_many_items("settings", MAX_ITEMS_PER_REQUEST));
+        }
         let trunk = own_trunk(&st, &ctx, param(&p, "trunk_sid")).await?;
         let mut results = Vec::with_capacity(items.len());
         for item in &items {

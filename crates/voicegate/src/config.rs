@@ -86,6 +86,13 @@ pub struct ApiConfig {
     /// Accounts allowed to use the API (account_sid, api_key, api_token). With none, every
     /// request is refused. File only: secrets stay out of the environment listing.
     pub accounts: Vec<ApiAccountConfig>,
+    /// Open API connections at most; beyond, new ones wait until one closes.
+    pub max_connections: usize,
+    /// Open API connections from one source address at most; beyond, new ones are closed.
+    pub max_connections_per_ip: usize,
+    /// Seconds a connection may take to send a complete request head, counted from its
+    /// opening or from the previous answer; then it is closed (idle keep-alive, slow headers).
+    pub idle_timeout_secs: u64,
 }
 
 impl Default for ApiConfig {
@@ -93,7 +100,37 @@ impl Default for ApiConfig {
         Self {
             listen: "127.0.0.1:8080".into(),
             accounts: Vec::new(),
+            max_connections: 256,
+            max_connections_per_ip: 32,
+            idle_timeout_secs: 30,
         }
+    }
+}
+
+impl ApiConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_connections == 0 {
+            return Err(invalid(
+                "api.max_connections",
+                "api.max_connections: must be at least 1",
+            ));
+        }
+        if !(1..=self.max_connections).contains(&self.max_connections_per_ip) {
+            return Err(invalid(
+                "api.max_connections_per_ip",
+                format!(
+                    "api.max_connections_per_ip: must be 1..={} (api.max_connections)",
+                    self.max_connections
+                ),
+            ));
+        }
+        if !(1..=3600).contains(&self.idle_timeout_secs) {
+            return Err(invalid(
+                "api.idle_timeout_secs",
+                "api.idle_timeout_secs: must be 1..=3600",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -105,6 +142,9 @@ impl std::fmt::Debug for ApiConfig {
                 "accounts",
                 &format_args!("[{} redacted]", self.accounts.len()),
             )
+            .field("max_connections", &self.max_connections)
+            .field("max_connections_per_ip", &self.max_connections_per_ip)
+            .field("idle_timeout_secs", &self.idle_timeout_secs)
             .finish()
     }
 }
@@ -660,6 +700,7 @@ impl Config {
 
     /// Checks values that the types alone do not constrain.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.api.validate()?;
         self.sip.validate()?;
         self.rtp.validate()?;
         self.bridge.validate()?;
@@ -1514,6 +1555,45 @@ mod tests {
         .unwrap();
         assert_eq!(c.rtp.port_range(), 30000..=30100);
         assert_eq!(c.test_numbers.ring_duration(), Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn api_connection_limits_are_env_overridable_and_checked() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("VOICEGATE_API_MAX_CONNECTIONS", "8"),
+                ("VOICEGATE_API_MAX_CONNECTIONS_PER_IP", "2"),
+                ("VOICEGATE_API_IDLE_TIMEOUT_SECS", "5"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                c.api.max_connections,
+                c.api.max_connections_per_ip,
+                c.api.idle_timeout_secs
+            ),
+            (8, 2, 5)
+        );
+        let err = env_err(&[("VOICEGATE_API_MAX_CONNECTIONS", "0")]);
+        assert!(
+            err.contains("api.max_connections: must be at least 1"),
+            "{err}"
+        );
+        let err = env_err(&[
+            ("VOICEGATE_API_MAX_CONNECTIONS", "4"),
+            ("VOICEGATE_API_MAX_CONNECTIONS_PER_IP", "5"),
+        ]);
+        assert!(
+            err.contains("api.max_connections_per_ip: must be 1..=4"),
+            "{err}"
+        );
+        let err = env_err(&[("VOICEGATE_API_IDLE_TIMEOUT_SECS", "0")]);
+        assert!(
+            err.contains("api.idle_timeout_secs: must be 1..=3600"),
+            "{err}"
+        );
     }
 
     #[test]

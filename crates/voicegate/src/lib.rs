@@ -5,6 +5,7 @@
 //! ([`server`]) from the [`config`].
 
 pub mod admit;
+pub mod api_listener;
 pub mod call;
 pub mod config;
 pub mod core;

@@ -1,5 +1,6 @@
 //! Starting voicegate: config → transports, RTP pool and the SIP core, wired together.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ use voicegate_sip::transaction::Timers;
 use voicegate_sip::transport::{self, Handler, ListenConfig, LocalAddrs, Sender};
 
 use crate::admit::{Gate, Trunks};
+use crate::api_listener::{self, ConnectionLimits};
 use crate::config::Config;
 use crate::core::{
     BridgeSettings, Carrier, Core, CoreHandler, FlowRoute, RoutingSettings, Settings,
@@ -288,25 +290,30 @@ async fn start_api(
         StartError::Store(format!("config: api.listen: cannot listen on {addr}: {e}"))
     })?;
     let local = listener.local_addr().ok();
+    let store_for_reload = store.clone();
     if config.api.accounts.is_empty() {
         tracing::warn!(
             "api: no accounts configured ([api] accounts): every request will be refused"
         );
     }
-    let refresh_store = store.clone();
+    let reloads = Arc::new(CoalescedReload::default());
     let on_change: Arc<dyn Fn() -> ChangeFuture + Send + Sync> = Arc::new(move || {
-        let (store, core) = (refresh_store.clone(), core.clone());
+        let (store, core, reloads) = (store_for_reload.clone(), core.clone(), reloads.clone());
         Box::pin(async move {
-            match store.snapshot().await {
-                Ok(snapshot) => {
-                    if let Some(gate) = core.gate.as_ref() {
-                        gate.replace(Trunks::build(&[], Some(&snapshot)));
+            reloads
+                .after_write(|| async {
+                    match store.snapshot().await {
+                        Ok(snapshot) => {
+                            if let Some(gate) = core.gate.as_ref() {
+                                gate.replace(Trunks::build(&[], Some(&snapshot)));
+                            }
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "could not reload trunks after an API change")
+                        }
                     }
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "could not reload trunks after an API change")
-                }
-            }
+                })
+                .await
         })
     });
     let state = ApiState {
@@ -324,13 +331,43 @@ async fn start_api(
         on_change,
     };
     let app = router(state);
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "trunk API stopped");
-        }
-    });
+    let limits = ConnectionLimits {
+        max_connections: config.api.max_connections,
+        max_connections_per_ip: config.api.max_connections_per_ip,
+        idle_timeout: Duration::from_secs(config.api.idle_timeout_secs),
+    };
+    tokio::spawn(api_listener::serve(listener, app, limits));
     tracing::info!(addr = ?local, "trunk API listening");
     Ok(local)
+}
+
+/// Makes a burst of API writes cost one reload, not one each, without weakening the promise
+/// that a write is live once answered: a writer returns only after a reload that *started*
+/// after its write (so it read the write) has finished.
+#[derive(Default)]
+struct CoalescedReload {
+    /// Writes announced so far; a write's number is taken after it is stored.
+    announced: AtomicU64,
+    /// Held while reloading; holds the number of writes the last finished reload covers.
+    covered: tokio::sync::Mutex<u64>,
+}
+
+impl CoalescedReload {
+    async fn after_write<F, Fut>(&self, reload: F)
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let mine = self.announced.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut covered = self.covered.lock().await;
+        if *covered >= mine {
+            return; // a reload that began after this write has already finished
+        }
+        // Every write numbered up to here was stored before this reload reads the store.
+        let upto = self.announced.load(Ordering::SeqCst);
+        reload().await;
+        *covered = upto;
+    }
 }
 
 #[cfg(test)]
@@ -360,5 +397,32 @@ mod tests {
         );
         assert_eq!(relative_store_file("sqlite::memory:", cwd.clone()), "");
         assert_eq!(relative_store_file("", cwd), "");
+    }
+
+    #[tokio::test]
+    async fn a_burst_of_writes_costs_two_reloads_and_each_waits_for_one_that_saw_it() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let reloads = std::sync::Arc::new(super::CoalescedReload::default());
+        let count = std::sync::Arc::new(AtomicUsize::new(0));
+        let mut writers = tokio::task::JoinSet::new();
+        for _ in 0..10 {
+            let (reloads, count) = (reloads.clone(), count.clone());
+            writers.spawn(async move {
+                reloads
+                    .after_write(|| async {
+                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                        count.fetch_add(1, Ordering::SeqCst);
+                    })
+                    .await;
+                // Whoever returns has seen a reload finish after its write was announced.
+                assert!(count.load(Ordering::SeqCst) >= 1);
+            });
+        }
+        while let Some(done) = writers.join_next().await {
+            done.unwrap();
+        }
+        // The first reload began before the other nine were announced, so one more must
+        // follow for them; and one is enough.
+        assert_eq!(count.load(Ordering::SeqCst), 2);
     }
 }

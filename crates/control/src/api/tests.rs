@@ -1537,3 +1537,38 @@ async fn serves_over_a_real_listener() {
     assert!(out.contains("\"http_code\":200"), "{out}");
     server.abort();
 }
+
+#[tokio::test]
+async fn more_settings_than_one_request_may_carry_are_refused_whole() {
+    let api = api().await;
+    let sid = api.trunk("a").await;
+    let settings: Vec<Value> = (0..=MAX_ITEMS_PER_REQUEST)
+        .map(|i| json!({"name": format!("s{i}"), "value": "v"}))
+        .collect();
+    let before = api.changes();
+    let got = api
+        .call(
+            "POST",
+            &format!("/trunks/{sid}/settings"),
+            Some(json!({ "settings": settings })),
+        )
+        .await;
+    assert_err(&got, 413, 1013);
+    assert_eq!(api.changes(), before, "nothing was written");
+}
+
+#[tokio::test]
+async fn a_trunk_holds_at_most_its_share_of_whitelisted_ips() {
+    let api = api().await;
+    let sid = api.trunk("a").await;
+    let base = format!("/trunks/{sid}/whitelisted-ips");
+    for i in 0..MAX_IPS_PER_TRUNK {
+        let ip = format!("10.0.{}.{}", i / 250, i % 250 + 1);
+        let got = api.call("POST", &base, Some(json!({ "ip": ip }))).await;
+        assert_eq!(got.0, StatusCode::OK, "{}", got.1);
+    }
+    let got = api
+        .call("POST", &base, Some(json!({"ip": "192.0.2.1"})))
+        .await;
+    assert_err(&got, 400, 1012);
+}
