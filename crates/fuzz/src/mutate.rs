@@ -157,7 +157,7 @@ impl Mutator {
 /// Runs `target` on every corpus entry, then on `iterations` mutants. On a panic, returns
 /// the input that caused it and the panic message.
 pub fn run(
-    target: fn(&[u8]),
+    target: crate::targets::Target,
     corpus: &[Vec<u8>],
     seed: u64,
     iterations: u64,

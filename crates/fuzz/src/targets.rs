@@ -12,8 +12,11 @@ use voicegate_sip::message::{self, Message, ParseError, Request};
 use voicegate_sip::sdp::{self, Codec, CodecPreference, LocalMedia};
 use voicegate_sip::{accept, digest, framing};
 
+/// A fuzz target: any bytes in, a panic when something is wrong.
+pub type Target = fn(&[u8]);
+
 /// Every target, by name (the names of the cargo-fuzz targets in `fuzz/fuzz_targets/`).
-pub const ALL: &[(&str, fn(&[u8]))] = &[
+pub const ALL: &[(&str, Target)] = &[
     ("sip_message", sip_message),
     ("sip_stream", sip_stream),
     ("sdp", sdp),

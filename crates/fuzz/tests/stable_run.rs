@@ -2,7 +2,7 @@
 //! messages for SIP), then seeded mutants of them. A panic or a broken property fails the test
 //! with the input that caused it.
 //!
-//! `FUZZ_ITERATIONS` (mutants per target, default 3000) and `FUZZ_SEED` (default 1) make a
+//! `FUZZ_ITERATIONS` (mutants per target, default 2000) and `FUZZ_SEED` (default 1) make a
 //! longer or different run, e.g. `FUZZ_ITERATIONS=200000 cargo test -p voicegate-fuzz --release`.
 
 use std::path::Path;
@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use voicegate_fuzz::{mutate, targets};
 use voicegate_rtp::rtcp::{self, ReportBlock};
 
-const DEFAULT_ITERATIONS: u64 = 3000;
+const DEFAULT_ITERATIONS: u64 = 2000;
 
 fn env_number(name: &str, default: u64) -> u64 {
     match std::env::var(name) {
