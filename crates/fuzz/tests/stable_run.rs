@@ -270,3 +270,20 @@ fn a_panicking_target_is_reported_with_its_input() {
     assert!(input.contains(&0));
     assert!(message.contains("NUL"), "{message}");
 }
+
+/// Without coverage feedback the mutants only reach past the first checks if most of their
+/// structure survives: a good share of SIP mutants still parse, and many do not.
+#[test]
+fn sip_mutants_are_a_mix_of_parseable_and_broken() {
+    let corpus = sip_seeds();
+    let mut mutator = mutate::Mutator::new(1);
+    let total = 2000;
+    let parsed = (0..total)
+        .filter(|_| voicegate_sip::message::parse(&mutator.next_input(&corpus)).is_ok())
+        .count();
+    println!("{parsed} of {total} SIP mutants parse");
+    assert!(
+        (total / 10..total * 9 / 10).contains(&parsed),
+        "{parsed} of {total} parse"
+    );
+}
