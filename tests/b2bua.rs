@@ -156,6 +156,25 @@ async fn carrier_486_goes_back_to_the_caller() {
     assert_uas_ok(&busy.finish().await, "busy carrier");
 }
 
+/// A call voicegate would relay uses up a hop: with Max-Forwards 0 it gets 483 (RFC 3261
+/// §16.3) at once, and no carrier is tried (this one would never answer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_forwards_zero_on_a_relayed_call_gets_483() {
+    let running = start(&config(vec![upstream()], vec![])).await;
+    let mut uac = Uac::new(running.local.udp.unwrap()).await;
+    let invite = uac
+        .request_text("INVITE", &offer(uac.rtp_port(), "0", "sendrecv"))
+        .replace("sip:echo@", &format!("sip:{NUMBER}@"))
+        .replace("Max-Forwards: 70\r\n", "Max-Forwards: 0\r\n");
+    uac.send(&invite).await;
+    let refused = uac.final_response().await;
+    assert_eq!(
+        (refused.status, refused.reason.as_str()),
+        (483, "Too Many Hops")
+    );
+    uac.ack_failure().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_carrier_is_skipped_after_the_attempt_timeout() {
     let answering = sipp_uas(&uas_answer_scenario("", "", "")).await;

@@ -238,6 +238,52 @@ async fn a_body_that_is_not_sdp_gets_415() {
     uac.ack_failure().await;
 }
 
+/// Our answer carries SDP: a caller whose Accept rules SDP out gets 406 (RFC 3261 §21.4.7,
+/// RFC 4475 sdp01); one that lists it, or a wildcard covering it, gets the call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_accept_without_sdp_gets_406_and_one_covering_sdp_gets_the_call() {
+    let running = start(&test_config()).await;
+    for (accept, status) in [
+        ("Accept: text/nobodyKnowsThis\r\n", 406),
+        ("Accept: text/plain, application/sdp;q=0\r\n", 406),
+        ("Accept: text/plain, application/*\r\n", 200),
+        ("Accept: */*\r\n", 200),
+    ] {
+        let mut uac = Uac::new(running.local.udp.unwrap()).await;
+        let response = uac.call("echo", "0", accept).await;
+        assert_eq!(response.status, status, "{accept}");
+        if status == 406 {
+            assert!(
+                response
+                    .headers
+                    .get("Warning")
+                    .is_some_and(|w| w.starts_with("399 ")),
+                "406 without Warning 399: {:?}",
+                response.headers
+            );
+            assert!(response.body.is_empty(), "406 carries a body");
+        } else {
+            assert_eq!(uac.bye().await.status, 200);
+        }
+    }
+}
+
+/// Max-Forwards 0 to the echo number: voicegate is the target, not a hop, so the call is
+/// answered (RFC 4475 §3.3.11), where it used to get 483.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_forwards_zero_to_the_echo_number_is_answered() {
+    let running = start(&test_config()).await;
+    let mut uac = Uac::new(running.local.udp.unwrap()).await;
+    let invite = uac
+        .request_text("INVITE", &offer(uac.rtp_port(), "0", "sendrecv"))
+        .replace("Max-Forwards: 70\r\n", "Max-Forwards: 0\r\n");
+    uac.send(&invite).await;
+    let answer = uac.final_response().await;
+    assert_eq!(answer.status, 200, "{:?}", answer.headers);
+    uac.ack("").await;
+    assert_eq!(uac.bye().await.status, 200);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn info_dtmf_becomes_the_same_event_as_rfc4733() {
     let running = start(&test_config()).await;

@@ -107,9 +107,9 @@ const CASES: &[(&str, &str, Expect, &str)] = &[
     ("mcl01", "invalid", Final(400), "two Content-Length headers: 400"),
     ("bcast", "valid-but-unusual", Silence,
         "response with a 255.255.255.255 Via: dropped, never forwarded"),
-    ("zeromf", "valid", Final(483),
-        "Max-Forwards 0: voicegate relays calls, so 483 Too Many Hops (RFC 3261 §16.3; a pure \
-         UAS may answer the OPTIONS with 200)"),
+    ("zeromf", "valid", Final(200),
+        "Max-Forwards 0 on an OPTIONS to voicegate itself: the target processes it as if \
+         positive (RFC 4475 §3.3.11); 483 is only for a request it would relay"),
     ("cparam01", "valid", Final(405), "contact-param without <>: parses; REGISTER: 405"),
     ("cparam02", "valid", RetransmissionOf("cparam01"),
         "would get 405, but branch, sent-by (saturn.example.com:5060) and method equal \
@@ -118,7 +118,8 @@ const CASES: &[(&str, &str, Expect, &str)] = &[
         "escaped Route in a Contact URI parses; would get 405, but branch, sent-by \
          (host5.example.com) and method equal escnull's"),
     ("sdp01", "valid", Final(404),
-        "Accept without application/sdp: the Request-URI is checked first, user not mapped"),
+        "Accept without application/sdp: the Request-URI is checked first, user not mapped \
+         (to a mapped number it gets 406: sdp01_to_a_mapped_number_gets_406)"),
     ("inv2543", "valid-but-unusual", Final(404),
         "RFC 2543 INVITE (no branch, From tag, Content-Length or Max-Forwards) accepted; \
          user not mapped"),
@@ -386,6 +387,34 @@ fn torture_messages_match_their_checksums() {
     assert_eq!(
         checked, names,
         "SHA256SUMS covers exactly the messages tested"
+    );
+}
+
+/// sdp01 again, byte-exact, to a voicegate where its Request-URI user is the echo number: the
+/// answer would carry SDP, which its Accept refuses, so 406 with a Warning 399 (RFC 4475
+/// §3.3.15) instead of a call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdp01_to_a_mapped_number_gets_406() {
+    let bytes = std::fs::read(torture_dir().join("sdp01.dat")).expect("sdp01.dat readable");
+    let mut config = common::test_config();
+    config.test_numbers.echo = vec!["user".into()];
+    let running = common::start(&config).await;
+    let server = running.local.udp.expect("UDP listener");
+    let sock = bind_sources(&[reply_port(&bytes)]).await.remove(0);
+    let now = Instant::now();
+    let answers = exchange(sock, server, bytes.clone(), now, now + COLLECT).await;
+    let got: Vec<&str> = answers.iter().map(|a| first_line(&a.text)).collect();
+    if let Some(problem) = check("sdp01", Final(406), &bytes, &answers, 0) {
+        panic!("sdp01 to a mapped number: {problem}; got {got:?}");
+    }
+    let last = &answers.last().expect("an answer").text;
+    assert!(
+        header(last, "Warning", "Warning").is_some_and(|w| w.starts_with("399 ")),
+        "406 without Warning 399: {last}"
+    );
+    assert!(
+        header(last, "Content-Type", "c").is_none(),
+        "406 carries a body: {last}"
     );
 }
 

@@ -1,8 +1,9 @@
 //! SIP signalling for voicegate: transports, transactions, dialogs and SDP offer/answer.
 //!
-//! Protocol pieces are plain data and functions ([`message`], [`framing`], [`sdp`],
+//! Protocol pieces are plain data and functions ([`message`], [`accept`], [`framing`], [`sdp`],
 //! [`transaction`], [`dialog`], [`contact`]); only [`transport`] touches sockets.
 
+pub mod accept;
 pub mod contact;
 pub mod dialog;
 pub mod digest;

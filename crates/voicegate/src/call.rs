@@ -22,6 +22,7 @@ use voicegate_bridge::session::{
 use voicegate_rtp::dtmf::{self, DtmfEvent};
 use voicegate_rtp::rtcp::MosCodec;
 use voicegate_rtp::{EchoHandle, LegConfig, LegControl, LegReport, MediaEvent, RtpPorts};
+use voicegate_sip::accept;
 use voicegate_sip::dialog::Dialog;
 use voicegate_sip::message::{Request, Response};
 use voicegate_sip::sdp::{self, Direction, LocalMedia, Negotiated};
@@ -342,6 +343,11 @@ impl Call {
         }
         match self.route.clone() {
             Route::Forward(hops) => {
+                // Only a request we relay uses up its hops (RFC 3261 §16.3); as the target
+                // (echo, bot) we answer it whatever its Max-Forwards (RFC 4475 zeromf).
+                if self.invite.max_forwards() == Some(0) {
+                    return self.reject(483, "Too Many Hops", now);
+                }
                 if let Err((status, reason)) = self.prepare_media() {
                     return self.reject(status, &reason, now);
                 }
@@ -404,6 +410,16 @@ impl Call {
 
     /// Allocates RTP ports and checks the offer (if any) before we ring.
     fn prepare_media(&mut self) -> Result<(), (u16, String)> {
+        // Our answers carry SDP, so a caller that cannot take SDP cannot be answered
+        // (RFC 3261 §21.4.7; RFC 4475 sdp01).
+        if !accept::accepts(&self.invite.headers, "application/sdp") {
+            self.final_headers.push((
+                "Warning",
+                "399 voicegate \"Accept does not allow application/sdp, our only answer body\""
+                    .into(),
+            ));
+            return Err((406, "Not Acceptable".into()));
+        }
         let offer = if self.invite.body.is_empty() {
             None
         } else if !self.invite.body_is_sdp() {

@@ -1,5 +1,5 @@
 //! The SIP core: takes every message from the transports and either answers it at once
-//! (OPTIONS, 501, 483, 420, 481…) or hands it to the call task it belongs to.
+//! (OPTIONS, 501, 420, 481…) or hands it to the call task it belongs to.
 //!
 //! Routing is by Call-ID plus the INVITE's branch (retransmissions, CANCEL) or our To-tag
 //! (ACK, BYE, re-INVITE). A call task owns everything about its call; the core holds only the
@@ -320,14 +320,6 @@ impl Core {
         }
         if self.answer_retransmission(&request, &branch) {
             return;
-        }
-        if request.max_forwards() == Some(0) {
-            return self.answer(
-                &request,
-                &source,
-                &branch,
-                request.response(483, "Too Many Hops"),
-            );
         }
         if request.method != "CANCEL" {
             let scheme = request.uri.split(':').next().unwrap_or_default();
