@@ -799,9 +799,21 @@ async fn serve_stream<R>(
             .fetch_add(1, Ordering::Relaxed);
         warn!(remote = %source.remote, transport = ?source.transport, why, "closing SIP connection");
     }
+    // Forgetting the connection drops its queue's sender, so the writer ends once it has
+    // written what is queued: answers to the messages before a bad one still go out. A peer
+    // that does not read cannot hold the connection open past the drain bound.
     sender.detach_stream(id);
-    write_task.abort();
+    let mut write_task = write_task;
+    if tokio::time::timeout(DRAIN_TIMEOUT, &mut write_task)
+        .await
+        .is_err()
+    {
+        write_task.abort();
+    }
 }
+
+/// How long queued answers may take to be written once a connection is closing.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[cfg(test)]
 mod tests {
