@@ -54,3 +54,19 @@ async fn answer_to_a_good_message_survives_a_bad_one_behind_it() {
         );
     }
 }
+
+/// A Content-Length that is not a number loses the stream's framing: the request is still
+/// answered with a 400 naming the fault, then the connection is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_content_length_on_a_stream_is_answered_then_closed() {
+    let running = start(&test_config()).await;
+    let tcp = running.local.tcp.unwrap();
+    let mut stream = TcpStream::connect(tcp).await.unwrap();
+    let bytes = options("bad-cl").replace("Content-Length: 0", "Content-Length: four");
+    stream.write_all(bytes.as_bytes()).await.unwrap();
+    let answer = read_until_closed(&mut stream).await;
+    assert!(
+        answer.starts_with("SIP/2.0 400 Malformed Content-Length"),
+        "{answer:?}"
+    );
+}

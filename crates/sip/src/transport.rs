@@ -18,7 +18,7 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use crate::framing::{self, Frame};
+use crate::framing::{Frame, Framer, FramingError};
 use crate::message::{self, Message, ParseError, Request};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -765,9 +765,10 @@ async fn serve_stream<R>(
     let max = sender.inner.max_message_bytes;
     let handler = sender.inner.handler.clone();
     let mut buf = BytesMut::with_capacity(8192);
+    let mut framer = Framer::default();
     let outcome = 'read: loop {
         loop {
-            match framing::check(&buf, max) {
+            match framer.check(&buf, max) {
                 Ok(Frame::Incomplete) => break,
                 Ok(Frame::KeepAlive(n)) => {
                     // A double-CRLF ping gets a single-CRLF pong (RFC 5626 §3.5.1).
@@ -781,6 +782,12 @@ async fn serve_stream<R>(
                     if !deliver(&frame, source, &sender, handler.as_ref()) {
                         break 'read Err("unparseable message".to_string());
                     }
+                }
+                Err(FramingError::BadContentLength(head)) => {
+                    // The header block alone still names the request: answer it with the
+                    // parser's 400, then close (the body's end is unknown, RFC 3261 §18.3).
+                    deliver(&buf[..head], source, &sender, handler.as_ref());
+                    break 'read Err("Content-Length is not a number".to_string());
                 }
                 Err(e) => break 'read Err(e.to_string()),
             }
