@@ -238,10 +238,7 @@ mod tests {
         }
         assert_eq!(trickle(MSG, 65536).0, Ok(Frame::Message(MSG.len())));
         let endless = vec![b'a'; 2000];
-        assert_eq!(
-            trickle(&endless, 1024).0,
-            Err(FramingError::TooLarge(1024))
-        );
+        assert_eq!(trickle(&endless, 1024).0, Err(FramingError::TooLarge(1024)));
     }
 
     #[test]

@@ -1,12 +1,13 @@
 //! SIP signalling for voicegate: transports, transactions, dialogs and SDP offer/answer.
 //!
-//! Protocol pieces are plain data and functions ([`message`], [`framing`], [`sdp`],
+//! Protocol pieces are plain data and functions ([`message`], [`framing`], [`limits`], [`sdp`],
 //! [`transaction`], [`dialog`], [`contact`]); only [`transport`] touches sockets.
 
 pub mod contact;
 pub mod dialog;
 pub mod digest;
 pub mod framing;
+pub mod limits;
 pub mod message;
 pub mod sdp;
 pub mod session_timer;
