@@ -212,9 +212,16 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         user_agent: config.sip.user_agent.clone(),
         limits: stream_limits(config),
     };
+    let limits = listen.limits;
     let handler: Arc<dyn Handler> = Arc::new(CoreHandler(core.clone()));
     let (sender, local) =
         transport::start(listen, tls_config, outbound_config(config)?, handler).await?;
+    // Said once listening, so that a start that fails says only why.
+    tracing::info!(
+        max_connections = limits.max_connections,
+        max_connections_per_ip = limits.max_connections_per_ip,
+        "SIP TCP/TLS connection caps"
+    );
     core.attach(sender.clone(), local);
     let api = match store {
         Some(store) => start_api(config, store, core.clone()).await?,
@@ -339,11 +346,6 @@ fn stream_limits(config: &Config) -> StreamLimits {
     if let Some(warning) = warning {
         tracing::warn!("{warning}");
     }
-    tracing::info!(
-        max_connections,
-        open_files_limit = open_files,
-        "SIP TCP/TLS connection cap"
-    );
     StreamLimits {
         max_connections,
         max_connections_per_ip: config.sip.max_connections_per_ip,
