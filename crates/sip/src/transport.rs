@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -18,7 +18,10 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use crate::framing::{self, Frame};
+use crate::framing::{Frame, Framer, FramingError};
+use crate::limits::{
+    AcceptBackoff, ConnectionCounts, ConnectionSlot, IdleClock, LogLimiter, StreamLimits,
+};
 use crate::message::{self, Message, ParseError, Request};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -71,6 +74,14 @@ pub struct TransportStats {
     pub bad_requests_answered: AtomicU64,
     pub streams_closed_on_error: AtomicU64,
     pub send_failures: AtomicU64,
+    /// Accepted TCP/TLS connections open now (handshaking included).
+    pub connections_open: AtomicU64,
+    /// Accepted and closed at once: over `max_connections` or `max_connections_per_ip`.
+    pub connections_refused: AtomicU64,
+    /// Closed for taking too long: TLS handshake, first message, or idle.
+    pub connections_timed_out: AtomicU64,
+    /// Failed accepts (e.g. out of file descriptors), each followed by a pause.
+    pub accept_errors: AtomicU64,
 }
 
 #[derive(Clone, Debug)]
@@ -80,6 +91,8 @@ pub struct ListenConfig {
     pub tls: Option<SocketAddr>,
     pub max_message_bytes: usize,
     pub user_agent: String,
+    /// Caps and timeouts for accepted TCP/TLS connections.
+    pub limits: StreamLimits,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -155,6 +168,11 @@ struct SenderInner {
     default_tls_client: std::sync::OnceLock<Arc<rustls::ClientConfig>>,
     /// One connection attempt at a time per remote, so concurrent callers share it.
     connecting: Mutex<HashMap<RemoteKey, Arc<tokio::sync::Mutex<()>>>>,
+    limits: StreamLimits,
+    /// Accepted connections open, in all and per source IP.
+    accepted: Arc<Mutex<ConnectionCounts>>,
+    /// The zero of the writers' last-write stamps (milliseconds since).
+    epoch: Instant,
 }
 
 impl Sender {
@@ -324,9 +342,9 @@ impl Sender {
                     let stream = tokio_rustls::TlsConnector::from(config)
                         .connect(name, stream)
                         .await?;
-                    self.attach_stream(stream, source);
+                    self.attach_stream(stream, source, None);
                 }
-                None => self.attach_stream(stream, source),
+                None => self.attach_stream(stream, source, None),
             }
             Ok(source)
         };
@@ -359,8 +377,9 @@ impl Sender {
     }
 
     /// Registers an open stream (so that [`send_to`](Self::send_to) reaches it at once) and
-    /// serves it on its own task: the one path for accepted and opened connections.
-    fn attach_stream<S>(&self, stream: S, source: Source)
+    /// serves it on its own task: the one path for accepted connections (holding their
+    /// `slot` in the counts) and opened ones (None).
+    fn attach_stream<S>(&self, stream: S, source: Source, slot: Option<Accepted>)
     where
         S: AsyncRead + AsyncWrite + Send + 'static,
     {
@@ -382,15 +401,31 @@ impl Sender {
                 .by_remote
                 .insert((source.transport, source.remote), id);
         }
+        let last_write = Arc::new(AtomicU64::new(0));
+        let write_stamp = last_write.clone();
+        let epoch = self.inner.epoch;
         let write_task = tokio::spawn(async move {
             while let Some(bytes) = rx.recv().await {
                 if writer.write_all(&bytes).await.is_err() {
                     break;
                 }
+                write_stamp.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
             }
             let _ = writer.shutdown().await;
         });
-        tokio::spawn(serve_stream(reader, source, self.clone(), write_task));
+        let now = Instant::now();
+        let clock = match slot {
+            Some(_) => IdleClock::accepted(now, &self.inner.limits),
+            None => IdleClock::opened(now, &self.inner.limits),
+        };
+        let stream = ServedStream {
+            source,
+            clock,
+            last_write,
+            write_task,
+            _slot: slot,
+        };
+        tokio::spawn(serve_stream(reader, stream, self.clone()));
     }
 
     fn detach_stream(&self, id: u64) {
@@ -561,6 +596,9 @@ pub async fn start(
             outbound,
             default_tls_client: std::sync::OnceLock::new(),
             connecting: Mutex::new(HashMap::new()),
+            limits: config.limits,
+            accepted: Arc::new(Mutex::new(ConnectionCounts::default())),
+            epoch: Instant::now(),
         }),
     };
     if let (Some(sock), Some(addr)) = (udp, local.udp) {
@@ -588,10 +626,11 @@ pub async fn start(
             local: addr,
             sender: sender.clone(),
         };
+        let handshake_timeout = config.limits.tls_handshake_timeout;
         tokio::spawn(accept_loop(l, ctx, move |stream| {
             let acceptor = acceptor.clone();
             async move {
-                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                     Ok(result) => result,
                     Err(_) => Err(std::io::Error::new(
                         std::io::ErrorKind::TimedOut,
@@ -613,34 +652,99 @@ struct StreamContext {
 }
 
 /// Accepts connections, sets each up with `open` (TLS handshake, or nothing for TCP) on its
-/// own task, then serves it.
+/// own task, then serves it. Connections over the caps are closed at once; failed accepts
+/// (out of descriptors, typically) are retried after a growing pause, never in a spin.
 async fn accept_loop<S, F, Fut>(listener: TcpListener, ctx: StreamContext, open: F)
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
     F: Fn(tokio::net::TcpStream) -> Fut,
     Fut: std::future::Future<Output = std::io::Result<S>> + Send + 'static,
 {
+    let inner = &ctx.sender.inner;
+    let mut backoff = AcceptBackoff::default();
+    let mut error_log = LogLimiter::new(Duration::from_secs(10));
+    let mut refusal_log = LogLimiter::new(Duration::from_secs(10));
     loop {
-        let Ok((stream, remote)) = listener.accept().await else {
-            continue;
+        let (stream, remote) = match listener.accept().await {
+            Ok(accepted) => {
+                backoff.on_success();
+                accepted
+            }
+            Err(e) => {
+                inner.stats.accept_errors.fetch_add(1, Ordering::Relaxed);
+                let pause = backoff.on_error();
+                if let Some(held_back) = error_log.allow(Instant::now()) {
+                    warn!(transport = ?ctx.kind, error = %e, ?pause, held_back, "SIP accept failed");
+                }
+                tokio::time::sleep(pause).await;
+                continue;
+            }
+        };
+        let slot = match ConnectionSlot::admit(&inner.accepted, remote.ip(), &inner.limits) {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                inner
+                    .stats
+                    .connections_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                if let Some(held_back) = refusal_log.allow(Instant::now()) {
+                    warn!(%remote, transport = ?ctx.kind, ?refusal, held_back, "SIP connection refused");
+                }
+                drop(stream);
+                continue;
+            }
         };
         let _ = stream.set_nodelay(true);
         let source = Source {
             transport: ctx.kind,
             remote,
             local: ctx.local,
-            connection: Some(ctx.sender.inner.next_id.fetch_add(1, Ordering::Relaxed)),
+            connection: Some(inner.next_id.fetch_add(1, Ordering::Relaxed)),
         };
         let sender = ctx.sender.clone();
         let opening = open(stream);
+        let held = Accepted {
+            _slot: slot,
+            _open: OpenCount::new(&inner.stats),
+        };
         tokio::spawn(async move {
             match opening.await {
-                Ok(stream) => sender.attach_stream(stream, source),
+                Ok(stream) => sender.attach_stream(stream, source, Some(held)),
                 Err(e) => {
+                    if e.kind() == std::io::ErrorKind::TimedOut {
+                        sender
+                            .inner
+                            .stats
+                            .connections_timed_out
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
                     debug!(%remote, error = %e, transport = ?source.transport, "connection setup failed")
                 }
             }
         });
+    }
+}
+
+/// What an accepted connection holds until it closes: its place under the caps, and its
+/// count in `connections_open`.
+struct Accepted {
+    _slot: ConnectionSlot,
+    _open: OpenCount,
+}
+
+/// Counts an accepted connection in `connections_open` until dropped.
+struct OpenCount(Arc<TransportStats>);
+
+impl OpenCount {
+    fn new(stats: &Arc<TransportStats>) -> Self {
+        stats.connections_open.fetch_add(1, Ordering::Relaxed);
+        Self(stats.clone())
+    }
+}
+
+impl Drop for OpenCount {
+    fn drop(&mut self) {
+        self.0.connections_open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -752,40 +856,84 @@ fn answer_bad_request(
     sender.send_response(&request.headers, source, response.to_bytes());
 }
 
-/// Reads one stream connection until it closes, then forgets it.
-async fn serve_stream<R>(
-    mut reader: R,
+/// One stream connection as its reading task holds it.
+struct ServedStream {
     source: Source,
-    sender: Sender,
+    clock: IdleClock,
+    /// When the writer last wrote, in milliseconds since [`SenderInner::epoch`].
+    last_write: Arc<AtomicU64>,
     write_task: tokio::task::JoinHandle<()>,
-) where
+    /// An accepted connection's place under the caps, given back when serving ends.
+    _slot: Option<Accepted>,
+}
+
+/// Reads one stream connection until it closes, goes quiet too long, or loses its framing;
+/// then forgets it.
+async fn serve_stream<R>(mut reader: R, stream: ServedStream, sender: Sender)
+where
     R: AsyncRead + Unpin,
 {
+    let ServedStream {
+        source,
+        mut clock,
+        last_write,
+        write_task,
+        _slot,
+    } = stream;
     let id = source.connection.unwrap_or_default();
     let max = sender.inner.max_message_bytes;
     let handler = sender.inner.handler.clone();
+    let epoch = sender.inner.epoch;
     let mut buf = BytesMut::with_capacity(8192);
+    let mut framer = Framer::default();
     let outcome = 'read: loop {
         loop {
-            match framing::check(&buf, max) {
+            match framer.check(&buf, max) {
                 Ok(Frame::Incomplete) => break,
                 Ok(Frame::KeepAlive(n)) => {
                     // A double-CRLF ping gets a single-CRLF pong (RFC 5626 §3.5.1).
                     if n >= 4 {
                         sender.send_to(&source, source.remote, Bytes::from_static(b"\r\n"));
                     }
+                    clock.on_activity(Instant::now());
                     buf.advance(n);
                 }
                 Ok(Frame::Message(n)) => {
+                    clock.on_message(Instant::now());
                     let frame = buf.split_to(n);
                     if !deliver(&frame, source, &sender, handler.as_ref()) {
                         break 'read Err("unparseable message".to_string());
                     }
                 }
+                Err(FramingError::BadContentLength(head)) => {
+                    // The header block alone still names the request: answer it with the
+                    // parser's 400, then close (the body's end is unknown, RFC 3261 §18.3).
+                    deliver(&buf[..head], source, &sender, handler.as_ref());
+                    break 'read Err("Content-Length is not a number".to_string());
+                }
                 Err(e) => break 'read Err(e.to_string()),
             }
         }
-        match reader.read_buf(&mut buf).await {
+        let read = loop {
+            match tokio::time::timeout_at(clock.deadline().into(), reader.read_buf(&mut buf)).await
+            {
+                Ok(read) => break read,
+                Err(_) => {
+                    let written = Duration::from_millis(last_write.load(Ordering::Relaxed));
+                    clock.on_activity(epoch + written);
+                    if let Some(why) = clock.expired(Instant::now()) {
+                        sender
+                            .inner
+                            .stats
+                            .connections_timed_out
+                            .fetch_add(1, Ordering::Relaxed);
+                        debug!(remote = %source.remote, transport = ?source.transport, why, "closing SIP connection");
+                        break 'read Ok(());
+                    }
+                }
+            }
+        };
+        match read {
             Ok(0) => break Ok(()),
             Ok(_) => {}
             Err(e) => break Err(e.to_string()),
@@ -799,9 +947,21 @@ async fn serve_stream<R>(
             .fetch_add(1, Ordering::Relaxed);
         warn!(remote = %source.remote, transport = ?source.transport, why, "closing SIP connection");
     }
+    // Forgetting the connection drops its queue's sender, so the writer ends once it has
+    // written what is queued: answers to the messages before a bad one still go out. A peer
+    // that does not read cannot hold the connection open past the drain bound.
     sender.detach_stream(id);
-    write_task.abort();
+    let mut write_task = write_task;
+    if tokio::time::timeout(DRAIN_TIMEOUT, &mut write_task)
+        .await
+        .is_err()
+    {
+        write_task.abort();
+    }
 }
+
+/// How long queued answers may take to be written once a connection is closing.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[cfg(test)]
 mod tests {
@@ -824,6 +984,7 @@ mod tests {
             tls: tls.then_some(any),
             max_message_bytes: 65_535,
             user_agent: "voicegate-test".into(),
+            limits: StreamLimits::default(),
         }
     }
 

@@ -460,6 +460,19 @@ pub struct SipConfig {
     /// RFC 3261 T1 (the round-trip estimate) in milliseconds: retransmissions start at T1 and
     /// transactions give up after 64*T1.
     pub t1_ms: u64,
+    /// Accepted TCP and TLS connections open at once, together; 0 = a quarter of the open
+    /// files limit (RLIMIT_NOFILE), so that connections cannot take the descriptors that RTP
+    /// ports and bot connections need.
+    pub max_connections: usize,
+    /// Accepted TCP and TLS connections open at once from one source IP address.
+    pub max_connections_per_ip: usize,
+    /// An accepted connection must deliver a whole first SIP message within this many seconds.
+    pub header_timeout_secs: u64,
+    /// A TCP/TLS connection with no whole message or keep-alive, either way, for this many
+    /// seconds is closed.
+    pub connection_idle_secs: u64,
+    /// The TLS handshake of an accepted connection must finish within this many seconds.
+    pub tls_handshake_timeout_secs: u64,
 }
 
 impl Default for SipConfig {
@@ -474,6 +487,11 @@ impl Default for SipConfig {
             max_message_bytes: 65536,
             user_agent: "voicegate".into(),
             t1_ms: 500,
+            max_connections: 0,
+            max_connections_per_ip: 100,
+            header_timeout_secs: 10,
+            connection_idle_secs: 300,
+            tls_handshake_timeout_secs: 10,
         }
     }
 }
@@ -1279,6 +1297,36 @@ impl SipConfig {
                 "sip.user_agent",
                 "sip.user_agent: must not contain control characters",
             ));
+        }
+        if self.max_connections_per_ip == 0 {
+            return Err(invalid(
+                "sip.max_connections_per_ip",
+                "sip.max_connections_per_ip: must be at least 1",
+            ));
+        }
+        for (key, value, range) in [
+            ("sip.header_timeout_secs", self.header_timeout_secs, 1..=300),
+            (
+                "sip.connection_idle_secs",
+                self.connection_idle_secs,
+                1..=86400,
+            ),
+            (
+                "sip.tls_handshake_timeout_secs",
+                self.tls_handshake_timeout_secs,
+                1..=300,
+            ),
+        ] {
+            if !range.contains(&value) {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "{key}: {value} is outside {}-{}",
+                        range.start(),
+                        range.end()
+                    ),
+                ));
+            }
         }
         Ok(())
     }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use voicegate_rtp::latch::LatchPolicy;
 use voicegate_rtp::PortPool;
+use voicegate_sip::limits::StreamLimits;
 use voicegate_sip::sdp::{Codec, CodecPreference};
 use voicegate_sip::transaction::Timers;
 use voicegate_sip::transport::{self, Handler, ListenConfig, LocalAddrs, Sender};
@@ -215,10 +216,18 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         tls: config.sip.tls_addr(),
         max_message_bytes: config.sip.max_message_bytes,
         user_agent: config.sip.user_agent.clone(),
+        limits: stream_limits(config),
     };
+    let limits = listen.limits;
     let handler: Arc<dyn Handler> = Arc::new(CoreHandler(core.clone()));
     let (sender, local) =
         transport::start(listen, tls_config, outbound_config(config)?, handler).await?;
+    // Said once listening, so that a start that fails says only why.
+    tracing::info!(
+        max_connections = limits.max_connections,
+        max_connections_per_ip = limits.max_connections_per_ip,
+        "SIP TCP/TLS connection caps"
+    );
     core.attach(sender.clone(), local);
     let api = match store {
         Some(store) => start_api(config, store, core.clone()).await?,
@@ -370,9 +379,71 @@ impl CoalescedReload {
     }
 }
 
+/// The caps and timeouts of accepted SIP connections, `sip.max_connections` sized against
+/// the open files limit.
+fn stream_limits(config: &Config) -> StreamLimits {
+    let open_files = open_files_limit();
+    let (max_connections, warning) = connection_cap(config.sip.max_connections, open_files);
+    if let Some(warning) = warning {
+        tracing::warn!("{warning}");
+    }
+    StreamLimits {
+        max_connections,
+        max_connections_per_ip: config.sip.max_connections_per_ip,
+        header_timeout: Duration::from_secs(config.sip.header_timeout_secs),
+        idle_timeout: Duration::from_secs(config.sip.connection_idle_secs),
+        tls_handshake_timeout: Duration::from_secs(config.sip.tls_handshake_timeout_secs),
+    }
+}
+
+/// The soft RLIMIT_NOFILE, as Linux reports it in /proc/self/limits.
+fn open_files_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line["Max open files".len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The connection cap for `sip.max_connections` (0 = derive it) under an open files limit:
+/// derived, a quarter of the limit, leaving the rest to RTP sockets, bot connections, the
+/// API and the store; with a warning when a configured cap could take over half of it.
+fn connection_cap(configured: usize, open_files: Option<u64>) -> (usize, Option<String>) {
+    /// Without a known limit, the usual default soft limit of 1024 is assumed.
+    const ASSUMED_OPEN_FILES: u64 = 1024;
+    const SMALLEST_DERIVED: usize = 16;
+    let limit = open_files.unwrap_or(ASSUMED_OPEN_FILES);
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    if configured == 0 {
+        return ((limit / 4).max(SMALLEST_DERIVED), None);
+    }
+    let warning = (configured > limit / 2).then(|| {
+        format!(
+            "sip.max_connections = {configured} is over half the open files limit ({limit}): \
+             a connection flood could leave no descriptors for RTP; raise the limit \
+             (ulimit -n, LimitNOFILE=) or lower sip.max_connections"
+        )
+    });
+    (configured, warning)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::relative_store_file;
+    use super::{connection_cap, relative_store_file};
+
+    #[test]
+    fn the_connection_cap_leaves_descriptors_for_media() {
+        assert_eq!(connection_cap(0, Some(1024)), (256, None));
+        assert_eq!(connection_cap(0, Some(1_048_576)), (262_144, None));
+        assert_eq!(connection_cap(0, Some(20)), (16, None));
+        assert_eq!(connection_cap(0, None), (256, None));
+        assert_eq!(connection_cap(500, Some(1024)), (500, None));
+        let (cap, warning) = connection_cap(600, Some(1024));
+        assert_eq!(cap, 600);
+        assert!(warning.is_some_and(|w| w.contains("sip.max_connections = 600")));
+    }
     use std::path::PathBuf;
 
     #[test]
