@@ -302,6 +302,7 @@ impl Core {
                 {
                     last_summary = now;
                     core.log_refusals(now);
+                    release_free_memory();
                 }
             }
         });
@@ -782,6 +783,16 @@ fn refusal_key(request: &Request, branch: &str) -> crate::refusals::RefusalKey {
         .map(|via| via.sent_by().to_string())
         .unwrap_or_default();
     (branch.to_string(), sent_by)
+}
+
+/// Hands freed heap pages back to the system. glibc keeps what a burst of small allocations
+/// freed (in every thread's arena) unless asked: after a flood, RSS would stay at its peak.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists; any thread may call it.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Gives back a map's memory once a flood has passed (its capacity stays at its peak else).
