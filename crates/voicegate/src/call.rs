@@ -338,8 +338,8 @@ pub async fn run(
     source: Source,
     branch: String,
     local_tag: String,
-    self_tx: CallTx,
-    mut rx: mpsc::Receiver<CallInput>,
+    // The call's own input channel: its sender goes to the routes and the other leg.
+    (self_tx, mut rx): (CallTx, mpsc::Receiver<CallInput>),
     admitted: Admitted,
 ) {
     let now = Instant::now();

@@ -631,8 +631,7 @@ impl Core {
             source,
             branch,
             local_tag,
-            tx,
-            rx,
+            (tx, rx),
             admitted,
         ));
     }

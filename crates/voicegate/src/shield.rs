@@ -191,7 +191,7 @@ impl Shield {
         if self.sources.capacity() > 64 && self.sources.len() < self.sources.capacity() / 4 {
             self.sources.shrink_to_fit();
         }
-        out.sort_by(|a, b| (b.refused + b.dropped).cmp(&(a.refused + a.dropped)));
+        out.sort_by_key(|s| std::cmp::Reverse(s.refused + s.dropped));
         out
     }
 }
