@@ -135,6 +135,11 @@ impl Served {
         }
     }
 
+    /// Its process id (for /proc/<pid>/status).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Everything read from stderr so far, as text.
     pub fn stderr_text(&self) -> String {
         String::from_utf8_lossy(&self.stderr.concat()).into_owned()

@@ -75,6 +75,146 @@ pub fn route(core: &Core, number: &str) -> Route {
     }
 }
 
+/// What admission decided for a new INVITE, before any call task exists.
+#[derive(Debug)]
+pub enum Admission {
+    Admitted(Admitted),
+    /// Answer with this final response (no call is started).
+    Refused {
+        status: u16,
+        reason: String,
+        headers: Vec<(&'static str, String)>,
+    },
+}
+
+/// An admitted call's route and what admission learnt on the way.
+#[derive(Debug)]
+pub struct Admitted {
+    pub route: Route,
+    /// The trunk whose counters hold the call (released when the call ends).
+    pub trunk_sid: Option<String>,
+    pub caller_id: Option<String>,
+    pub direction: &'static str,
+}
+
+impl Admitted {
+    fn local(route: Route) -> Self {
+        Admitted {
+            route,
+            trunk_sid: None,
+            caller_id: None,
+            direction: "local",
+        }
+    }
+}
+
+/// Where the dialled number goes: by the trunks when they are configured, else by the test
+/// numbers and flows of the config. Decided in the core, so a refusal costs no call task.
+pub fn admit(core: &Core, invite: &Request, source: &Source, number: &str) -> Admission {
+    if core.carrier_from(source.remote.ip()).is_some() {
+        let mut admitted = Admitted::local(inbound_route(core, number));
+        admitted.direction = "inbound";
+        return admitted_or_not_found(core, admitted);
+    }
+    let Some(gate) = core.gate.as_ref().filter(|g| g.is_active()) else {
+        return admitted_or_not_found(core, Admitted::local(route(core, number)));
+    };
+    match gate.decide(invite, source.remote.ip(), number) {
+        Outcome::Admitted { trunk_sid, mode } => {
+            let mut admitted = Admitted {
+                route: Route::NotFound,
+                caller_id: gate.trunks().external_alias(&trunk_sid),
+                trunk_sid: Some(trunk_sid),
+                direction: "local",
+            };
+            admitted.route = match mode {
+                Mode::Flow { flow_id } => {
+                    match gate.flow(&flow_id).or_else(|| config_flow(core, &flow_id)) {
+                        Some(flow) => Route::Flow(flow),
+                        None => Route::NotFound,
+                    }
+                }
+                // Until carriers are configured, an E.164 echo test number answers here.
+                Mode::Pstn if core.settings.echo_numbers.iter().any(|n| n == number) => Route::Echo,
+                Mode::Pstn => {
+                    admitted.direction = "outbound";
+                    let hops = b2bua::carrier_hops(core, number);
+                    if hops.is_empty() {
+                        Route::NoRoute
+                    } else {
+                        Route::Forward(hops)
+                    }
+                }
+            };
+            admitted_or_not_found(core, admitted)
+        }
+        Outcome::Challenge(values) => Admission::Refused {
+            status: 401,
+            reason: "Unauthorized".into(),
+            headers: values
+                .into_iter()
+                .map(|v| ("WWW-Authenticate", v))
+                .collect(),
+        },
+        Outcome::Refused {
+            status,
+            reason,
+            retry_after,
+        } => Admission::Refused {
+            status,
+            reason,
+            headers: retry_after
+                .map(|s| ("Retry-After", s.to_string()))
+                .into_iter()
+                .collect(),
+        },
+    }
+}
+
+/// A number that leads nowhere is refused like any other: no call task for it.
+fn admitted_or_not_found(core: &Core, admitted: Admitted) -> Admission {
+    if !matches!(admitted.route, Route::NotFound) {
+        return Admission::Admitted(admitted);
+    }
+    if let (Some(gate), Some(trunk)) = (core.gate.as_ref(), admitted.trunk_sid.as_deref()) {
+        gate.call_ended(trunk);
+    }
+    Admission::Refused {
+        status: 404,
+        reason: "Number not mapped".into(),
+        headers: Vec::new(),
+    }
+}
+
+fn config_flow(core: &Core, name: &str) -> Option<Arc<FlowRoute>> {
+    core.settings
+        .flows
+        .iter()
+        .find(|f| f.name == name)
+        .cloned()
+        .map(Arc::new)
+}
+
+/// A carrier's call: trusted by its address, routed by the number's mapping.
+fn inbound_route(core: &Core, number: &str) -> Route {
+    let Some(gate) = core.gate.as_ref() else {
+        return route(core, number);
+    };
+    let trunks = gate.trunks();
+    let Some(mapping) = trunks.snapshot.numbers.iter().find(|m| m.number == number) else {
+        return route(core, number);
+    };
+    match &mapping.mode {
+        Mode::Pstn => Route::Inbound {
+            trunk_sid: mapping.trunk_sid.clone(),
+        },
+        Mode::Flow { flow_id } => match gate.flow(flow_id).or_else(|| config_flow(core, flow_id)) {
+            Some(flow) => Route::Flow(flow),
+            None => Route::NotFound,
+        },
+    }
+}
+
 /// The media leg of an answered call.
 enum Leg {
     Echo(EchoHandle),
@@ -199,8 +339,9 @@ pub async fn run(
     source: Source,
     branch: String,
     local_tag: String,
-    self_tx: CallTx,
-    mut rx: mpsc::Receiver<CallInput>,
+    // The call's own input channel: its sender goes to the routes and the other leg.
+    (self_tx, mut rx): (CallTx, mpsc::Receiver<CallInput>),
+    admitted: Admitted,
 ) {
     let now = Instant::now();
     let number = invite.uri_user().unwrap_or_default();
@@ -222,9 +363,9 @@ pub async fn run(
         media_events: None,
         stopping: Vec::new(),
         bot_events: None,
-        route: Route::NotFound,
+        route: admitted.route,
         call_sid: format!("{:032x}", rand::random::<u128>()),
-        admitted_trunk: None,
+        admitted_trunk: admitted.trunk_sid,
         final_headers: Vec::new(),
         started: now,
         answered_at: None,
@@ -242,10 +383,10 @@ pub async fn run(
         relay_events: None,
         assist: None,
         tap: None,
-        caller_id: None,
+        caller_id: admitted.caller_id,
         caller_timer_terms: None,
         caller_timer: None,
-        direction: "local",
+        direction: admitted.direction,
     };
     core.stats.active.fetch_add(1, Ordering::Relaxed);
     call.start(now).await;
@@ -328,10 +469,6 @@ impl Call {
                 ..
             } => Some(terms),
             _ => None,
-        };
-        self.route = match self.admit(now) {
-            Some(route) => route,
-            None => return, // answered already (401 or a refusal)
         };
         if let Route::Inbound { trunk_sid } = &self.route {
             let hops = b2bua::trunk_hops(&self.core, trunk_sid, &self.number).await;
@@ -557,104 +694,6 @@ impl Call {
         self.answered_at = Some(now);
         self.start_caller_timer(now);
         self.core.stats.answered.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Where the dialled number goes: by the trunks when they are configured, else by the
-    /// test numbers and flows of the config. None when the INVITE was already answered.
-    fn admit(&mut self, now: Instant) -> Option<Route> {
-        if self.core.carrier_from(self.source.remote.ip()).is_some() {
-            self.direction = "inbound";
-            return Some(self.inbound_route());
-        }
-        let Some(gate) = self.core.gate.as_ref().filter(|g| g.is_active()) else {
-            return Some(route(&self.core, &self.number));
-        };
-        match gate.decide(&self.invite, self.source.remote.ip(), &self.number) {
-            Outcome::Admitted { trunk_sid, mode } => {
-                self.caller_id = gate.trunks().external_alias(&trunk_sid);
-                self.admitted_trunk = Some(trunk_sid);
-                Some(match mode {
-                    Mode::Flow { flow_id } => match gate.flow(&flow_id).or_else(|| {
-                        self.core
-                            .settings
-                            .flows
-                            .iter()
-                            .find(|f| f.name == flow_id)
-                            .cloned()
-                            .map(Arc::new)
-                    }) {
-                        Some(flow) => Route::Flow(flow),
-                        None => Route::NotFound,
-                    },
-                    // Until carriers are configured, an E.164 echo test number answers here.
-                    Mode::Pstn if self.core.settings.echo_numbers.contains(&self.number) => {
-                        Route::Echo
-                    }
-                    Mode::Pstn => {
-                        self.direction = "outbound";
-                        let hops = b2bua::carrier_hops(&self.core, &self.number);
-                        if hops.is_empty() {
-                            Route::NoRoute
-                        } else {
-                            Route::Forward(hops)
-                        }
-                    }
-                })
-            }
-            Outcome::Challenge(values) => {
-                self.final_headers = values
-                    .into_iter()
-                    .map(|v| ("WWW-Authenticate", v))
-                    .collect();
-                self.reject(401, "Unauthorized", now);
-                None
-            }
-            Outcome::Refused {
-                status,
-                reason,
-                retry_after,
-            } => {
-                let headers: Vec<_> = retry_after
-                    .map(|s| ("Retry-After", s.to_string()))
-                    .into_iter()
-                    .collect();
-                self.reject_with(status, &reason, &headers, now);
-                None
-            }
-        }
-    }
-
-    /// A carrier's call: trusted by its address, routed by the number's mapping.
-    fn inbound_route(&mut self) -> Route {
-        let Some(gate) = self.core.gate.as_ref() else {
-            return route(&self.core, &self.number);
-        };
-        let trunks = gate.trunks();
-        let Some(mapping) = trunks
-            .snapshot
-            .numbers
-            .iter()
-            .find(|m| m.number == self.number)
-        else {
-            return route(&self.core, &self.number);
-        };
-        match &mapping.mode {
-            Mode::Pstn => Route::Inbound {
-                trunk_sid: mapping.trunk_sid.clone(),
-            },
-            Mode::Flow { flow_id } => match gate.flow(flow_id).or_else(|| {
-                self.core
-                    .settings
-                    .flows
-                    .iter()
-                    .find(|f| &f.name == flow_id)
-                    .cloned()
-                    .map(Arc::new)
-            }) {
-                Some(flow) => Route::Flow(flow),
-                None => Route::NotFound,
-            },
-        }
     }
 
     /// The caller's user part (its number, usually).

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tracing::debug;
+use tracing::{debug, info, warn};
 use voicegate_rtp::PortPool;
 use voicegate_sip::message::{Message, Request, Response};
 use voicegate_sip::sdp::{Codec, CodecPreference};
@@ -51,6 +51,48 @@ pub struct Settings {
     /// Upstream gateways, lowest priority first.
     pub carriers: Vec<Carrier>,
     pub routing: RoutingSettings,
+    pub limits: LimitSettings,
+}
+
+/// Load shedding and the shield's limits (from `[limits]`).
+#[derive(Clone, Debug)]
+pub struct LimitSettings {
+    pub shield: crate::shield::ShieldLimits,
+    pub refusal_transactions: usize,
+    /// 0: no limit.
+    pub max_calls: u64,
+    /// Zero: not checked.
+    pub max_lag: Duration,
+    pub retry_after_secs: u32,
+    pub summary_interval: Duration,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        let c = crate::config::LimitsConfig::default();
+        LimitSettings::from_config(&c)
+    }
+}
+
+impl LimitSettings {
+    pub fn from_config(c: &crate::config::LimitsConfig) -> Self {
+        LimitSettings {
+            shield: crate::shield::ShieldLimits {
+                window: Duration::from_secs(c.window_secs),
+                requests_per_window: c.requests_per_window,
+                trusted_requests_per_window: c.trusted_requests_per_window,
+                auth_failures: c.auth_failures_per_minute,
+                auth_window: Duration::from_secs(60),
+                block: Duration::from_secs(c.block_secs),
+                tracked_sources: c.tracked_sources,
+            },
+            refusal_transactions: c.refusal_transactions,
+            max_calls: c.max_calls,
+            max_lag: Duration::from_millis(c.max_lag_ms),
+            retry_after_secs: c.retry_after_secs,
+            summary_interval: Duration::from_secs(c.summary_interval_secs),
+        }
+    }
 }
 
 /// An upstream carrier gateway as calls use it.
@@ -122,6 +164,24 @@ pub struct CallStats {
     pub dtmf: AtomicU64,
     /// Calls started and not yet ended (a task may linger after to answer retransmissions).
     pub active: AtomicU64,
+    /// INVITEs refused in the core (admission, unknown number, load), no call started.
+    pub refused_early: AtomicU64,
+    /// INVITEs answered 503 because calls or the event-loop lag passed their limit.
+    pub shed: AtomicU64,
+    /// Requests dropped unanswered: their source is blocked.
+    pub shield_dropped: AtomicU64,
+    /// Sources blocked for going over their request rate.
+    pub sources_blocked: AtomicU64,
+    /// Sources blocked for failing digest authentication too often.
+    pub auth_blocked: AtomicU64,
+    /// Refusals sent again on an INVITE retransmission.
+    pub refusals_resent: AtomicU64,
+    /// ACKs of refusals absorbed.
+    pub refusal_acks: AtomicU64,
+    /// Refused INVITEs forgotten early because the table was full.
+    pub refusals_evicted: AtomicU64,
+    /// The event loop's latest scheduling lag (ms), measured by the sweeper.
+    pub lag_ms: AtomicU64,
 }
 
 /// Something that happened in a call, for whoever listens (tests now; bots and callbacks later).
@@ -177,6 +237,10 @@ pub struct Core {
     /// Non-INVITE server transactions answered by the core, kept for retransmissions (Timer J),
     /// by branch, sent-by and method (RFC 3261 §17.2.3).
     out_of_dialog: Mutex<HashMap<(String, String, String), OutOfDialog>>,
+    /// Per-source request rates and the block list.
+    shield: Mutex<crate::shield::Shield>,
+    /// INVITEs refused here, kept for their retransmissions and ACK.
+    refusals: Mutex<crate::refusals::Refusals>,
 }
 
 impl Core {
@@ -187,6 +251,8 @@ impl Core {
         store: Option<Arc<voicegate_control::Store>>,
         resolver: crate::resolve::Resolver,
     ) -> Arc<Self> {
+        let settings_limits = settings.limits.clone();
+        let timer_h = settings.timers.t1 * 64;
         Arc::new(Core {
             settings,
             gate,
@@ -199,6 +265,14 @@ impl Core {
             listening: OnceLock::new(),
             routes: Mutex::new(Routes::default()),
             out_of_dialog: Mutex::new(HashMap::new()),
+            shield: Mutex::new(crate::shield::Shield::new(
+                settings_limits.shield,
+                Instant::now(),
+            )),
+            refusals: Mutex::new(crate::refusals::Refusals::new(
+                settings_limits.refusal_transactions,
+                timer_h,
+            )),
         })
     }
 
@@ -212,11 +286,27 @@ impl Core {
         let _ = self.listening.set(listening);
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            const TICK: Duration = Duration::from_secs(1);
+            let mut tick = tokio::time::interval(TICK);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut last_summary = Instant::now();
             loop {
-                tick.tick().await;
+                let due = tick.tick().await;
+                let now = Instant::now();
                 let Some(core) = weak.upgrade() else { break };
-                core.sweep(Instant::now());
+                // How late the tick ran: how far behind the runtime is.
+                let lag = now.saturating_duration_since(due);
+                core.stats
+                    .lag_ms
+                    .store(lag.as_millis() as u64, Ordering::Relaxed);
+                core.sweep(now);
+                if now.saturating_duration_since(last_summary)
+                    >= core.settings.limits.summary_interval
+                {
+                    last_summary = now;
+                    core.log_refusals(now);
+                    release_free_memory();
+                }
             }
         });
     }
@@ -285,11 +375,104 @@ impl Core {
     }
 
     fn sweep(&self, now: Instant) {
-        let mut table = self.out_of_dialog.lock().unwrap_or_else(|e| e.into_inner());
-        table.retain(|_, entry| {
-            entry.tx.handle_timeout(now);
-            !entry.tx.is_terminated()
-        });
+        {
+            let mut table = self.out_of_dialog.lock().unwrap_or_else(|e| e.into_inner());
+            table.retain(|_, entry| {
+                entry.tx.handle_timeout(now);
+                !entry.tx.is_terminated()
+            });
+            shrink(&mut table);
+        }
+        self.lock_refusals().sweep(now);
+        let mut routes = self.lock_routes();
+        shrink(&mut routes.by_branch);
+        shrink(&mut routes.by_tag);
+    }
+
+    fn lock_refusals(&self) -> std::sync::MutexGuard<'_, crate::refusals::Refusals> {
+        self.refusals.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_shield(&self) -> std::sync::MutexGuard<'_, crate::shield::Shield> {
+        self.shield.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// One line per source whose requests were refused or dropped since the last summary,
+    /// instead of a call record per refused INVITE.
+    fn log_refusals(&self, now: Instant) {
+        const MOST_LINES: usize = 20;
+        let summary = self.lock_shield().sweep(now);
+        for s in summary.iter().take(MOST_LINES) {
+            let source = s.source.map_or_else(
+                || "(sources beyond limits.tracked_sources)".to_string(),
+                |ip| ip.to_string(),
+            );
+            info!(
+                target: "voicegate::shield",
+                source,
+                refused = s.refused,
+                dropped = s.dropped,
+                blocked = s.blocked,
+                "requests refused"
+            );
+        }
+        if summary.len() > MOST_LINES {
+            let rest = &summary[MOST_LINES..];
+            info!(
+                target: "voicegate::shield",
+                sources = rest.len(),
+                refused = rest.iter().map(|s| s.refused).sum::<u64>(),
+                dropped = rest.iter().map(|s| s.dropped).sum::<u64>(),
+                "requests refused from further sources"
+            );
+        }
+    }
+
+    /// Whether a source's out-of-dialog request goes on: false when it is dropped (the source
+    /// is, or has just become, blocked). Dropping is silent, over TCP/TLS too: the transport
+    /// offers the core no way to close a connection.
+    fn shield_passes(&self, source: &Source) -> bool {
+        let ip = source.remote.ip();
+        let class = if self.is_trusted(ip) {
+            crate::shield::SourceClass::Trusted
+        } else {
+            crate::shield::SourceClass::Unknown
+        };
+        let verdict = self.lock_shield().check(ip, class, Instant::now());
+        match verdict {
+            crate::shield::Verdict::Pass => true,
+            crate::shield::Verdict::Blocked => {
+                self.stats.sources_blocked.fetch_add(1, Ordering::Relaxed);
+                self.stats.shield_dropped.fetch_add(1, Ordering::Relaxed);
+                warn!(target: "voicegate::shield", source = %ip, "source blocked: request rate over its limit");
+                false
+            }
+            crate::shield::Verdict::Dropped => {
+                self.stats.shield_dropped.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+        }
+    }
+
+    /// A trunk's whitelisted address or a carrier's: the higher request limit.
+    fn is_trusted(&self, ip: IpAddr) -> bool {
+        self.carrier_from(ip).is_some()
+            || self.gate.as_ref().is_some_and(|g| {
+                g.trunks()
+                    .snapshot
+                    .trunks
+                    .iter()
+                    .any(|t| t.whitelisted.iter().any(|net| net.contains(ip)))
+            })
+    }
+
+    /// Why a new INVITE is shed before admission, if it is.
+    fn overloaded(&self) -> bool {
+        let limits = &self.settings.limits;
+        let calls = self.stats.active.load(Ordering::Relaxed);
+        let lag = Duration::from_millis(self.stats.lag_ms.load(Ordering::Relaxed));
+        (limits.max_calls > 0 && calls >= limits.max_calls)
+            || (!limits.max_lag.is_zero() && lag > limits.max_lag)
     }
 
     fn on_request(self: &Arc<Self>, request: Request, source: Source) {
@@ -314,9 +497,23 @@ impl Core {
         if is_ack {
             match target {
                 Some(call) => forward(&call, CallInput::Request(request, source)),
-                None => debug!(call_id, "ACK matches no call: dropped"),
+                None => {
+                    if self.refusal_retransmission(&request, &branch, true) {
+                        self.stats.refusal_acks.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        debug!(call_id, "ACK matches no call: dropped");
+                    }
+                }
             }
             return;
+        }
+        if target.is_none() {
+            if request.method == "INVITE" && self.refusal_retransmission(&request, &branch, false) {
+                return;
+            }
+            if !self.shield_passes(&source) {
+                return;
+            }
         }
         if self.answer_retransmission(&request, &branch) {
             return;
@@ -389,6 +586,29 @@ impl Core {
         call_id: String,
         branch: String,
     ) {
+        self.stats.invites.fetch_add(1, Ordering::Relaxed);
+        let number = request.uri_user().unwrap_or_default();
+        let admission = if self.overloaded() {
+            self.stats.shed.fetch_add(1, Ordering::Relaxed);
+            call::Admission::Refused {
+                status: 503,
+                reason: "Service Unavailable (overloaded)".into(),
+                headers: vec![(
+                    "Retry-After",
+                    self.settings.limits.retry_after_secs.to_string(),
+                )],
+            }
+        } else {
+            call::admit(self, &request, &source, &number)
+        };
+        let admitted = match admission {
+            call::Admission::Admitted(admitted) => admitted,
+            call::Admission::Refused {
+                status,
+                reason,
+                headers,
+            } => return self.refuse(&request, &source, &branch, status, &reason, headers),
+        };
         let local_tag = random_token();
         let (tx, rx) = mpsc::channel(64);
         {
@@ -400,16 +620,86 @@ impl Core {
                 .by_tag
                 .insert((call_id, local_tag.clone()), tx.clone());
         }
-        self.stats.invites.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(call::run(
             self.clone(),
             request,
             source,
             branch,
             local_tag,
-            tx,
-            rx,
+            (tx, rx),
+            admitted,
         ));
+    }
+
+    /// Refuses a new INVITE without a call: the final response alone (no 100 Trying), kept
+    /// over UDP only to answer the INVITE's own retransmissions (see [`crate::refusals`]).
+    fn refuse(
+        &self,
+        request: &Request,
+        source: &Source,
+        branch: &str,
+        status: u16,
+        reason: &str,
+        headers: Vec<(&'static str, String)>,
+    ) {
+        self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+        self.stats.refused_early.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        let ip = source.remote.ip();
+        {
+            let mut shield = self.lock_shield();
+            shield.refused(ip, now);
+            let credentials = request.headers.get("Authorization").is_some()
+                || request.headers.get("Proxy-Authorization").is_some();
+            if credentials && matches!(status, 401 | 403 | 407) && shield.auth_failed(ip, now) {
+                self.stats.auth_blocked.fetch_add(1, Ordering::Relaxed);
+                warn!(target: "voicegate::shield", source = %ip, "source blocked: digest authentication failed too often");
+            }
+        }
+        let sender = self.sender();
+        let mut response = request
+            .response(status, reason)
+            .header("Server", sender.user_agent())
+            .with_to_tag(&random_token());
+        for (name, value) in headers {
+            response = response.header(name, value);
+        }
+        let bytes = response.to_bytes();
+        let target = voicegate_sip::message::response_target(
+            &request.headers,
+            source.remote,
+            source.transport.is_reliable(),
+        );
+        sender.send_to(source, target, bytes.clone());
+        if source.transport.is_reliable() || branch.is_empty() {
+            return;
+        }
+        let evicted =
+            self.lock_refusals()
+                .insert(refusal_key(request, branch), bytes, *source, target, now);
+        if evicted {
+            self.stats.refusals_evicted.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// An INVITE retransmission or ACK matching an INVITE refused here: the INVITE gets the
+    /// refusal again, the ACK is absorbed. False when nothing matches.
+    fn refusal_retransmission(&self, request: &Request, branch: &str, is_ack: bool) -> bool {
+        if branch.is_empty() {
+            return false;
+        }
+        let matched =
+            self.lock_refusals()
+                .on_request(&refusal_key(request, branch), is_ack, Instant::now());
+        match matched {
+            None => false,
+            Some(crate::refusals::Matched::Absorbed) => true,
+            Some(crate::refusals::Matched::Resend(bytes, source, target)) => {
+                self.stats.refusals_resent.fetch_add(1, Ordering::Relaxed);
+                self.sender().send_to(&source, target, bytes);
+                true
+            }
+        }
     }
 
     /// A retransmitted out-of-dialog request gets the answer it had.
@@ -479,6 +769,31 @@ fn tx_key(request: &Request, branch: &str) -> (String, String, String) {
         .map(|via| via.sent_by().to_string())
         .unwrap_or_default();
     (branch.to_string(), sent_by, request.method.clone())
+}
+
+/// A refused INVITE's key: branch and top Via sent-by (its ACK carries the same branch).
+fn refusal_key(request: &Request, branch: &str) -> crate::refusals::RefusalKey {
+    let sent_by = voicegate_sip::message::top_via(&request.headers)
+        .map(|via| via.sent_by().to_string())
+        .unwrap_or_default();
+    (branch.to_string(), sent_by)
+}
+
+/// Hands freed heap pages back to the system. glibc keeps what a burst of small allocations
+/// freed (in every thread's arena) unless asked: after a flood, RSS would stay at its peak.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists; any thread may call it.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Gives back a map's memory once a flood has passed (its capacity stays at its peak else).
+fn shrink<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) {
+    if map.capacity() > 64 && map.len() < map.capacity() / 4 {
+        map.shrink_to_fit();
+    }
 }
 
 fn forward(call: &CallTx, input: CallInput) {

@@ -136,6 +136,7 @@ pub fn settings(config: &Config) -> Result<Settings, StartError> {
             },
             ringback: crate::call::ringback_tone(&routing.ringback),
         },
+        limits: crate::core::LimitSettings::from_config(&config.limits),
     })
 }
 
