@@ -791,6 +791,25 @@ struct Warnings {
 }
 
 impl Warnings {
+    /// Whether a bot message of `len` bytes fits `budget`; one that does not is counted and
+    /// warned about (rate-limited), and dropped unread by the caller.
+    fn within_budget(
+        &mut self,
+        budget: &mut BotBudget,
+        len: usize,
+        now: Instant,
+        report: &mut SessionReport,
+    ) -> bool {
+        if budget.admit(len, now) {
+            return true;
+        }
+        report.bot_frames_over_budget += 1;
+        if let Some(suppressed) = self.over_budget.allow(now) {
+            warn!(suppressed, "bot over its message budget: message dropped");
+        }
+        false
+    }
+
     fn new() -> Self {
         Warnings {
             malformed: WarnLimiter::new(WARN_INTERVAL),
@@ -963,11 +982,7 @@ async fn session(
                     continue;
                 }
                 let now = Instant::now();
-                if !budget.admit(text.len(), now) {
-                    report.bot_frames_over_budget += 1;
-                    if let Some(suppressed) = warnings.over_budget.allow(now) {
-                        warn!(suppressed, "bot over its message budget: message dropped");
-                    }
+                if !warnings.within_budget(&mut budget, text.len(), now, report) {
                     continue;
                 }
                 match dialect::parse_into(bot.protocol, text.as_str(), &mut bot_pcm) {
@@ -1316,11 +1331,7 @@ async fn listen_only(
                     continue;
                 }
                 let now = Instant::now();
-                if !budget.admit(text.len(), now) {
-                    report.bot_frames_over_budget += 1;
-                    if let Some(suppressed) = warnings.over_budget.allow(now) {
-                        warn!(suppressed, "bot over its message budget: message dropped");
-                    }
+                if !warnings.within_budget(&mut budget, text.len(), now, report) {
                     continue;
                 }
                 match dialect::parse_into(bot.protocol, text.as_str(), &mut bot_pcm) {

@@ -11,7 +11,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use common::*;
 use futures_util::StreamExt;
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -20,16 +20,6 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use voicegate_bridge::dialect::Protocol;
 use voicegate_bridge::session::{BridgeEvent, SessionEnd};
-
-/// `seconds` of a loud 8 kHz tone as one Exotel `media` message (PCM16 LE, base64).
-fn exotel_audio(seconds: f64) -> Value {
-    let samples = (8000.0 * seconds) as usize;
-    let pcm: Vec<u8> = (0..samples)
-        .map(|i| ((i as f64 * 0.3).sin() * 12_000.0) as i16)
-        .flat_map(i16::to_le_bytes)
-        .collect();
-    json!({"event": "media", "media": {"payload": STANDARD.encode(pcm)}})
-}
 
 /// Counts the RTP packets the caller receives until the session reports its end (every packet
 /// here is bot audio: the fixture sends no silence). Returns the end, the packets before it,
@@ -223,21 +213,6 @@ async fn caller_hang_up_sends_stop_then_close_1000_with_a_reason() {
             Some(BridgeEvent::Ended(SessionEnd::CallerHungUp)) => {}
             other => panic!("{other:?}"),
         }
-    }
-}
-
-/// PCMU RTP with a loud tone, 20 ms each, from the caller to the session.
-async fn caller_talks(caller: &UdpSocket, port: u16, until: Instant) {
-    let mut seq = 0u16;
-    let mut ticker = tokio::time::interval(Duration::from_millis(20));
-    while Instant::now() < until {
-        ticker.tick().await;
-        let mut packet = vec![0x80, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4];
-        packet[2..4].copy_from_slice(&seq.to_be_bytes());
-        packet[4..8].copy_from_slice(&(u32::from(seq) * 160).to_be_bytes());
-        packet.extend((0..160).map(|i| if i % 16 < 8 { 0x10 } else { 0x90 }));
-        let _ = caller.send_to(&packet, ("127.0.0.1", port)).await;
-        seq = seq.wrapping_add(1);
     }
 }
 

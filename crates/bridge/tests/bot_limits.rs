@@ -18,31 +18,6 @@ use voicegate_bridge::dialect::Protocol;
 use voicegate_bridge::session::{BridgeEvent, SessionEnd};
 use voicegate_rtp::PortPool;
 
-/// PCMU RTP, 20 ms each, from the caller to the session until `until`.
-async fn caller_talks(caller: &UdpSocket, port: u16, until: Instant) {
-    let mut seq = 0u16;
-    let mut ticker = tokio::time::interval(Duration::from_millis(20));
-    while Instant::now() < until {
-        ticker.tick().await;
-        let mut packet = vec![0x80, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4];
-        packet[2..4].copy_from_slice(&seq.to_be_bytes());
-        packet[4..8].copy_from_slice(&(u32::from(seq) * 160).to_be_bytes());
-        packet.extend((0..160).map(|i| if i % 16 < 8 { 0x10 } else { 0x90 }));
-        let _ = caller.send_to(&packet, ("127.0.0.1", port)).await;
-        seq = seq.wrapping_add(1);
-    }
-}
-
-/// `seconds` of an 8 kHz tone as one Exotel `media` message.
-fn exotel_audio(seconds: f64) -> serde_json::Value {
-    use base64::Engine as _;
-    let pcm: Vec<u8> = (0..(8000.0 * seconds) as usize)
-        .map(|i| ((i as f64 * 0.3).sin() * 12_000.0) as i16)
-        .flat_map(i16::to_le_bytes)
-        .collect();
-    json!({"event": "media", "media": {"payload": base64::engine::general_purpose::STANDARD.encode(pcm)}})
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bot_that_stops_reading_is_ended_while_the_caller_keeps_hearing_it() {
     // The bot's socket takes little before the kernel stops accepting: it fills quickly.

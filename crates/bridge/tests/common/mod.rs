@@ -160,3 +160,30 @@ pub async fn next_event(events: &mut mpsc::Receiver<BridgeEvent>) -> BridgeEvent
         }
     }
 }
+
+/// `seconds` of a loud 8 kHz tone as one Exotel `media` message (PCM16 LE, base64).
+pub fn exotel_audio(seconds: f64) -> Value {
+    use base64::Engine as _;
+    let samples = (8000.0 * seconds) as usize;
+    let pcm: Vec<u8> = (0..samples)
+        .map(|i| ((i as f64 * 0.3).sin() * 12_000.0) as i16)
+        .flat_map(i16::to_le_bytes)
+        .collect();
+    serde_json::json!({"event": "media", "media": {"payload": base64::engine::general_purpose::STANDARD.encode(pcm)}})
+}
+
+/// PCMU RTP with a loud tone, 20 ms each, from the caller to the session on `port` until
+/// `until`.
+pub async fn caller_talks(caller: &UdpSocket, port: u16, until: tokio::time::Instant) {
+    let mut seq = 0u16;
+    let mut ticker = tokio::time::interval(Duration::from_millis(20));
+    while tokio::time::Instant::now() < until {
+        ticker.tick().await;
+        let mut packet = vec![0x80, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4];
+        packet[2..4].copy_from_slice(&seq.to_be_bytes());
+        packet[4..8].copy_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+        packet.extend((0..160).map(|i| if i % 16 < 8 { 0x10 } else { 0x90 }));
+        let _ = caller.send_to(&packet, ("127.0.0.1", port)).await;
+        seq = seq.wrapping_add(1);
+    }
+}
