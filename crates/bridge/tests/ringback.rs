@@ -1,7 +1,8 @@
 //! Ringback to the caller over real UDP sockets: 20 ms RTP packets in the caller's codec, the
 //! tone during the on-period and silence after, and the ports back when it stops.
 
-use std::net::UdpSocket as StdUdpSocket;
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,19 +14,9 @@ use voicegate_bridge::tone::{Tone, ToneHandle};
 use voicegate_rtp::latch::LatchPolicy;
 use voicegate_rtp::PortPool;
 
-const WAIT: Duration = Duration::from_secs(5);
+use common::free_range;
 
-fn free_range(len: u16) -> (u16, u16) {
-    loop {
-        let probe = StdUdpSocket::bind("127.0.0.1:0").unwrap();
-        let base = probe.local_addr().unwrap().port() & !1;
-        drop(probe);
-        if base < 60000 && (base..base + len).all(|p| StdUdpSocket::bind(("127.0.0.1", p)).is_ok())
-        {
-            return (base, base + len - 1);
-        }
-    }
-}
+const WAIT: Duration = Duration::from_secs(5);
 
 fn pool() -> Arc<PortPool> {
     let (min, max) = free_range(4);
