@@ -399,7 +399,40 @@ async fn calls_beyond_the_limit_get_503_with_retry_after() {
     let mut second = Uac::new(server).await;
     let response = second.call("echo", "8", "").await;
     assert_eq!(response.status, 503);
+    assert_eq!(
+        response.reason,
+        "Service Unavailable (overloaded: calls in progress)"
+    );
     assert_eq!(response.headers.get("Retry-After"), Some("7"));
     assert_eq!(stat(&running, |s| &s.shed), 1);
     assert_eq!(ringing.cancel().await.status, 200);
+}
+
+/// With the process's CPU use at or over `limits.max_cpu_percent`, a new INVITE is shed with
+/// 503; the server here runs in the test's process, so a thread spinning here is its load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_cpu_sheds_new_calls_with_503() {
+    let mut config = test_config();
+    config.limits.max_cpu_percent = 1;
+    let running = start(&config).await;
+    let server = running.local.udp.unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let spinner = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut x = 1u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+            }
+        })
+    };
+    // The sweeper samples CPU once a second: two samples span the spinning.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let response = Uac::new(server).await.call("echo", "8", "").await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    spinner.join().unwrap();
+    assert_eq!(response.status, 503);
+    assert_eq!(response.reason, "Service Unavailable (overloaded: CPU)");
+    assert!(response.headers.get("Retry-After").is_some());
+    assert_eq!(stat(&running, |s| &s.shed), 1);
 }

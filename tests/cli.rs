@@ -210,3 +210,69 @@ fn unknown_log_format_stops_startup_naming_the_key() {
         "{stderr}"
     );
 }
+
+/// Killed with calls up (issue 11, item 11): the next start writes the record of each call the
+/// store knew to be up, with the end cause "interrupted", and only of those.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_after_kill_closes_out_the_calls_that_were_up() {
+    let dir = std::env::temp_dir().join(format!("vg-crash-{:x}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut env = port_env();
+    env.retain(|(key, _)| *key != "VOICEGATE_STORE_URL");
+    env.push((
+        "VOICEGATE_STORE_URL",
+        format!("sqlite://{}", dir.join("voicegate.db").display()),
+    ));
+    env.push(("VOICEGATE_STORE_NODE", "crash-test".into()));
+    let config = ["serve", "--config", SHIPPED_CONFIG];
+
+    let mut served = Served::start(voicegate(&config, &env));
+    // One call that ends normally, one still up when the process is killed.
+    let mut ended = common::uac::Uac::new(served.udp).await;
+    assert_eq!(ended.call("echo", "0", "").await.status, 200);
+    assert_eq!(ended.bye().await.status, 200);
+    let mut up = common::uac::Uac::new(served.udp).await;
+    let response = up.call("echo", "0", "").await;
+    assert_eq!(response.status, 200);
+    let up_call_id = response.headers.get("Call-ID").unwrap().to_string();
+    let ended_call_id = ended.call_id.clone();
+    assert!(
+        served
+            .wait_for(&ended_call_id, Duration::from_secs(5))
+            .is_some_and(|l| l.contains("call ended")),
+        "no record for the ended call: {}",
+        served.stderr_text()
+    );
+    // The store is written in the background: give it a moment, as a real crash would not.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    served.kill();
+
+    let mut restarted = Served::start(voicegate(&config, &env));
+    let text = restarted.stderr_text();
+    let record = text
+        .lines()
+        .find(|l| l.contains("voicegate::cdr"))
+        .unwrap_or_else(|| panic!("no close-out record on restart: {text}"));
+    assert!(record.contains(&up_call_id), "{record}");
+    assert!(record.contains("end=\"interrupted\""), "{record}");
+    assert!(record.contains("status=200"), "{record}");
+    assert_eq!(
+        text.matches("voicegate::cdr").count(),
+        1,
+        "only the call that was up: {text}"
+    );
+    assert!(
+        text.contains("closed out as interrupted"),
+        "a warning says what happened: {text}"
+    );
+    // Closed out once: a second restart has nothing left.
+    restarted.kill();
+    let again = Served::start(voicegate(&config, &env));
+    assert!(
+        !again.stderr_text().contains("voicegate::cdr"),
+        "{}",
+        again.stderr_text()
+    );
+    drop(again);
+    let _ = std::fs::remove_dir_all(&dir);
+}

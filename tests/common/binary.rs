@@ -135,6 +135,12 @@ impl Served {
         }
     }
 
+    /// Kills it with SIGKILL, as a crash or `kill -9` would, and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Its process id (for /proc/<pid>/status).
     pub fn pid(&self) -> u32 {
         self.child.id()

@@ -1520,7 +1520,9 @@ impl Store {
     }
 }
 
+mod calls;
 mod registrations;
+pub use calls::{CallChange, CallInProgress};
 pub use registrations::Binding;
 
 #[cfg(test)]

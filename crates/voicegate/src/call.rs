@@ -389,6 +389,17 @@ pub async fn run(
         direction: admitted.direction,
     };
     core.stats.active.fetch_add(1, Ordering::Relaxed);
+    if let Some(in_progress) = &core.in_progress {
+        in_progress.started(crate::in_progress::StartedCall {
+            call_sid: &call.call_sid,
+            call_id: call.invite.call_id(),
+            trunk_sid: call.admitted_trunk.as_deref(),
+            number: &call.number,
+            remote: call.source.remote,
+            transport: call.source.transport.as_via(),
+            direction: call.direction,
+        });
+    }
     call.start(now).await;
     call.flush();
     call.drive().await;
@@ -648,10 +659,7 @@ impl Call {
                 }
             }
             self.respond_invite(200, "OK", Some(Bytes::from(body)), now);
-            self.phase = Phase::Answered;
-            self.answered_at = Some(now);
-            self.start_caller_timer(now);
-            self.core.stats.answered.fetch_add(1, Ordering::Relaxed);
+            self.mark_answered(now);
             return;
         }
         let Some(ports) = media.ports.take() else {
@@ -690,10 +698,18 @@ impl Call {
             }
         }
         self.respond_invite(200, "OK", Some(Bytes::from(body)), now);
+        self.mark_answered(now);
+    }
+
+    /// The caller has our 200: the call is up from here on.
+    fn mark_answered(&mut self, now: Instant) {
         self.phase = Phase::Answered;
         self.answered_at = Some(now);
         self.start_caller_timer(now);
         self.core.stats.answered.fetch_add(1, Ordering::Relaxed);
+        if let Some(in_progress) = &self.core.in_progress {
+            in_progress.answered(&self.call_sid);
+        }
     }
 
     /// The caller's user part (its number, usually).
@@ -1510,6 +1526,9 @@ impl Call {
             gate.call_ended(&trunk);
         }
         self.core.stats.active.fetch_sub(1, Ordering::Relaxed);
+        if let Some(in_progress) = &self.core.in_progress {
+            in_progress.ended(&self.call_sid);
+        }
         let now = self.ended_at.unwrap_or_else(Instant::now);
         let media = self.media_record.report.clone().unwrap_or_default();
         let bot = self.media_record.bot.clone().unwrap_or_default();

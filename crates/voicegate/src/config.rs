@@ -164,12 +164,15 @@ pub struct ApiAccountConfig {
 pub struct StoreConfig {
     /// `sqlite://path` (created with its schema on first start) or `sqlite::memory:`.
     pub url: String,
+    /// This node's name in the store (its calls in progress); empty: the host name.
+    pub node: String,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             url: "sqlite://voicegate.db".into(),
+            node: String::new(),
         }
     }
 }
@@ -580,6 +583,9 @@ pub struct LimitsConfig {
     /// Scheduling lag of the event loop, in milliseconds, beyond which new INVITEs get 503;
     /// 0 = not checked.
     pub max_lag_ms: u64,
+    /// The process's CPU use over the last second, in percent of every core it may run on,
+    /// from which new INVITEs get 503; 0 = not checked.
+    pub max_cpu_percent: u32,
     /// The Retry-After of a shed INVITE's 503, in seconds.
     pub retry_after_secs: u32,
     /// How often refused INVITEs are summarised in the log (one line per source), in seconds.
@@ -598,6 +604,7 @@ impl Default for LimitsConfig {
             refusal_transactions: 4096,
             max_calls: 5000,
             max_lag_ms: 500,
+            max_cpu_percent: 95,
             retry_after_secs: 5,
             summary_interval_secs: 10,
         }
@@ -647,6 +654,11 @@ impl LimitsConfig {
                 "limits.summary_interval_secs",
                 self.summary_interval_secs,
                 3600,
+            ),
+            (
+                "limits.max_cpu_percent",
+                u64::from(self.max_cpu_percent),
+                100,
             ),
         ];
         for (key, value, max) in bounded {

@@ -59,10 +59,8 @@ pub struct Settings {
 pub struct LimitSettings {
     pub shield: crate::shield::ShieldLimits,
     pub refusal_transactions: usize,
-    /// 0: no limit.
-    pub max_calls: u64,
-    /// Zero: not checked.
-    pub max_lag: Duration,
+    /// Calls in progress, event-loop lag and CPU use that shed new calls.
+    pub shedding: crate::load::SheddingLimits,
     pub retry_after_secs: u32,
     pub summary_interval: Duration,
 }
@@ -87,8 +85,11 @@ impl LimitSettings {
                 tracked_sources: c.tracked_sources,
             },
             refusal_transactions: c.refusal_transactions,
-            max_calls: c.max_calls,
-            max_lag: Duration::from_millis(c.max_lag_ms),
+            shedding: crate::load::SheddingLimits {
+                max_calls: c.max_calls,
+                max_lag: Duration::from_millis(c.max_lag_ms),
+                max_cpu_percent: c.max_cpu_percent,
+            },
             retry_after_secs: c.retry_after_secs,
             summary_interval: Duration::from_secs(c.summary_interval_secs),
         }
@@ -182,6 +183,8 @@ pub struct CallStats {
     pub refusals_evicted: AtomicU64,
     /// The event loop's latest scheduling lag (ms), measured by the sweeper.
     pub lag_ms: AtomicU64,
+    /// The process's CPU use over the last second, in percent of every core.
+    pub cpu_percent: AtomicU64,
 }
 
 /// Something that happened in a call, for whoever listens (tests now; bots and callbacks later).
@@ -224,6 +227,8 @@ pub struct Core {
     pub gate: Option<crate::admit::Gate>,
     /// Trunks, numbers, flows and registrations (None when `store.url` is empty).
     pub store: Option<Arc<voicegate_control::Store>>,
+    /// The calls up, mirrored in the store for a close-out after a crash (None without one).
+    pub in_progress: Option<crate::in_progress::CallsInProgress>,
     /// Destination host names to addresses (SRV, A/AAAA).
     pub resolver: crate::resolve::Resolver,
     pub pool: Arc<PortPool>,
@@ -249,6 +254,7 @@ impl Core {
         pool: Arc<PortPool>,
         gate: Option<crate::admit::Gate>,
         store: Option<Arc<voicegate_control::Store>>,
+        in_progress: Option<crate::in_progress::CallsInProgress>,
         resolver: crate::resolve::Resolver,
     ) -> Arc<Self> {
         let settings_limits = settings.limits.clone();
@@ -257,6 +263,7 @@ impl Core {
             settings,
             gate,
             store,
+            in_progress,
             resolver,
             pool,
             stats: CallStats::default(),
@@ -290,6 +297,7 @@ impl Core {
             let mut tick = tokio::time::interval(TICK);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut last_summary = Instant::now();
+            let mut cpu = crate::load::CpuMeter::new(crate::load::available_cores());
             loop {
                 let due = tick.tick().await;
                 let now = Instant::now();
@@ -299,6 +307,13 @@ impl Core {
                 core.stats
                     .lag_ms
                     .store(lag.as_millis() as u64, Ordering::Relaxed);
+                if let Some(percent) =
+                    crate::load::process_cpu_time().and_then(|t| cpu.sample(t, now))
+                {
+                    core.stats
+                        .cpu_percent
+                        .store(u64::from(percent), Ordering::Relaxed);
+                }
                 core.sweep(now);
                 if now.saturating_duration_since(last_summary)
                     >= core.settings.limits.summary_interval
@@ -467,12 +482,14 @@ impl Core {
     }
 
     /// Why a new INVITE is shed before admission, if it is.
-    fn overloaded(&self) -> bool {
-        let limits = &self.settings.limits;
-        let calls = self.stats.active.load(Ordering::Relaxed);
-        let lag = Duration::from_millis(self.stats.lag_ms.load(Ordering::Relaxed));
-        (limits.max_calls > 0 && calls >= limits.max_calls)
-            || (!limits.max_lag.is_zero() && lag > limits.max_lag)
+    /// Why a new call is shed now (the 503's reason phrase), if it is.
+    fn overloaded(&self) -> Option<&'static str> {
+        let load = crate::load::Load {
+            calls: self.stats.active.load(Ordering::Relaxed),
+            lag: Duration::from_millis(self.stats.lag_ms.load(Ordering::Relaxed)),
+            cpu_percent: self.stats.cpu_percent.load(Ordering::Relaxed) as u32,
+        };
+        crate::load::shed_reason(&self.settings.limits.shedding, &load)
     }
 
     fn on_request(self: &Arc<Self>, request: Request, source: Source) {
@@ -588,11 +605,11 @@ impl Core {
     ) {
         self.stats.invites.fetch_add(1, Ordering::Relaxed);
         let number = request.uri_user().unwrap_or_default();
-        let admission = if self.overloaded() {
+        let admission = if let Some(reason) = self.overloaded() {
             self.stats.shed.fetch_add(1, Ordering::Relaxed);
             call::Admission::Refused {
                 status: 503,
-                reason: "Service Unavailable (overloaded)".into(),
+                reason: reason.into(),
                 headers: vec![(
                     "Retry-After",
                     self.settings.limits.retry_after_secs.to_string(),

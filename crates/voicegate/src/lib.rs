@@ -9,6 +9,8 @@ pub mod api_listener;
 pub mod call;
 pub mod config;
 pub mod core;
+pub mod in_progress;
+pub mod load;
 pub mod logging;
 pub mod outbound;
 pub mod refusals;

@@ -204,11 +204,16 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         Duration::from_millis(config.routing.dns_timeout_ms),
     )
     .map_err(|e| StartError::Flow(format!("config: routing.dns_servers: {e}")))?;
+    let in_progress = match &store {
+        Some(store) => Some(calls_in_progress(config, store).await?),
+        None => None,
+    };
     let core = Core::new(
         settings(config)?,
         PortPool::new(*range.start(), *range.end()),
         gate,
         store.clone(),
+        in_progress,
         resolver,
     );
     let listen = ListenConfig {
@@ -240,6 +245,33 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         sender,
         api,
     })
+}
+
+/// Closes out the calls this node's last run left up (a crash or kill -9), then mirrors the
+/// calls of this run.
+async fn calls_in_progress(
+    config: &Config,
+    store: &Arc<Store>,
+) -> Result<crate::in_progress::CallsInProgress, StartError> {
+    let node = if config.store.node.is_empty() {
+        crate::in_progress::default_node_name()
+    } else {
+        config.store.node.clone()
+    };
+    let interrupted = crate::in_progress::close_out_interrupted(store, &node)
+        .await
+        .map_err(|e| StartError::Store(format!("config: store.url: {e}")))?;
+    if interrupted > 0 {
+        tracing::warn!(
+            node,
+            calls = interrupted,
+            "calls left up by the last run were closed out as interrupted"
+        );
+    }
+    Ok(crate::in_progress::CallsInProgress::start(
+        store.clone(),
+        node,
+    ))
 }
 
 async fn open_store(config: &Config) -> Result<Option<Arc<Store>>, StartError> {

@@ -7,7 +7,6 @@
 //! final answer goes back to the caller (or, for an agent, to the flow's fallback).
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -734,10 +733,7 @@ impl Call {
                 }
                 let body = self.caller_answer_sdp();
                 self.respond_invite(200, "OK", body.map(Bytes::from), now);
-                self.phase = Phase::Answered;
-                self.answered_at = Some(now);
-                self.start_caller_timer(now);
-                self.core.stats.answered.fetch_add(1, Ordering::Relaxed);
+                self.mark_answered(now);
             }
             PeerRole::Agent => self.pending = Some(Pending::BridgeAgent),
             PeerRole::Transfer => self.pending = Some(Pending::BridgeTransfer),
