@@ -318,6 +318,40 @@ async fn info_dtmf_becomes_the_same_event_as_rfc4733() {
     assert_eq!(uac.bye().await.status, 200);
 }
 
+/// Inside a call, a method we know but that means nothing there gets 405 with Allow, one we
+/// do not implement 501 (RFC 3261 §8.2.1), and the call goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_dialog_methods_we_do_not_take_get_405_or_501() {
+    let running = start(&test_config()).await;
+    let mut uac = Uac::new(running.local.udp.unwrap()).await;
+    uac.invite(&offer(uac.rtp_port(), "8", "sendrecv")).await;
+    assert_eq!(uac.final_response().await.status, 200);
+    uac.ack("").await;
+    for (method, status, reason) in [
+        ("MESSAGE", 405, "Method Not Allowed"),
+        ("SUBSCRIBE", 405, "Method Not Allowed"),
+        ("FOOBAR", 501, "Not Implemented"),
+    ] {
+        let text = uac.request_text(method, "");
+        uac.cseq += 1;
+        uac.send(&text).await;
+        let answer = uac.final_response().await;
+        assert_eq!(
+            (answer.status, answer.reason.as_str()),
+            (status, reason),
+            "{method}"
+        );
+        let allow = answer.headers.get("Allow");
+        if status == 405 {
+            assert!(
+                allow.is_some_and(|a| a.contains("INVITE") && !a.contains(method)),
+                "{allow:?}"
+            );
+        }
+    }
+    assert_eq!(uac.bye().await.status, 200);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_call_is_ended_with_a_bye_carrying_a_reason() {
     let mut config = test_config();

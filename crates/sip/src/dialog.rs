@@ -1,7 +1,7 @@
 //! SIP dialogs (RFC 3261 §12) as plain data: created by our 2xx to an INVITE, they check the
 //! order of the peer's requests and build our own in-dialog requests (BYE).
 
-use crate::message::{self, Headers, Request};
+use crate::message::{self, Headers, Method, Request};
 
 /// A dialog from either side of the initial INVITE: [`Dialog::from_invite`] when we answer it,
 /// [`Dialog::from_response`] when we sent it.
@@ -131,10 +131,68 @@ impl Dialog {
         headers.push("Call-ID", self.call_id.clone());
         headers.push("CSeq", format!("{} {method}", self.local_cseq));
         Request {
-            method: method.to_string(),
+            method: message::Method::from(method),
             uri: self.remote_target.clone(),
             headers,
             body: bytes::Bytes::new(),
+        }
+    }
+}
+
+/// Methods a voicegate dialog implements, for Allow headers.
+pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, REFER, NOTIFY";
+
+/// What a dialog does with a request inside it: one answer per method for every call shape
+/// (echo, bot, B2BUA leg, transfer), so that no two places can answer a method differently.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InDialog {
+    Ack,
+    /// A re-INVITE (or a retransmission of the INVITE that made the dialog).
+    Invite,
+    Cancel,
+    Bye,
+    /// DTMF in `application/dtmf-relay` or `application/dtmf` ([`crate::info`]); 200 either way.
+    Info,
+    /// Keep-alive or capability query: 200.
+    Options,
+    /// A session refresh (RFC 4028 §7.4).
+    Update,
+    /// 200: we subscribe to nothing but accept the implicit REFER subscription's NOTIFYs.
+    Notify,
+    Refer,
+    /// 405 with [`ALLOW`]: a method we know that has no meaning inside a call (RFC 3261 §8.2.1).
+    NotAllowed,
+    /// 501: a method we do not implement (RFC 3261 §8.2.1).
+    NotImplemented,
+}
+
+impl InDialog {
+    pub fn of(method: &Method) -> InDialog {
+        match method {
+            Method::Ack => InDialog::Ack,
+            Method::Invite => InDialog::Invite,
+            Method::Cancel => InDialog::Cancel,
+            Method::Bye => InDialog::Bye,
+            Method::Info => InDialog::Info,
+            Method::Options => InDialog::Options,
+            Method::Update => InDialog::Update,
+            Method::Notify => InDialog::Notify,
+            Method::Refer => InDialog::Refer,
+            Method::Register
+            | Method::Subscribe
+            | Method::Publish
+            | Method::Message
+            | Method::Prack => InDialog::NotAllowed,
+            Method::Other(_) => InDialog::NotImplemented,
+        }
+    }
+
+    /// The refusal for a method the dialog does not take, with whether Allow goes with it.
+    pub fn refusal(self) -> Option<(u16, &'static str)> {
+        match self {
+            InDialog::NotAllowed => Some((405, "Method Not Allowed")),
+            InDialog::NotImplemented => Some((501, "Not Implemented")),
+            _ => None,
         }
     }
 }
@@ -162,7 +220,7 @@ Content-Length: 0\r\n\r\n";
 
     fn in_dialog(method: &str, cseq: u32, to_tag: &str) -> Request {
         let mut r = invite();
-        r.method = method.to_string();
+        r.method = message::Method::from(method);
         r.headers
             .set("To", format!("<sip:echo@127.0.0.1>;tag={to_tag}"));
         r.headers.set("CSeq", format!("{cseq} {method}"));
@@ -220,5 +278,30 @@ Content-Length: 0\r\n\r\n";
         assert_eq!(bye.headers.get_all("Route").count(), 2);
         // What we send must parse as a valid request.
         assert!(matches!(parse(&bye.to_bytes()), Ok(Message::Request(_))));
+    }
+
+    #[test]
+    fn methods_inside_a_dialog_known_but_meaningless_get_405_and_unknown_ones_501() {
+        for known in ["REGISTER", "SUBSCRIBE", "PUBLISH", "MESSAGE", "PRACK"] {
+            let answer = InDialog::of(&Method::from(known));
+            assert_eq!(
+                answer.refusal(),
+                Some((405, "Method Not Allowed")),
+                "{known}"
+            );
+            assert!(!ALLOW.contains(known), "{known}");
+        }
+        for unknown in ["FOOBAR", "invite", "NEWMETHOD"] {
+            let answer = InDialog::of(&Method::from(unknown));
+            assert_eq!(
+                answer.refusal(),
+                Some((501, "Not Implemented")),
+                "{unknown}"
+            );
+        }
+        for taken in ALLOW.split(", ") {
+            let answer = InDialog::of(&Method::from(taken));
+            assert_eq!(answer.refusal(), None, "{taken}");
+        }
     }
 }

@@ -68,10 +68,87 @@ impl Headers {
     }
 }
 
+/// A request method. Methods are case-sensitive tokens (RFC 3261 §7.1): `invite` is not
+/// INVITE but an extension method, kept as sent in [`Method::Other`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Method {
+    Invite,
+    Ack,
+    Bye,
+    Cancel,
+    Options,
+    Register,
+    Info,
+    Refer,
+    Notify,
+    Update,
+    Prack,
+    Subscribe,
+    Message,
+    Publish,
+    /// Any other token, as sent.
+    Other(String),
+}
+
+impl Method {
+    const KNOWN: [(&'static str, Method); 14] = [
+        ("INVITE", Method::Invite),
+        ("ACK", Method::Ack),
+        ("BYE", Method::Bye),
+        ("CANCEL", Method::Cancel),
+        ("OPTIONS", Method::Options),
+        ("REGISTER", Method::Register),
+        ("INFO", Method::Info),
+        ("REFER", Method::Refer),
+        ("NOTIFY", Method::Notify),
+        ("UPDATE", Method::Update),
+        ("PRACK", Method::Prack),
+        ("SUBSCRIBE", Method::Subscribe),
+        ("MESSAGE", Method::Message),
+        ("PUBLISH", Method::Publish),
+    ];
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            Method::Other(token) => token,
+            known => Self::KNOWN
+                .iter()
+                .find(|(_, m)| m == known)
+                .map_or("", |(name, _)| name),
+        }
+    }
+}
+
+impl From<&str> for Method {
+    fn from(token: &str) -> Self {
+        Self::KNOWN
+            .iter()
+            .find(|(name, _)| *name == token)
+            .map_or_else(|| Method::Other(token.to_string()), |(_, m)| m.clone())
+    }
+}
+
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<str> for Method {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for Method {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Request {
-    /// Method token as sent: methods are case-sensitive (RFC 3261 §7.1).
-    pub method: String,
+    pub method: Method,
     pub uri: String,
     pub headers: Headers,
     pub body: Bytes,
@@ -279,7 +356,7 @@ pub fn parse(data: &[u8]) -> Result<Message, ParseError> {
         }
     };
     let mut request = Request {
-        method: method.to_string(),
+        method: Method::from(method),
         uri,
         headers,
         body: Bytes::new(),
@@ -330,7 +407,7 @@ pub fn parse(data: &[u8]) -> Result<Message, ParseError> {
         }
     }
     match parse_cseq(request.headers.get("CSeq").unwrap_or_default()) {
-        Some((_, m)) if m == request.method => {}
+        Some((_, m)) if request.method == m => {}
         Some(_) => {
             return Err(bad(
                 "CSeq method does not match the request".into(),
@@ -908,6 +985,33 @@ l: 4\r\n\r\nv=0\r\nEXTRA";
         let r = request(&INVITE.replace("INVITE sip:echo@", "INVITE sip:%65cho@"));
         assert_eq!(r.uri_user().as_deref(), Some("echo"));
         assert_eq!(percent_decode("%2B1555%zz"), "+1555%zz");
+    }
+
+    #[test]
+    fn methods_are_case_sensitive_and_unknown_ones_kept_as_sent() {
+        assert_eq!(Method::from("INVITE"), Method::Invite);
+        assert_eq!(Method::from("invite"), Method::Other("invite".into()));
+        for name in [
+            "INVITE",
+            "ACK",
+            "BYE",
+            "CANCEL",
+            "OPTIONS",
+            "REGISTER",
+            "INFO",
+            "REFER",
+            "NOTIFY",
+            "UPDATE",
+            "PRACK",
+            "SUBSCRIBE",
+            "MESSAGE",
+            "PUBLISH",
+            "FOOBAR",
+        ] {
+            assert_eq!(Method::from(name).as_str(), name);
+            assert_eq!(Method::from(name).to_string(), name);
+        }
+        assert!(Method::Bye == "BYE" && Method::Bye != "bye");
     }
 
     #[test]

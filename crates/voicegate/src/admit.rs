@@ -269,7 +269,7 @@ impl Gate {
             .get("Authorization")
             .or_else(|| invite.headers.get("Proxy-Authorization"));
         let authenticated_trunk = match authorization {
-            Some(header) => match self.verify(&trunks, header, &invite.method) {
+            Some(header) => match self.verify(&trunks, header, invite.method.as_str()) {
                 Ok(trunk) => Some(trunk),
                 Err(answer) => return answer,
             },
@@ -305,7 +305,7 @@ impl Gate {
     /// carries, or the 401/403 to answer.
     pub fn authenticate(&self, request: &Request) -> Result<String, Outcome> {
         match request.headers.get("Authorization") {
-            Some(header) => self.verify(&self.trunks(), header, &request.method),
+            Some(header) => self.verify(&self.trunks(), header, request.method.as_str()),
             None => Err(self.challenge(false)),
         }
     }

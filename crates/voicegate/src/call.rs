@@ -23,8 +23,8 @@ use voicegate_rtp::dtmf::{self, DtmfEvent};
 use voicegate_rtp::rtcp::MosCodec;
 use voicegate_rtp::{EchoHandle, LegConfig, LegControl, LegReport, MediaEvent, RtpPorts};
 use voicegate_sip::accept;
-use voicegate_sip::dialog::Dialog;
-use voicegate_sip::message::{Request, Response};
+use voicegate_sip::dialog::{Dialog, InDialog};
+use voicegate_sip::message::{Method, Request, Response};
 use voicegate_sip::sdp::{self, Direction, LocalMedia, Negotiated};
 use voicegate_sip::transaction::{
     ClientNonInviteTx, ServerInviteState, ServerInviteTx, ServerNonInviteTx, TxEvent,
@@ -280,7 +280,7 @@ struct Call {
     invite_tx: ServerInviteTx,
     reinvite: Option<Reinvite>,
     /// Non-INVITE requests we answered in this call, kept for retransmissions.
-    answered: Vec<(String, String, ServerNonInviteTx)>,
+    answered: Vec<(String, Method, ServerNonInviteTx)>,
     bye: Option<ClientNonInviteTx>,
     dialog: Dialog,
     phase: Phase,
@@ -797,13 +797,14 @@ impl Call {
             return self.on_peer_request(request, source, now);
         }
         let branch = request.branch().unwrap_or_default();
-        match request.method.as_str() {
-            "ACK" => self.on_ack(&request, now),
-            "INVITE" if branch == self.invite_branch && request.to_tag().is_none() => {
+        let kind = InDialog::of(&request.method);
+        match kind {
+            InDialog::Ack => self.on_ack(&request, now),
+            InDialog::Invite if branch == self.invite_branch && request.to_tag().is_none() => {
                 self.invite_tx.on_request_retransmit(now);
             }
-            "INVITE" => self.on_reinvite(request, source, now),
-            "CANCEL" => self.on_cancel(&request, &source, &branch, now),
+            InDialog::Invite => self.on_reinvite(request, source, now),
+            InDialog::Cancel => self.on_cancel(&request, &source, &branch, now),
             _ => {
                 if let Some((_, _, tx)) = self
                     .answered
@@ -834,17 +835,19 @@ impl Call {
                         now,
                     );
                 }
-                match request.method.as_str() {
-                    "BYE" => self.on_bye(&request, &source, &branch, now),
-                    "INFO" => {
+                match kind {
+                    InDialog::Bye => self.on_bye(&request, &source, &branch, now),
+                    InDialog::Info => {
                         let content_type = request.headers.get("Content-Type").unwrap_or_default();
                         if let Some(event) = dtmf::parse_info(content_type, &request.body) {
                             self.on_dtmf(event, "info");
                         }
                         self.answer_request(&request, &source, &branch, 200, "OK", now)
                     }
-                    "OPTIONS" => self.answer_request(&request, &source, &branch, 200, "OK", now),
-                    "UPDATE" => {
+                    InDialog::Options | InDialog::Notify => {
+                        self.answer_request(&request, &source, &branch, 200, "OK", now)
+                    }
+                    InDialog::Update => {
                         // A session refresh (RFC 4028 §7.4); offers in UPDATE are not taken.
                         if !request.body.is_empty() {
                             return self.answer_request(
@@ -859,13 +862,13 @@ impl Call {
                         let extra = self.caller_refreshed(&request, now);
                         self.answer_request_with(&request, &source, &branch, 200, "OK", &extra, now)
                     }
-                    "NOTIFY" => self.answer_request(&request, &source, &branch, 200, "OK", now),
-                    "REFER" => self.on_refer(&request, &source, &branch, true, now),
-                    "REGISTER" | "SUBSCRIBE" | "PUBLISH" | "MESSAGE" | "PRACK" => self
-                        .answer_request(&request, &source, &branch, 405, "Method Not Allowed", now),
-                    _ => {
-                        self.answer_request(&request, &source, &branch, 501, "Not Implemented", now)
+                    InDialog::Refer => self.on_refer(&request, &source, &branch, true, now),
+                    InDialog::NotAllowed | InDialog::NotImplemented => {
+                        let (status, reason) = kind.refusal().unwrap_or((501, "Not Implemented"));
+                        self.answer_request(&request, &source, &branch, status, reason, now)
                     }
+                    // Taken above.
+                    InDialog::Ack | InDialog::Invite | InDialog::Cancel => {}
                 }
             }
         }

@@ -15,15 +15,14 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 use voicegate_rtp::PortPool;
-use voicegate_sip::message::{Message, Request, Response};
+use voicegate_sip::message::{Message, Method, Request, Response};
 use voicegate_sip::sdp::{Codec, CodecPreference};
 use voicegate_sip::transaction::{ServerNonInviteTx, Timers};
 use voicegate_sip::transport::{Handler, Incoming, Sender, Source};
 
 use crate::call;
 
-/// Methods we implement, for Allow headers.
-pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, REFER, NOTIFY";
+pub use voicegate_sip::dialog::ALLOW;
 /// Option tags we support: session timers (RFC 4028).
 pub const SUPPORTED: &str = "timer";
 /// SIP methods we know of but do not serve here: 405 rather than 501 (RFC 3261 §21.4.6).
@@ -241,7 +240,7 @@ pub struct Core {
     routes: Mutex<Routes>,
     /// Non-INVITE server transactions answered by the core, kept for retransmissions (Timer J),
     /// by branch, sent-by and method (RFC 3261 §17.2.3).
-    out_of_dialog: Mutex<HashMap<(String, String, String), OutOfDialog>>,
+    out_of_dialog: Mutex<HashMap<(String, String, Method), OutOfDialog>>,
     /// Per-source request rates and the block list.
     shield: Mutex<crate::shield::Shield>,
     /// INVITEs refused here, kept for their retransmissions and ACK.
@@ -781,7 +780,7 @@ impl Core {
 
 /// A non-INVITE server transaction's key: branch, top Via sent-by and method (RFC 3261
 /// §17.2.3); the branch alone is not unique across clients.
-fn tx_key(request: &Request, branch: &str) -> (String, String, String) {
+fn tx_key(request: &Request, branch: &str) -> (String, String, Method) {
     let sent_by = voicegate_sip::message::top_via(&request.headers)
         .map(|via| via.sent_by().to_string())
         .unwrap_or_default();

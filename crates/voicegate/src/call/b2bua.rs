@@ -17,6 +17,7 @@ use voicegate_bridge::session::{CallCodec, CallMedia};
 use voicegate_bridge::tap::TapFrame;
 use voicegate_bridge::tone::ToneHandle;
 use voicegate_rtp::RtpPorts;
+use voicegate_sip::dialog::InDialog;
 use voicegate_sip::message::{Request, Response};
 use voicegate_sip::sdp::{self, Direction, LocalMedia, Negotiated};
 use voicegate_sip::session_timer::{self, Refresher, SessionTimer};
@@ -932,7 +933,8 @@ impl Call {
                 now,
             );
         };
-        if request.method == "ACK" {
+        let kind = InDialog::of(&request.method);
+        if kind == InDialog::Ack {
             if let Some((cseq, tx, _)) = peer.reinvite.as_mut() {
                 if *cseq == request.cseq().0 {
                     tx.on_ack(now);
@@ -940,7 +942,7 @@ impl Call {
             }
             return;
         }
-        if request.method == "INVITE" {
+        if kind == InDialog::Invite {
             if let Some((cseq, tx, _)) = peer.reinvite.as_mut() {
                 if *cseq == request.cseq().0 {
                     return tx.on_request_retransmit(now);
@@ -975,8 +977,8 @@ impl Call {
                 now,
             );
         }
-        match request.method.as_str() {
-            "BYE" => {
+        match kind {
+            InDialog::Bye => {
                 self.answer_request(&request, &source, &branch, 200, "OK", now);
                 let peer = self.peer.as_mut().expect("peer");
                 if let Some(mut leg) = peer.leg.take() {
@@ -997,8 +999,8 @@ impl Call {
                     self.send_bye(&format!("{who} hung up"), &reason, now);
                 }
             }
-            "INVITE" => self.on_peer_reinvite(request, source, now),
-            "UPDATE" => {
+            InDialog::Invite => self.on_peer_reinvite(request, source, now),
+            InDialog::Update => {
                 // A session refresh without SDP (RFC 4028 §7.4 allows UPDATE).
                 let mut extra = Vec::new();
                 if let Some(timer) = peer.timer.as_mut() {
@@ -1017,14 +1019,25 @@ impl Call {
                 }
                 self.answer_request_with(&request, &source, &branch, 200, "OK", &extra, now);
             }
-            "INFO" | "OPTIONS" | "NOTIFY" => {
+            InDialog::Info | InDialog::Options | InDialog::Notify => {
                 self.answer_request(&request, &source, &branch, 200, "OK", now)
             }
-            "REFER" => self.on_refer(&request, &source, &branch, false, now),
-            "SUBSCRIBE" | "MESSAGE" | "PRACK" | "PUBLISH" | "REGISTER" => {
-                self.answer_request(&request, &source, &branch, 405, "Method Not Allowed", now)
+            InDialog::Refer => self.on_refer(&request, &source, &branch, false, now),
+            // A CANCEL after the other leg's 200 has no transaction to cancel.
+            InDialog::Cancel => self.answer_request(
+                &request,
+                &source,
+                &branch,
+                481,
+                "Call/Transaction Does Not Exist",
+                now,
+            ),
+            InDialog::NotAllowed | InDialog::NotImplemented => {
+                let (status, reason) = kind.refusal().unwrap_or((501, "Not Implemented"));
+                self.answer_request(&request, &source, &branch, status, reason, now)
             }
-            _ => self.answer_request(&request, &source, &branch, 501, "Not Implemented", now),
+            // Taken above.
+            InDialog::Ack => {}
         }
     }
 
@@ -1174,18 +1187,22 @@ impl Call {
         branch: &str,
         now: Instant,
     ) {
-        match request.method.as_str() {
-            "ACK" => {}
-            "BYE" => {
+        match InDialog::of(&request.method) {
+            InDialog::Ack => {}
+            InDialog::Bye => {
                 if let Some(leg) = self.transferor.as_mut().and_then(|p| p.leg.as_mut()) {
                     leg.state = OutState::Over;
                 }
                 self.answer_request(request, source, branch, 200, "OK", now);
             }
-            "INFO" | "OPTIONS" | "NOTIFY" | "UPDATE" => {
+            InDialog::Info | InDialog::Options | InDialog::Notify | InDialog::Update => {
                 self.answer_request(request, source, branch, 200, "OK", now)
             }
-            _ => self.answer_request(
+            kind @ (InDialog::NotAllowed | InDialog::NotImplemented) => {
+                let (status, reason) = kind.refusal().unwrap_or((501, "Not Implemented"));
+                self.answer_request(request, source, branch, status, reason, now)
+            }
+            InDialog::Invite | InDialog::Refer | InDialog::Cancel => self.answer_request(
                 request,
                 source,
                 branch,

@@ -13,7 +13,8 @@ use tokio::time::{sleep_until, Instant};
 use tracing::{info, warn};
 use voicegate_bridge::relay::{LegDirection, RelayEvent, RelayHandle, RelayLeg, Side};
 use voicegate_rtp::RtpPorts;
-use voicegate_sip::message::{Request, Response};
+use voicegate_sip::dialog::InDialog;
+use voicegate_sip::message::{Method, Request, Response};
 use voicegate_sip::sdp::{self, LocalMedia, Negotiated};
 use voicegate_sip::session_timer::{self, Refresher, SessionTimer};
 use voicegate_sip::transaction::{ServerInviteTx, ServerNonInviteTx};
@@ -39,7 +40,7 @@ pub struct PairLeg {
 /// A transaction of ours answering the leg's request, kept for retransmissions.
 enum Answered {
     Invite(u32, ServerInviteTx),
-    Other(String, String, ServerNonInviteTx),
+    Other(String, Method, ServerNonInviteTx),
 }
 
 struct Side2 {
@@ -194,7 +195,8 @@ impl Pair {
                 now,
             );
         };
-        if request.method == "ACK" {
+        let kind = InDialog::of(&request.method);
+        if kind == InDialog::Ack {
             for (_, _, answered) in &mut self.sides[i].answered {
                 if let Answered::Invite(cseq, tx) = answered {
                     if *cseq == request.cseq().0 {
@@ -230,8 +232,8 @@ impl Pair {
                 now,
             );
         }
-        match request.method.as_str() {
-            "BYE" => {
+        match kind {
+            InDialog::Bye => {
                 self.respond(Some(i), &request, &source, 200, "OK", &[], None, now);
                 self.sides[i].leg.state = OutState::Over;
                 let reason = request
@@ -246,24 +248,42 @@ impl Pair {
                 };
                 self.end(&format!("{who} hung up"), &reason, now);
             }
-            "INVITE" => self.on_reinvite(i, &request, &source, now),
-            "UPDATE" => {
+            InDialog::Invite => self.on_reinvite(i, &request, &source, now),
+            InDialog::Update => {
                 let extra = self.refreshed(i, &request, now);
                 self.respond(Some(i), &request, &source, 200, "OK", &extra, None, now);
             }
-            "INFO" | "OPTIONS" | "NOTIFY" => {
+            InDialog::Info | InDialog::Options | InDialog::Notify => {
                 self.respond(Some(i), &request, &source, 200, "OK", &[], None, now)
             }
-            _ => self.respond(
+            // Both legs are answered: nothing to cancel.
+            InDialog::Cancel => self.respond(
                 Some(i),
                 &request,
                 &source,
-                405,
-                "Method Not Allowed",
+                481,
+                "Call/Transaction Does Not Exist",
                 &[],
                 None,
                 now,
             ),
+            // A transfer is taken by the call before it becomes a pair, not after.
+            InDialog::Refer => self.respond(
+                Some(i),
+                &request,
+                &source,
+                403,
+                "Forbidden (no transfer once the call is handed over)",
+                &[],
+                None,
+                now,
+            ),
+            InDialog::NotAllowed | InDialog::NotImplemented => {
+                let (status, reason) = kind.refusal().unwrap_or((501, "Not Implemented"));
+                self.respond(Some(i), &request, &source, status, reason, &[], None, now)
+            }
+            // Taken above.
+            InDialog::Ack => {}
         }
     }
 
