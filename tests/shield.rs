@@ -290,6 +290,10 @@ async fn a_blocked_source_loses_its_connections_until_the_block_ends() {
     let stats = running.sender.stats();
 
     let mut idle = idle_connection("127.0.0.2", tcp).await;
+    // Its pong shows the connection is being served before the block.
+    idle.write_all(b"\r\n\r\n").await.unwrap();
+    let mut pong = [0u8; 2];
+    idle.read_exact(&mut pong).await.unwrap();
     let mut flooding = idle_connection("127.0.0.2", tcp).await;
     let four: String = (0..4).map(|n| options(&format!("flood-{n}"))).collect();
     flooding.write_all(four.as_bytes()).await.unwrap();

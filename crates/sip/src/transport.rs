@@ -975,7 +975,7 @@ where
                     }
                     // Messages behind the one that got the connection closed are not read.
                     if close.as_ref().is_some_and(|c| c.is_requested()) {
-                        break 'read Ok(closed_on_request(&sender, &source));
+                        break 'read closed_on_request(&sender, &source);
                     }
                 }
                 Err(FramingError::BadContentLength(head)) => {
@@ -994,7 +994,7 @@ where
                 Some(close) => tokio::select! {
                     biased;
                     _ = close.notify.notified() => {
-                        break 'read Ok(closed_on_request(&sender, &source));
+                        break 'read closed_on_request(&sender, &source);
                     }
                     read = reading => read,
                 },
@@ -1044,13 +1044,15 @@ where
     }
 }
 
-fn closed_on_request(sender: &Sender, source: &Source) {
+/// Counts a close asked for with [`Sender::close_connections_from`]: not an error.
+fn closed_on_request(sender: &Sender, source: &Source) -> Result<(), String> {
     sender
         .inner
         .stats
         .connections_closed_on_request
         .fetch_add(1, Ordering::Relaxed);
     debug!(remote = %source.remote, transport = ?source.transport, "closing SIP connection on request");
+    Ok(())
 }
 
 /// How long queued answers may take to be written once a connection is closing.
@@ -1329,6 +1331,10 @@ mod tests {
         let mut first = connect_from("127.0.0.2", tcp).await;
         let mut second = connect_from("127.0.0.2", tcp).await;
         let mut other = connect_from("127.0.0.3", tcp).await;
+        // Its pong shows the second connection is being served.
+        second.write_all(b"\r\n\r\n").await.unwrap();
+        let mut pong = [0u8; 2];
+        second.read_exact(&mut pong).await.unwrap();
 
         // An answer queued just before the close is still written, then the connection closes.
         first
