@@ -245,3 +245,103 @@ async fn trickling_and_idle_connections_are_closed() {
     wait_for(&stats.connections_timed_out, 2, "timed out").await;
     wait_for(&stats.connections_open, 0, "open").await;
 }
+
+/// What the server writes until it closes `stream` (EOF or reset), or None if it is still open
+/// after `limit`.
+async fn read_to_close(stream: &mut TcpStream, limit: Duration) -> Option<String> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(limit, async {
+        while let Ok(n) = stream.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .ok()?;
+    Some(String::from_utf8_lossy(&got).into_owned())
+}
+
+/// An OPTIONS from `source_ip` on a new connection, and the server's first answer.
+async fn options_from(source_ip: &str, target: SocketAddr, call_id: &str) -> String {
+    let mut stream = idle_connection(source_ip, target).await;
+    stream.write_all(options(call_id).as_bytes()).await.unwrap();
+    let mut buf = [0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf))
+        .await
+        .expect("an answer within 2 s")
+        .unwrap_or(0);
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+/// A source over its request rate on TCP: its connections are closed (answers already due
+/// still written), new ones on TCP and TLS are closed at accept without an answer, another
+/// address is still served, and once the block ends the source is served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_source_loses_its_connections_until_the_block_ends() {
+    let mut config = test_config();
+    config.limits.requests_per_window = 3;
+    config.limits.window_secs = 1;
+    config.limits.block_secs = 2;
+    let running = start(&config).await;
+    let (tcp, tls) = (running.local.tcp.unwrap(), running.local.tls.unwrap());
+    let stats = running.sender.stats();
+
+    let mut idle = idle_connection("127.0.0.2", tcp).await;
+    // Its pong shows the connection is being served before the block.
+    idle.write_all(b"\r\n\r\n").await.unwrap();
+    let mut pong = [0u8; 2];
+    idle.read_exact(&mut pong).await.unwrap();
+    let mut flooding = idle_connection("127.0.0.2", tcp).await;
+    let four: String = (0..4).map(|n| options(&format!("flood-{n}"))).collect();
+    flooding.write_all(four.as_bytes()).await.unwrap();
+    let blocked_at = Instant::now();
+    let answers = read_to_close(&mut flooding, Duration::from_secs(1))
+        .await
+        .expect("the flooding connection is closed");
+    assert_eq!(
+        answers.matches("SIP/2.0 200 ").count(),
+        3,
+        "the answers within the limit are written before the close: {answers:?}"
+    );
+    assert_eq!(
+        read_to_close(&mut idle, Duration::from_secs(1)).await,
+        Some(String::new()),
+        "the source's other connection is closed too"
+    );
+    wait_for(
+        &stats.connections_closed_on_request,
+        2,
+        "closed on the block",
+    )
+    .await;
+
+    // New connections are closed at once, unanswered; TLS before any handshake.
+    let mut again = idle_connection("127.0.0.2", tcp).await;
+    let _ = again.write_all(options("while-blocked").as_bytes()).await;
+    assert_eq!(
+        read_to_close(&mut again, Duration::from_millis(500)).await,
+        Some(String::new())
+    );
+    let mut tls_again = idle_connection("127.0.0.2", tls).await;
+    assert!(read_to_close(&mut tls_again, Duration::from_millis(500))
+        .await
+        .is_some());
+    wait_for(&stats.connections_declined, 2, "declined at accept").await;
+
+    // Another address is served meanwhile.
+    let answer = options_from("127.0.0.3", tcp, "bystander").await;
+    assert!(answer.starts_with("SIP/2.0 200 "), "{answer:?}");
+
+    // After the block (and its window), the source is served again.
+    tokio::time::sleep_until((blocked_at + Duration::from_millis(2200)).into()).await;
+    let answer = options_from("127.0.0.2", tcp, "after-block").await;
+    assert!(answer.starts_with("SIP/2.0 200 "), "{answer:?}");
+    assert_eq!(stats.connections_declined.load(Ordering::Relaxed), 2);
+    assert_eq!(
+        running.core.stats.sources_blocked.load(Ordering::Relaxed),
+        1
+    );
+}

@@ -7,8 +7,8 @@
 //! framing is lost is closed. Nothing here waits on a call, so one peer cannot stall another.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -65,6 +65,12 @@ pub struct Incoming {
 /// Receives every well-formed message. Called on the transport's task: it must not block.
 pub trait Handler: Send + Sync + 'static {
     fn on_message(&self, incoming: Incoming);
+
+    /// Asked once per accepted TCP/TLS connection, before anything is read from it (and again
+    /// after a TLS handshake): false closes it at once. Keep it cheap: it runs in the accept loop.
+    fn accepts_connection_from(&self, _ip: IpAddr) -> bool {
+        true
+    }
 }
 
 /// Counters of what the transports refused.
@@ -78,6 +84,10 @@ pub struct TransportStats {
     pub connections_open: AtomicU64,
     /// Accepted and closed at once: over `max_connections` or `max_connections_per_ip`.
     pub connections_refused: AtomicU64,
+    /// Accepted and closed at once: the handler declined the source address.
+    pub connections_declined: AtomicU64,
+    /// Closed by [`Sender::close_connections_from`].
+    pub connections_closed_on_request: AtomicU64,
     /// Closed for taking too long: TLS handshake, first message, or idle.
     pub connections_timed_out: AtomicU64,
     /// Failed accepts (e.g. out of file descriptors), each followed by a pause.
@@ -146,6 +156,27 @@ struct Connection {
     transport: TransportKind,
     remote: SocketAddr,
     local: SocketAddr,
+    /// None for connections we opened.
+    close: Option<Arc<CloseSignal>>,
+}
+
+/// Tells an accepted connection's reader to stop; its queued answers are still written.
+#[derive(Default)]
+struct CloseSignal {
+    requested: AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl CloseSignal {
+    fn request(&self) {
+        self.requested.store(true, Ordering::Relaxed);
+        // A stored permit: a reader between two reads still sees it.
+        self.notify.notify_one();
+    }
+
+    fn is_requested(&self) -> bool {
+        self.requested.load(Ordering::Relaxed)
+    }
 }
 
 #[derive(Default)]
@@ -211,6 +242,23 @@ impl Sender {
 
     pub fn stats(&self) -> &TransportStats {
         &self.inner.stats
+    }
+
+    /// Closes every accepted TCP/TLS connection from `ip` (not those we opened): each stops
+    /// reading at once and is closed once the answers already queued on it are written.
+    /// Returns how many were asked to close.
+    pub fn close_connections_from(&self, ip: IpAddr) -> usize {
+        let connections = self.connections();
+        let mut asked = 0;
+        for connection in connections.by_id.values() {
+            if let (Some(close), true) = (&connection.close, connection.remote.ip() == ip) {
+                if !close.is_requested() {
+                    close.request();
+                    asked += 1;
+                }
+            }
+        }
+        asked
     }
 
     pub fn user_agent(&self) -> &str {
@@ -386,6 +434,7 @@ impl Sender {
         let id = source.connection.unwrap_or_default();
         let (reader, mut writer) = tokio::io::split(stream);
         let (tx, mut rx) = mpsc::channel::<Bytes>(256);
+        let close = slot.as_ref().map(|_| Arc::new(CloseSignal::default()));
         {
             let mut connections = self.connections();
             connections.by_id.insert(
@@ -395,6 +444,7 @@ impl Sender {
                     transport: source.transport,
                     remote: source.remote,
                     local: source.local,
+                    close: close.clone(),
                 },
             );
             connections
@@ -423,6 +473,7 @@ impl Sender {
             clock,
             last_write,
             write_task,
+            close,
             _slot: slot,
         };
         tokio::spawn(serve_stream(reader, stream, self.clone()));
@@ -680,6 +731,11 @@ where
                 continue;
             }
         };
+        if !inner.handler.accepts_connection_from(remote.ip()) {
+            decline(&inner.stats, remote, ctx.kind);
+            drop(stream);
+            continue;
+        }
         let slot = match ConnectionSlot::admit(&inner.accepted, remote.ip(), &inner.limits) {
             Ok(slot) => slot,
             Err(refusal) => {
@@ -709,6 +765,10 @@ where
         };
         tokio::spawn(async move {
             match opening.await {
+                // The source may have been declined during a TLS handshake.
+                Ok(_) if !sender.inner.handler.accepts_connection_from(remote.ip()) => {
+                    decline(&sender.inner.stats, remote, source.transport)
+                }
                 Ok(stream) => sender.attach_stream(stream, source, Some(held)),
                 Err(e) => {
                     if e.kind() == std::io::ErrorKind::TimedOut {
@@ -723,6 +783,12 @@ where
             }
         });
     }
+}
+
+/// Counts a connection the handler declined; the handler logs why it declines a source.
+fn decline(stats: &TransportStats, remote: SocketAddr, transport: TransportKind) {
+    stats.connections_declined.fetch_add(1, Ordering::Relaxed);
+    debug!(%remote, ?transport, "SIP connection declined");
 }
 
 /// What an accepted connection holds until it closes: its place under the caps, and its
@@ -863,6 +929,8 @@ struct ServedStream {
     /// When the writer last wrote, in milliseconds since [`SenderInner::epoch`].
     last_write: Arc<AtomicU64>,
     write_task: tokio::task::JoinHandle<()>,
+    /// None for connections we opened.
+    close: Option<Arc<CloseSignal>>,
     /// An accepted connection's place under the caps, given back when serving ends.
     _slot: Option<Accepted>,
 }
@@ -878,6 +946,7 @@ where
         mut clock,
         last_write,
         write_task,
+        close,
         _slot,
     } = stream;
     let id = source.connection.unwrap_or_default();
@@ -904,6 +973,10 @@ where
                     if !deliver(&frame, source, &sender, handler.as_ref()) {
                         break 'read Err("unparseable message".to_string());
                     }
+                    // Messages behind the one that got the connection closed are not read.
+                    if close.as_ref().is_some_and(|c| c.is_requested()) {
+                        break 'read closed_on_request(&sender, &source);
+                    }
                 }
                 Err(FramingError::BadContentLength(head)) => {
                     // The header block alone still names the request: answer it with the
@@ -915,8 +988,19 @@ where
             }
         }
         let read = loop {
-            match tokio::time::timeout_at(clock.deadline().into(), reader.read_buf(&mut buf)).await
-            {
+            let reading =
+                tokio::time::timeout_at(clock.deadline().into(), reader.read_buf(&mut buf));
+            let read = match &close {
+                Some(close) => tokio::select! {
+                    biased;
+                    _ = close.notify.notified() => {
+                        break 'read closed_on_request(&sender, &source);
+                    }
+                    read = reading => read,
+                },
+                None => reading.await,
+            };
+            match read {
                 Ok(read) => break read,
                 Err(_) => {
                     let written = Duration::from_millis(last_write.load(Ordering::Relaxed));
@@ -958,6 +1042,17 @@ where
     {
         write_task.abort();
     }
+}
+
+/// Counts a close asked for with [`Sender::close_connections_from`]: not an error.
+fn closed_on_request(sender: &Sender, source: &Source) -> Result<(), String> {
+    sender
+        .inner
+        .stats
+        .connections_closed_on_request
+        .fetch_add(1, Ordering::Relaxed);
+    debug!(remote = %source.remote, transport = ?source.transport, "closing SIP connection on request");
+    Ok(())
 }
 
 /// How long queued answers may take to be written once a connection is closing.
@@ -1164,6 +1259,148 @@ mod tests {
                 .unwrap_err()
                 .kind(),
             std::io::ErrorKind::NotConnected
+        );
+    }
+
+    /// Hands every message to the test and declines the addresses the test lists.
+    struct Gatekeeper {
+        tx: mpsc::UnboundedSender<Incoming>,
+        declined: Mutex<Vec<IpAddr>>,
+    }
+
+    impl Handler for Gatekeeper {
+        fn on_message(&self, incoming: Incoming) {
+            let _ = self.tx.send(incoming);
+        }
+
+        fn accepts_connection_from(&self, ip: IpAddr) -> bool {
+            !self.declined.lock().unwrap().contains(&ip)
+        }
+    }
+
+    fn request_call_id(incoming: Incoming) -> String {
+        let Message::Request(request) = incoming.message else {
+            panic!("expected a request")
+        };
+        request.call_id().to_string()
+    }
+
+    async fn connect_from(source_ip: &str, target: SocketAddr) -> TcpStream {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket
+            .bind(format!("{source_ip}:0").parse().unwrap())
+            .unwrap();
+        socket.connect(target).await.unwrap()
+    }
+
+    /// What the peer reads until the connection is closed (EOF or reset), None if it is still
+    /// open after 2 s.
+    async fn read_to_close(stream: &mut TcpStream) -> Option<String> {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        tokio::time::timeout(Duration::from_secs(2), async {
+            while let Ok(n) = stream.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+            }
+        })
+        .await
+        .ok()?;
+        Some(String::from_utf8_lossy(&got).into_owned())
+    }
+
+    #[tokio::test]
+    async fn connections_from_an_address_are_closed_and_declined_on_request() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let gatekeeper = Arc::new(Gatekeeper {
+            tx,
+            declined: Mutex::new(Vec::new()),
+        });
+        let (server, local) = start(
+            listen(false, true, false),
+            None,
+            OutboundConfig::default(),
+            gatekeeper.clone(),
+        )
+        .await
+        .unwrap();
+        let tcp = local.tcp.unwrap();
+        let blocked: IpAddr = "127.0.0.2".parse().unwrap();
+        let mut first = connect_from("127.0.0.2", tcp).await;
+        let mut second = connect_from("127.0.0.2", tcp).await;
+        let mut other = connect_from("127.0.0.3", tcp).await;
+        // Its pong shows the second connection is being served.
+        second.write_all(b"\r\n\r\n").await.unwrap();
+        let mut pong = [0u8; 2];
+        second.read_exact(&mut pong).await.unwrap();
+
+        // An answer queued just before the close is still written, then the connection closes.
+        first
+            .write_all(&options(TransportKind::Tcp, "c1"))
+            .await
+            .unwrap();
+        let incoming = next(&mut rx).await;
+        let Message::Request(request) = incoming.message else {
+            panic!("expected a request")
+        };
+        server.send_response(
+            &request.headers,
+            &incoming.source,
+            request.response(200, "OK").to_bytes(),
+        );
+        // A connection we opened to that address stays: only accepted ones are closed.
+        let peer = TcpListener::bind("127.0.0.2:0").await.unwrap();
+        let outbound = server
+            .connect(TransportKind::Tcp, peer.local_addr().unwrap(), None)
+            .await
+            .unwrap();
+        let (_held, _) = peer.accept().await.unwrap();
+        assert_eq!(server.close_connections_from(blocked), 2);
+        assert_eq!(server.close_connections_from(blocked), 0, "asked once");
+        let answer = read_to_close(&mut first).await.expect("closed");
+        assert!(answer.starts_with("SIP/2.0 200 "), "{answer:?}");
+        assert_eq!(read_to_close(&mut second).await.as_deref(), Some(""));
+        let closed = &server.stats().connections_closed_on_request;
+        for _ in 0..100 {
+            if closed.load(Ordering::Relaxed) == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(closed.load(Ordering::Relaxed), 2);
+        assert!(server
+            .live_connection(TransportKind::Tcp, outbound.remote)
+            .is_some());
+
+        // Another address is not touched.
+        other
+            .write_all(&options(TransportKind::Tcp, "c2"))
+            .await
+            .unwrap();
+        assert_eq!(request_call_id(next(&mut rx).await), "c2@127.0.0.1");
+
+        // Declined: closed at once, nothing read.
+        gatekeeper.declined.lock().unwrap().push(blocked);
+        let mut third = connect_from("127.0.0.2", tcp).await;
+        let _ = third.write_all(&options(TransportKind::Tcp, "c3")).await;
+        assert!(read_to_close(&mut third).await.is_some(), "closed at once");
+        assert_eq!(
+            server.stats().connections_declined.load(Ordering::Relaxed),
+            1
+        );
+        // Accepted again once the handler says so.
+        gatekeeper.declined.lock().unwrap().clear();
+        let mut fourth = connect_from("127.0.0.2", tcp).await;
+        fourth
+            .write_all(&options(TransportKind::Tcp, "c4"))
+            .await
+            .unwrap();
+        assert_eq!(request_call_id(next(&mut rx).await), "c4@127.0.0.1");
+        assert!(
+            rx.try_recv().is_err(),
+            "the declined connection's request was not read"
         );
     }
 

@@ -442,9 +442,9 @@ impl Core {
         }
     }
 
-    /// Whether a source's out-of-dialog request goes on: false when it is dropped (the source
-    /// is, or has just become, blocked). Dropping is silent, over TCP/TLS too: the transport
-    /// offers the core no way to close a connection.
+    /// Whether a source's out-of-dialog request goes on: false when it is dropped unanswered
+    /// (the source is, or has just become, blocked). Blocking also closes the source's TCP/TLS
+    /// connections; new ones are declined at accept until the block ends.
     fn shield_passes(&self, source: &Source) -> bool {
         let ip = source.remote.ip();
         let class = if self.is_trusted(ip) {
@@ -458,11 +458,16 @@ impl Core {
             crate::shield::Verdict::Blocked => {
                 self.stats.sources_blocked.fetch_add(1, Ordering::Relaxed);
                 self.stats.shield_dropped.fetch_add(1, Ordering::Relaxed);
-                warn!(target: "voicegate::shield", source = %ip, "source blocked: request rate over its limit");
+                let connections_closed = self.sender().close_connections_from(ip);
+                warn!(target: "voicegate::shield", source = %ip, connections_closed, "source blocked: request rate over its limit");
                 false
             }
             crate::shield::Verdict::Dropped => {
                 self.stats.shield_dropped.fetch_add(1, Ordering::Relaxed);
+                // A connection that got past the accept check just as the block began.
+                if source.transport.is_reliable() {
+                    self.sender().close_connections_from(ip);
+                }
                 false
             }
         }
@@ -662,16 +667,13 @@ impl Core {
         self.stats.refused_early.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
         let ip = source.remote.ip();
-        {
+        let auth_blocked = {
             let mut shield = self.lock_shield();
             shield.refused(ip, now);
             let credentials = request.headers.get("Authorization").is_some()
                 || request.headers.get("Proxy-Authorization").is_some();
-            if credentials && matches!(status, 401 | 403 | 407) && shield.auth_failed(ip, now) {
-                self.stats.auth_blocked.fetch_add(1, Ordering::Relaxed);
-                warn!(target: "voicegate::shield", source = %ip, "source blocked: digest authentication failed too often");
-            }
-        }
+            credentials && matches!(status, 401 | 403 | 407) && shield.auth_failed(ip, now)
+        };
         let sender = self.sender();
         let mut response = request
             .response(status, reason)
@@ -687,6 +689,12 @@ impl Core {
             source.transport.is_reliable(),
         );
         sender.send_to(source, target, bytes.clone());
+        if auth_blocked {
+            self.stats.auth_blocked.fetch_add(1, Ordering::Relaxed);
+            // After the refusal is queued: it is written before the connection closes.
+            let connections_closed = sender.close_connections_from(ip);
+            warn!(target: "voicegate::shield", source = %ip, connections_closed, "source blocked: digest authentication failed too often");
+        }
         if source.transport.is_reliable() || branch.is_empty() {
             return;
         }
@@ -823,6 +831,11 @@ fn forward(call: &CallTx, input: CallInput) {
 pub struct CoreHandler(pub Arc<Core>);
 
 impl Handler for CoreHandler {
+    /// A blocked source's new connections are closed at accept, before any TLS or read.
+    fn accepts_connection_from(&self, ip: IpAddr) -> bool {
+        !self.0.lock_shield().is_blocked(ip, Instant::now())
+    }
+
     fn on_message(&self, incoming: Incoming) {
         match incoming.message {
             Message::Request(request) => self.0.on_request(request, incoming.source),

@@ -145,6 +145,12 @@ impl Shield {
         Verdict::Pass
     }
 
+    /// Whether `ip` itself is blocked, without counting anything. The overflow entry's block is
+    /// left out: it stands for many addresses, and it drops their requests already.
+    pub fn is_blocked(&self, ip: IpAddr, now: Instant) -> bool {
+        self.sources.get(&ip).is_some_and(|e| e.is_blocked(now))
+    }
+
     /// Counts a failed digest authentication; true when it blocks the source.
     pub fn auth_failed(&mut self, ip: IpAddr, now: Instant) -> bool {
         let limits = self.limits;
@@ -236,6 +242,9 @@ mod tests {
         // Another source is not affected.
         assert_eq!(shield.check(ip(2), SourceClass::Unknown, t0), Verdict::Pass);
         let after = t0 + Duration::from_secs(30);
+        assert!(shield.is_blocked(ip(1), later));
+        assert!(!shield.is_blocked(ip(1), after));
+        assert!(!shield.is_blocked(ip(2), t0));
         assert_eq!(
             shield.check(ip(1), SourceClass::Unknown, after),
             Verdict::Pass
@@ -304,6 +313,8 @@ mod tests {
         assert_eq!(&verdicts[..3], &[Verdict::Pass; 3]);
         assert_eq!(verdicts[3], Verdict::Blocked);
         assert!(verdicts[4..].iter().all(|v| *v == Verdict::Dropped));
+        // Its block drops their requests but is not taken as any one address's.
+        assert!(!shield.is_blocked(ip(10), t0));
         // The tracked sources still pass.
         assert_eq!(shield.check(ip(1), SourceClass::Unknown, t0), Verdict::Pass);
     }
