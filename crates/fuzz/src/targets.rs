@@ -234,7 +234,7 @@ pub fn dtmf(data: &[u8]) {
     }
     let _ = receiver.stats();
     for content_type in ["application/dtmf-relay", "application/dtmf"] {
-        if let Some(event) = dtmf::parse_info(content_type, data) {
+        if let Some(event) = voicegate_sip::info::parse_dtmf(content_type, data) {
             assert!(
                 dtmf::digit_to_event(event.digit).is_some(),
                 "INFO digit {event:?}"

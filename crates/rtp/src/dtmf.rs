@@ -1,11 +1,10 @@
-//! RFC 4733 telephone-events (DTMF) received and sent, and SIP INFO DTMF bodies.
+//! RFC 4733 telephone-events (DTMF) received and sent.
 //!
 //! Receiving: the RFC 4733 sender repeats one event many times (a packet every ptime with a
 //! growing duration, all with the event's start timestamp) and ends it with three identical
 //! packets carrying the E bit. [`Rfc4733Receiver`] turns that into exactly one [`DtmfEvent`]
 //! per key press. Sending: [`Rfc4733Sender`] yields the packets for one key press, the caller
-//! wraps them in RTP. SIP INFO: [`parse_info`] reads `application/dtmf-relay` and
-//! `application/dtmf` bodies.
+//! wraps them in RTP. (SIP INFO bodies are signalling: the sip crate's `info` module reads them.)
 
 use std::time::Duration;
 
@@ -16,11 +15,9 @@ use tokio::time::Instant;
 /// its end packets were lost.
 pub const EVENT_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Duration given to a SIP INFO digit whose body does not say (`application/dtmf` never does).
-pub const DEFAULT_INFO_DURATION_MS: u32 = 250;
-
-/// Volume given to a SIP INFO digit (INFO carries none): -10 dBm0, a typical keypad level.
-pub const DEFAULT_INFO_VOLUME: u8 = 10;
+/// Volume given to a digit that came without one (SIP INFO carries none): -10 dBm0, a typical
+/// keypad level.
+pub const DEFAULT_VOLUME: u8 = 10;
 
 /// One key press.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -344,65 +341,6 @@ impl Iterator for Rfc4733Sender {
 
 impl ExactSizeIterator for Rfc4733Sender {}
 
-/// Reads the DTMF digit of a SIP INFO body.
-///
-/// * `application/dtmf-relay`: lines `Signal=5` and `Duration=160` (ms); Signal may be a
-///   digit, `*`, `#`, `A`-`D`, or the event number (10 and 11 for `*` and `#`).
-/// * `application/dtmf`: the body is the digit or its event number.
-///
-/// The content type is compared without case and its parameters are ignored. Anything else,
-/// or a body without a valid digit, gives `None`.
-pub fn parse_info(content_type: &str, body: &[u8]) -> Option<DtmfEvent> {
-    let media_type = content_type.split(';').next().unwrap_or("").trim();
-    let body = std::str::from_utf8(body).ok()?;
-    if media_type.eq_ignore_ascii_case("application/dtmf-relay") {
-        let mut digit = None;
-        let mut duration_ms = DEFAULT_INFO_DURATION_MS;
-        for line in body.lines() {
-            let Some((key, value)) = line.split_once('=') else {
-                continue;
-            };
-            let key = key.trim();
-            let value = value.trim();
-            if key.eq_ignore_ascii_case("signal") {
-                digit = Some(signal_digit(value)?);
-            } else if key.eq_ignore_ascii_case("duration") {
-                // A garbled duration is not worth losing the digit for.
-                if let Ok(ms) = value.parse::<u32>() {
-                    duration_ms = ms;
-                }
-            }
-        }
-        Some(DtmfEvent {
-            digit: digit?,
-            duration_ms,
-            volume: DEFAULT_INFO_VOLUME,
-        })
-    } else if media_type.eq_ignore_ascii_case("application/dtmf") {
-        Some(DtmfEvent {
-            digit: signal_digit(body.trim())?,
-            duration_ms: DEFAULT_INFO_DURATION_MS,
-            volume: DEFAULT_INFO_VOLUME,
-        })
-    } else {
-        None
-    }
-}
-
-/// A digit written as itself or as its event number.
-fn signal_digit(value: &str) -> Option<char> {
-    if let Ok(n) = value.parse::<u8>() {
-        return event_to_digit(n);
-    }
-    let mut chars = value.chars();
-    let c = chars.next()?;
-    if chars.next().is_some() {
-        return None;
-    }
-    let code = digit_to_event(c)?;
-    event_to_digit(code)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -611,75 +549,5 @@ mod tests {
         assert_eq!(got.iter().map(|e| e.digit).collect::<String>(), "159*#0AD");
         assert!(got.iter().all(|e| e.duration_ms == 120 && e.volume == 12));
         assert_eq!(rx.stats().end_retransmissions_ignored, 16);
-    }
-
-    #[test]
-    fn info_dtmf_relay() {
-        let e = parse_info("application/dtmf-relay", b"Signal=5\r\nDuration=160\r\n").unwrap();
-        assert_eq!(
-            e,
-            DtmfEvent {
-                digit: '5',
-                duration_ms: 160,
-                volume: DEFAULT_INFO_VOLUME
-            }
-        );
-        let star = parse_info(
-            "Application/DTMF-Relay; charset=utf-8",
-            b"Signal= *\nDuration= 250",
-        );
-        assert_eq!(star.map(|e| (e.digit, e.duration_ms)), Some(('*', 250)));
-        assert_eq!(
-            parse_info("application/dtmf-relay", b"Signal=11\r\nDuration=100").map(|e| e.digit),
-            Some('#')
-        );
-        assert_eq!(
-            parse_info("application/dtmf-relay", b"Signal=10").map(|e| e.digit),
-            Some('*')
-        );
-        assert_eq!(
-            parse_info("application/dtmf-relay", b"signal=d\r\n").map(|e| e.digit),
-            Some('D')
-        );
-        let no_duration = parse_info("application/dtmf-relay", b"Signal=B").unwrap();
-        assert_eq!(no_duration.duration_ms, DEFAULT_INFO_DURATION_MS);
-    }
-
-    #[test]
-    fn info_dtmf() {
-        assert_eq!(
-            parse_info("application/dtmf", b"7").map(|e| e.digit),
-            Some('7')
-        );
-        assert_eq!(
-            parse_info("APPLICATION/DTMF", b"#\r\n").map(|e| e.digit),
-            Some('#')
-        );
-        assert_eq!(
-            parse_info("application/dtmf", b"11").map(|e| e.digit),
-            Some('#')
-        );
-        assert_eq!(
-            parse_info("application/dtmf", b"15").map(|e| e.digit),
-            Some('D')
-        );
-    }
-
-    #[test]
-    fn info_garbage() {
-        assert_eq!(parse_info("application/sdp", b"Signal=5"), None);
-        assert_eq!(parse_info("application/dtmf-relay", b""), None);
-        assert_eq!(parse_info("application/dtmf-relay", b"Duration=100"), None);
-        assert_eq!(parse_info("application/dtmf-relay", b"Signal=16"), None);
-        assert_eq!(parse_info("application/dtmf-relay", b"Signal=55"), None);
-        assert_eq!(parse_info("application/dtmf-relay", b"Signal=x"), None);
-        assert_eq!(parse_info("application/dtmf-relay", b"Signal=\xff"), None);
-        assert_eq!(parse_info("application/dtmf", b"12345"), None);
-        assert_eq!(parse_info("application/dtmf", b""), None);
-        assert_eq!(parse_info("application/dtmf", b"E"), None);
-        assert_eq!(parse_info("", b"5"), None);
-        // Only the Signal must be valid: a bad Duration falls back to the default.
-        let e = parse_info("application/dtmf-relay", b"Signal=3\r\nDuration=abc").unwrap();
-        assert_eq!((e.digit, e.duration_ms), ('3', DEFAULT_INFO_DURATION_MS));
     }
 }

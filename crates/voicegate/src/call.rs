@@ -24,6 +24,7 @@ use voicegate_rtp::rtcp::MosCodec;
 use voicegate_rtp::{EchoHandle, LegConfig, LegControl, LegReport, MediaEvent, RtpPorts};
 use voicegate_sip::accept;
 use voicegate_sip::dialog::{Dialog, InDialog};
+use voicegate_sip::info;
 use voicegate_sip::message::{Method, Request, Response};
 use voicegate_sip::sdp::{self, Direction, LocalMedia, Negotiated};
 use voicegate_sip::transaction::{
@@ -839,7 +840,12 @@ impl Call {
                     InDialog::Bye => self.on_bye(&request, &source, &branch, now),
                     InDialog::Info => {
                         let content_type = request.headers.get("Content-Type").unwrap_or_default();
-                        if let Some(event) = dtmf::parse_info(content_type, &request.body) {
+                        if let Some(key) = info::parse_dtmf(content_type, &request.body) {
+                            let event = dtmf::DtmfEvent {
+                                digit: key.digit,
+                                duration_ms: key.duration_ms,
+                                volume: dtmf::DEFAULT_VOLUME,
+                            };
                             self.on_dtmf(event, "info");
                         }
                         self.answer_request(&request, &source, &branch, 200, "OK", now)
