@@ -472,6 +472,12 @@ mod tests {
         }
     }
 
+    /// Lets the clock move on, so rows get distinct `date_created` (milliseconds) and their
+    /// order is that of the test, not of random ids.
+    async fn tick() {
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+
     struct Check {
         store: Store,
         gate: Gate,
@@ -509,6 +515,7 @@ mod tests {
         };
         let mut sids = Vec::new();
         for name in ["a", "b", "c"] {
+            tick().await;
             let rec = c
                 .store
                 .create_trunk(acc, &NewTrunk::new(name, "ANY-ANY", "x.example"))
@@ -602,6 +609,7 @@ mod tests {
         };
         let cred_c = c.store.add_credential(&cc, &secret("one")).await.unwrap();
         c.after(Change::Trunk(cc.clone())).await;
+        tick().await;
         c.store.add_credential(&a, &secret("two")).await.unwrap();
         c.after(Change::Trunk(a.clone())).await;
         let update = CredentialUpdate {
@@ -642,6 +650,7 @@ mod tests {
         // A trunk in the middle goes; one created later goes last.
         c.store.delete_trunk(acc, &b).await.unwrap();
         c.after(Change::Trunk(b.clone())).await;
+        tick().await;
         let d = c
             .store
             .create_trunk(acc, &NewTrunk::new("d", "ANY-ANY", "x.example"))
