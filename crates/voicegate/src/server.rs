@@ -571,4 +571,77 @@ mod tests {
             [Change::Flow("FL1".into()), Change::Trunk("TR1".into())]
         );
     }
+
+    /// Issue 11: the cost of one API write with 10,000 destinations on 100 trunks, refreshing
+    /// everything or only the trunk written. Prints medians; asserts nothing about time.
+    /// `cargo test -p voicegate --lib -- --ignored --nocapture one_write_costs`
+    #[tokio::test]
+    #[ignore = "a measurement"]
+    async fn one_write_costs_full_and_scoped() {
+        use crate::admit::{Gate, Trunks};
+        use std::time::{Duration, Instant};
+        use voicegate_control::{IpNet, NewTrunk, Store};
+
+        let store = Store::open("sqlite::memory:").await.unwrap();
+        let mut sids = Vec::new();
+        for t in 0..100 {
+            let name = format!("t{t}");
+            let rec = store
+                .create_trunk("AC1", &NewTrunk::new(name, "ANY-ANY", "x.example"))
+                .await
+                .unwrap();
+            let net = IpNet::parse(&format!("10.{t}.0.0/16")).unwrap();
+            store.add_ip(&rec.sid, net).await.unwrap();
+            for d in 0..100 {
+                let uri = format!("sip:10.{t}.0.{d}:5060");
+                store
+                    .add_destination(&rec.sid, &uri, Some(d), None)
+                    .await
+                    .unwrap();
+            }
+            sids.push(rec.sid);
+        }
+        let gate = Gate::new(
+            Trunks::build(&[], Some(&store.snapshot().await.unwrap())),
+            "test",
+        );
+        let median = |mut v: Vec<Duration>| {
+            v.sort();
+            v[v.len() / 2]
+        };
+        for scoped in [false, true] {
+            let (mut writes, mut refreshes) = (Vec::new(), Vec::new());
+            for i in 0..41 {
+                let sid = &sids[i * 7 % sids.len()];
+                let started = Instant::now();
+                store
+                    .set_setting(sid, "trunk_external_alias", &format!("+1555{i:07}"))
+                    .await
+                    .unwrap();
+                let stored = Instant::now();
+                let change = if scoped {
+                    Change::Trunk(sid.clone())
+                } else {
+                    Change::All
+                };
+                super::refresh(&store, &gate, vec![change]).await;
+                refreshes.push(stored.elapsed());
+                writes.push(started.elapsed());
+                assert_eq!(
+                    gate.trunks().external_alias(sid).as_deref(),
+                    Some(format!("+1555{i:07}").as_str())
+                );
+            }
+            let destinations: usize = sids
+                .iter()
+                .map(|s| gate.trunks().destinations(s).len())
+                .sum();
+            eprintln!(
+                "{}: {destinations} destinations, median write+refresh {:?}, refresh {:?}",
+                if scoped { "scoped" } else { "full" },
+                median(writes),
+                median(refreshes)
+            );
+        }
+    }
 }
