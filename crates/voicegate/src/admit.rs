@@ -676,4 +676,42 @@ mod tests {
         assert!(trunks.destinations(&a).len() == 2 && trunks.registration_enabled(&a));
         assert!(trunks.flows.contains_key(&f1) && !trunks.flows.contains_key(&f2));
     }
+
+    #[tokio::test]
+    async fn config_file_trunks_stay_first_and_untouched() {
+        let store = Store::open("sqlite::memory:").await.unwrap();
+        let rec = store
+            .create_trunk("AC1", &NewTrunk::new("stored", "ANY-ANY", "x.example"))
+            .await
+            .unwrap();
+        let config = crate::config::TrunkConfig {
+            name: "file".into(),
+            whitelisted_ips: vec!["10.1.0.0/16".into()],
+            ..Default::default()
+        };
+        let config = [config];
+        let mut trunks = Trunks::build(&config, Some(&store.snapshot().await.unwrap()));
+        let names = |t: &Trunks| -> Vec<String> {
+            t.snapshot.trunks.iter().map(|t| t.name.clone()).collect()
+        };
+        let cfg_sid = trunks.snapshot.trunks[0].sid.clone();
+        trunks.set_trunk(&cfg_sid, None);
+        assert_eq!(names(&trunks), ["file", "stored"]);
+        store
+            .add_ip(&rec.sid, IpNet::parse("10.1.0.0/16").unwrap())
+            .await
+            .unwrap();
+        trunks.set_trunk(
+            &rec.sid,
+            store.trunk_slice(&rec.sid).await.unwrap().as_ref(),
+        );
+        assert_eq!(names(&trunks), ["file", "stored"]);
+        let source = "10.1.2.3".parse().unwrap();
+        assert_eq!(
+            trunks.snapshot.trunk_for_source(source).unwrap().sid,
+            cfg_sid
+        );
+        trunks.set_trunk(&rec.sid, None);
+        assert_eq!(names(&trunks), ["file"]);
+    }
 }
