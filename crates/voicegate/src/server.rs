@@ -19,7 +19,7 @@ use crate::core::{
 };
 use crate::resolve::Resolver;
 use crate::tls;
-use voicegate_control::{router, ApiAccount, ApiState, Change, ChangeFuture, Store};
+use voicegate_control::{router, ApiAccount, ApiState, Change, ChangeFuture, Store, StoreError};
 
 /// The realm of our digest challenges.
 pub const DIGEST_REALM: &str = "voicegate";
@@ -351,27 +351,40 @@ const MAX_SCOPED_CHANGES: usize = 16;
 /// burst) and swaps the result in whole. Calls must not overlap (see [`CoalescedReload`]):
 /// each starts from the trunks the previous one left.
 pub(crate) async fn refresh(store: &Store, gate: &Gate, changes: Vec<Change>) {
-    let changes = if changes.len() > MAX_SCOPED_CHANGES {
-        vec![Change::All]
-    } else {
-        changes
-    };
-    let result = async {
-        let mut next = (*gate.trunks()).clone();
-        for change in &changes {
-            match change {
-                Change::Trunk(sid) => next.set_trunk(sid, store.trunk_slice(sid).await?.as_ref()),
-                Change::Flow(id) => next.set_flow(id, store.flow_by_id(id).await?.as_ref()),
-                Change::All => return Ok(Trunks::build(&[], Some(&store.snapshot().await?))),
+    let scoped = changes.len() <= MAX_SCOPED_CHANGES && !changes.contains(&Change::All);
+    let result = if scoped {
+        match reread(store, gate, &changes).await {
+            Ok(next) => Ok(next),
+            Err(e) => {
+                // E.g. a flow row that does not parse: a full reload skips it and goes on.
+                tracing::warn!(error = %e, "could not re-read what an API change touched");
+                full_reload(store).await
             }
         }
-        Ok::<_, voicegate_control::StoreError>(next)
-    }
-    .await;
+    } else {
+        full_reload(store).await
+    };
     match result {
         Ok(next) => gate.replace(next),
         Err(e) => tracing::error!(error = %e, "could not reload trunks after an API change"),
     }
+}
+
+/// The gate's trunks with the trunks and flows `changes` name read again.
+async fn reread(store: &Store, gate: &Gate, changes: &[Change]) -> Result<Trunks, StoreError> {
+    let mut next = (*gate.trunks()).clone();
+    for change in changes {
+        match change {
+            Change::Trunk(sid) => next.set_trunk(sid, store.trunk_slice(sid).await?.as_ref()),
+            Change::Flow(id) => next.set_flow(id, store.flow_by_id(id).await?.as_ref()),
+            Change::All => return full_reload(store).await,
+        }
+    }
+    Ok(next)
+}
+
+async fn full_reload(store: &Store) -> Result<Trunks, StoreError> {
+    Ok(Trunks::build(&[], Some(&store.snapshot().await?)))
 }
 
 /// Makes a burst of API writes cost one refresh, not one each, without weakening the promise
