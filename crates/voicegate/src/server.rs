@@ -344,7 +344,8 @@ async fn start_api(
     Ok(local)
 }
 
-/// Beyond this many trunks and flows changed in one burst, one full reload is cheaper.
+/// A burst touching more trunks and flows than this re-reads everything in one transaction
+/// rather than each in its own.
 const MAX_SCOPED_CHANGES: usize = 16;
 
 /// Makes `changes` live: re-reads what they name (everything for [`Change::All`] or a large
