@@ -24,7 +24,8 @@
 //! then for POST and PUT a JSON content type (415 / 1011) and a parseable JSON object body
 //! (400 / 1007), then the parameters (1001 missing, 1002 invalid), then ownership (403 / 1003
 //! for a trunk that is not the account's; 404 / 1000 for other missing ids). Duplicates answer
-//! HTTP 409 with code 1008. After every successful write [`ApiState::on_change`] is called.
+//! HTTP 409 with code 1008. After every successful write [`ApiState::on_change`] is called with
+//! the [`Change`] it made.
 //!
 //! Sizes are bounded ([`MAX_BODY_BYTES`], [`MAX_URI_BYTES`], [`MAX_ITEMS_PER_REQUEST`], the
 //! per-trunk limits), and every answer is in the envelope, including those axum makes itself
@@ -99,8 +100,9 @@ pub struct ApiState {
     pub store: Arc<Store>,
     /// With none, every request is refused (401 / 1010).
     pub accounts: Vec<ApiAccount>,
-    /// Awaited after every successful write and before the response, so the SIP snapshot
-    /// is refreshed by the time the client hears back (a change is live for its next call).
+    /// Awaited after every successful write, with what it changed, and before the response,
+    /// so the SIP snapshot is refreshed by the time the client hears back (a change is live
+    /// for its next call).
     pub on_change: Arc<dyn Fn(Change) -> ChangeFuture + Send + Sync>,
 }
 
