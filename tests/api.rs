@@ -464,3 +464,124 @@ async fn one_address_cannot_take_more_than_its_share_of_connections() {
         "connections within the share stay open"
     );
 }
+
+/// Each kind of write is live for the very next call, though the API now re-reads only the
+/// trunk or flow it touched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_kind_of_write_is_live_for_the_next_call() {
+    let running = start(&api_config()).await;
+    let api = running.api.expect("the API listens");
+    let sip = running.local.udp.unwrap();
+    let (bot_a, mut seen_a) = counting_bot().await;
+    let (bot_b, mut seen_b) = counting_bot().await;
+    let (_, flow) = http(
+        api,
+        "POST",
+        "/flows",
+        Some(json!({"name": "f", "stream_url": format!("ws://{bot_a}/")})),
+    )
+    .await;
+    let flow = data(&flow)["id"].as_str().unwrap().to_string();
+    let (_, trunk) = http(
+        api,
+        "POST",
+        "/trunks",
+        Some(json!({"trunk_name": "live", "nso_code": "ANY-ANY", "domain_name": "acme.example"})),
+    )
+    .await;
+    let sid = data(&trunk)["trunk_sid"].as_str().unwrap().to_string();
+    let (status, ip) = http(
+        api,
+        "POST",
+        &format!("/trunks/{sid}/whitelisted-ips"),
+        Some(json!({"ip": "127.0.0.1"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{ip}");
+    let ip = data(&ip)["id"].as_str().unwrap().to_string();
+    let (status, number) = http(
+        api,
+        "POST",
+        &format!("/trunks/{sid}/phone-numbers"),
+        Some(json!({"phone_number": "+15550124", "mode": "flow", "flow_id": flow})),
+    )
+    .await;
+    assert_eq!(status, 200, "{number}");
+    let number = data(&number)["id"].as_str().unwrap().to_string();
+
+    let (mut uac, status) = call(sip, "+15550124").await;
+    assert_eq!(status, 200);
+    tokio::time::timeout(Duration::from_secs(5), seen_a.recv())
+        .await
+        .expect("bot a is called")
+        .unwrap();
+    assert_eq!(uac.bye().await.status, 200);
+
+    // A flow write: the next call streams to the flow's new URL.
+    let (status, answer) = http(
+        api,
+        "PUT",
+        &format!("/flows/{flow}"),
+        Some(json!({"stream_url": format!("ws://{bot_b}/")})),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let (mut uac, status) = call(sip, "+15550124").await;
+    assert_eq!(status, 200);
+    tokio::time::timeout(Duration::from_secs(5), seen_b.recv())
+        .await
+        .expect("bot b is called after the flow changed")
+        .unwrap();
+    assert_eq!(uac.bye().await.status, 200);
+    assert!(seen_a.try_recv().is_err(), "bot a is not called again");
+
+    // Trunk writes: inactive refuses, active again admits.
+    for (status_field, expected) in [("inactive", 403), ("active", 200)] {
+        let (status, answer) = http(
+            api,
+            "PUT",
+            &format!("/trunks/{sid}"),
+            Some(json!({"status": status_field})),
+        )
+        .await;
+        assert_eq!(status, 200, "{answer}");
+        let (mut uac, status) = call(sip, "+15550124").await;
+        assert_eq!(status, expected, "trunk {status_field}");
+        if status == 200 {
+            tokio::time::timeout(Duration::from_secs(5), seen_b.recv())
+                .await
+                .expect("bot b is called once the trunk is active again")
+                .unwrap();
+            assert_eq!(uac.bye().await.status, 200);
+        }
+    }
+
+    // A deleted number no longer reaches the flow's bot.
+    let (status, _) = http(
+        api,
+        "DELETE",
+        &format!("/trunks/{sid}/phone-numbers/{number}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (mut uac, status) = call(sip, "+15550124").await;
+    if status == 200 {
+        uac.bye().await;
+    }
+    assert_ne!(status, 200, "an unmapped number is not the flow's any more");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(seen_b.try_recv().is_err(), "bot b is not called");
+
+    // A deleted whitelist entry: the caller's address is unknown again.
+    let (status, _) = http(
+        api,
+        "DELETE",
+        &format!("/trunks/{sid}/whitelisted-ips/{ip}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (_, status) = call(sip, "+15550124").await;
+    assert_eq!(status, 403);
+}

@@ -24,7 +24,8 @@
 //! then for POST and PUT a JSON content type (415 / 1011) and a parseable JSON object body
 //! (400 / 1007), then the parameters (1001 missing, 1002 invalid), then ownership (403 / 1003
 //! for a trunk that is not the account's; 404 / 1000 for other missing ids). Duplicates answer
-//! HTTP 409 with code 1008. After every successful write [`ApiState::on_change`] is called.
+//! HTTP 409 with code 1008. After every successful write [`ApiState::on_change`] is called with
+//! the [`Change`] it made.
 //!
 //! Sizes are bounded ([`MAX_BODY_BYTES`], [`MAX_URI_BYTES`], [`MAX_ITEMS_PER_REQUEST`], the
 //! per-trunk limits), and every answer is in the envelope, including those axum makes itself
@@ -79,6 +80,17 @@ pub struct ApiAccount {
     pub api_token: String,
 }
 
+/// What a successful write changed: the rows the SIP side must read again.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Change {
+    /// A trunk or its sub-resources (numbers, IPs, destinations, credentials, settings).
+    Trunk(String),
+    /// A flow, by id.
+    Flow(String),
+    /// Anything: read everything again.
+    All,
+}
+
 /// What [`ApiState::on_change`] returns.
 pub type ChangeFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
@@ -88,9 +100,10 @@ pub struct ApiState {
     pub store: Arc<Store>,
     /// With none, every request is refused (401 / 1010).
     pub accounts: Vec<ApiAccount>,
-    /// Awaited after every successful write and before the response, so the SIP snapshot
-    /// is refreshed by the time the client hears back (a change is live for its next call).
-    pub on_change: Arc<dyn Fn() -> ChangeFuture + Send + Sync>,
+    /// Awaited after every successful write, with what it changed, and before the response,
+    /// so the SIP snapshot is refreshed by the time the client hears back (a change is live
+    /// for its next call).
+    pub on_change: Arc<dyn Fn(Change) -> ChangeFuture + Send + Sync>,
 }
 
 impl ApiState {
@@ -99,12 +112,16 @@ impl ApiState {
         ApiState {
             store,
             accounts,
-            on_change: Arc::new(|| Box::pin(async {})),
+            on_change: Arc::new(|_| Box::pin(async {})),
         }
     }
 
-    async fn changed(&self) {
-        (self.on_change)().await;
+    async fn changed(&self, change: Change) {
+        (self.on_change)(change).await;
+    }
+
+    async fn trunk_changed(&self, sid: &str) {
+        self.changed(Change::Trunk(sid.to_string())).await;
     }
 }
 
@@ -929,7 +946,7 @@ async fn create_trunk(State(st): St, ctx: Ctx, body: Bytes) -> Response {
             .create_trunk(&ctx.account_sid, &new)
             .await
             .map_err(|e| ApiError::store(e, "Trunk with this trunk_name"))?;
-        st.changed().await;
+        st.trunk_changed(&rec.sid).await;
         Ok(Out::One(trunk_json(&rec)))
     }
     .await;
@@ -1006,7 +1023,7 @@ async fn update_trunk(State(st): St, ctx: Ctx, Path(p): Params, body: Bytes) -> 
             .await
             .map_err(|e| ApiError::store(e, "Trunk with this trunk_name"))?
             .ok_or_else(ApiError::trunk_forbidden)?;
-        st.changed().await;
+        st.trunk_changed(&rec.sid).await;
         Ok(Out::One(trunk_json(&rec)))
     }
     .await;
@@ -1023,7 +1040,7 @@ async fn delete_trunk(st: &ApiState, ctx: &Ctx, sid: Option<&str>) -> Result<Out
         .await
         .map_err(|e| ApiError::store(e, "Trunk"))?
         .ok_or_else(ApiError::trunk_forbidden)?;
-    st.changed().await;
+    st.trunk_changed(&rec.sid).await;
     Ok(Out::One(trunk_json(&rec)))
 }
 
@@ -1062,7 +1079,7 @@ async fn create_number(State(st): St, ctx: Ctx, Path(p): Params, body: Bytes) ->
             .add_number(&trunk.sid, &number, &mode)
             .await
             .map_err(|e| ApiError::store(e, "Phone number"))?;
-        st.changed().await;
+        st.trunk_changed(&rec.trunk_sid).await;
         Ok(Out::One(number_json(&rec)))
     }
     .await;
@@ -1132,7 +1149,7 @@ async fn update_number(State(st): St, ctx: Ctx, Path(p): Params, body: Bytes) ->
             .await
             .map_err(|e| ApiError::store(e, "Phone number"))?
             .ok_or_else(|| ApiError::not_found("Phone number"))?;
-        st.changed().await;
+        st.trunk_changed(&rec.trunk_sid).await;
         Ok(Out::One(number_json(&rec)))
     }
     .await;
@@ -1148,7 +1165,7 @@ async fn delete_number(State(st): St, ctx: Ctx, Path(p): Params) -> Response {
             .await
             .map_err(|e| ApiError::store(e, "Phone number"))?
             .ok_or_else(|| ApiError::not_found("Phone number"))?;
-        st.changed().await;
+        st.trunk_changed(&rec.trunk_sid).await;
         Ok(Out::One(number_json(&rec)))
     }
     .await;
@@ -1189,7 +1206,7 @@ async fn create_ip(State(st): St, ctx: Ctx, Path(p): Params, body: Bytes) -> Res
             .add_ip(&trunk.sid, net)
             .await
             .map_err(|e| ApiError::store(e, "Whitelisted IP"))?;
-        st.changed().await;
+        st.trunk_changed(&rec.trunk_sid).await;
         Ok(Out::One(ip_json(&rec)))
     }
     .await;
@@ -1220,7 +1237,7 @@ async fn delete_ip(State(st): St, ctx: Ctx, Path(p): Params) -> Response {
             .await
             .map_err(|e| ApiError::store(e, "Whitelisted IP"))?
             .ok_or_else(|| ApiError::not_found("Whitelisted IP"))?;
-        st.changed().await;
+        st.trunk_changed(&rec.trunk_sid).await;
         Ok(Out::One(ip_json(&rec)))
     }
     .await;
@@ -1356,7 +1373,7 @@ async fn create_destinations(State(st): St, ctx: Ctx, Path(p): Params, body: Byt
             results.push(one);
         }
         if results.iter().any(Result::is_ok) {
-            st.changed().await;
+            st.trunk_changed(&trunk.sid).await;
         }
         Ok(Out::Multi(results))
     }
@@ -1393,7 +1410,7 @@ async fn delete_destination(State(st): St, ctx: Ctx, Path(p): Params) -> Respons
             .await
             .map_err(|e| ApiError::store(e, "Destination"))?
             .ok_or_else(|| ApiError::not_found("Destination"))?;
-        st.changed().await;
+        st.trunk_changed(&rec.trunk_sid).await;
         Ok(Out::One(destination_json(&rec)))
     }
     .await;
@@ -1464,7 +1481,7 @@ async fn create_credential(State(st): St, ctx: Ctx, Path(p): Params, body: Bytes
             )
             .await
             .map_err(|e| ApiError::store(e, "Credential with this user_name"))?;
-        st.changed().await;
+        st.trunk_changed(&rec.trunk_sid).await;
         Ok(Out::One(credential_json(&rec)))
     }
     .await;
@@ -1546,7 +1563,7 @@ async fn update_credential(State(st): St, ctx: Ctx, Path(p): Params, body: Bytes
             .await
             .map_err(|e| ApiError::store(e, "Credential with this user_name"))?
             .ok_or_else(|| ApiError::not_found("Credential"))?;
-        st.changed().await;
+        st.trunk_changed(&rec.trunk_sid).await;
         Ok(Out::One(credential_json(&rec)))
     }
     .await;
@@ -1563,7 +1580,7 @@ async fn delete_credential(st: &ApiState, ctx: &Ctx, id: Option<&str>) -> Result
         .await
         .map_err(|e| ApiError::store(e, "Credential"))?
         .ok_or_else(|| ApiError::not_found("Credential"))?;
-    st.changed().await;
+    st.trunk_changed(&rec.trunk_sid).await;
     Ok(Out::One(credential_json(&rec)))
 }
 
@@ -1633,7 +1650,7 @@ async fn set_settings(State(st): St, ctx: Ctx, Path(p): Params, body: Bytes) -> 
             results.push(one);
         }
         if results.iter().any(Result::is_ok) {
-            st.changed().await;
+            st.trunk_changed(&trunk.sid).await;
         }
         Ok(Out::Multi(results))
     }
@@ -1797,7 +1814,7 @@ async fn create_flow(State(st): St, ctx: Ctx, body: Bytes) -> Response {
             .create_flow(&ctx.account_sid, &new)
             .await
             .map_err(|e| ApiError::store(e, "Flow"))?;
-        st.changed().await;
+        st.changed(Change::Flow(rec.id.clone())).await;
         Ok(Out::One(flow_json(&rec)))
     }
     .await;
@@ -1850,7 +1867,7 @@ async fn update_flow(State(st): St, ctx: Ctx, Path(p): Params, body: Bytes) -> R
             .await
             .map_err(|e| ApiError::store(e, "Flow"))?
             .ok_or_else(|| ApiError::not_found("Flow"))?;
-        st.changed().await;
+        st.changed(Change::Flow(rec.id.clone())).await;
         Ok(Out::One(flow_json(&rec)))
     }
     .await;
@@ -1865,7 +1882,7 @@ async fn delete_flow(State(st): St, ctx: Ctx, Path(p): Params) -> Response {
             .await
             .map_err(|e| ApiError::store(e, "Flow"))?
             .ok_or_else(|| ApiError::not_found("Flow"))?;
-        st.changed().await;
+        st.changed(Change::Flow(rec.id.clone())).await;
         Ok(Out::One(flow_json(&rec)))
     }
     .await;

@@ -37,12 +37,18 @@ pub mod model;
 pub mod store;
 
 pub use admission::{check_e164, Admission, Decision, InviteFacts, CPM_WINDOW};
-pub use api::{parse_destination, router, ApiAccount, ApiError, ApiState, ChangeFuture};
+pub use api::{parse_destination, router, ApiAccount, ApiError, ApiState, Change, ChangeFuture};
 pub use model::{
     IpNet, IpNetError, Mode, NumberMapping, Snapshot, Trunk, DEFAULT_CALLS_PER_MINUTE,
 };
 pub use store::{
+<<<<<<< HEAD
     Binding, CallChange, CallInProgress, ControlSnapshot, CredentialSecret, DestinationRecord,
     FlowDirection, FlowFallback, FlowProtocol, FlowRecord, NewCredential, NewFlow, NewTrunk,
     OnStreamEnd, Page, Store, StoreError, TrunkUpdate,
+=======
+    Binding, ControlSnapshot, CredentialSecret, DestinationRecord, FlowDirection, FlowFallback,
+    FlowProtocol, FlowRecord, NewCredential, NewFlow, NewTrunk, OnStreamEnd, Page, Store,
+    StoreError, TrunkSlice, TrunkUpdate,
+>>>>>>> scoped-reload
 };

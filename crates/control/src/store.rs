@@ -15,8 +15,9 @@
 //! trunk exists inside the write transaction.
 //!
 //! [`Store::snapshot`] reads everything in one transaction and builds the
-//! [`ControlSnapshot`] the SIP side needs.
+//! [`ControlSnapshot`] the SIP side needs; [`Store::trunk_slice`] reads one trunk's part of it.
 
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -472,6 +473,9 @@ pub struct CredentialSecret {
     pub trunk_sid: String,
     pub user_name: String,
     pub password: String,
+    /// `(date_created, id)`: the store's order, which decides between trunks that share a
+    /// user name.
+    pub order: (String, String),
 }
 
 /// Everything the SIP side reads, from one consistent read.
@@ -488,6 +492,17 @@ pub struct ControlSnapshot {
     pub destinations: Vec<DestinationRecord>,
     pub settings: Vec<SettingRecord>,
     pub flows: Vec<FlowRecord>,
+}
+
+/// One trunk's part of a [`ControlSnapshot`] (its `flows` empty), from
+/// [`Store::trunk_slice`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrunkSlice(ControlSnapshot);
+
+impl TrunkSlice {
+    pub fn rows(&self) -> &ControlSnapshot {
+        &self.0
+    }
 }
 
 impl ControlSnapshot {
@@ -1439,59 +1454,116 @@ impl Store {
     /// Everything the SIP side needs, read in one transaction.
     pub async fn snapshot(&self) -> StoreResult<ControlSnapshot> {
         let mut tx = self.pool.begin().await?;
-        let trunks: Vec<TrunkRecord> = sqlx::query_as(&format!(
-            "SELECT {TRUNK_COLUMNS} FROM trunks ORDER BY date_created, sid"
-        ))
-        .fetch_all(&mut *tx)
-        .await?;
-        let ips: Vec<IpRecord> =
-            sqlx::query_as("SELECT * FROM whitelisted_ips ORDER BY date_created, id")
-                .fetch_all(&mut *tx)
-                .await?;
-        let credentials: Vec<CredentialRecord> =
-            sqlx::query_as("SELECT * FROM credentials ORDER BY date_created, id")
-                .fetch_all(&mut *tx)
-                .await?;
-        let numbers: Vec<NumberRecord> =
-            sqlx::query_as("SELECT * FROM phone_numbers ORDER BY date_created, id")
-                .fetch_all(&mut *tx)
-                .await?;
-        let destinations: Vec<DestinationRecord> = sqlx::query_as(
-            "SELECT * FROM destination_uris ORDER BY trunk_sid, priority, date_created, id",
-        )
-        .fetch_all(&mut *tx)
-        .await?;
-        let settings: Vec<SettingRecord> =
-            sqlx::query_as("SELECT * FROM trunk_settings ORDER BY trunk_sid, name")
-                .fetch_all(&mut *tx)
-                .await?;
+        let mut snapshot = Self::trunk_rows(&mut tx, None).await?;
         let flow_rows: Vec<FlowRow> =
             sqlx::query_as("SELECT * FROM flows ORDER BY date_created, id")
                 .fetch_all(&mut *tx)
                 .await?;
         tx.commit().await?;
+        for row in flow_rows {
+            match FlowRecord::try_from(row) {
+                Ok(f) => snapshot.flows.push(f),
+                Err(e) => tracing::warn!(error = %e, "skipping unreadable flow"),
+            }
+        }
+        Ok(snapshot)
+    }
 
+    /// One trunk's part of [`Store::snapshot`], read in one transaction; `None` once the
+    /// trunk is gone.
+    pub async fn trunk_slice(&self, sid: &str) -> StoreResult<Option<TrunkSlice>> {
+        let mut tx = self.pool.begin().await?;
+        let rows = Self::trunk_rows(&mut tx, Some(sid)).await?;
+        tx.commit().await?;
+        Ok((!rows.trunks.is_empty()).then_some(TrunkSlice(rows)))
+    }
+
+    /// The flow `id` whatever its account, as [`Store::snapshot`] would hold it.
+    pub async fn flow_by_id(&self, id: &str) -> StoreResult<Option<FlowRecord>> {
+        let row: Option<FlowRow> = sqlx::query_as("SELECT * FROM flows WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(FlowRecord::try_from).transpose()
+    }
+
+    /// The trunks (all, or only `only`) and their rows as the SIP side needs them, no flows.
+    async fn trunk_rows(
+        tx: &mut Transaction<'_, Sqlite>,
+        only: Option<&str>,
+    ) -> StoreResult<ControlSnapshot> {
+        async fn rows<T>(
+            tx: &mut Transaction<'_, Sqlite>,
+            select: &str,
+            only: Option<&str>,
+            order: &str,
+        ) -> StoreResult<Vec<T>>
+        where
+            T: for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow> + Send + Unpin,
+        {
+            let filter = if only.is_some() {
+                "WHERE trunk_sid = ?"
+            } else {
+                ""
+            };
+            let sql = format!("{select} {filter} ORDER BY {order}");
+            let mut query = sqlx::query_as(&sql);
+            if let Some(sid) = only {
+                query = query.bind(sid);
+            }
+            Ok(query.fetch_all(&mut **tx).await?)
+        }
+        let trunks: Vec<TrunkRecord> = match only {
+            Some(sid) => Self::trunk_in_tx(tx, sid).await?.into_iter().collect(),
+            None => {
+                sqlx::query_as(&format!(
+                    "SELECT {TRUNK_COLUMNS} FROM trunks ORDER BY date_created, sid"
+                ))
+                .fetch_all(&mut **tx)
+                .await?
+            }
+        };
+        let ips: Vec<IpRecord> = rows(
+            tx,
+            "SELECT * FROM whitelisted_ips",
+            only,
+            "date_created, id",
+        )
+        .await?;
+        let credentials: Vec<CredentialRecord> =
+            rows(tx, "SELECT * FROM credentials", only, "date_created, id").await?;
+        let numbers: Vec<NumberRecord> =
+            rows(tx, "SELECT * FROM phone_numbers", only, "date_created, id").await?;
+        let destinations: Vec<DestinationRecord> = rows(
+            tx,
+            "SELECT * FROM destination_uris",
+            only,
+            "trunk_sid, priority, date_created, id",
+        )
+        .await?;
+        let settings: Vec<SettingRecord> =
+            rows(tx, "SELECT * FROM trunk_settings", only, "trunk_sid, name").await?;
+
+        let mut ips_by_trunk: HashMap<&str, Vec<&IpRecord>> = HashMap::new();
+        for ip in &ips {
+            ips_by_trunk.entry(&ip.trunk_sid).or_default().push(ip);
+        }
+        let with_credentials: HashSet<&str> =
+            credentials.iter().map(|c| c.trunk_sid.as_str()).collect();
         let model_trunks = trunks
             .iter()
             .map(|rec| {
                 let mut t = rec.to_model();
-                for ip in ips.iter().filter(|ip| ip.trunk_sid == rec.sid) {
+                for ip in ips_by_trunk.get(rec.sid.as_str()).into_iter().flatten() {
                     match ip.to_net() {
                         Some(net) => t.whitelisted.push(net),
                         None => tracing::warn!(id = %ip.id, "unreadable whitelisted IP row"),
                     }
                 }
-                t.has_credentials = credentials.iter().any(|c| c.trunk_sid == rec.sid);
+                t.has_credentials = with_credentials.contains(rec.sid.as_str());
                 t
             })
             .collect();
-        let mut flows = Vec::with_capacity(flow_rows.len());
-        for row in flow_rows {
-            match FlowRecord::try_from(row) {
-                Ok(f) => flows.push(f),
-                Err(e) => tracing::warn!(error = %e, "skipping unreadable flow"),
-            }
-        }
         Ok(ControlSnapshot {
             snapshot: Snapshot {
                 trunks: model_trunks,
@@ -1511,11 +1583,12 @@ impl Store {
                     trunk_sid: c.trunk_sid,
                     user_name: c.user_name,
                     password: c.password,
+                    order: (c.date_created, c.id),
                 })
                 .collect(),
             destinations,
             settings,
-            flows,
+            flows: Vec::new(),
         })
     }
 }

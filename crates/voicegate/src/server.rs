@@ -1,6 +1,6 @@
 //! Starting voicegate: config → transports, RTP pool and the SIP core, wired together.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +19,7 @@ use crate::core::{
 };
 use crate::resolve::Resolver;
 use crate::tls;
-use voicegate_control::{router, ApiAccount, ApiState, ChangeFuture, Store};
+use voicegate_control::{router, ApiAccount, ApiState, Change, ChangeFuture, Store, StoreError};
 
 /// The realm of our digest challenges.
 pub const DIGEST_REALM: &str = "voicegate";
@@ -339,20 +339,13 @@ async fn start_api(
         );
     }
     let reloads = Arc::new(CoalescedReload::default());
-    let on_change: Arc<dyn Fn() -> ChangeFuture + Send + Sync> = Arc::new(move || {
+    let on_change: Arc<dyn Fn(Change) -> ChangeFuture + Send + Sync> = Arc::new(move |change| {
         let (store, core, reloads) = (store_for_reload.clone(), core.clone(), reloads.clone());
         Box::pin(async move {
             reloads
-                .after_write(|| async {
-                    match store.snapshot().await {
-                        Ok(snapshot) => {
-                            if let Some(gate) = core.gate.as_ref() {
-                                gate.replace(Trunks::build(&[], Some(&snapshot)));
-                            }
-                        }
-                        Err(e) => {
-                            tracing::error!(error = %e, "could not reload trunks after an API change")
-                        }
+                .after_write(change, |changes| async move {
+                    if let Some(gate) = core.gate.as_ref() {
+                        refresh(&store, gate, changes).await;
                     }
                 })
                 .await
@@ -383,31 +376,98 @@ async fn start_api(
     Ok(local)
 }
 
-/// Makes a burst of API writes cost one reload, not one each, without weakening the promise
-/// that a write is live once answered: a writer returns only after a reload that *started*
-/// after its write (so it read the write) has finished.
+/// A burst touching more trunks and flows than this re-reads everything in one transaction
+/// rather than each in its own.
+const MAX_SCOPED_CHANGES: usize = 16;
+
+/// Makes `changes` live: re-reads what they name (everything for [`Change::All`] or a large
+/// burst) and swaps the result in whole. Calls must not overlap (see [`CoalescedReload`]):
+/// each starts from the trunks the previous one left.
+pub(crate) async fn refresh(store: &Store, gate: &Gate, changes: Vec<Change>) {
+    let scoped = changes.len() <= MAX_SCOPED_CHANGES && !changes.contains(&Change::All);
+    let result = if scoped {
+        match reread(store, gate, &changes).await {
+            Ok(next) => Ok(next),
+            Err(e) => {
+                // E.g. a flow row that does not parse: a full reload skips it and goes on.
+                tracing::warn!(error = %e, "could not re-read what an API change touched");
+                full_reload(store).await
+            }
+        }
+    } else {
+        full_reload(store).await
+    };
+    match result {
+        Ok(next) => gate.replace(next),
+        Err(e) => tracing::error!(error = %e, "could not reload trunks after an API change"),
+    }
+}
+
+/// The gate's trunks with the trunks and flows `changes` name read again.
+async fn reread(store: &Store, gate: &Gate, changes: &[Change]) -> Result<Trunks, StoreError> {
+    let mut next = (*gate.trunks()).clone();
+    for change in changes {
+        match change {
+            Change::Trunk(sid) => next.set_trunk(sid, store.trunk_slice(sid).await?.as_ref()),
+            Change::Flow(id) => next.set_flow(id, store.flow_by_id(id).await?.as_ref()),
+            Change::All => return full_reload(store).await,
+        }
+    }
+    Ok(next)
+}
+
+async fn full_reload(store: &Store) -> Result<Trunks, StoreError> {
+    Ok(Trunks::build(&[], Some(&store.snapshot().await?)))
+}
+
+/// Makes a burst of API writes cost one refresh, not one each, without weakening the promise
+/// that a write is live once answered: a writer returns only after a refresh that *started*
+/// after its write (so it read the write) has finished. A refresh re-reads what the writes
+/// not yet covered changed.
 #[derive(Default)]
 struct CoalescedReload {
-    /// Writes announced so far; a write's number is taken after it is stored.
-    announced: AtomicU64,
-    /// Held while reloading; holds the number of writes the last finished reload covers.
+    announced: std::sync::Mutex<Announced>,
+    /// Held while refreshing; holds the number of writes the last finished refresh covers.
     covered: tokio::sync::Mutex<u64>,
 }
 
+#[derive(Default)]
+struct Announced {
+    /// Writes announced so far; a write's number is taken after it is stored.
+    count: u64,
+    /// What each write not yet covered changed, with the number of its latest write. Kept
+    /// until a refresh finishes, so one dropped mid-way (its client gone) loses nothing.
+    pending: HashMap<Change, u64>,
+}
+
 impl CoalescedReload {
-    async fn after_write<F, Fut>(&self, reload: F)
+    async fn after_write<F, Fut>(&self, change: Change, refresh: F)
     where
-        F: FnOnce() -> Fut,
+        F: FnOnce(Vec<Change>) -> Fut,
         Fut: std::future::Future<Output = ()>,
     {
-        let mine = self.announced.fetch_add(1, Ordering::SeqCst) + 1;
+        let mine = {
+            let mut announced = self.announced.lock().unwrap_or_else(|e| e.into_inner());
+            announced.count += 1;
+            let count = announced.count;
+            announced.pending.insert(change, count);
+            count
+        };
         let mut covered = self.covered.lock().await;
         if *covered >= mine {
-            return; // a reload that began after this write has already finished
+            return; // a refresh that began after this write has already finished
         }
-        // Every write numbered up to here was stored before this reload reads the store.
-        let upto = self.announced.load(Ordering::SeqCst);
-        reload().await;
+        // Every write numbered up to here was stored before this refresh reads the store.
+        let (upto, changes) = {
+            let announced = self.announced.lock().unwrap_or_else(|e| e.into_inner());
+            (announced.count, announced.pending.keys().cloned().collect())
+        };
+        refresh(changes).await;
+        self.announced
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pending
+            .retain(|_, latest| *latest > upto);
         *covered = upto;
     }
 }
@@ -465,6 +525,7 @@ fn connection_cap(configured: usize, open_files: Option<u64>) -> (usize, Option<
 #[cfg(test)]
 mod tests {
     use super::{connection_cap, relative_store_file};
+    use voicegate_control::Change;
 
     #[test]
     fn the_connection_cap_leaves_descriptors_for_media() {
@@ -505,28 +566,128 @@ mod tests {
 
     #[tokio::test]
     async fn a_burst_of_writes_costs_two_reloads_and_each_waits_for_one_that_saw_it() {
-        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Mutex;
         let reloads = std::sync::Arc::new(super::CoalescedReload::default());
-        let count = std::sync::Arc::new(AtomicUsize::new(0));
+        let seen = std::sync::Arc::new(Mutex::new(Vec::<Vec<Change>>::new()));
         let mut writers = tokio::task::JoinSet::new();
-        for _ in 0..10 {
-            let (reloads, count) = (reloads.clone(), count.clone());
+        for i in 0..10 {
+            let (reloads, seen) = (reloads.clone(), seen.clone());
+            let change = Change::Trunk(format!("TR{}", i % 5));
             writers.spawn(async move {
                 reloads
-                    .after_write(|| async {
+                    .after_write(change.clone(), |changes| async {
                         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                        count.fetch_add(1, Ordering::SeqCst);
+                        seen.lock().unwrap().push(changes);
                     })
                     .await;
-                // Whoever returns has seen a reload finish after its write was announced.
-                assert!(count.load(Ordering::SeqCst) >= 1);
+                // Whoever returns has seen a refresh that read its change finish.
+                assert!(seen.lock().unwrap().iter().flatten().any(|c| *c == change));
             });
         }
         while let Some(done) = writers.join_next().await {
             done.unwrap();
         }
-        // The first reload began before the other nine were announced, so one more must
-        // follow for them; and one is enough.
-        assert_eq!(count.load(Ordering::SeqCst), 2);
+        // The first refresh began before the other nine were announced, so one more must
+        // follow for them; and one is enough, reading each of their trunks once.
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        assert_eq!(seen[0].len(), 1);
+        assert_eq!(seen[1].len(), 5, "{seen:?}");
+    }
+
+    #[tokio::test]
+    async fn a_refresh_dropped_mid_way_leaves_its_changes_to_the_next() {
+        let reloads = super::CoalescedReload::default();
+        let dropped = reloads.after_write(Change::Flow("FL1".into()), |_| std::future::pending());
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(20), dropped)
+                .await
+                .is_err()
+        );
+        let mut seen = Vec::new();
+        reloads
+            .after_write(Change::Trunk("TR1".into()), |changes| {
+                seen = changes;
+                async {}
+            })
+            .await;
+        seen.sort_by_key(|c| format!("{c:?}"));
+        assert_eq!(
+            seen,
+            [Change::Flow("FL1".into()), Change::Trunk("TR1".into())]
+        );
+    }
+
+    /// Issue 11: the cost of one API write with 10,000 destinations on 100 trunks, refreshing
+    /// everything or only the trunk written. Prints medians; asserts nothing about time.
+    /// `cargo test -p voicegate --lib -- --ignored --nocapture one_write_costs`
+    #[tokio::test]
+    #[ignore = "a measurement"]
+    async fn one_write_costs_full_and_scoped() {
+        use crate::admit::{Gate, Trunks};
+        use std::time::{Duration, Instant};
+        use voicegate_control::{IpNet, NewTrunk, Store};
+
+        let store = Store::open("sqlite::memory:").await.unwrap();
+        let mut sids = Vec::new();
+        for t in 0..100 {
+            let name = format!("t{t}");
+            let rec = store
+                .create_trunk("AC1", &NewTrunk::new(name, "ANY-ANY", "x.example"))
+                .await
+                .unwrap();
+            let net = IpNet::parse(&format!("10.{t}.0.0/16")).unwrap();
+            store.add_ip(&rec.sid, net).await.unwrap();
+            for d in 0..100 {
+                let uri = format!("sip:10.{t}.0.{d}:5060");
+                store
+                    .add_destination(&rec.sid, &uri, Some(d), None)
+                    .await
+                    .unwrap();
+            }
+            sids.push(rec.sid);
+        }
+        let gate = Gate::new(
+            Trunks::build(&[], Some(&store.snapshot().await.unwrap())),
+            "test",
+        );
+        let median = |mut v: Vec<Duration>| {
+            v.sort();
+            v[v.len() / 2]
+        };
+        for scoped in [false, true] {
+            let (mut writes, mut refreshes) = (Vec::new(), Vec::new());
+            for i in 0..41 {
+                let sid = &sids[i * 7 % sids.len()];
+                let started = Instant::now();
+                store
+                    .set_setting(sid, "trunk_external_alias", &format!("+1555{i:07}"))
+                    .await
+                    .unwrap();
+                let stored = Instant::now();
+                let change = if scoped {
+                    Change::Trunk(sid.clone())
+                } else {
+                    Change::All
+                };
+                super::refresh(&store, &gate, vec![change]).await;
+                refreshes.push(stored.elapsed());
+                writes.push(started.elapsed());
+                assert_eq!(
+                    gate.trunks().external_alias(sid).as_deref(),
+                    Some(format!("+1555{i:07}").as_str())
+                );
+            }
+            let destinations: usize = sids
+                .iter()
+                .map(|s| gate.trunks().destinations(s).len())
+                .sum();
+            eprintln!(
+                "{}: {destinations} destinations, median write+refresh {:?}, refresh {:?}",
+                if scoped { "scoped" } else { "full" },
+                median(writes),
+                median(refreshes)
+            );
+        }
     }
 }

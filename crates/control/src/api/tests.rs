@@ -1,4 +1,4 @@
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 use axum::body::Body;
 use axum::http::Request;
@@ -12,7 +12,7 @@ const ACC2: &str = "AC2";
 struct Api {
     app: Router,
     store: Arc<Store>,
-    changes: Arc<AtomicUsize>,
+    changes: Arc<Mutex<Vec<Change>>>,
 }
 
 fn basic(key: &str, token: &str) -> String {
@@ -39,13 +39,13 @@ fn accounts() -> Vec<ApiAccount> {
 
 async fn api_with(accounts: Vec<ApiAccount>) -> Api {
     let store = Arc::new(Store::open("sqlite::memory:").await.unwrap());
-    let changes = Arc::new(AtomicUsize::new(0));
+    let changes = Arc::new(Mutex::new(Vec::new()));
     let c = changes.clone();
     let state = ApiState {
         store: store.clone(),
         accounts,
-        on_change: Arc::new(move || {
-            c.fetch_add(1, Ordering::SeqCst);
+        on_change: Arc::new(move |change| {
+            c.lock().unwrap().push(change);
             Box::pin(async {})
         }),
     };
@@ -143,7 +143,12 @@ impl Api {
     }
 
     fn changes(&self) -> usize {
-        self.changes.load(Ordering::SeqCst)
+        self.changes.lock().unwrap().len()
+    }
+
+    /// The change the last write announced.
+    fn last_change(&self) -> Option<Change> {
+        self.changes.lock().unwrap().last().cloned()
     }
 }
 
@@ -288,6 +293,113 @@ async fn content_type_and_body_errors() {
         .await;
     data(&ok);
     assert_eq!(api.changes(), 1);
+}
+
+#[tokio::test]
+async fn every_write_names_the_trunk_or_flow_it_changed() {
+    let api = api().await;
+    let sid = api.trunk("scoped").await;
+    let trunk = Some(Change::Trunk(sid.clone()));
+    assert_eq!(api.last_change(), trunk);
+    let id = |got: &(StatusCode, Value), key: &str| data(got)[key].as_str().unwrap().to_string();
+    let path = |rest: &str| format!("/trunks/{sid}{rest}");
+
+    let flow = api
+        .call(
+            "POST",
+            "/flows",
+            Some(json!({"name": "f", "stream_url": "ws://127.0.0.1:9/"})),
+        )
+        .await;
+    let flow_id = id(&flow, "id");
+    let flow_change = Some(Change::Flow(flow_id.clone()));
+    assert_eq!(api.last_change(), flow_change);
+    data(
+        &api.call(
+            "PUT",
+            &format!("/flows/{flow_id}"),
+            Some(json!({"name": "g"})),
+        )
+        .await,
+    );
+    assert_eq!(api.last_change(), flow_change);
+
+    let writes: Vec<(&str, String, Value)> = vec![
+        ("PUT", path(""), json!({"status": "inactive"})),
+        ("POST", path("/whitelisted-ips"), json!({"ip": "10.0.0.1"})),
+        (
+            "POST",
+            path("/destination-uris"),
+            json!({"destinations": [{"destination": "10.0.0.1:5060"}]}),
+        ),
+        (
+            "POST",
+            path("/settings"),
+            json!({"settings": [{"name": "trunk_external_alias", "value": "+15550100"}]}),
+        ),
+    ];
+    for (method, uri, body) in writes {
+        api.changes.lock().unwrap().clear();
+        let got = api.call(method, &uri, Some(body)).await;
+        assert_eq!(got.0, StatusCode::OK, "{uri}: {}", got.1);
+        assert_eq!(api.last_change(), trunk, "{method} {uri}");
+    }
+    let ip = list_data(&api.call("GET", &path("/whitelisted-ips"), None).await)[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let destination = list_data(&api.call("GET", &path("/destination-uris"), None).await)[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let number = api
+        .call(
+            "POST",
+            &path("/phone-numbers"),
+            Some(json!({"phone_number": "+15550111", "mode": "flow", "flow_id": flow_id})),
+        )
+        .await;
+    // A number mapped to a flow is its trunk's row.
+    assert_eq!(api.last_change(), trunk);
+    let number = id(&number, "id");
+    let credential = api
+        .call(
+            "POST",
+            &path("/credentials"),
+            Some(json!({"user_name": "pbx", "password": "Secret-Pass-123"})),
+        )
+        .await;
+    assert_eq!(api.last_change(), trunk, "{}", credential.1);
+    let credential = id(&credential, "id");
+    for (method, uri, body) in [
+        (
+            "PUT",
+            path(&format!("/phone-numbers/{number}")),
+            Some(json!({"phone_number": "+15550112"})),
+        ),
+        ("DELETE", path(&format!("/phone-numbers/{number}")), None),
+        (
+            "PUT",
+            format!("/credentials/{credential}"),
+            Some(json!({"friendly_name": "x"})),
+        ),
+        ("DELETE", format!("/credentials/{credential}"), None),
+        ("DELETE", path(&format!("/whitelisted-ips/{ip}")), None),
+        (
+            "DELETE",
+            path(&format!("/destination-uris/{destination}")),
+            None,
+        ),
+        ("DELETE", path(""), None),
+    ] {
+        api.changes.lock().unwrap().clear();
+        let got = api.call(method, &uri, body).await;
+        assert_eq!(got.0, StatusCode::OK, "{uri}: {}", got.1);
+        assert_eq!(api.last_change(), trunk, "{method} {uri}");
+    }
+    data(&api.call("DELETE", &format!("/flows/{flow_id}"), None).await);
+    assert_eq!(api.last_change(), flow_change);
 }
 
 #[tokio::test]
