@@ -42,13 +42,7 @@ pub use model::{
     IpNet, IpNetError, Mode, NumberMapping, Snapshot, Trunk, DEFAULT_CALLS_PER_MINUTE,
 };
 pub use store::{
-<<<<<<< HEAD
     Binding, CallChange, CallInProgress, ControlSnapshot, CredentialSecret, DestinationRecord,
     FlowDirection, FlowFallback, FlowProtocol, FlowRecord, NewCredential, NewFlow, NewTrunk,
-    OnStreamEnd, Page, Store, StoreError, TrunkUpdate,
-=======
-    Binding, ControlSnapshot, CredentialSecret, DestinationRecord, FlowDirection, FlowFallback,
-    FlowProtocol, FlowRecord, NewCredential, NewFlow, NewTrunk, OnStreamEnd, Page, Store,
-    StoreError, TrunkSlice, TrunkUpdate,
->>>>>>> scoped-reload
+    OnStreamEnd, Page, Store, StoreError, TrunkSlice, TrunkUpdate,
 };
