@@ -5,11 +5,11 @@
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use voicegate_audio::{g711, OpusEncoder};
-use voicegate_bridge::relay::{CallCodec, CallMedia, Forward, Forwarded, RtpHeader};
+use voicegate_bridge::relay::{CallMedia, Codec, Forward, Forwarded, RtpHeader};
 use voicegate_bridge::tap::Track;
 use voicegate_rtp::latch::LatchPolicy;
 
-fn media(codec: CallCodec, payload_type: u8, ssrc: u32) -> CallMedia {
+fn media(codec: Codec, payload_type: u8, ssrc: u32) -> CallMedia {
     CallMedia {
         codec,
         payload_type,
@@ -67,12 +67,7 @@ fn benches(c: &mut Criterion) {
     g711::encode_alaw(&tone(8000, 0), &mut alaw);
     let pcma = packet(8, &alaw);
 
-    let pass = Forward::new(
-        &media(CallCodec::Pcma, 8, 1),
-        &media(CallCodec::Pcma, 8, 2),
-        None,
-    )
-    .unwrap();
+    let pass = Forward::new(&media(Codec::Pcma, 8, 1), &media(Codec::Pcma, 8, 2), None).unwrap();
     bench_forward(
         c,
         "relay_passthrough_pcma_per_packet",
@@ -82,8 +77,8 @@ fn benches(c: &mut Criterion) {
     );
 
     let tapped = Forward::new(
-        &media(CallCodec::Pcma, 8, 1),
-        &media(CallCodec::Pcma, 8, 2),
+        &media(Codec::Pcma, 8, 1),
+        &media(Codec::Pcma, 8, 2),
         Some(Track::Inbound),
     )
     .unwrap();
@@ -95,12 +90,8 @@ fn benches(c: &mut Criterion) {
         160,
     );
 
-    let to_opus = Forward::new(
-        &media(CallCodec::Pcma, 8, 1),
-        &media(CallCodec::Opus, 111, 2),
-        None,
-    )
-    .unwrap();
+    let to_opus =
+        Forward::new(&media(Codec::Pcma, 8, 1), &media(Codec::Opus, 111, 2), None).unwrap();
     bench_forward(
         c,
         "relay_transcode_pcma_to_opus_per_packet",
@@ -113,12 +104,8 @@ fn benches(c: &mut Criterion) {
     let mut encoder = OpusEncoder::new(48000, 5).unwrap();
     let mut opus = vec![0u8; 4000];
     let n = encoder.encode(&tone(48000, 0), &mut opus).unwrap();
-    let from_opus = Forward::new(
-        &media(CallCodec::Opus, 111, 1),
-        &media(CallCodec::Pcma, 8, 2),
-        None,
-    )
-    .unwrap();
+    let from_opus =
+        Forward::new(&media(Codec::Opus, 111, 1), &media(Codec::Pcma, 8, 2), None).unwrap();
     bench_forward(
         c,
         "relay_transcode_opus_to_pcma_per_packet",

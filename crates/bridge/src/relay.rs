@@ -20,12 +20,11 @@ use tracing::{debug, warn};
 use voicegate_rtp::dtmf::{DtmfEvent, Rfc4733Receiver};
 use voicegate_rtp::latch::RemoteAddress;
 use voicegate_rtp::pool::{PortLease, RtpPorts};
-use voicegate_rtp::rtcp::MosCodec;
 use voicegate_rtp::stats::{RtpStats, StatsSummary};
 
-pub use crate::session::{CallCodec, CallMedia};
+pub use crate::session::{CallMedia, Codec};
 use crate::tap::{TapFrame, Track};
-use crate::transcode::{clock_rate, ForwardStats};
+use crate::transcode::ForwardStats;
 pub use crate::transcode::{Forward, Forwarded, RtpHeader};
 
 /// How often the task looks at its clocks: the RTP timeout and DTMF timeout are this precise.
@@ -267,13 +266,13 @@ fn split_leg(leg: RelayLeg, side: Side) -> std::io::Result<(LegIo, LegState)> {
         rtcp: UdpSocket::from_std(rtcp)?,
         lease,
     };
-    let clock = clock_rate(media.codec);
+    let clock = media.codec.clock_rate();
     let now = Instant::now();
     let state = LegState {
         side,
         rtp_remote: RemoteAddress::new(media.latching, media.signalled),
         rtcp_remote: RemoteAddress::new(media.latching, rtcp_address(media.signalled, rtcp_mux)),
-        stats: RtpStats::new(media.ssrc, cname, clock, mos_codec(media.codec), now),
+        stats: RtpStats::new(media.ssrc, cname, media.codec, now),
         // RFC 4733 §2.1: the event clock is the audio's (telephone-event/48000 with Opus).
         dtmf: Rfc4733Receiver::new(clock),
         last_rtp: now,
@@ -283,13 +282,6 @@ fn split_leg(leg: RelayLeg, side: Side) -> std::io::Result<(LegIo, LegState)> {
         media,
     };
     Ok((io, state))
-}
-
-fn mos_codec(codec: CallCodec) -> MosCodec {
-    match codec {
-        CallCodec::Opus => MosCodec::Opus,
-        CallCodec::Pcma | CallCodec::Pcmu => MosCodec::G711,
-    }
 }
 
 fn rtcp_address(rtp: Option<SocketAddr>, mux: bool) -> Option<SocketAddr> {

@@ -37,7 +37,6 @@ use voicegate_rtp::dtmf::{DtmfEvent, Rfc4733Receiver};
 use voicegate_rtp::jitter::{JitterBuffer, JitterConfig, Playout};
 use voicegate_rtp::latch::{LatchPolicy, RemoteAddress};
 use voicegate_rtp::pool::{PortLease, RtpPorts};
-use voicegate_rtp::rtcp::MosCodec;
 use voicegate_rtp::stats::{RtpStats, StatsSummary};
 
 use crate::dialect::{self, Encoder, Protocol, StopReason, StreamInfo};
@@ -55,28 +54,12 @@ const TO_BOT_QUEUE: usize = 128;
 /// At most this many warnings of a kind per interval for one session (see [`WarnLimiter`]).
 const WARN_INTERVAL: Duration = Duration::from_secs(10);
 
-/// The call's negotiated audio, as the bridge needs it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CallCodec {
-    Pcma,
-    Pcmu,
-    Opus,
-}
-
-impl CallCodec {
-    /// The RTP clock rate.
-    pub(crate) fn clock_rate(self) -> u32 {
-        match self {
-            CallCodec::Pcma | CallCodec::Pcmu => 8000,
-            CallCodec::Opus => 48000,
-        }
-    }
-}
+pub use voicegate_codec::Codec;
 
 /// The caller's side of the media.
 #[derive(Clone, Debug)]
 pub struct CallMedia {
-    pub codec: CallCodec,
+    pub codec: Codec,
     pub payload_type: u8,
     pub telephone_event: Option<u8>,
     /// The caller's RTP address from its SDP.
@@ -364,7 +347,7 @@ enum EncoderKind {
 
 /// The per-session buffers and codecs: built once, reused for every frame.
 struct Pipeline {
-    codec: CallCodec,
+    codec: Codec,
     decoder: Decoder,
     encoder: EncoderKind,
     /// One 20 ms frame at the bot's rate.
@@ -381,8 +364,8 @@ impl Pipeline {
     fn new(media: &CallMedia, bot_rate: u32) -> Result<Self, String> {
         let frame_at = |rate: u32| (rate / 50) as usize;
         let (decoder, encoder) = match media.codec {
-            CallCodec::Pcma | CallCodec::Pcmu => {
-                let alaw = media.codec == CallCodec::Pcma;
+            Codec::Pcma | Codec::Pcmu => {
+                let alaw = media.codec == Codec::Pcma;
                 let up = Resampler::new(8000, bot_rate, 160).map_err(|e| e.to_string())?;
                 let down = Resampler::new(bot_rate, 8000, frame_at(bot_rate))
                     .map_err(|e| e.to_string())?;
@@ -400,7 +383,7 @@ impl Pipeline {
                     },
                 )
             }
-            CallCodec::Opus => (
+            Codec::Opus => (
                 // libopus decodes and encodes at the bot's rate directly: no resampler.
                 Decoder::Opus(OpusDecoder::new(bot_rate).map_err(|e| e.to_string())?),
                 EncoderKind::Opus(OpusEncoder::new(bot_rate, 5).map_err(|e| e.to_string())?),
@@ -886,7 +869,8 @@ async fn session(
         frame_samples: clock / 50,
         ..JitterConfig::default()
     });
-    let mut dtmf = Rfc4733Receiver::new(8000);
+    // RFC 4733 §2.1: the event clock is the audio's (telephone-event/48000 with Opus).
+    let mut dtmf = Rfc4733Receiver::new(clock);
     let mut remote = RemoteAddress::new(media.latching, media.signalled);
     let mut decoded: Vec<i16> = Vec::with_capacity(pipeline.bot_frame.len() * 2);
     let mut rtp_in = vec![0u8; 2048];
@@ -905,12 +889,7 @@ async fn session(
                 .map(|a| a.ip().to_string())
                 .unwrap_or_default()
         ),
-        clock,
-        if media.codec == CallCodec::Opus {
-            MosCodec::Opus
-        } else {
-            MosCodec::G711
-        },
+        media.codec,
         started,
     );
     let mut rtcp_remote = RemoteAddress::new(

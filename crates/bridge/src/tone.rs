@@ -20,7 +20,7 @@ use voicegate_rtp::latch::RemoteAddress;
 use voicegate_rtp::pool::RtpPorts;
 
 use crate::playout::Pacer;
-use crate::session::{CallCodec, CallMedia, Sockets};
+use crate::session::{CallMedia, Codec, Sockets};
 
 const FRAME: Duration = Duration::from_millis(20);
 
@@ -142,12 +142,12 @@ enum ToneEncoder {
 }
 
 impl ToneEncoder {
-    fn new(codec: CallCodec) -> io::Result<Self> {
+    fn new(codec: Codec) -> io::Result<Self> {
         Ok(match codec {
-            CallCodec::Pcma => ToneEncoder::Alaw,
-            CallCodec::Pcmu => ToneEncoder::Ulaw,
+            Codec::Pcma => ToneEncoder::Alaw,
+            Codec::Pcmu => ToneEncoder::Ulaw,
             // libopus takes the 8 kHz frames as they are; the RTP clock stays 48 kHz.
-            CallCodec::Opus => {
+            Codec::Opus => {
                 ToneEncoder::Opus(OpusEncoder::new(TONE_RATE, 0).map_err(io::Error::other)?)
             }
         })
@@ -345,9 +345,9 @@ mod tests {
         let mut generator = ToneGenerator::new(Tone::Ringback, TONE_RATE);
         let mut pcm = [0i16; 160];
         let mut decoder = voicegate_audio::OpusDecoder::new(8000).unwrap();
-        let mut opus = ToneEncoder::new(CallCodec::Opus).unwrap();
-        let mut alaw = ToneEncoder::new(CallCodec::Pcma).unwrap();
-        let mut ulaw = ToneEncoder::new(CallCodec::Pcmu).unwrap();
+        let mut opus = ToneEncoder::new(Codec::Opus).unwrap();
+        let mut alaw = ToneEncoder::new(Codec::Pcma).unwrap();
+        let mut ulaw = ToneEncoder::new(Codec::Pcmu).unwrap();
         let (mut decoded, mut packet) = (Vec::new(), Vec::new());
         let mut frame = vec![0i16; 160];
         for _ in 0..40 {

@@ -15,7 +15,7 @@ use rtp_rs::RtpReader;
 use voicegate_audio::opus::MAX_PACKET_BYTES;
 use voicegate_audio::{g711, AudioError, OpusDecoder, OpusEncoder};
 
-use crate::session::{CallCodec, CallMedia};
+use crate::session::{CallMedia, Codec};
 use crate::tap::{TapFrame, Track, TAP_FRAME_SAMPLES};
 
 /// The rate audio is decoded to between legs (and handed to the tap).
@@ -41,14 +41,6 @@ const OPUS_EXPECTED_LOSS: u8 = 5;
 
 /// Opus carries 8 kHz audio well at this rate; the crate default (32 kbit/s) is for wideband.
 const OPUS_NARROWBAND_BITRATE: u32 = 20_000;
-
-/// RTP clock rate of a codec (RFC 3551, RFC 7587).
-pub fn clock_rate(codec: CallCodec) -> u32 {
-    match codec {
-        CallCodec::Pcma | CallCodec::Pcmu => 8000,
-        CallCodec::Opus => 48000,
-    }
-}
 
 /// The fields of a parsed RTP header the relay needs, with where the payload is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -175,11 +167,11 @@ enum PcmDecoder {
 }
 
 impl PcmDecoder {
-    fn new(codec: CallCodec) -> Result<Self, AudioError> {
+    fn new(codec: Codec) -> Result<Self, AudioError> {
         Ok(match codec {
-            CallCodec::Pcma => PcmDecoder::Alaw,
-            CallCodec::Pcmu => PcmDecoder::Ulaw,
-            CallCodec::Opus => PcmDecoder::Opus(OpusDecoder::new(PIVOT_RATE)?),
+            Codec::Pcma => PcmDecoder::Alaw,
+            Codec::Pcmu => PcmDecoder::Ulaw,
+            Codec::Opus => PcmDecoder::Opus(OpusDecoder::new(PIVOT_RATE)?),
         })
     }
 
@@ -208,11 +200,11 @@ enum PcmEncoder {
 }
 
 impl PcmEncoder {
-    fn new(codec: CallCodec) -> Result<Self, AudioError> {
+    fn new(codec: Codec) -> Result<Self, AudioError> {
         Ok(match codec {
-            CallCodec::Pcma => PcmEncoder::Alaw,
-            CallCodec::Pcmu => PcmEncoder::Ulaw,
-            CallCodec::Opus => {
+            Codec::Pcma => PcmEncoder::Alaw,
+            Codec::Pcmu => PcmEncoder::Ulaw,
+            Codec::Opus => {
                 let mut encoder = OpusEncoder::new(PIVOT_RATE, OPUS_EXPECTED_LOSS)?;
                 encoder.set_bitrate(OPUS_NARROWBAND_BITRATE)?;
                 PcmEncoder::Opus(encoder)
@@ -359,10 +351,10 @@ impl Forward {
     pub fn new(from: &CallMedia, to: &CallMedia, tap: Option<Track>) -> Result<Self, AudioError> {
         let kind = match (from.codec, to.codec) {
             (a, b) if a == b => Kind::Pass,
-            (CallCodec::Pcma, CallCodec::Pcmu) => Kind::Law(Box::new(std::array::from_fn(|c| {
+            (Codec::Pcma, Codec::Pcmu) => Kind::Law(Box::new(std::array::from_fn(|c| {
                 g711::ulaw_encode(g711::alaw_decode(c as u8))
             }))),
-            (CallCodec::Pcmu, CallCodec::Pcma) => Kind::Law(Box::new(std::array::from_fn(|c| {
+            (Codec::Pcmu, Codec::Pcma) => Kind::Law(Box::new(std::array::from_fn(|c| {
                 g711::alaw_encode(g711::ulaw_decode(c as u8))
             }))),
             (_, to_codec) => Kind::Transcode(PcmEncoder::new(to_codec)?),
@@ -371,7 +363,7 @@ impl Forward {
             (Kind::Transcode(_), _) | (_, Some(_)) => Some(PcmDecoder::new(from.codec)?),
             _ => None,
         };
-        let (in_clock, out_clock) = (clock_rate(from.codec), clock_rate(to.codec));
+        let (in_clock, out_clock) = (from.codec.clock_rate(), to.codec.clock_rate());
         Ok(Forward {
             kind,
             in_pt: from.payload_type,
@@ -581,7 +573,7 @@ mod tests {
     use std::time::Duration;
     use voicegate_rtp::latch::LatchPolicy;
 
-    fn media(codec: CallCodec, payload_type: u8, te: Option<u8>, ssrc: u32) -> CallMedia {
+    fn media(codec: Codec, payload_type: u8, te: Option<u8>, ssrc: u32) -> CallMedia {
         CallMedia {
             codec,
             payload_type,
@@ -662,8 +654,8 @@ mod tests {
     #[test]
     fn same_codec_passes_the_payload_under_our_numbering() {
         let mut f = Forward::new(
-            &media(CallCodec::Pcma, 8, Some(101), 1),
-            &media(CallCodec::Pcma, 8, Some(96), 0xb0b),
+            &media(Codec::Pcma, 8, Some(101), 1),
+            &media(Codec::Pcma, 8, Some(96), 0xb0b),
             None,
         )
         .unwrap();
@@ -692,8 +684,8 @@ mod tests {
     #[test]
     fn telephone_events_take_the_other_legs_type_and_clock_or_are_dropped() {
         let mut f = Forward::new(
-            &media(CallCodec::Pcma, 8, Some(101), 1),
-            &media(CallCodec::Opus, 111, Some(96), 2),
+            &media(Codec::Pcma, 8, Some(101), 1),
+            &media(Codec::Opus, 111, Some(96), 2),
             None,
         )
         .unwrap();
@@ -713,8 +705,8 @@ mod tests {
         }
 
         let mut none = Forward::new(
-            &media(CallCodec::Pcma, 8, Some(101), 1),
-            &media(CallCodec::Pcma, 8, None, 2),
+            &media(Codec::Pcma, 8, Some(101), 1),
+            &media(Codec::Pcma, 8, None, 2),
             None,
         )
         .unwrap();
@@ -725,8 +717,8 @@ mod tests {
     #[test]
     fn alaw_to_mulaw_converts_each_byte_and_keeps_the_packet_time() {
         let mut f = Forward::new(
-            &media(CallCodec::Pcma, 8, None, 1),
-            &media(CallCodec::Pcmu, 0, None, 2),
+            &media(Codec::Pcma, 8, None, 1),
+            &media(Codec::Pcmu, 0, None, 2),
             None,
         )
         .unwrap();
@@ -748,8 +740,8 @@ mod tests {
     fn transcoding_reframes_into_20_ms_packets() {
         // 30 ms A-law packets become 20 ms Opus packets: two packets, three frames.
         let mut f = Forward::new(
-            &media(CallCodec::Pcma, 8, None, 1),
-            &media(CallCodec::Opus, 111, None, 2),
+            &media(Codec::Pcma, 8, None, 1),
+            &media(Codec::Opus, 111, None, 2),
             Some(Track::Inbound),
         )
         .unwrap();
@@ -777,8 +769,8 @@ mod tests {
         let mut opus = vec![0u8; 4000];
         let n = enc.encode(&pcm, &mut opus).unwrap();
         let mut back = Forward::new(
-            &media(CallCodec::Opus, 111, None, 1),
-            &media(CallCodec::Pcma, 8, None, 2),
+            &media(Codec::Opus, 111, None, 1),
+            &media(Codec::Pcma, 8, None, 2),
             None,
         )
         .unwrap();
@@ -793,8 +785,8 @@ mod tests {
     #[test]
     fn a_tapped_pass_through_yields_20_ms_frames_of_any_packet_time() {
         let mut f = Forward::new(
-            &media(CallCodec::Pcmu, 0, None, 1),
-            &media(CallCodec::Pcmu, 0, None, 2),
+            &media(Codec::Pcmu, 0, None, 1),
+            &media(Codec::Pcmu, 0, None, 2),
             Some(Track::Outbound),
         )
         .unwrap();

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use tokio::time::timeout;
 use voicegate_audio::{g711, OpusDecoder, OpusEncoder};
 use voicegate_bridge::relay::{
-    CallCodec, CallMedia, Forward, Forwarded, LegDirection, RelayEvent, RelayHandle, RelayLeg,
+    CallMedia, Codec, Forward, Forwarded, LegDirection, RelayEvent, RelayHandle, RelayLeg,
     RtpHeader, Side,
 };
 use voicegate_bridge::tap::{TapFrame, Track};
@@ -81,7 +81,7 @@ fn localhost() -> IpAddr {
     IpAddr::V4(Ipv4Addr::LOCALHOST)
 }
 
-fn media(codec: CallCodec, pt: u8, te: Option<u8>, peer: SocketAddr, ssrc: u32) -> CallMedia {
+fn media(codec: Codec, pt: u8, te: Option<u8>, peer: SocketAddr, ssrc: u32) -> CallMedia {
     CallMedia {
         codec,
         payload_type: pt,
@@ -134,7 +134,7 @@ struct Call {
 }
 
 struct LegSpec {
-    codec: CallCodec,
+    codec: Codec,
     pt: u8,
     te: Option<u8>,
     direction: LegDirection,
@@ -142,7 +142,7 @@ struct LegSpec {
     rtp_timeout: Duration,
 }
 
-fn spec(codec: CallCodec, pt: u8, te: Option<u8>) -> LegSpec {
+fn spec(codec: Codec, pt: u8, te: Option<u8>) -> LegSpec {
     LegSpec {
         codec,
         pt,
@@ -246,12 +246,7 @@ fn assert_tone(pcm: &[i16], rate: u32) {
 
 #[tokio::test]
 async fn same_codec_is_passed_through_both_ways_under_our_numbering() {
-    let call = start(
-        spec(CallCodec::Pcma, 8, None),
-        spec(CallCodec::Pcma, 8, None),
-        None,
-    )
-    .await;
+    let call = start(spec(Codec::Pcma, 8, None), spec(Codec::Pcma, 8, None), None).await;
     let payload: Vec<u8> = sine(1000.0, 8000, 0, 160)
         .into_iter()
         .map(g711::alaw_encode)
@@ -303,12 +298,7 @@ async fn same_codec_is_passed_through_both_ways_under_our_numbering() {
 
 #[tokio::test]
 async fn alaw_to_mulaw_keeps_a_1khz_tone() {
-    let call = start(
-        spec(CallCodec::Pcma, 8, None),
-        spec(CallCodec::Pcmu, 0, None),
-        None,
-    )
-    .await;
+    let call = start(spec(Codec::Pcma, 8, None), spec(Codec::Pcmu, 0, None), None).await;
     let mut heard = Vec::new();
     for i in 0..25u16 {
         let payload: Vec<u8> = sine(1000.0, 8000, 160 * usize::from(i), 160)
@@ -333,8 +323,8 @@ async fn alaw_to_mulaw_keeps_a_1khz_tone() {
 #[tokio::test]
 async fn alaw_and_opus_are_transcoded_both_ways() {
     let call = start(
-        spec(CallCodec::Pcma, 8, None),
-        spec(CallCodec::Opus, 111, None),
+        spec(Codec::Pcma, 8, None),
+        spec(Codec::Opus, 111, None),
         None,
     )
     .await;
@@ -418,8 +408,8 @@ fn digit_packets(pt: u8, ts: u32) -> Vec<Vec<u8>> {
 #[tokio::test]
 async fn telephone_events_are_mapped_to_the_other_legs_type_and_reported_once() {
     let mut call = start(
-        spec(CallCodec::Pcma, 8, Some(101)),
-        spec(CallCodec::Pcma, 8, Some(96)),
+        spec(Codec::Pcma, 8, Some(101)),
+        spec(Codec::Pcma, 8, Some(96)),
         None,
     )
     .await;
@@ -467,8 +457,8 @@ async fn telephone_events_are_mapped_to_the_other_legs_type_and_reported_once() 
 #[tokio::test]
 async fn telephone_events_are_dropped_when_the_other_leg_has_none() {
     let mut call = start(
-        spec(CallCodec::Pcma, 8, Some(101)),
-        spec(CallCodec::Pcmu, 0, None),
+        spec(Codec::Pcma, 8, Some(101)),
+        spec(Codec::Pcmu, 0, None),
         None,
     )
     .await;
@@ -488,12 +478,7 @@ async fn telephone_events_are_dropped_when_the_other_leg_has_none() {
 
 #[tokio::test]
 async fn a_leg_on_hold_gets_nothing_until_resumed() {
-    let call = start(
-        spec(CallCodec::Pcma, 8, None),
-        spec(CallCodec::Pcma, 8, None),
-        None,
-    )
-    .await;
+    let call = start(spec(Codec::Pcma, 8, None), spec(Codec::Pcma, 8, None), None).await;
     let packet = |i: u16| rtp(8, i, 160 * u32::from(i), 7, &[0xd5; 160]);
     call.a.send(&packet(0)).await;
     let before_hold = fields(&call.b.expect_rtp().await);
@@ -535,12 +520,7 @@ async fn a_leg_on_hold_gets_nothing_until_resumed() {
 #[tokio::test]
 async fn a_new_address_from_a_reinvite_is_used() {
     // Phone B never sends, so only the signalled address can be used.
-    let call = start(
-        spec(CallCodec::Pcma, 8, None),
-        spec(CallCodec::Pcma, 8, None),
-        None,
-    )
-    .await;
+    let call = start(spec(Codec::Pcma, 8, None), spec(Codec::Pcma, 8, None), None).await;
     let moved = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     call.relay.update(
         Side::B,
@@ -563,7 +543,7 @@ async fn rtp_timeout_is_reported_once_for_the_leg_that_should_send() {
     let mut call = start(
         LegSpec {
             rtp_timeout: Duration::from_millis(300),
-            ..spec(CallCodec::Pcma, 8, None)
+            ..spec(Codec::Pcma, 8, None)
         },
         LegSpec {
             rtp_timeout: Duration::from_millis(300),
@@ -571,7 +551,7 @@ async fn rtp_timeout_is_reported_once_for_the_leg_that_should_send() {
                 sending: true,
                 expect_rtp: false,
             },
-            ..spec(CallCodec::Pcma, 8, None)
+            ..spec(Codec::Pcma, 8, None)
         },
         None,
     )
@@ -594,8 +574,8 @@ async fn rtp_timeout_is_reported_once_for_the_leg_that_should_send() {
 async fn the_tap_gets_both_parties_as_8khz_frames() {
     let (tap_tx, mut tap_rx) = mpsc::channel(256);
     let call = start(
-        spec(CallCodec::Pcma, 8, None),
-        spec(CallCodec::Opus, 111, None),
+        spec(Codec::Pcma, 8, None),
+        spec(Codec::Opus, 111, None),
         Some(tap_tx),
     )
     .await;
@@ -639,9 +619,9 @@ async fn stop_sends_bye_and_gives_back_ports_that_can_be_reused() {
     let call = start(
         LegSpec {
             rtcp_mux: true,
-            ..spec(CallCodec::Pcma, 8, None)
+            ..spec(Codec::Pcma, 8, None)
         },
-        spec(CallCodec::Pcma, 8, None),
+        spec(Codec::Pcma, 8, None),
         None,
     )
     .await;
@@ -678,7 +658,7 @@ async fn stop_sends_bye_and_gives_back_ports_that_can_be_reused() {
         RelayLeg {
             ports: ports_a,
             media: media(
-                CallCodec::Pcma,
+                Codec::Pcma,
                 8,
                 None,
                 a.socket.local_addr().unwrap(),
@@ -690,13 +670,7 @@ async fn stop_sends_bye_and_gives_back_ports_that_can_be_reused() {
         },
         RelayLeg {
             ports: pool.allocate(localhost()).unwrap(),
-            media: media(
-                CallCodec::Pcma,
-                8,
-                None,
-                agent.local_addr().unwrap(),
-                SSRC_TO_B,
-            ),
+            media: media(Codec::Pcma, 8, None, agent.local_addr().unwrap(), SSRC_TO_B),
             direction: LegDirection::SENDRECV,
             rtcp_mux: false,
             cname: "relay@test".into(),
@@ -723,12 +697,7 @@ async fn stop_sends_bye_and_gives_back_ports_that_can_be_reused() {
 
 #[tokio::test]
 async fn dropping_the_handle_frees_the_ports() {
-    let call = start(
-        spec(CallCodec::Pcma, 8, None),
-        spec(CallCodec::Pcma, 8, None),
-        None,
-    )
-    .await;
+    let call = start(spec(Codec::Pcma, 8, None), spec(Codec::Pcma, 8, None), None).await;
     assert_eq!(call.pool.in_use(), 2);
     drop(call.relay);
     // The aborted task drops its sockets on the runtime shortly after.
@@ -741,7 +710,7 @@ async fn dropping_the_handle_frees_the_ports() {
     assert_eq!(call.pool.in_use(), 0);
 }
 
-fn media_only(codec: CallCodec, pt: u8, ssrc: u32) -> CallMedia {
+fn media_only(codec: Codec, pt: u8, ssrc: u32) -> CallMedia {
     media(codec, pt, None, "127.0.0.1:9".parse().unwrap(), ssrc)
 }
 
@@ -759,10 +728,10 @@ fn per_packet_work_does_not_allocate() {
         .unwrap();
     opus.truncate(n);
     let cases = [
-        (CallCodec::Pcma, 8, CallCodec::Pcma, 8, &alaw, 160u32),
-        (CallCodec::Pcma, 8, CallCodec::Pcmu, 0, &alaw, 160),
-        (CallCodec::Pcma, 8, CallCodec::Opus, 111, &alaw, 160),
-        (CallCodec::Opus, 111, CallCodec::Pcma, 8, &opus, 960),
+        (Codec::Pcma, 8, Codec::Pcma, 8, &alaw, 160u32),
+        (Codec::Pcma, 8, Codec::Pcmu, 0, &alaw, 160),
+        (Codec::Pcma, 8, Codec::Opus, 111, &alaw, 160),
+        (Codec::Opus, 111, Codec::Pcma, 8, &opus, 960),
     ];
     for (from, from_pt, to, to_pt, payload, step) in cases {
         let mut forward = Forward::new(

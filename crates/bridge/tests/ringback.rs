@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::net::UdpSocket;
 use tokio::time::Instant;
 use voicegate_audio::g711;
-use voicegate_bridge::session::{CallCodec, CallMedia};
+use voicegate_bridge::session::{CallMedia, Codec};
 use voicegate_bridge::tone::{Tone, ToneHandle};
 use voicegate_rtp::latch::LatchPolicy;
 use voicegate_rtp::PortPool;
@@ -76,7 +76,7 @@ async fn ringback_is_425_hz_in_20_ms_packets_then_silence() {
     let ports = pool.allocate("127.0.0.1".parse().unwrap()).unwrap();
     let port = ports.rtp_port();
     let media = CallMedia {
-        codec: CallCodec::Pcma,
+        codec: Codec::Pcma,
         payload_type: 8,
         telephone_event: Some(101),
         signalled: Some(caller.local_addr().unwrap()),
@@ -154,7 +154,7 @@ async fn ringback_latches_to_where_the_caller_sends_from() {
     let ports = pool.allocate("127.0.0.1".parse().unwrap()).unwrap();
     let port = ports.rtp_port();
     let media = CallMedia {
-        codec: CallCodec::Pcmu,
+        codec: Codec::Pcmu,
         payload_type: 0,
         telephone_event: None,
         // A private address in the SDP (behind NAT): answer where the packets come from.
@@ -189,7 +189,7 @@ async fn ringback_in_opus() {
     let caller = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let ports = pool.allocate("127.0.0.1".parse().unwrap()).unwrap();
     let media = CallMedia {
-        codec: CallCodec::Opus,
+        codec: Codec::Opus,
         payload_type: 111,
         telephone_event: None,
         signalled: Some(caller.local_addr().unwrap()),

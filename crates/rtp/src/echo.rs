@@ -18,8 +18,8 @@ use tracing::debug;
 use crate::dtmf::{DtmfEvent, Rfc4733Receiver};
 use crate::latch::{LatchPolicy, RemoteAddress};
 use crate::pool::{PortLease, RtpPorts};
-use crate::rtcp::MosCodec;
 use crate::stats::{RtpStats, StatsSummary};
+use voicegate_codec::Codec;
 
 /// How often the leg looks at its clocks: the RTP timeout and DTMF timeout are this precise.
 const HOUSEKEEPING: Duration = Duration::from_millis(100);
@@ -37,9 +37,8 @@ pub struct LegControl {
     pub rtcp_mux: bool,
     /// Payload type of telephone-event, if negotiated.
     pub telephone_event: Option<u8>,
-    /// RTP clock rate of the negotiated codec.
-    pub clock_rate: u32,
-    pub mos_codec: MosCodec,
+    /// The negotiated codec (its clock rate times the RTP stream; its kind scores the MOS).
+    pub codec: Codec,
 }
 
 /// Settings fixed for the call's life.
@@ -198,13 +197,7 @@ async fn run(
         renumber: Renumber::new(config.ssrc, rand::random(), rand::random()),
         rtp_remote: RemoteAddress::new(config.latching, control.signalled),
         rtcp_remote: RemoteAddress::new(config.latching, rtcp_address(&control)),
-        stats: RtpStats::new(
-            config.ssrc,
-            config.cname.clone(),
-            control.clock_rate,
-            control.mos_codec,
-            now,
-        ),
+        stats: RtpStats::new(config.ssrc, config.cname.clone(), control.codec, now),
         dtmf: Rfc4733Receiver::new(8000),
         last_rtp: now,
         timed_out: false,
@@ -312,10 +305,8 @@ impl State {
             self.last_rtp = Instant::now();
             self.timed_out = false;
         }
-        if control.clock_rate != self.control.clock_rate
-            || control.mos_codec != self.control.mos_codec
-        {
-            self.stats.set_codec(control.clock_rate, control.mos_codec);
+        if control.codec != self.control.codec {
+            self.stats.set_codec(control.codec);
         }
         self.control = control;
     }
@@ -400,8 +391,7 @@ mod tests {
             signalled,
             rtcp_mux: false,
             telephone_event: Some(101),
-            clock_rate: 8000,
-            mos_codec: MosCodec::G711,
+            codec: Codec::Pcmu,
         }
     }
 

@@ -8,6 +8,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::time::Instant;
+use voicegate_codec::Codec;
 
 /// RTCP packet types (RFC 3550 §12.1).
 pub const PT_SR: u8 = 200;
@@ -664,13 +665,6 @@ pub fn parse(packet: &[u8]) -> Result<Vec<RtcpPacket>, RtcpError> {
     Ok(out)
 }
 
-/// The codec of a leg, for the E-model's equipment impairment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MosCodec {
-    G711,
-    Opus,
-}
-
 /// Estimated listening-and-talking MOS (1.0-4.5) from a simplified ITU-T G.107 E-model.
 ///
 /// * One-way delay `d` (ms) = `rtt/2` + `2 × jitter` (a jitter buffer twice the measured
@@ -685,7 +679,7 @@ pub enum MosCodec {
 ///   MOS 1 for R < 0 and 4.5 for R > 100.
 ///
 /// Negative or NaN inputs count as 0; loss is capped at 100 %.
-pub fn estimate_mos(loss_percent: f64, jitter_ms: f64, rtt_ms: f64, codec: MosCodec) -> f64 {
+pub fn estimate_mos(loss_percent: f64, jitter_ms: f64, rtt_ms: f64, codec: Codec) -> f64 {
     fn clean(x: f64) -> f64 {
         if x.is_finite() && x > 0.0 {
             x
@@ -697,8 +691,8 @@ pub fn estimate_mos(loss_percent: f64, jitter_ms: f64, rtt_ms: f64, codec: MosCo
     }
     let loss = clean(loss_percent).min(100.0);
     let (ie, bpl, codec_delay) = match codec {
-        MosCodec::G711 => (0.0, 25.1, 20.0),
-        MosCodec::Opus => (0.0, 30.0, 26.5),
+        Codec::Pcma | Codec::Pcmu => (0.0, 25.1, 20.0),
+        Codec::Opus => (0.0, 30.0, 26.5),
     };
     let d = (clean(rtt_ms) / 2.0 + 2.0 * clean(jitter_ms) + codec_delay).min(1e6);
     let id = 0.024 * d + if d > 177.3 { 0.11 * (d - 177.3) } else { 0.0 };
@@ -1176,19 +1170,19 @@ mod tests {
 
     #[test]
     fn mos_estimates() {
-        let clean = estimate_mos(0.0, 0.0, 0.0, MosCodec::G711);
+        let clean = estimate_mos(0.0, 0.0, 0.0, Codec::Pcmu);
         assert!((4.35..=4.45).contains(&clean), "{clean}");
-        let lossy = estimate_mos(5.0, 0.0, 0.0, MosCodec::G711);
+        let lossy = estimate_mos(5.0, 0.0, 0.0, Codec::Pcmu);
         assert!(lossy < clean - 0.3, "{lossy}");
-        assert!(estimate_mos(5.0, 0.0, 0.0, MosCodec::Opus) > lossy);
+        assert!(estimate_mos(5.0, 0.0, 0.0, Codec::Opus) > lossy);
         // Monotonic in loss, jitter and round trip.
         let mut prev = f64::INFINITY;
         for loss in 0..=100 {
-            let m = estimate_mos(f64::from(loss), 10.0, 50.0, MosCodec::G711);
+            let m = estimate_mos(f64::from(loss), 10.0, 50.0, Codec::Pcmu);
             assert!(m <= prev && (1.0..=4.5).contains(&m));
             prev = m;
         }
-        for codec in [MosCodec::G711, MosCodec::Opus] {
+        for codec in [Codec::Pcmu, Codec::Opus] {
             let mut prev = f64::INFINITY;
             for ms in (0..2000).step_by(10) {
                 let m = estimate_mos(1.0, 0.0, f64::from(ms), codec);
@@ -1202,8 +1196,8 @@ mod tests {
                 prev = m;
             }
         }
-        assert_eq!(estimate_mos(100.0, 500.0, 2000.0, MosCodec::G711), 1.0);
-        let weird = estimate_mos(f64::NAN, -5.0, f64::INFINITY, MosCodec::Opus);
+        assert_eq!(estimate_mos(100.0, 500.0, 2000.0, Codec::Pcmu), 1.0);
+        let weird = estimate_mos(f64::NAN, -5.0, f64::INFINITY, Codec::Opus);
         assert!((1.0..=4.5).contains(&weird));
     }
 }

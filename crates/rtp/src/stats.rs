@@ -5,7 +5,9 @@
 
 use tokio::time::{Duration, Instant};
 
-use crate::rtcp::{self, MosCodec, Reception, ReceptionStats, RtcpPacket, SenderStats};
+use voicegate_codec::Codec;
+
+use crate::rtcp::{self, Reception, ReceptionStats, RtcpPacket, SenderStats};
 
 /// RTCP report interval (RFC 3550 §6.2 minimum for a two-party call, before randomisation).
 pub const RTCP_INTERVAL: Duration = Duration::from_secs(5);
@@ -41,8 +43,7 @@ pub struct StatsSummary {
 pub struct RtpStats {
     ssrc: u32,
     cname: String,
-    clock_rate: u32,
-    mos_codec: MosCodec,
+    codec: Codec,
     reception: ReceptionStats,
     sent: SenderStats,
     peer_ssrc: Option<u32>,
@@ -52,20 +53,13 @@ pub struct RtpStats {
 }
 
 impl RtpStats {
-    pub fn new(
-        ssrc: u32,
-        cname: String,
-        clock_rate: u32,
-        mos_codec: MosCodec,
-        now: Instant,
-    ) -> Self {
+    pub fn new(ssrc: u32, cname: String, codec: Codec, now: Instant) -> Self {
         RtpStats {
             ssrc,
             cname,
-            clock_rate,
-            mos_codec,
+            codec,
             reception: ReceptionStats::new(),
-            sent: SenderStats::new(clock_rate),
+            sent: SenderStats::new(codec.clock_rate()),
             peer_ssrc: None,
             summary: StatsSummary::default(),
             // The first report goes out early (RFC 3550 §6.2: half the interval at the start).
@@ -75,10 +69,9 @@ impl RtpStats {
     }
 
     /// The negotiated codec changed (delayed offer answered, re-INVITE).
-    pub fn set_codec(&mut self, clock_rate: u32, mos_codec: MosCodec) {
-        self.clock_rate = clock_rate;
-        self.sent.clock_rate = clock_rate;
-        self.mos_codec = mos_codec;
+    pub fn set_codec(&mut self, codec: Codec) {
+        self.codec = codec;
+        self.sent.clock_rate = codec.clock_rate();
     }
 
     /// An RTP packet from the peer.
@@ -95,9 +88,9 @@ impl RtpStats {
             self.reception.reset();
             self.peer_ssrc = Some(ssrc);
         }
-        let taken = self
-            .reception
-            .on_rtp(seq, timestamp, self.clock_rate, payload_len, now);
+        let taken =
+            self.reception
+                .on_rtp(seq, timestamp, self.codec.clock_rate(), payload_len, now);
         if taken == Reception::Duplicate {
             self.summary.duplicates += 1;
         }
@@ -210,7 +203,7 @@ impl RtpStats {
                 loss_percent,
                 jitter_ms,
                 self.summary.rtt_ms.unwrap_or(0.0),
-                self.mos_codec,
+                self.codec,
             ),
             ..self.summary.clone()
         }
@@ -224,7 +217,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn reports_on_schedule_and_summarises() {
         let t0 = Instant::now();
-        let mut stats = RtpStats::new(42, "test@voicegate".into(), 8000, MosCodec::G711, t0);
+        let mut stats = RtpStats::new(42, "test@voicegate".into(), Codec::Pcmu, t0);
         assert!(
             stats.report_due(t0).is_none(),
             "not before half an interval"
@@ -276,7 +269,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn repeated_end_packets_are_duplicates_in_the_summary_and_report() {
         let t0 = Instant::now();
-        let mut stats = RtpStats::new(42, "test@voicegate".into(), 8000, MosCodec::G711, t0);
+        let mut stats = RtpStats::new(42, "test@voicegate".into(), Codec::Pcmu, t0);
         // SIPp's dtmf_2833_1.pcap: eight packets, the last (the end packet) sent three times.
         for (i, seq) in (0x1f30u16..=0x1f37).chain([0x1f37, 0x1f37]).enumerate() {
             stats.on_received(seq, 0x33e0, 7, 4, t0 + Duration::from_millis(20 * i as u64));

@@ -27,98 +27,34 @@ pub const TELEPHONE_EVENT_PT: u8 = 101;
 /// hostile line cannot bloat logs.
 const EXCERPT_CHARS: usize = 80;
 
-/// Audio codecs voicegate can negotiate.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Codec {
-    Pcma,
-    Pcmu,
-    /// Opus (RFC 7587): 48 kHz RTP clock, dynamic payload type.
-    Opus,
-}
+pub use voicegate_codec::{Codec, OPUS_PT};
 
-/// The dynamic payload type we give Opus in our offers.
-pub const OPUS_PT: u8 = 111;
-
-impl Codec {
-    /// Every codec we know, for iteration (e.g. name lookup).
-    pub const ALL: &'static [Codec] = &[Codec::Pcma, Codec::Pcmu, Codec::Opus];
-
-    /// The payload type we use in our own offers: static for G.711 (RFC 3551), 111 for Opus.
-    pub fn payload_type(self) -> u8 {
-        match self {
-            Codec::Pcmu => 0,
-            Codec::Pcma => 8,
-            Codec::Opus => OPUS_PT,
-        }
-    }
-
-    /// The static payload type (RFC 3551), which needs no rtpmap; None for dynamic codecs.
-    pub fn static_payload_type(self) -> Option<u8> {
-        match self {
-            Codec::Pcmu => Some(0),
-            Codec::Pcma => Some(8),
-            Codec::Opus => None,
-        }
-    }
-
-    /// The rtpmap encoding parameters: RFC 7587 requires `opus/48000/2` whatever is sent.
-    fn rtpmap_channels(self) -> Option<u8> {
-        match self {
-            Codec::Opus => Some(2),
-            Codec::Pcma | Codec::Pcmu => None,
-        }
-    }
-
-    /// The fmtp we write for this codec, if any.
-    fn fmtp(self) -> Option<&'static str> {
-        match self {
-            // In-band FEC is what makes Opus survive loss; mono is what telephony carries.
-            Codec::Opus => Some("useinbandfec=1; stereo=0; sprop-stereo=0"),
-            Codec::Pcma | Codec::Pcmu => None,
-        }
-    }
-
-    /// Encoding name as written in `a=rtpmap`.
-    pub fn encoding_name(self) -> &'static str {
-        match self {
-            Codec::Pcma => "PCMA",
-            Codec::Pcmu => "PCMU",
-            Codec::Opus => "opus",
-        }
-    }
-
-    /// RTP clock rate in Hz.
-    pub fn clock_rate(self) -> u32 {
-        match self {
-            Codec::Pcma | Codec::Pcmu => 8000,
-            Codec::Opus => 48000,
-        }
-    }
-
-    /// Case-insensitive lookup by encoding name (`"pcma"`, `"PCMU"`, ...).
-    pub fn from_name(name: &str) -> Option<Codec> {
-        Codec::ALL
-            .iter()
-            .copied()
-            .find(|codec| codec.encoding_name().eq_ignore_ascii_case(name))
-    }
-
-    /// The codec an `a=rtpmap` describes, if it is one of ours with the
-    /// right clock rate and mono (a PCMU/16000 line is not our PCMU).
-    pub fn from_rtpmap(rtpmap: &RtpMap) -> Option<Codec> {
-        let codec = Codec::from_name(&rtpmap.encoding)?;
-        let channels_ok = match codec {
-            Codec::Opus => matches!(rtpmap.channels, None | Some(1) | Some(2)),
-            Codec::Pcma | Codec::Pcmu => matches!(rtpmap.channels, None | Some(1)),
-        };
-        (rtpmap.clock_rate == codec.clock_rate() && channels_ok).then_some(codec)
+/// The rtpmap encoding parameters: RFC 7587 requires `opus/48000/2` whatever is sent.
+fn rtpmap_channels(codec: Codec) -> Option<u8> {
+    match codec {
+        Codec::Opus => Some(2),
+        Codec::Pcma | Codec::Pcmu => None,
     }
 }
 
-impl fmt::Display for Codec {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.encoding_name())
+/// The fmtp we write for a codec, if any.
+fn fmtp(codec: Codec) -> Option<&'static str> {
+    match codec {
+        // In-band FEC is what makes Opus survive loss; mono is what telephony carries.
+        Codec::Opus => Some("useinbandfec=1; stereo=0; sprop-stereo=0"),
+        Codec::Pcma | Codec::Pcmu => None,
     }
+}
+
+/// The codec an `a=rtpmap` describes, if it is one of ours with the right clock rate and mono
+/// (a PCMU/16000 line is not our PCMU).
+pub fn codec_of_rtpmap(rtpmap: &RtpMap) -> Option<Codec> {
+    let codec = Codec::from_name(&rtpmap.encoding)?;
+    let channels_ok = match codec {
+        Codec::Opus => matches!(rtpmap.channels, None | Some(1) | Some(2)),
+        Codec::Pcma | Codec::Pcmu => matches!(rtpmap.channels, None | Some(1)),
+    };
+    (rtpmap.clock_rate == codec.clock_rate() && channels_ok).then_some(codec)
 }
 
 /// Encoding name of a well-known static payload type (RFC 3551), used to
@@ -256,7 +192,7 @@ impl MediaDescription {
     /// if present, otherwise the static assignment.
     pub fn codec_of(&self, payload_type: u8) -> Option<Codec> {
         match self.rtpmap(payload_type) {
-            Some(rtpmap) => Codec::from_rtpmap(rtpmap),
+            Some(rtpmap) => codec_of_rtpmap(rtpmap),
             None => Codec::ALL
                 .iter()
                 .copied()
@@ -781,7 +717,7 @@ fn push_audio(out: &mut String, audio: &AudioLine<'_>) {
     }
     push_line(out, format_args!("{m_line}"));
     for &(pt, codec) in audio.codecs {
-        match codec.rtpmap_channels() {
+        match rtpmap_channels(codec) {
             Some(channels) => push_line(
                 out,
                 format_args!(
@@ -799,7 +735,7 @@ fn push_audio(out: &mut String, audio: &AudioLine<'_>) {
                 ),
             ),
         }
-        if let Some(fmtp) = codec.fmtp() {
+        if let Some(fmtp) = fmtp(codec) {
             push_line(out, format_args!("a=fmtp:{pt} {fmtp}"));
         }
     }

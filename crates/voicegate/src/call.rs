@@ -17,10 +17,9 @@ use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
 use tracing::{debug, info, warn};
 use voicegate_bridge::session::{
-    BotSettings, BridgeEvent, BridgeHandle, CallCodec, CallMedia, SessionEnd, SessionReport,
+    BotSettings, BridgeEvent, BridgeHandle, SessionEnd, SessionReport,
 };
 use voicegate_rtp::dtmf::{self, DtmfEvent};
-use voicegate_rtp::rtcp::MosCodec;
 use voicegate_rtp::{EchoHandle, LegConfig, LegControl, LegReport, MediaEvent, RtpPorts};
 use voicegate_sip::accept;
 use voicegate_sip::dialog::{Dialog, InDialog};
@@ -684,8 +683,7 @@ impl Call {
                 signalled: None,
                 rtcp_mux: false,
                 telephone_event: None,
-                clock_rate: 8000,
-                mos_codec: MosCodec::G711,
+                codec: sdp::Codec::Pcmu,
             });
         let (events_tx, events_rx) = mpsc::channel(32);
         match EchoHandle::start(ports, config, control, events_tx) {
@@ -1258,19 +1256,7 @@ impl Call {
         let media = self.media.as_mut().ok_or("no media")?;
         let negotiated = media.negotiated.as_ref().ok_or("no negotiated codec")?;
         let ports = media.ports.take().ok_or("no RTP ports")?;
-        let call_media = CallMedia {
-            codec: match negotiated.codec {
-                sdp::Codec::Pcma => CallCodec::Pcma,
-                sdp::Codec::Pcmu => CallCodec::Pcmu,
-                sdp::Codec::Opus => CallCodec::Opus,
-            },
-            payload_type: negotiated.payload_type,
-            telephone_event: negotiated.telephone_event,
-            signalled: negotiated.remote,
-            latching: settings.latching,
-            ssrc: rand::random(),
-            rtp_timeout: settings.rtp_timeout,
-        };
+        let call_media = b2bua::call_media(negotiated, &self.core);
         let from = self
             .invite
             .headers
@@ -1630,11 +1616,7 @@ fn leg_control(n: &Negotiated) -> LegControl {
         signalled: n.remote,
         rtcp_mux: n.rtcp_mux,
         telephone_event: n.telephone_event,
-        clock_rate: n.codec.clock_rate(),
-        mos_codec: match n.codec {
-            sdp::Codec::Opus => MosCodec::Opus,
-            sdp::Codec::Pcma | sdp::Codec::Pcmu => MosCodec::G711,
-        },
+        codec: n.codec,
     }
 }
 

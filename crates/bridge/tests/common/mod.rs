@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use voicegate_bridge::dialect::Protocol;
-use voicegate_bridge::session::{BotSettings, BridgeEvent, BridgeHandle, CallCodec, CallMedia};
+use voicegate_bridge::session::{BotSettings, BridgeEvent, BridgeHandle, CallMedia, Codec};
 use voicegate_bridge::ws::{BotUrl, ClientConfig};
 use voicegate_rtp::latch::LatchPolicy;
 use voicegate_rtp::PortPool;
@@ -55,7 +55,7 @@ impl Call {
 
     pub fn media(&self) -> CallMedia {
         CallMedia {
-            codec: CallCodec::Pcmu,
+            codec: Codec::Pcmu,
             payload_type: 0,
             telephone_event: None,
             signalled: Some(self.caller.local_addr().unwrap()),

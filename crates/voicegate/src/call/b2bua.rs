@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{info, warn};
 use voicegate_bridge::relay::{LegDirection, RelayEvent, RelayHandle, RelayLeg, Side};
-use voicegate_bridge::session::{CallCodec, CallMedia};
+use voicegate_bridge::session::CallMedia;
 use voicegate_bridge::tap::TapFrame;
 use voicegate_bridge::tone::ToneHandle;
 use voicegate_rtp::RtpPorts;
@@ -310,11 +310,7 @@ pub fn with_user(uri: &str, user: &str) -> String {
 /// The bridge's view of a negotiated stream.
 pub fn call_media(n: &Negotiated, core: &Core) -> CallMedia {
     CallMedia {
-        codec: match n.codec {
-            sdp::Codec::Pcma => CallCodec::Pcma,
-            sdp::Codec::Pcmu => CallCodec::Pcmu,
-            sdp::Codec::Opus => CallCodec::Opus,
-        },
+        codec: n.codec,
         payload_type: n.payload_type,
         telephone_event: n.telephone_event,
         signalled: n.remote,
