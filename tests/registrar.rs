@@ -159,6 +159,9 @@ async fn a_pbx_registers_with_digest_and_its_binding_survives_a_restart() {
     assert_eq!(bindings.len(), 1);
     assert_eq!(bindings[0].aor, "sip:pbx@voicegate");
     assert!(bindings[0].source.starts_with("udp:127.0.0.1:"));
+    // What calls read, loaded from the store at start.
+    let trunk_sid = bindings[0].trunk_sid.clone();
+    assert_eq!(running.core.lock_bindings().live(&trunk_sid, now), bindings);
 
     // Expires: 0 removes it.
     let mut pbx = Pbx {
@@ -176,6 +179,11 @@ async fn a_pbx_registers_with_digest_and_its_binding_survives_a_restart() {
         .bindings(now)
         .await
         .unwrap()
+        .is_empty());
+    assert!(running
+        .core
+        .lock_bindings()
+        .live(&trunk_sid, now)
         .is_empty());
     let _ = std::fs::remove_file(&path);
 }

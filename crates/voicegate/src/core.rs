@@ -243,6 +243,8 @@ pub struct Core {
     out_of_dialog: Mutex<HashMap<(String, String, Method), OutOfDialog>>,
     /// Per-source request rates and the block list.
     shield: Mutex<crate::shield::Shield>,
+    /// Registered contacts, as calls read them (the store keeps them across restarts).
+    bindings: Mutex<crate::registrar::Bindings>,
     /// INVITEs refused here, kept for their retransmissions and ACK.
     refusals: Mutex<crate::refusals::Refusals>,
 }
@@ -254,6 +256,7 @@ impl Core {
         gate: Option<crate::admit::Gate>,
         store: Option<Arc<voicegate_control::Store>>,
         in_progress: Option<crate::in_progress::CallsInProgress>,
+        bindings: crate::registrar::Bindings,
         resolver: crate::resolve::Resolver,
     ) -> Arc<Self> {
         let settings_limits = settings.limits.clone();
@@ -271,6 +274,7 @@ impl Core {
             listening: OnceLock::new(),
             routes: Mutex::new(Routes::default()),
             out_of_dialog: Mutex::new(HashMap::new()),
+            bindings: Mutex::new(bindings),
             shield: Mutex::new(crate::shield::Shield::new(
                 settings_limits.shield,
                 Instant::now(),
@@ -319,6 +323,8 @@ impl Core {
                 {
                     last_summary = now;
                     core.log_refusals(now);
+                    core.lock_bindings()
+                        .purge(crate::registrar::unix_secs() as i64);
                     release_free_memory();
                 }
             }
@@ -405,6 +411,10 @@ impl Core {
 
     fn lock_refusals(&self) -> std::sync::MutexGuard<'_, crate::refusals::Refusals> {
         self.refusals.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn lock_bindings(&self) -> std::sync::MutexGuard<'_, crate::registrar::Bindings> {
+        self.bindings.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn lock_shield(&self) -> std::sync::MutexGuard<'_, crate::shield::Shield> {

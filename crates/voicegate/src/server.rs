@@ -208,12 +208,24 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         Some(store) => Some(calls_in_progress(config, store).await?),
         None => None,
     };
+    let bindings = match &store {
+        Some(store) => {
+            let now = crate::registrar::unix_secs() as i64;
+            let live = store
+                .bindings(now)
+                .await
+                .map_err(|e| StartError::Store(format!("config: store.url: {e}")))?;
+            crate::registrar::Bindings::load(live)
+        }
+        None => crate::registrar::Bindings::default(),
+    };
     let core = Core::new(
         settings(config)?,
         PortPool::new(*range.start(), *range.end()),
         gate,
         store.clone(),
         in_progress,
+        bindings,
         resolver,
     );
     let listen = ListenConfig {

@@ -242,27 +242,21 @@ pub async fn trunk_hops(core: &Core, trunk_sid: &str, number: &str) -> Vec<NextH
             }));
         }
     }
-    if let Some(store) = core.store.as_ref() {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
-        if let Ok(bindings) = store.bindings(now).await {
-            for b in bindings.into_iter().filter(|b| b.trunk_sid == trunk_sid) {
-                let fixed = crate::registrar::binding_target(&b.source);
-                let to = parse_sip_target(&b.contact)
-                    .ok()
-                    .map(|t| format!("sip:{number}@{}", t.host));
-                hops.push(NextHop {
-                    // RFC 3261 §10: a registered contact is the Request-URI as it is.
-                    request_uri: b.contact.clone(),
-                    credentials: None,
-                    fixed,
-                    label: format!("registered {}", b.contact),
-                    to,
-                });
-            }
-        }
+    let now = crate::registrar::unix_secs() as i64;
+    let bindings = core.lock_bindings().live(trunk_sid, now);
+    for b in bindings {
+        let fixed = crate::registrar::binding_target(&b.source);
+        let to = parse_sip_target(&b.contact)
+            .ok()
+            .map(|t| format!("sip:{number}@{}", t.host));
+        hops.push(NextHop {
+            // RFC 3261 §10: a registered contact is the Request-URI as it is.
+            label: format!("registered {}", b.contact),
+            request_uri: b.contact,
+            credentials: None,
+            fixed,
+            to,
+        });
     }
     hops
 }
