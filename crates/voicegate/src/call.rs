@@ -815,14 +815,7 @@ impl Call {
                 }
                 if self.phase == Phase::Done {
                     // The dialog is over; this task only lingers for retransmissions.
-                    return self.answer_request(
-                        &request,
-                        &source,
-                        &branch,
-                        481,
-                        "Call/Transaction Does Not Exist",
-                        now,
-                    );
+                    return self.answer_no_dialog(&request, &source, &branch, now);
                 }
                 if let Err(e) = self.dialog.accept_remote_cseq(&request) {
                     return self.answer_request(
@@ -1102,6 +1095,18 @@ impl Call {
     }
 
     /// Answers a non-INVITE request through its own server transaction.
+    /// 481: the request names no dialog or transaction we have (any more).
+    fn answer_no_dialog(&mut self, request: &Request, source: &Source, branch: &str, now: Instant) {
+        self.answer_request(
+            request,
+            source,
+            branch,
+            481,
+            "Call/Transaction Does Not Exist",
+            now,
+        )
+    }
+
     fn answer_request(
         &mut self,
         request: &Request,

@@ -914,14 +914,7 @@ impl Call {
             return self.on_transferor_request(&request, &source, &branch, now);
         }
         let Some(peer) = self.peer.as_mut() else {
-            return self.answer_request(
-                &request,
-                &source,
-                &branch,
-                481,
-                "Call/Transaction Does Not Exist",
-                now,
-            );
+            return self.answer_no_dialog(&request, &source, &branch, now);
         };
         let kind = InDialog::of(&request.method);
         if kind == InDialog::Ack {
@@ -948,14 +941,7 @@ impl Call {
         }
         let live = peer.leg.as_mut().filter(|l| l.owns(&call_id));
         let Some(leg) = live else {
-            return self.answer_request(
-                &request,
-                &source,
-                &branch,
-                481,
-                "Call/Transaction Does Not Exist",
-                now,
-            );
+            return self.answer_no_dialog(&request, &source, &branch, now);
         };
         if !leg.accept_remote_cseq(&request) {
             return self.answer_request(
@@ -1014,14 +1000,7 @@ impl Call {
             }
             InDialog::Refer => self.on_refer(&request, &source, &branch, false, now),
             // A CANCEL after the other leg's 200 has no transaction to cancel.
-            InDialog::Cancel => self.answer_request(
-                &request,
-                &source,
-                &branch,
-                481,
-                "Call/Transaction Does Not Exist",
-                now,
-            ),
+            InDialog::Cancel => self.answer_no_dialog(&request, &source, &branch, now),
             InDialog::NotAllowed | InDialog::NotImplemented => {
                 let (status, reason) = kind.refusal().unwrap_or((501, "Not Implemented"));
                 self.answer_request(&request, &source, &branch, status, reason, now)
