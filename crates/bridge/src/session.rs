@@ -17,6 +17,7 @@
 //! Buffers are allocated when the session starts (or is handed off) and reused for every frame.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -27,7 +28,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tokio::time::{sleep_until, Instant};
+use tokio::time::{sleep_until, Instant, Sleep};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsProtocolError, Message};
@@ -803,6 +804,48 @@ impl Warnings {
     }
 }
 
+/// A media loop's one timer. Arming it for the deadline it already has costs nothing, so a loop
+/// pass (an RTP packet, a bot message) does not touch the timer wheel.
+struct Timer {
+    sleep: Pin<Box<Sleep>>,
+}
+
+impl Timer {
+    fn new(at: Instant) -> Self {
+        Timer {
+            sleep: Box::pin(sleep_until(at)),
+        }
+    }
+
+    fn arm(&mut self, at: Instant) {
+        if self.sleep.deadline() != at {
+            self.sleep.as_mut().reset(at);
+        }
+    }
+
+    async fn wait(&mut self) {
+        self.sleep.as_mut().await;
+    }
+}
+
+/// What the bidirectional loop's timer is armed for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Due {
+    /// The pacer's next 20 ms tick: media both ways, RTCP, the RTP and bot-write timeouts.
+    Frame,
+    /// The session cap (`max_session`).
+    SessionEnd,
+}
+
+/// The earliest of the bidirectional loop's deadlines; the session cap wins a tie.
+fn next_due(frame: Instant, session_end: Instant) -> (Instant, Due) {
+    if session_end <= frame {
+        (session_end, Due::SessionEnd)
+    } else {
+        (frame, Due::Frame)
+    }
+}
+
 async fn session(
     sockets: &Sockets,
     media: &CallMedia,
@@ -904,8 +947,11 @@ async fn session(
     let mut held = Held::default();
     let mut budget = BotBudget::new(bot.max_messages_per_sec, bot.max_bytes_per_sec, started);
     let mut warnings = Warnings::new();
+    let mut timer = Timer::new(pacer.next_deadline());
 
     let stage = loop {
+        let (wake_at, due) = next_due(pacer.next_deadline(), deadline);
+        timer.arm(wake_at);
         tokio::select! {
             received = sockets.rtp.recv_from(&mut rtp_in) => {
                 let Ok((len, from)) = received else { continue };
@@ -1016,7 +1062,11 @@ async fn session(
                 // Marks due now (an empty queue, or a clear) go back at once.
                 link.echo_due_marks(&mut playout, report);
             }
-            _ = sleep_until(pacer.next_deadline()) => {
+            () = timer.wait() => {
+                if due == Due::SessionEnd {
+                    link.finish_stream(&mut chunker, report, StopReason::Stopped).await;
+                    break Stage::End(SessionEnd::MaxDuration);
+                }
                 let now = Instant::now();
                 if let (Some(report), Some(to)) = (stats.report_due(now), rtcp_remote.target()) {
                     if sockets.rtcp.send_to(report, to).await.is_ok() {
@@ -1071,10 +1121,6 @@ async fn session(
                         link.echo_due_marks(&mut playout, report);
                     }
                 }
-            }
-            _ = sleep_until(deadline) => {
-                link.finish_stream(&mut chunker, report, StopReason::Stopped).await;
-                break Stage::End(SessionEnd::MaxDuration);
             }
             command = control.recv() => match command {
                 Some(Control::Dtmf { digit, duration_ms }) => {
@@ -1254,6 +1300,7 @@ async fn listen_only(
         Instant::now(),
     );
     let mut warnings = Warnings::new();
+    let mut session_end = Timer::new(timeline.deadline);
     loop {
         tokio::select! {
             frame = tap.recv() => {
@@ -1335,7 +1382,7 @@ async fn listen_only(
                     }
                 }
             }
-            _ = sleep_until(timeline.deadline) => {
+            () = session_end.wait() => {
                 link.stop(StopReason::Stopped).await;
                 return SessionEnd::MaxDuration;
             }
@@ -1380,4 +1427,58 @@ async fn wait_for_end(control: &mut mpsc::Receiver<Control>) -> SessionEnd {
         }
     }
     SessionEnd::CallerHungUp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_earliest_deadline_is_due_and_the_cap_wins_a_tie() {
+        let t = Instant::now();
+        let later = t + FRAME;
+        assert_eq!(next_due(t, later), (t, Due::Frame));
+        assert_eq!(next_due(later, t), (t, Due::SessionEnd));
+        assert_eq!(next_due(t, t), (t, Due::SessionEnd));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_timer_paces_frames_until_the_session_cap() {
+        let start = Instant::now();
+        let mut pacer = Pacer::new(start + FRAME, FRAME);
+        let cap = start + Duration::from_millis(50);
+        let mut timer = Timer::new(pacer.next_deadline());
+        let mut woke = Vec::new();
+        loop {
+            let (at, due) = next_due(pacer.next_deadline(), cap);
+            timer.arm(at);
+            // Re-arming for the same deadline leaves the timer as it is.
+            timer.arm(at);
+            timer.wait().await;
+            let now = Instant::now();
+            woke.push((now - start, due));
+            if due == Due::SessionEnd {
+                break;
+            }
+            assert_eq!(pacer.tick(now), 1);
+        }
+        let ms = Duration::from_millis;
+        assert_eq!(
+            woke,
+            [
+                (ms(20), Due::Frame),
+                (ms(40), Due::Frame),
+                (ms(50), Due::SessionEnd)
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_timer_armed_earlier_fires_at_the_new_deadline() {
+        let start = Instant::now();
+        let mut timer = Timer::new(start + Duration::from_secs(60));
+        timer.arm(start + FRAME);
+        timer.wait().await;
+        assert_eq!(Instant::now() - start, FRAME);
+    }
 }
