@@ -141,6 +141,13 @@ impl Dialog {
 
 /// Methods a voicegate dialog implements, for Allow headers.
 pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, REFER, NOTIFY";
+/// Option tags we support, for Supported headers: session timers (RFC 4028).
+pub const SUPPORTED: &str = "timer";
+
+/// A random token for tags, branches and Call-IDs (64 bits, hex).
+pub fn random_token() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
 
 /// What a dialog does with a request inside it: one answer per method for every call shape
 /// (echo, bot, B2BUA leg, transfer), so that no two places can answer a method differently.

@@ -20,7 +20,7 @@ use voicegate_sip::digest::{DigestServer, Verdict};
 use voicegate_sip::message::Request;
 
 use crate::config::TrunkConfig;
-use crate::core::FlowRoute;
+use crate::settings::FlowRoute;
 
 /// How long a digest nonce is good for.
 const NONCE_LIFETIME: Duration = Duration::from_secs(300);

@@ -6,6 +6,7 @@
 //! from a carrier, to the trunk's destinations) with the B2BUA of [`b2bua`].
 
 mod b2bua;
+mod media;
 mod pair;
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
@@ -32,12 +33,14 @@ use voicegate_sip::transaction::{
 use voicegate_sip::transport::Source;
 
 use crate::admit::Outcome;
-use crate::core::{random_token, CallEvent, CallInput, CallTx, Core, FlowRoute, ALLOW, SUPPORTED};
+use crate::core::{CallEvent, CallInput, CallTx, Core};
+use crate::settings::FlowRoute;
 use b2bua::{NextHop, Peer, PeerRole, Pending};
 use voicegate_bridge::relay::{RelayEvent, RelayHandle};
 use voicegate_bridge::tap::TapFrame;
 use voicegate_bridge::tone::ToneHandle;
 use voicegate_control::Mode;
+use voicegate_sip::dialog::{random_token, ALLOW, SUPPORTED};
 use voicegate_sip::session_timer::{self, SessionTimer, UasTimer};
 
 /// What a dialled number leads to.
@@ -675,7 +678,7 @@ impl Call {
         let control = media
             .negotiated
             .as_ref()
-            .map(leg_control)
+            .map(media::leg_control)
             .unwrap_or_else(|| LegControl {
                 // Delayed offer: until the ACK's answer, send where the caller's packets come from.
                 sending: true,
@@ -911,7 +914,7 @@ impl Call {
         match negotiated {
             Ok(n) => {
                 if let Some(Leg::Echo(echo)) = &media.leg {
-                    echo.update(leg_control(&n));
+                    echo.update(media::leg_control(&n));
                 }
                 media.negotiated = Some(n);
                 if let (Route::Flow(flow), None) = (self.route.clone(), &media.leg) {
@@ -1046,7 +1049,7 @@ impl Call {
         let negotiated = sdp::negotiate_answer(&offer, &codecs, preference)
             .map_err(|e| (488, format!("Not Acceptable Here: {e}")))?;
         match &media.leg {
-            Some(Leg::Echo(echo)) => echo.update(leg_control(&negotiated)),
+            Some(Leg::Echo(echo)) => echo.update(media::leg_control(&negotiated)),
             // The bot keeps streaming through hold and resume; its RTP follows the caller.
             Some(Leg::Bot(bot)) => bot.expect_rtp(negotiated.direction.receives()),
             Some(Leg::Relay(relay)) => relay.update(
@@ -1261,7 +1264,7 @@ impl Call {
         let media = self.media.as_mut().ok_or("no media")?;
         let negotiated = media.negotiated.as_ref().ok_or("no negotiated codec")?;
         let ports = media.ports.take().ok_or("no RTP ports")?;
-        let call_media = b2bua::call_media(negotiated, &self.core);
+        let call_media = media::call_media(negotiated, &self.core);
         let from = self
             .invite
             .headers
@@ -1611,18 +1614,6 @@ fn forwarded_headers(invite: &Request, patterns: &[String]) -> Vec<(String, Stri
         .filter(|h| matches(&h.name))
         .map(|h| (h.name.clone(), h.value.clone()))
         .collect()
-}
-
-/// What the media leg needs from a negotiation.
-fn leg_control(n: &Negotiated) -> LegControl {
-    LegControl {
-        sending: n.direction.sends(),
-        expect_rtp: n.direction.receives(),
-        signalled: n.remote,
-        rtcp_mux: n.rtcp_mux,
-        telephone_event: n.telephone_event,
-        codec: n.codec,
-    }
 }
 
 /// The local address the kernel would use to reach `remote` (no packet is sent).

@@ -6,9 +6,11 @@
 
 pub mod admit;
 pub mod api_listener;
+pub mod bindings;
 pub mod call;
 pub mod config;
 pub mod core;
+pub mod dispatch;
 pub mod in_progress;
 pub mod load;
 pub mod logging;
@@ -18,5 +20,6 @@ pub mod registrar;
 pub mod resolve;
 pub mod seed;
 pub mod server;
+pub mod settings;
 pub mod shield;
 pub mod tls;

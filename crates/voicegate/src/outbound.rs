@@ -14,7 +14,7 @@ use voicegate_sip::message::{Headers, Request, Response};
 use voicegate_sip::transaction::{ClientInviteTx, ClientNonInviteTx, Timers, TxEvent};
 use voicegate_sip::transport::Source;
 
-use crate::core::random_token;
+use voicegate_sip::dialog::random_token;
 
 /// Where a leg's requests go: the connection (or UDP socket) and the address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -546,7 +546,7 @@ fn build_invite(params: &InviteParams, call_id: &str, local_tag: &str, cseq: u32
     headers.push("Call-ID", call_id.to_string());
     headers.push("CSeq", format!("{cseq} INVITE"));
     headers.push("Contact", params.contact.clone());
-    headers.push("Allow", crate::core::ALLOW);
+    headers.push("Allow", voicegate_sip::dialog::ALLOW);
     headers.push("User-Agent", params.user_agent.clone());
     for (name, value) in &params.extra_headers {
         headers.push(name.clone(), value.clone());

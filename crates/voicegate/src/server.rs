@@ -14,10 +14,10 @@ use voicegate_sip::transport::{self, Handler, ListenConfig, LocalAddrs, Sender};
 use crate::admit::{Gate, Trunks};
 use crate::api_listener::{self, ConnectionLimits};
 use crate::config::Config;
-use crate::core::{
-    BridgeSettings, Carrier, Core, CoreHandler, FlowRoute, RoutingSettings, Settings,
-};
+use crate::core::Core;
+use crate::dispatch::CoreHandler;
 use crate::resolve::Resolver;
+use crate::settings::{BridgeSettings, Carrier, FlowRoute, RoutingSettings, Settings};
 use crate::tls;
 use voicegate_control::{router, ApiAccount, ApiState, Change, ChangeFuture, Store, StoreError};
 
@@ -136,7 +136,7 @@ pub fn settings(config: &Config) -> Result<Settings, StartError> {
             },
             ringback: crate::call::ringback_tone(&routing.ringback),
         },
-        limits: crate::core::LimitSettings::from_config(&config.limits),
+        limits: crate::settings::LimitSettings::from_config(&config.limits),
     })
 }
 
@@ -210,14 +210,14 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     };
     let bindings = match &store {
         Some(store) => {
-            let now = crate::registrar::unix_secs() as i64;
+            let now = crate::bindings::unix_secs() as i64;
             let live = store
                 .bindings(now)
                 .await
                 .map_err(|e| StartError::Store(format!("config: store.url: {e}")))?;
-            crate::registrar::Bindings::load(live)
+            crate::bindings::Bindings::load(live)
         }
-        None => crate::registrar::Bindings::default(),
+        None => crate::bindings::Bindings::default(),
     };
     let core = Core::new(
         settings(config)?,

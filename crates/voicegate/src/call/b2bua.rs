@@ -12,8 +12,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{info, warn};
-use voicegate_bridge::relay::{LegDirection, RelayEvent, RelayHandle, RelayLeg, Side};
-use voicegate_bridge::session::CallMedia;
+use voicegate_bridge::relay::{RelayEvent, RelayHandle, RelayLeg, Side};
 use voicegate_bridge::tap::TapFrame;
 use voicegate_bridge::tone::ToneHandle;
 use voicegate_rtp::RtpPorts;
@@ -24,10 +23,12 @@ use voicegate_sip::session_timer::{self, Refresher, SessionTimer};
 use voicegate_sip::transaction::{ServerInviteTx, TxEvent};
 use voicegate_sip::transport::Source;
 
+use super::media::{answer_reinvite_offer, call_media, direction_of};
 use super::{Call, Leg, Phase, Route};
-use crate::core::{Core, ALLOW, SUPPORTED};
+use crate::core::Core;
 use crate::outbound::{Hop, InviteParams, OutState, OutboundEvent, OutboundLeg};
 use crate::resolve::{parse_sip_target, Target};
+use voicegate_sip::dialog::{ALLOW, SUPPORTED};
 
 /// One place to try.
 #[derive(Clone, Debug)]
@@ -175,27 +176,6 @@ fn refer_target(request: &Request) -> Result<String, String> {
     Ok(target)
 }
 
-/// Our answer to a re-INVITE from a leg whose media we terminate: to its offer (the new
-/// negotiation comes back), or, without one, our offer in the codec in use.
-pub(super) fn answer_reinvite_offer(
-    local: &mut LocalMedia,
-    current: Option<&Negotiated>,
-    body: &[u8],
-    codecs: &[sdp::Codec],
-    preference: sdp::CodecPreference,
-) -> Result<(String, Option<Negotiated>), (u16, String)> {
-    if body.is_empty() {
-        local.session_version += 1;
-        let codec = current.map_or_else(|| codecs.to_vec(), |n| vec![n.codec]);
-        return Ok((sdp::build_offer(local, &codec, Direction::SendRecv), None));
-    }
-    let offer = sdp::parse(body).map_err(|e| (400, format!("Malformed SDP: {e}")))?;
-    let n = sdp::negotiate_answer(&offer, codecs, preference)
-        .map_err(|e| (488, format!("Not Acceptable Here: {e}")))?;
-    local.session_version += 1;
-    Ok((sdp::build_answer(&offer, local, &n), Some(n)))
-}
-
 /// Hops through the carriers for a number, lowest priority first.
 pub fn carrier_hops(core: &Core, number: &str) -> Vec<NextHop> {
     let mut carriers: Vec<_> = core.settings.carriers.iter().collect();
@@ -242,7 +222,7 @@ pub async fn trunk_hops(core: &Core, trunk_sid: &str, number: &str) -> Vec<NextH
             }));
         }
     }
-    let now = crate::registrar::unix_secs() as i64;
+    let now = crate::bindings::unix_secs() as i64;
     let bindings = core.lock_bindings().live(trunk_sid, now);
     for b in bindings {
         let fixed = crate::registrar::binding_target(&b.source);
@@ -299,26 +279,6 @@ pub fn with_user(uri: &str, user: &str) -> String {
         return uri.to_string();
     }
     format!("{scheme}:{user}@{rest}")
-}
-
-/// The bridge's view of a negotiated stream.
-pub fn call_media(n: &Negotiated, core: &Core) -> CallMedia {
-    CallMedia {
-        codec: n.codec,
-        payload_type: n.payload_type,
-        telephone_event: n.telephone_event,
-        signalled: n.remote,
-        latching: core.settings.latching,
-        ssrc: rand::random(),
-        rtp_timeout: core.settings.rtp_timeout,
-    }
-}
-
-fn direction_of(n: &Negotiated) -> LegDirection {
-    LegDirection {
-        sending: n.direction.sends(),
-        expect_rtp: n.direction.receives(),
-    }
 }
 
 /// Statuses after which the next hop is tried (RFC 3261 §16.7 serial forking would also
@@ -1120,7 +1080,7 @@ impl Call {
             self.source.transport.as_via(),
             self.advertised_ip(),
             self.source.local.port(),
-            crate::core::random_token()
+            voicegate_sip::dialog::random_token()
         );
         let contact = self.contact();
         let mut notify = self.dialog.request("NOTIFY", via, 70);
@@ -1299,7 +1259,7 @@ impl Call {
             self.source.transport.as_via(),
             self.advertised_ip(),
             self.source.local.port(),
-            crate::core::random_token()
+            voicegate_sip::dialog::random_token()
         );
         let Some(media) = self.media.as_mut() else {
             return;
@@ -1350,7 +1310,7 @@ impl Call {
             self.source.transport.as_via(),
             self.advertised_ip(),
             self.source.local.port(),
-            crate::core::random_token()
+            voicegate_sip::dialog::random_token()
         );
         let ack = dialog.request("ACK", via, 70);
         self.core

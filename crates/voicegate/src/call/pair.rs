@@ -11,7 +11,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
 use tracing::{info, warn};
-use voicegate_bridge::relay::{LegDirection, RelayEvent, RelayHandle, RelayLeg, Side};
+use voicegate_bridge::relay::{RelayEvent, RelayHandle, RelayLeg, Side};
 use voicegate_rtp::RtpPorts;
 use voicegate_sip::dialog::InDialog;
 use voicegate_sip::message::{Method, Request, Response};
@@ -20,9 +20,10 @@ use voicegate_sip::session_timer::{self, Refresher, SessionTimer};
 use voicegate_sip::transaction::{ServerInviteTx, ServerNonInviteTx};
 use voicegate_sip::transport::Source;
 
-use super::b2bua::call_media;
-use crate::core::{CallInput, Core, ALLOW, SUPPORTED};
+use super::media::{answer_reinvite_offer, call_media, direction_of};
+use crate::core::{CallInput, Core};
 use crate::outbound::{OutState, OutboundEvent, OutboundLeg};
+use voicegate_sip::dialog::{ALLOW, SUPPORTED};
 
 /// One answered leg handed over to the pair.
 pub struct PairLeg {
@@ -117,13 +118,6 @@ pub fn spawn(
     };
     tokio::spawn(pair.run(rx));
     Ok(())
-}
-
-fn direction_of(n: &Negotiated) -> LegDirection {
-    LegDirection {
-        sending: n.direction.sends(),
-        expect_rtp: n.direction.receives(),
-    }
 }
 
 fn relay_side(i: usize) -> Side {
@@ -291,7 +285,7 @@ impl Pair {
     fn on_reinvite(&mut self, i: usize, request: &Request, source: &Source, now: Instant) {
         let codecs = self.core.settings.codecs.clone();
         let side = &mut self.sides[i];
-        let answer = super::b2bua::answer_reinvite_offer(
+        let answer = answer_reinvite_offer(
             &mut side.local,
             Some(&side.negotiated),
             &request.body,

@@ -1,0 +1,133 @@
+//! What calls need to know, derived once from the config: codecs, timers, flows, carriers,
+//! routing, the bridge's limits and load shedding.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use voicegate_sip::sdp::{Codec, CodecPreference};
+use voicegate_sip::transaction::Timers;
+
+/// What the core needs to know to run calls, derived once from the config.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub codecs: Vec<Codec>,
+    /// Whose order picks the codec when we answer an offer.
+    pub codec_preference: CodecPreference,
+    pub echo_numbers: Vec<String>,
+    pub ringing_numbers: Vec<String>,
+    pub ring_duration: Duration,
+    /// How long a never-answered ringing call rings before 480.
+    pub ring_timeout: Duration,
+    pub public_ip: Option<IpAddr>,
+    pub timers: Timers,
+    pub latching: voicegate_rtp::latch::LatchPolicy,
+    /// Bot flows and their numbers.
+    pub flows: Vec<FlowRoute>,
+    pub bridge: BridgeSettings,
+    /// An answered call with no RTP for this long is ended.
+    pub rtp_timeout: Duration,
+    /// Upstream gateways, lowest priority first.
+    pub carriers: Vec<Carrier>,
+    pub routing: RoutingSettings,
+    pub limits: LimitSettings,
+}
+
+/// Load shedding and the shield's limits (from `[limits]`).
+#[derive(Clone, Debug)]
+pub struct LimitSettings {
+    pub shield: crate::shield::ShieldLimits,
+    pub refusal_transactions: usize,
+    /// Calls in progress, event-loop lag and CPU use that shed new calls.
+    pub shedding: crate::load::SheddingLimits,
+    pub retry_after_secs: u32,
+    pub summary_interval: Duration,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        let c = crate::config::LimitsConfig::default();
+        LimitSettings::from_config(&c)
+    }
+}
+
+impl LimitSettings {
+    pub fn from_config(c: &crate::config::LimitsConfig) -> Self {
+        LimitSettings {
+            shield: crate::shield::ShieldLimits {
+                window: Duration::from_secs(c.window_secs),
+                requests_per_window: c.requests_per_window,
+                trusted_requests_per_window: c.trusted_requests_per_window,
+                auth_failures: c.auth_failures_per_minute,
+                auth_window: Duration::from_secs(60),
+                block: Duration::from_secs(c.block_secs),
+                tracked_sources: c.tracked_sources,
+            },
+            refusal_transactions: c.refusal_transactions,
+            shedding: crate::load::SheddingLimits {
+                max_calls: c.max_calls,
+                max_lag: Duration::from_millis(c.max_lag_ms),
+                max_cpu_percent: c.max_cpu_percent,
+            },
+            retry_after_secs: c.retry_after_secs,
+            summary_interval: Duration::from_secs(c.summary_interval_secs),
+        }
+    }
+}
+
+/// An upstream carrier gateway as calls use it.
+#[derive(Clone, Debug)]
+pub struct Carrier {
+    pub name: String,
+    /// `sip:host[:port][;params]`; the dialled number becomes its user part.
+    pub uri: String,
+    pub credentials: Option<(String, String)>,
+    pub priority: u32,
+    /// Where its own INVITEs come from.
+    pub inbound: Vec<voicegate_control::IpNet>,
+}
+
+/// How calls are placed out of voicegate.
+#[derive(Clone, Debug)]
+pub struct RoutingSettings {
+    pub attempt_timeout: Duration,
+    pub answer_timeout: Duration,
+    pub session_timer: voicegate_sip::session_timer::TimerConfig,
+    pub ringback: voicegate_bridge::tone::Tone,
+}
+
+/// A bot flow as calls use it (its URL parsed once, at start-up).
+#[derive(Clone, Debug)]
+pub struct FlowRoute {
+    pub name: String,
+    /// The account that owns the flow: bots see it as `account_sid` in `start` and `stop`.
+    pub account_sid: String,
+    pub url: voicegate_bridge::ws::BotUrl,
+    pub protocol: voicegate_bridge::dialect::Protocol,
+    pub bidirectional: bool,
+    pub numbers: Vec<String>,
+    /// Custom parameters of the flow, passed to the bot after the URL's own.
+    pub parameters: Vec<(String, String)>,
+    /// Where the caller goes when the bot closes its socket (None: hang up).
+    pub connect_on_end: Option<String>,
+    /// The agent for a bot `transfer` that names none.
+    pub default_agent: Option<String>,
+    /// After the bot's own transfer, it keeps hearing both parties.
+    pub agent_assist: bool,
+    /// When the agent leg fails: back to the bot (true) or hang up.
+    pub fallback_to_bot: bool,
+}
+
+/// What every bot session shares.
+#[derive(Clone, Debug)]
+pub struct BridgeSettings {
+    pub client: voicegate_bridge::ws::ClientConfig,
+    pub media_interval: Duration,
+    pub max_session: Duration,
+    pub playout_max: Duration,
+    pub final_playout_max: Duration,
+    pub bot_write_timeout: Duration,
+    pub max_bot_messages_per_sec: u64,
+    pub max_bot_bytes_per_sec: u64,
+    pub silence_when_idle: bool,
+    pub forward_headers: Vec<String>,
+}
