@@ -6,6 +6,7 @@
 //! from a carrier, to the trunk's destinations) with the B2BUA of [`b2bua`].
 
 mod b2bua;
+mod hops;
 mod media;
 mod pair;
 
@@ -35,7 +36,8 @@ use voicegate_sip::transport::Source;
 use crate::admit::Outcome;
 use crate::core::{CallEvent, CallInput, CallTx, Core};
 use crate::settings::FlowRoute;
-use b2bua::{NextHop, Peer, PeerRole, Pending};
+use b2bua::{Peer, PeerRole, Pending};
+use hops::NextHop;
 use voicegate_bridge::relay::{RelayEvent, RelayHandle};
 use voicegate_bridge::tap::TapFrame;
 use voicegate_bridge::tone::ToneHandle;
@@ -141,7 +143,7 @@ pub fn admit(core: &Core, invite: &Request, source: &Source, number: &str) -> Ad
                 Mode::Pstn if core.settings.echo_numbers.iter().any(|n| n == number) => Route::Echo,
                 Mode::Pstn => {
                     admitted.direction = "outbound";
-                    let hops = b2bua::carrier_hops(core, number);
+                    let hops = hops::carrier_hops(core, number);
                     if hops.is_empty() {
                         Route::NoRoute
                     } else {
@@ -485,7 +487,7 @@ impl Call {
             _ => None,
         };
         if let Route::Inbound { trunk_sid } = &self.route {
-            let hops = b2bua::trunk_hops(&self.core, trunk_sid, &self.number).await;
+            let hops = hops::trunk_hops(&self.core, trunk_sid, &self.number).await;
             self.route = if hops.is_empty() {
                 Route::NoRoute
             } else {
@@ -1593,7 +1595,7 @@ impl Call {
 
 /// The ringback tone named by `routing.ringback`.
 pub fn ringback_tone(name: &str) -> voicegate_bridge::tone::Tone {
-    b2bua::ringback(name)
+    media::ringback(name)
 }
 
 /// INVITE headers named in `bridge.forward_headers` (a trailing `*` matches a prefix), as

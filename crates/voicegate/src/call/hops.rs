@@ -1,0 +1,179 @@
+//! Where a call's other leg goes: the next hops for a number through the carriers, to a
+//! trunk's destination URIs and registered PBXs, or to an agent; and which failures move on to
+//! the next hop.
+
+use voicegate_sip::message::Request;
+
+use crate::core::Core;
+use crate::resolve::{parse_sip_target, Target};
+
+/// One place to try.
+#[derive(Clone, Debug)]
+pub struct NextHop {
+    /// The Request-URI of the INVITE (the dialled number as user part).
+    pub request_uri: String,
+    pub credentials: Option<(String, String)>,
+    /// Already resolved (an SRV sibling, or a registered contact's source address).
+    pub fixed: Option<Target>,
+    /// For logs and the call record: carrier or destination name.
+    pub label: String,
+    /// The To URI when it is not the Request-URI (a registered contact is called at its own
+    /// URI, but the call is still to the dialled number).
+    pub to: Option<String>,
+}
+
+/// The target of a REFER: its Refer-To URI, or the reason phrase of a 400.
+pub(super) fn refer_target(request: &Request) -> Result<String, String> {
+    let target = request
+        .headers
+        .get("Refer-To")
+        .and_then(voicegate_sip::message::name_addr_uri_text)
+        // Embedded headers (`?Replaces=…`) ask for an attended transfer: not done here.
+        .map(|uri| uri.split('?').next().unwrap_or(uri).to_string())
+        .ok_or("Bad Request (no Refer-To)")?;
+    parse_sip_target(&target).map_err(|e| format!("Bad Request (Refer-To: {e})"))?;
+    Ok(target)
+}
+
+/// Hops through the carriers for a number, lowest priority first.
+pub fn carrier_hops(core: &Core, number: &str) -> Vec<NextHop> {
+    let mut carriers: Vec<_> = core.settings.carriers.iter().collect();
+    carriers.sort_by_key(|c| c.priority);
+    carriers
+        .into_iter()
+        .map(|c| NextHop {
+            request_uri: with_user(&c.uri, number),
+            credentials: c.credentials.clone(),
+            fixed: None,
+            label: format!("carrier {}", c.name),
+            to: None,
+        })
+        .collect()
+}
+
+/// Hops to a trunk's destination URIs (by priority, spread by weight within one), then its
+/// registered contacts.
+pub async fn trunk_hops(core: &Core, trunk_sid: &str, number: &str) -> Vec<NextHop> {
+    let mut hops = Vec::new();
+    if let Some(gate) = core.gate.as_ref() {
+        let trunks = gate.trunks();
+        let mut by_priority: Vec<(i64, Vec<(String, i64)>)> = Vec::new();
+        for d in trunks.destinations(trunk_sid) {
+            match by_priority.iter_mut().find(|(p, _)| *p == d.priority) {
+                Some((_, list)) => list.push((d.uri.clone(), d.weight)),
+                None => by_priority.push((d.priority, vec![(d.uri.clone(), d.weight)])),
+            }
+        }
+        by_priority.sort_by_key(|(p, _)| *p);
+        let mut rng = rand::thread_rng();
+        for (_, list) in by_priority {
+            let ordered = crate::resolve::order_by_weight(
+                list,
+                |(_, w)| u16::try_from((*w).clamp(0, 65535)).unwrap_or(0),
+                &mut rng,
+            );
+            hops.extend(ordered.into_iter().map(|(uri, _)| NextHop {
+                request_uri: with_user(&uri, number),
+                credentials: None,
+                fixed: None,
+                label: format!("destination {uri}"),
+                to: None,
+            }));
+        }
+    }
+    let now = crate::bindings::unix_secs() as i64;
+    let bindings = core.lock_bindings().live(trunk_sid, now);
+    for b in bindings {
+        let fixed = crate::registrar::binding_target(&b.source);
+        let to = parse_sip_target(&b.contact)
+            .ok()
+            .map(|t| format!("sip:{number}@{}", t.host));
+        hops.push(NextHop {
+            // RFC 3261 §10: a registered contact is the Request-URI as it is.
+            label: format!("registered {}", b.contact),
+            request_uri: b.contact,
+            credentials: None,
+            fixed,
+            to,
+        });
+    }
+    hops
+}
+
+/// Hops for an agent: a SIP URI, `+E.164` through the carriers, or `trunk:{sid}`.
+pub async fn agent_hops(core: &Core, to: &str, number: &str) -> Result<Vec<NextHop>, String> {
+    let to = to.trim();
+    if let Some(sid) = to.strip_prefix("trunk:") {
+        let hops = trunk_hops(core, sid, number).await;
+        if hops.is_empty() {
+            return Err(format!("trunk {sid} has no destination URI"));
+        }
+        return Ok(hops);
+    }
+    if to.starts_with('+') && to[1..].bytes().all(|b| b.is_ascii_digit()) {
+        let hops = carrier_hops(core, to);
+        if hops.is_empty() {
+            return Err("no carrier to reach a number".into());
+        }
+        return Ok(hops);
+    }
+    parse_sip_target(to)?;
+    Ok(vec![NextHop {
+        request_uri: to.trim_matches(|c| c == '<' || c == '>').to_string(),
+        credentials: None,
+        fixed: None,
+        label: format!("agent {to}"),
+        to: None,
+    }])
+}
+
+/// `sip:host;params` with `user@` put in (a URI that names a user keeps its own).
+pub fn with_user(uri: &str, user: &str) -> String {
+    let uri = uri.trim().trim_matches(|c| c == '<' || c == '>');
+    let Some((scheme, rest)) = uri.split_once(':') else {
+        return uri.to_string();
+    };
+    let host_part_end = rest.find([';', '?']).unwrap_or(rest.len());
+    if user.is_empty() || rest[..host_part_end].contains('@') {
+        return uri.to_string();
+    }
+    format!("{scheme}:{user}@{rest}")
+}
+
+/// Statuses after which the next hop is tried (RFC 3261 §16.7 serial forking would also
+/// move on after 6xx for a proxy; a carrier's 6xx is the callee's final word, so not here).
+pub(super) fn moves_on(status: u16) -> bool {
+    status == 408 || (500..600).contains(&status)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dialled_number_goes_into_the_uri() {
+        assert_eq!(
+            with_user("sip:gw.example:5060;transport=tcp", "+15550123"),
+            "sip:+15550123@gw.example:5060;transport=tcp"
+        );
+        assert_eq!(with_user("<sip:10.0.0.1>", "+1555"), "sip:+1555@10.0.0.1");
+        assert_eq!(
+            with_user("sip:agent@pbx.example", "+1555"),
+            "sip:agent@pbx.example"
+        );
+        assert_eq!(
+            with_user("sips:[2001:db8::1]:5061", "100"),
+            "sips:100@[2001:db8::1]:5061"
+        );
+    }
+
+    #[test]
+    fn failover_statuses() {
+        for s in [408, 500, 502, 503, 504, 580] {
+            assert!(moves_on(s), "{s}");
+        }
+        for s in [400, 403, 404, 480, 486, 487, 488, 600, 603] {
+            assert!(!moves_on(s), "{s}");
+        }
+    }
+}
