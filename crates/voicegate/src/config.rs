@@ -11,10 +11,11 @@
 //!    of the key's default value (lists are comma-separated);
 //! 4. the merged table is deserialised into [`Config`] and [`Config::validate`]d.
 //!
-//! The schema is derived from the section structs (one module per section), so a new key only needs a
-//! field, a default and a line in `config/voicegate.toml`. Fields must not be
-//! `Option`s (a `None` would not appear in the serialised schema and could be
-//! neither checked nor overridden); use an empty string or list for "unset".
+//! The schema is derived from the section structs (one module per section), so a
+//! new key only needs a field, a default and a line in `config/voicegate.toml`.
+//! Fields must not be `Option`s (a `None` would not appear in the serialised
+//! schema and could be neither checked nor overridden); use an empty string or
+//! list for "unset".
 //!
 //! # Secrets
 //!
