@@ -1,0 +1,464 @@
+//! The session's main loop: caller RTP in through the jitter buffer to the bot, the bot's audio
+//! out through the playout queue as paced RTP, with marks, `clear`, DTMF and both sides' endings.
+//! One long-lived timer drives the 20 ms pacing and the session cap.
+
+use super::*;
+
+/// Bot requests held until the caller has heard what the bot queued before them.
+#[derive(Default)]
+pub(super) struct Held {
+    /// A `transfer`: reported to the call once its audio has played.
+    pub(super) transfer: Option<AfterPlayout<String>>,
+    /// The end of the bot step: it closed the socket, or sent `hangup`.
+    pub(super) end: Option<AfterPlayout<SessionEnd>>,
+}
+
+/// One session's rate-limited warnings, one limiter per kind.
+pub(super) struct Warnings {
+    pub(super) malformed: WarnLimiter,
+    pub(super) over_budget: WarnLimiter,
+    pub(super) playout_full: WarnLimiter,
+    pub(super) marks_full: WarnLimiter,
+}
+
+impl Warnings {
+    /// Whether a bot message of `len` bytes fits `budget`; one that does not is counted and
+    /// warned about (rate-limited), and dropped unread by the caller.
+    pub(super) fn within_budget(
+        &mut self,
+        budget: &mut BotBudget,
+        len: usize,
+        now: Instant,
+        report: &mut SessionReport,
+    ) -> bool {
+        if budget.admit(len, now) {
+            return true;
+        }
+        report.bot_frames_over_budget += 1;
+        if let Some(suppressed) = self.over_budget.allow(now) {
+            warn!(suppressed, "bot over its message budget: message dropped");
+        }
+        false
+    }
+
+    pub(super) fn new() -> Self {
+        Warnings {
+            malformed: WarnLimiter::new(WARN_INTERVAL),
+            over_budget: WarnLimiter::new(WARN_INTERVAL),
+            playout_full: WarnLimiter::new(WARN_INTERVAL),
+            marks_full: WarnLimiter::new(WARN_INTERVAL),
+        }
+    }
+}
+
+/// A media loop's one timer. Arming it for the deadline it already has costs nothing, so a loop
+/// pass (an RTP packet, a bot message) does not touch the timer wheel.
+pub(super) struct Timer {
+    pub(super) sleep: Pin<Box<Sleep>>,
+}
+
+impl Timer {
+    pub(super) fn new(at: Instant) -> Self {
+        Timer {
+            sleep: Box::pin(sleep_until(at)),
+        }
+    }
+
+    pub(super) fn arm(&mut self, at: Instant) {
+        if self.sleep.deadline() != at {
+            self.sleep.as_mut().reset(at);
+        }
+    }
+
+    pub(super) async fn wait(&mut self) {
+        self.sleep.as_mut().await;
+    }
+}
+
+/// What the bidirectional loop's timer is armed for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Due {
+    /// The pacer's next 20 ms tick: media both ways, RTCP, the RTP and bot-write timeouts.
+    Frame,
+    /// The session cap (`max_session`).
+    SessionEnd,
+}
+
+/// The earliest of the bidirectional loop's deadlines; the session cap wins a tie.
+pub(super) fn next_due(frame: Instant, session_end: Instant) -> (Instant, Due) {
+    if session_end <= frame {
+        (session_end, Due::SessionEnd)
+    } else {
+        (frame, Due::Frame)
+    }
+}
+
+pub(super) async fn session(
+    sockets: &Sockets,
+    media: &CallMedia,
+    bot: &BotSettings,
+    control: &mut mpsc::Receiver<Control>,
+    events: &mpsc::Sender<BridgeEvent>,
+    report: &mut SessionReport,
+) -> Exit {
+    // Connect while the caller waits; a caller who hangs up meanwhile ends it all.
+    let socket = tokio::select! {
+        result = ws::connect(&bot.url, &bot.client) => match result {
+            Ok(socket) => socket,
+            Err(e) => {
+                warn!(url = %bot.url, error = %e, "bot unreachable");
+                return Exit::End(SessionEnd::BotUnreachable(e.to_string()));
+            }
+        },
+        end = wait_for_end(control) => return Exit::End(end),
+    };
+    let bot_rate = match bot.protocol {
+        Protocol::Twilio => 8000,
+        Protocol::Exotel => bot.url.sample_rate(),
+    };
+    let mut pipeline = match Pipeline::new(media, bot_rate) {
+        Ok(p) => p,
+        Err(e) => {
+            return Exit::End(SessionEnd::BotClosed(format!("media setup failed: {e}")));
+        }
+    };
+    let mut custom_parameters = bot.url.custom_parameters().to_vec();
+    custom_parameters.extend(bot.extra_parameters.iter().cloned());
+    let encoder = Encoder::new(
+        bot.protocol,
+        StreamInfo {
+            stream_sid: format!("{:032x}", rand::random::<u128>()),
+            call_sid: bot.call_sid.clone(),
+            account_sid: bot.account_sid.clone(),
+            from: bot.from.clone(),
+            to: bot.to.clone(),
+            custom_parameters,
+            sample_rate: bot_rate,
+            bidirectional: bot.bidirectional,
+        },
+    );
+    let mut link = Link::new(socket, encoder);
+    link.encoder.connected(&mut link.out);
+    if !link.send() {
+        return Exit::End(SessionEnd::BotClosed("socket closed before start".into()));
+    }
+    link.encoder.start(&mut link.out);
+    if !link.send() {
+        return Exit::End(SessionEnd::BotClosed("socket closed before start".into()));
+    }
+
+    let chunk = match bot.protocol {
+        Protocol::Twilio => FRAME,
+        Protocol::Exotel => bot.media_interval,
+    };
+    let mut chunker = Chunker::new(bot_rate, chunk);
+    let mut playout = PlayoutQueue::new(bot_rate, bot.playout_max);
+    let clock = media.codec.clock_rate();
+    let mut jitter = JitterBuffer::new(JitterConfig {
+        clock_rate: clock,
+        frame_samples: clock / 50,
+        ..JitterConfig::default()
+    });
+    // RFC 4733 §2.1: the event clock is the audio's (telephone-event/48000 with Opus).
+    let mut dtmf = Rfc4733Receiver::new(clock);
+    let mut remote = RemoteAddress::new(media.latching, media.signalled);
+    let mut decoded: Vec<i16> = Vec::with_capacity(pipeline.bot_frame.len() * 2);
+    let mut rtp_in = vec![0u8; 2048];
+    let mut bot_pcm: Vec<i16> = Vec::with_capacity(bot_rate as usize * 2);
+    let started = Instant::now();
+    let deadline = started + bot.max_session;
+    let mut pacer = Pacer::new(started + FRAME, FRAME);
+    let mut peer_ssrc = None;
+    let mut stats = RtpStats::new(
+        media.ssrc,
+        format!(
+            "voicegate@{}",
+            sockets
+                .rtp
+                .local_addr()
+                .map(|a| a.ip().to_string())
+                .unwrap_or_default()
+        ),
+        media.codec,
+        started,
+    );
+    let mut rtcp_remote = RemoteAddress::new(
+        media.latching,
+        media
+            .signalled
+            .map(|a| SocketAddr::new(a.ip(), a.port().wrapping_add(1))),
+    );
+    let mut rtcp_in = vec![0u8; 1500];
+    let mut last_rtp = started;
+    let mut expect_rtp = true;
+    let mut held = Held::default();
+    let mut budget = BotBudget::new(bot.max_messages_per_sec, bot.max_bytes_per_sec, started);
+    let mut warnings = Warnings::new();
+    let mut timer = Timer::new(pacer.next_deadline());
+
+    let stage = loop {
+        let (wake_at, due) = next_due(pacer.next_deadline(), deadline);
+        timer.arm(wake_at);
+        tokio::select! {
+            received = sockets.rtp.recv_from(&mut rtp_in) => {
+                let Ok((len, from)) = received else { continue };
+                let now = Instant::now();
+                let Ok(packet) = RtpReader::new(&rtp_in[..len]) else { continue };
+                stats.on_received(u16::from(packet.sequence_number()), packet.timestamp(), packet.ssrc(), packet.payload().len(), now);
+                last_rtp = now;
+                remote.on_packet(from);
+                if peer_ssrc != Some(packet.ssrc()) {
+                    peer_ssrc = Some(packet.ssrc());
+                    jitter.set_ssrc(packet.ssrc());
+                }
+                let seq = u16::from(packet.sequence_number());
+                if Some(packet.payload_type()) == media.telephone_event {
+                    if let Some(event) = dtmf.on_packet(packet.timestamp(), packet.mark(), packet.payload(), now) {
+                        report.dtmf_events += 1;
+                        let _ = events.try_send(BridgeEvent::Dtmf(event));
+                        if bot.bidirectional && link.open {
+                            link.encoder.dtmf(event.digit, event.duration_ms, &mut link.out);
+                            let _ = link.send();
+                        }
+                    }
+                } else if packet.payload_type() == media.payload_type {
+                    jitter.push(seq, packet.timestamp(), packet.mark(), packet.payload(), now);
+                }
+            }
+            received = sockets.rtcp.recv_from(&mut rtcp_in) => {
+                if let Ok((len, from)) = received {
+                    if stats.on_rtcp(&rtcp_in[..len], Instant::now()) {
+                        rtcp_remote.on_packet(from);
+                    }
+                }
+            }
+            message = link.from_bot.next(), if link.open => {
+                if let Some(why) = bot_left(&message) {
+                    match &message {
+                        Some(Ok(Message::Close(_))) => link.answer_close().await,
+                        // tungstenite read no further than the limit: the bot hears why.
+                        Some(Err(WsProtocolError::Capacity(_))) => {
+                            link.close(CloseCode::Size, "message too big").await;
+                        }
+                        _ => {}
+                    }
+                    link.open = false;
+                    // The bot's last words (Exotel's pattern: speak, then disconnect) still play.
+                    if held.end.is_none() {
+                        held.end = Some(playout.after_playout(SessionEnd::BotClosed(why), Instant::now(), bot.final_playout_max));
+                    }
+                    continue;
+                }
+                let Some(Ok(Message::Text(text))) = message else { continue };
+                if !bot.bidirectional {
+                    continue;
+                }
+                let now = Instant::now();
+                if !warnings.within_budget(&mut budget, text.len(), now, report) {
+                    continue;
+                }
+                match dialect::parse_into(bot.protocol, text.as_str(), &mut bot_pcm) {
+                    Ok(dialect::BotMessageRef::Media) => {
+                        report.bot_media_messages += 1;
+                        let pushed = playout.push_audio(&bot_pcm);
+                        if pushed.dropped > 0 {
+                            report.playout_samples_dropped += pushed.dropped as u64;
+                            if let Some(suppressed) = warnings.playout_full.allow(now) {
+                                warn!(dropped = pushed.dropped, suppressed, "playout queue full: bot audio dropped");
+                            }
+                        }
+                    }
+                    Ok(dialect::BotMessageRef::Mark(name)) if name.len() > MAX_MARK_NAME_BYTES => {
+                        report.bot_frames_invalid += 1;
+                        if let Some(suppressed) = warnings.malformed.allow(now) {
+                            warn!(bytes = name.len(), suppressed, "mark name over {MAX_MARK_NAME_BYTES} bytes: frame ignored");
+                        }
+                    }
+                    Ok(dialect::BotMessageRef::Mark(name)) => {
+                        if !playout.push_mark(name) {
+                            if let Some(suppressed) = warnings.marks_full.allow(now) {
+                                warn!(suppressed, "too many pending marks: mark dropped");
+                            }
+                        }
+                    }
+                    Ok(dialect::BotMessageRef::Clear) => {
+                        report.clears += 1;
+                        playout.clear();
+                    }
+                    Ok(dialect::BotMessageRef::Hangup) => {
+                        if held.end.is_none() {
+                            held.end = Some(playout.after_playout(SessionEnd::BotHangup, Instant::now(), bot.final_playout_max));
+                        }
+                    }
+                    Ok(dialect::BotMessageRef::Transfer(to)) => {
+                        info!(to, "bot asked for a transfer");
+                        if held.transfer.is_none() {
+                            held.transfer = Some(playout.after_playout(to, Instant::now(), bot.final_playout_max));
+                        } else {
+                            debug!("second transfer while one is pending ignored");
+                        }
+                    }
+                    Ok(dialect::BotMessageRef::Other(event)) => debug!(event, "unknown bot event ignored"),
+                    Err(e) => {
+                        report.bot_frames_invalid += 1;
+                        if let Some(suppressed) = warnings.malformed.allow(now) {
+                            warn!(error = %e, suppressed, "malformed bot frame ignored");
+                        }
+                    }
+                }
+                // Marks due now (an empty queue, or a clear) go back at once.
+                link.echo_due_marks(&mut playout, report);
+            }
+            () = timer.wait() => {
+                if due == Due::SessionEnd {
+                    link.finish_stream(&mut chunker, report, StopReason::Stopped).await;
+                    break Stage::End(SessionEnd::MaxDuration);
+                }
+                let now = Instant::now();
+                if let (Some(report), Some(to)) = (stats.report_due(now), rtcp_remote.target()) {
+                    if sockets.rtcp.send_to(report, to).await.is_ok() {
+                        stats.report_sent();
+                    }
+                }
+                if expect_rtp && now.saturating_duration_since(last_rtp) >= media.rtp_timeout {
+                    link.finish_stream(&mut chunker, report, StopReason::Stopped).await;
+                    break Stage::End(SessionEnd::RtpTimeout);
+                }
+                if let Some(stalled) = link.stalled_for(now).filter(|s| *s >= bot.write_timeout) {
+                    warn!(secs = stalled.as_secs(), "bot stopped reading: ending its step");
+                    link.open = false;
+                    break Stage::End(SessionEnd::BotClosed(format!("bot read nothing for {} s", stalled.as_secs())));
+                }
+                for _ in 0..pacer.tick(now) {
+                    // Caller → bot.
+                    match jitter.pop(now) {
+                        Playout::Frame { payload, .. } => pipeline.decode(Some(payload), &mut decoded),
+                        Playout::Missing { .. } => {
+                            report.concealed_frames += 1;
+                            pipeline.decode(None, &mut decoded);
+                        }
+                        Playout::Gap { .. } | Playout::Waiting => {
+                            decoded.clear();
+                            decoded.resize(pipeline.bot_frame.len(), 0);
+                        }
+                    }
+                    chunker.push(&decoded);
+                    while let Some(chunk) = chunker.take_chunk() {
+                        if !link.open {
+                            break;
+                        }
+                        link.encoder.media(&chunk, chunk.timestamp_ms, &mut link.out);
+                        report.media_messages_sent += 1;
+                        if !link.send() {
+                            break;
+                        }
+                    }
+                    // Bot → caller.
+                    if bot.bidirectional {
+                        let frame = playout.next_frame(&mut pipeline.bot_frame);
+                        let send = match frame {
+                            Frame::Audio { talkspurt_start, .. } => Some(talkspurt_start),
+                            Frame::Silence => bot.silence_when_idle.then_some(false),
+                        };
+                        if let (Some(marker), Some(to)) = (send, remote.target()) {
+                            if pipeline.encode_frame(marker).is_ok() && sockets.rtp.send_to(&pipeline.packet, to).await.is_ok() {
+                                stats.on_sent(pipeline.last_timestamp(), pipeline.packet.len() - 12, now);
+                            }
+                        }
+                        link.echo_due_marks(&mut playout, report);
+                    }
+                }
+            }
+            command = control.recv() => match command {
+                Some(Control::Dtmf { digit, duration_ms }) => {
+                    report.dtmf_events += 1;
+                    if bot.bidirectional && link.open {
+                        link.encoder.dtmf(digit, duration_ms, &mut link.out);
+                        let _ = link.send();
+                    }
+                }
+                Some(Control::ExpectRtp(expect)) => {
+                    if expect && !expect_rtp {
+                        // Resumed: the timeout counts from now.
+                        last_rtp = Instant::now();
+                    }
+                    expect_rtp = expect;
+                }
+                Some(Control::CallerHungUp) | None => {
+                    link.finish_stream(&mut chunker, report, StopReason::CallEnded).await;
+                    break Stage::End(SessionEnd::CallerHungUp);
+                }
+                Some(Control::Stop) => {
+                    link.finish_stream(&mut chunker, report, StopReason::Stopped).await;
+                    break Stage::End(SessionEnd::Stopped);
+                }
+                Some(Control::HandOff { tap, ports }) => break Stage::HandOff(tap, ports),
+            },
+        }
+        // Held bot requests whose audio the caller has now heard (or whose time is up).
+        if held.transfer.is_some() || held.end.is_some() {
+            let now = Instant::now();
+            if held
+                .transfer
+                .as_ref()
+                .is_some_and(|t| playout.is_due(t, now))
+            {
+                if let Some(transfer) = held.transfer.take() {
+                    // Never wait on the call here: it may be waiting on this session.
+                    if events
+                        .try_send(BridgeEvent::Transfer {
+                            to: transfer.action,
+                        })
+                        .is_err()
+                    {
+                        warn!("transfer request lost: the call's event queue is full");
+                    }
+                }
+            }
+            if held.end.as_ref().is_some_and(|e| playout.is_due(e, now)) {
+                if let Some(end) = held.end.take() {
+                    // A bot that hung up still gets `stop` and our Close; one that left, nothing.
+                    link.finish_stream(&mut chunker, report, StopReason::Stopped)
+                        .await;
+                    break Stage::End(end.action);
+                }
+            }
+        }
+    };
+    report.playout_samples_dropped = playout.stats().samples_dropped;
+    report.frames_to_bot_dropped = link.dropped;
+    // When the call moves on (an agent, ringback) the caller's media goes on: no RTCP BYE then.
+    let media_goes_on = matches!(stage, Stage::HandOff(..) | Stage::End(SessionEnd::Stopped));
+    if let (Some(to), false) = (rtcp_remote.target(), media_goes_on) {
+        if sockets
+            .rtcp
+            .send_to(stats.final_report(Instant::now()), to)
+            .await
+            .is_ok()
+        {
+            stats.report_sent();
+        }
+    }
+    report.rtp = stats.summary();
+    let (tap, ports) = match stage {
+        Stage::End(end) => return Exit::End(end),
+        Stage::HandOff(tap, ports) => (tap, ports),
+    };
+    // The queued audio will never play: its marks come back now, as after `clear`.
+    playout.clear();
+    link.echo_due_marks(&mut playout, report);
+    // The caller's audio not yet sent closes the caller-only part of the stream.
+    link.flush_caller_audio(&mut chunker, report);
+    Exit::HandOff(Box::new(HandOff {
+        tap,
+        ports,
+        link,
+        timeline: Timeline {
+            started,
+            deadline,
+            bot_rate,
+            chunk,
+            sent_ms: chunker.timestamp_ms(),
+        },
+    }))
+}
