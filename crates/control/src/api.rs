@@ -831,5 +831,39 @@ async fn own_trunk(st: &ApiState, ctx: &Ctx, sid: &str) -> Result<TrunkRecord, A
         .ok_or_else(ApiError::trunk_forbidden)
 }
 
+/// One page of a trunk's `what` (phone numbers, IPs, …) for the list envelope: the trunk in
+/// the path must be the account's; `read` gets up to a page and one more row.
+async fn trunk_page<T, F, Fut>(
+    st: &ApiState,
+    ctx: &Ctx,
+    (path, query): (&HashMap<String, String>, &HashMap<String, String>),
+    what: &'static str,
+    view: fn(&T) -> Value,
+    read: F,
+) -> Result<Out, ApiError>
+where
+    F: FnOnce(String, Page) -> Fut,
+    Fut: Future<Output = crate::store::StoreResult<Vec<T>>>,
+{
+    let pg = page(query)?;
+    let trunk = own_trunk(st, ctx, param(path, "trunk_sid")).await?;
+    let rows = read(trunk.sid, probe(pg))
+        .await
+        .map_err(|e| ApiError::store(e, what))?;
+    Ok(list_out(ctx, pg, rows, "", view))
+}
+
+/// One `what` as the API shows it, or 404 when the store found none.
+fn one_found<T>(
+    what: &'static str,
+    view: fn(&T) -> Value,
+    found: crate::store::StoreResult<Option<T>>,
+) -> Result<Out, ApiError> {
+    let rec = found
+        .map_err(|e| ApiError::store(e, what))?
+        .ok_or_else(|| ApiError::not_found(what))?;
+    Ok(Out::One(view(&rec)))
+}
+
 #[cfg(test)]
 mod tests;

@@ -93,31 +93,25 @@ pub(super) async fn list_credentials(
     Path(p): Params,
     Query(q): QueryMap,
 ) -> Response {
-    let result = async {
-        let pg = page(&q)?;
-        let trunk = own_trunk(&st, &ctx, param(&p, "trunk_sid")).await?;
-        let rows = st
-            .store
-            .list_credentials(&trunk.sid, probe(pg))
-            .await
-            .map_err(|e| ApiError::store(e, "Credential"))?;
-        Ok(list_out(&ctx, pg, rows, "", credential_json))
-    }
+    let store = &st.store;
+    let result = trunk_page(
+        &st,
+        &ctx,
+        (&p, &q),
+        "Credential",
+        credential_json,
+        |sid, page| async move { store.list_credentials(&sid, page).await },
+    )
     .await;
     ctx.reply(result)
 }
 
 pub(super) async fn get_credential(State(st): St, ctx: Ctx, Path(p): Params) -> Response {
-    let result = async {
-        let rec = st
-            .store
-            .credential(&ctx.account_sid, param(&p, "id"))
-            .await
-            .map_err(|e| ApiError::store(e, "Credential"))?
-            .ok_or_else(|| ApiError::not_found("Credential"))?;
-        Ok(Out::One(credential_json(&rec)))
-    }
-    .await;
+    let result = one_found(
+        "Credential",
+        credential_json,
+        st.store.credential(&ctx.account_sid, param(&p, "id")).await,
+    );
     ctx.reply(result)
 }
 

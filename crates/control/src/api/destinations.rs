@@ -158,16 +158,15 @@ pub(super) async fn list_destinations(
     Path(p): Params,
     Query(q): QueryMap,
 ) -> Response {
-    let result = async {
-        let pg = page(&q)?;
-        let trunk = own_trunk(&st, &ctx, param(&p, "trunk_sid")).await?;
-        let rows = st
-            .store
-            .list_destinations(&trunk.sid, probe(pg))
-            .await
-            .map_err(|e| ApiError::store(e, "Destination"))?;
-        Ok(list_out(&ctx, pg, rows, "", destination_json))
-    }
+    let store = &st.store;
+    let result = trunk_page(
+        &st,
+        &ctx,
+        (&p, &q),
+        "Destination",
+        destination_json,
+        |sid, page| async move { store.list_destinations(&sid, page).await },
+    )
     .await;
     ctx.reply(result)
 }

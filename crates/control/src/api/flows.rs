@@ -182,16 +182,11 @@ pub(super) async fn list_flows(State(st): St, ctx: Ctx, Query(q): QueryMap) -> R
 }
 
 pub(super) async fn get_flow(State(st): St, ctx: Ctx, Path(p): Params) -> Response {
-    let result = async {
-        let rec = st
-            .store
-            .flow(&ctx.account_sid, param(&p, "flow_id"))
-            .await
-            .map_err(|e| ApiError::store(e, "Flow"))?
-            .ok_or_else(|| ApiError::not_found("Flow"))?;
-        Ok(Out::One(flow_json(&rec)))
-    }
-    .await;
+    let result = one_found(
+        "Flow",
+        flow_json,
+        st.store.flow(&ctx.account_sid, param(&p, "flow_id")).await,
+    );
     ctx.reply(result)
 }
 

@@ -56,16 +56,15 @@ pub(super) async fn list_ips(
     Path(p): Params,
     Query(q): QueryMap,
 ) -> Response {
-    let result = async {
-        let pg = page(&q)?;
-        let trunk = own_trunk(&st, &ctx, param(&p, "trunk_sid")).await?;
-        let rows = st
-            .store
-            .list_ips(&trunk.sid, probe(pg))
-            .await
-            .map_err(|e| ApiError::store(e, "Whitelisted IP"))?;
-        Ok(list_out(&ctx, pg, rows, "", ip_json))
-    }
+    let store = &st.store;
+    let result = trunk_page(
+        &st,
+        &ctx,
+        (&p, &q),
+        "Whitelisted IP",
+        ip_json,
+        |sid, page| async move { store.list_ips(&sid, page).await },
+    )
     .await;
     ctx.reply(result)
 }

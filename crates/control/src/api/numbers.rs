@@ -54,16 +54,15 @@ pub(super) async fn list_numbers(
     Path(p): Params,
     Query(q): QueryMap,
 ) -> Response {
-    let result = async {
-        let pg = page(&q)?;
-        let trunk = own_trunk(&st, &ctx, param(&p, "trunk_sid")).await?;
-        let rows = st
-            .store
-            .list_numbers(&trunk.sid, probe(pg))
-            .await
-            .map_err(|e| ApiError::store(e, "Phone number"))?;
-        Ok(list_out(&ctx, pg, rows, "", number_json))
-    }
+    let store = &st.store;
+    let result = trunk_page(
+        &st,
+        &ctx,
+        (&p, &q),
+        "Phone number",
+        number_json,
+        |sid, page| async move { store.list_numbers(&sid, page).await },
+    )
     .await;
     ctx.reply(result)
 }
@@ -71,13 +70,11 @@ pub(super) async fn list_numbers(
 pub(super) async fn get_number(State(st): St, ctx: Ctx, Path(p): Params) -> Response {
     let result = async {
         let trunk = own_trunk(&st, &ctx, param(&p, "trunk_sid")).await?;
-        let rec = st
-            .store
-            .number(&trunk.sid, param(&p, "id"))
-            .await
-            .map_err(|e| ApiError::store(e, "Phone number"))?
-            .ok_or_else(|| ApiError::not_found("Phone number"))?;
-        Ok(Out::One(number_json(&rec)))
+        one_found(
+            "Phone number",
+            number_json,
+            st.store.number(&trunk.sid, param(&p, "id")).await,
+        )
     }
     .await;
     ctx.reply(result)

@@ -83,16 +83,15 @@ pub(super) async fn list_settings(
     Path(p): Params,
     Query(q): QueryMap,
 ) -> Response {
-    let result = async {
-        let pg = page(&q)?;
-        let trunk = own_trunk(&st, &ctx, param(&p, "trunk_sid")).await?;
-        let rows = st
-            .store
-            .list_settings(&trunk.sid, probe(pg))
-            .await
-            .map_err(|e| ApiError::store(e, "Setting"))?;
-        Ok(list_out(&ctx, pg, rows, "", setting_json))
-    }
+    let store = &st.store;
+    let result = trunk_page(
+        &st,
+        &ctx,
+        (&p, &q),
+        "Setting",
+        setting_json,
+        |sid, page| async move { store.list_settings(&sid, page).await },
+    )
     .await;
     ctx.reply(result)
 }
