@@ -10,15 +10,12 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, warn};
-use voicegate_sip::dialog::{random_token, ALLOW, SUPPORTED};
-use voicegate_sip::message::{Message, Request};
+use voicegate_sip::dialog::{random_token, InDialog, ALLOW, SUPPORTED};
+use voicegate_sip::message::{Message, Method, Request};
 use voicegate_sip::transport::{Handler, Incoming, Source};
 
 use crate::call;
 use crate::core::{CallInput, CallTx, Core};
-
-/// SIP methods we know of but do not serve here: 405 rather than 501 (RFC 3261 §21.4.6).
-const KNOWN_NOT_ALLOWED: &[&str] = &["REGISTER", "SUBSCRIBE", "PUBLISH", "MESSAGE", "PRACK"];
 
 /// What the core does with each message from the transports.
 impl Core {
@@ -145,9 +142,9 @@ impl Core {
             let response = request.response(481, "Call/Transaction Does Not Exist");
             return self.answer(&request, &source, &branch, response);
         }
-        match request.method.as_str() {
-            "INVITE" => self.new_call(request, source, call_id, branch),
-            "OPTIONS" => {
+        match request.method {
+            Method::Invite => self.new_call(request, source, call_id, branch),
+            Method::Options => {
                 let response = request
                     .response(200, "OK")
                     .header("Allow", ALLOW)
@@ -155,26 +152,36 @@ impl Core {
                     .header("Supported", SUPPORTED);
                 self.answer(&request, &source, &branch, response)
             }
-            "REGISTER"
+            Method::Register
                 if self.gate.as_ref().is_some_and(|g| g.is_active()) && self.store.is_some() =>
             {
                 tokio::spawn(crate::registrar::handle(self.clone(), request, source));
             }
+            // An ACK is never answered; it was routed or dropped above.
+            Method::Ack => {}
             // Only inside a dialog: an out-of-dialog REFER (RFC 3515 allows it) is not taken.
-            "BYE" | "INFO" | "UPDATE" | "REFER" | "NOTIFY" => {
+            // (A CANCEL without its INVITE was answered above.)
+            Method::Bye
+            | Method::Info
+            | Method::Update
+            | Method::Refer
+            | Method::Notify
+            | Method::Cancel => {
                 let response = request.response(481, "Call/Transaction Does Not Exist");
                 self.answer(&request, &source, &branch, response)
             }
-            m if KNOWN_NOT_ALLOWED.contains(&m) => {
-                let response = request
-                    .response(405, "Method Not Allowed")
-                    .header("Allow", ALLOW);
-                self.answer(&request, &source, &branch, response)
-            }
-            _ => {
-                let response = request
-                    .response(501, "Not Implemented")
-                    .header("Allow", ALLOW);
+            // The same answers as inside a dialog: 405 for a method we know but do not serve
+            // (REGISTER without trunks that register), 501 for one we do not know.
+            Method::Register
+            | Method::Subscribe
+            | Method::Publish
+            | Method::Message
+            | Method::Prack
+            | Method::Other(_) => {
+                let (status, reason) = InDialog::of(&request.method)
+                    .refusal()
+                    .unwrap_or((501, "Not Implemented"));
+                let response = request.response(status, reason).header("Allow", ALLOW);
                 self.answer(&request, &source, &branch, response)
             }
         }
