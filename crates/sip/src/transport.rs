@@ -22,7 +22,7 @@ use crate::framing::{Frame, Framer, FramingError};
 use crate::limits::{
     AcceptBackoff, ConnectionCounts, ConnectionSlot, IdleClock, LogLimiter, StreamLimits,
 };
-use crate::message::{self, Message, ParseError, Request};
+use crate::message::{self, Message, Method, ParseError, Request};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum TransportKind {
@@ -912,7 +912,7 @@ fn answer_bad_request(
         .fetch_add(1, Ordering::Relaxed)
         + 1;
     debug!(remote = %source.remote, status, reason, bad_requests_total = n, "answering bad request");
-    if request.method == "ACK" {
+    if request.method == Method::Ack {
         return; // ACKs are never answered
     }
     message::stamp_received(&mut request.headers, source.remote);

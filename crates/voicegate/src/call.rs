@@ -1142,7 +1142,7 @@ impl Call {
         for (name, value) in extra {
             response = response.header(name, value.clone());
         }
-        if status == 405 || status == 501 || (request.method == "OPTIONS" && status == 200) {
+        if status == 405 || status == 501 || (request.method == Method::Options && status == 200) {
             response = response.header("Allow", ALLOW);
         }
         let mut tx =

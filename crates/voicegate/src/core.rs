@@ -324,7 +324,7 @@ impl Core {
 
     /// A retransmitted out-of-dialog request gets the answer it had.
     pub(crate) fn answer_retransmission(&self, request: &Request, branch: &str) -> bool {
-        if request.method == "INVITE" || branch.is_empty() {
+        if request.method == Method::Invite || branch.is_empty() {
             return false;
         }
         let mut table = self.out_of_dialog.lock().unwrap_or_else(|e| e.into_inner());
@@ -358,7 +358,7 @@ impl Core {
             source.remote,
             source.transport.is_reliable(),
         );
-        if request.method == "INVITE" || request.method == "ACK" || branch.is_empty() {
+        if request.method == Method::Invite || request.method == Method::Ack || branch.is_empty() {
             sender.send_to(source, target, bytes);
             return;
         }

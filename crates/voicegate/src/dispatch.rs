@@ -76,7 +76,7 @@ impl Core {
     fn on_request(self: &Arc<Self>, request: Request, source: Source) {
         let call_id = request.call_id().to_string();
         let branch = request.branch().unwrap_or_default();
-        let is_ack = request.method == "ACK";
+        let is_ack = request.method == Method::Ack;
 
         // In-dialog (or answered-transaction) requests carry our To-tag.
         let target = {
@@ -106,7 +106,9 @@ impl Core {
             return;
         }
         if target.is_none() {
-            if request.method == "INVITE" && self.refusal_retransmission(&request, &branch, false) {
+            if request.method == Method::Invite
+                && self.refusal_retransmission(&request, &branch, false)
+            {
                 return;
             }
             if !self.shield_passes(&source) {
@@ -116,7 +118,7 @@ impl Core {
         if self.answer_retransmission(&request, &branch) {
             return;
         }
-        if request.method != "CANCEL" {
+        if request.method != Method::Cancel {
             let scheme = request.uri.split(':').next().unwrap_or_default();
             if !scheme.eq_ignore_ascii_case("sip") && !scheme.eq_ignore_ascii_case("sips") {
                 // RFC 3261 §8.2.2.1 (RFC 4475 unkscm, novelsc).
@@ -138,7 +140,7 @@ impl Core {
         if let Some(call) = target {
             return forward(&call, CallInput::Request(request, source));
         }
-        if request.to_tag().is_some() || request.method == "CANCEL" {
+        if request.to_tag().is_some() || request.method == Method::Cancel {
             let response = request.response(481, "Call/Transaction Does Not Exist");
             return self.answer(&request, &source, &branch, response);
         }

@@ -204,7 +204,7 @@ impl Pair {
         for (_, _, answered) in &mut self.sides[i].answered {
             match answered {
                 Answered::Invite(cseq, tx)
-                    if request.method == "INVITE" && *cseq == request.cseq().0 =>
+                    if request.method == Method::Invite && *cseq == request.cseq().0 =>
                 {
                     return tx.on_request_retransmit(now)
                 }
@@ -362,10 +362,10 @@ impl Pair {
         for (name, value) in extra {
             response = response.header(name, value.clone());
         }
-        if status == 405 || (request.method == "INVITE" && status == 200) {
+        if status == 405 || status == 501 || (request.method == Method::Invite && status == 200) {
             response = response.header("Allow", ALLOW);
         }
-        if request.method == "INVITE" && status == 200 {
+        if request.method == Method::Invite && status == 200 {
             if let Some(i) = i {
                 let contact = self.sides[i].leg.contact().to_string();
                 response = response
@@ -379,7 +379,7 @@ impl Pair {
         let reliable = source.transport.is_reliable();
         let target =
             voicegate_sip::message::response_target(&request.headers, source.remote, reliable);
-        let answered = if request.method == "INVITE" {
+        let answered = if request.method == Method::Invite {
             let mut tx = ServerInviteTx::new(reliable, self.core.settings.timers);
             tx.respond(status, response.to_bytes(), now);
             Answered::Invite(request.cseq().0, tx)
