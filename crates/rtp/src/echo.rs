@@ -191,7 +191,9 @@ async fn run(
     mut control_rx: watch::Receiver<(LegControl, bool)>,
     events: mpsc::Sender<MediaEvent>,
 ) -> LegReport {
-    let control = control_rx.borrow_and_update().0.clone();
+    // Reading the control marks it seen: a stop already asked for must be taken here, or
+    // `changed()` below would never report it and the leg would never end.
+    let (control, stopped) = control_rx.borrow_and_update().clone();
     let now = Instant::now();
     let mut state = State {
         renumber: Renumber::new(config.ssrc, rand::random(), rand::random()),
@@ -212,7 +214,8 @@ async fn run(
     // DTMF whose end was lost), rather than timers re-armed on every packet.
     let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
     housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
+    let mut stop = stopped;
+    while !stop {
         tokio::select! {
             received = leg.rtp.recv_from(&mut buf) => match received {
                 Ok((len, from)) => {
@@ -249,11 +252,11 @@ async fn run(
                 }
             }
             changed = control_rx.changed() => {
-                let (control, stop) = control_rx.borrow_and_update().clone();
-                if changed.is_err() || stop {
-                    break;
+                let (control, stop_asked) = control_rx.borrow_and_update().clone();
+                stop = changed.is_err() || stop_asked;
+                if !stop {
+                    state.apply(control);
                 }
-                state.apply(control);
             }
         }
     }
@@ -455,6 +458,19 @@ mod tests {
             client,
             events,
         }
+    }
+
+    /// A call can hang up before the leg's task first runs (a BYE right behind the ACK on a
+    /// busy machine): the stop asked for then must still end the task and give its report.
+    #[tokio::test]
+    async fn a_leg_stopped_before_its_task_first_runs_still_stops() {
+        // The test runtime is single-threaded: nothing spawned has run yet.
+        let Started { pool, echo, .. } = start_leg(Duration::from_secs(30)).await;
+        let report = tokio::time::timeout(Duration::from_secs(2), echo.stop())
+            .await
+            .expect("the leg stops");
+        assert_eq!(report.rtp.packets_in, 0);
+        assert_eq!(pool.in_use(), 0);
     }
 
     #[tokio::test]
