@@ -10,26 +10,16 @@ use std::time::Duration;
 use common::*;
 use futures_util::StreamExt;
 use serde_json::json;
-use tokio::net::{TcpSocket, UdpSocket};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 use voicegate_bridge::dialect::Protocol;
 use voicegate_bridge::session::{BridgeEvent, SessionEnd};
-use voicegate_rtp::PortPool;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bot_that_stops_reading_is_ended_while_the_caller_keeps_hearing_it() {
-    // The bot's socket takes little before the kernel stops accepting: it fills quickly.
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let (min, max) = free_range(4);
-    let call = Call {
-        pool: PortPool::new(min, max),
-        caller: UdpSocket::bind("127.0.0.1:0").await.unwrap(),
-        listener: socket.listen(16).unwrap(),
-    };
+    // What voicegate sends fills the bot's small receive buffer, then its queue to the bot.
+    let call = Call::with_slow_reading_bot().await;
     // 24 kHz audio in 20 ms messages: the most bytes a second a session sends a bot.
     let mut settings = call.bot(Protocol::Exotel, "?sample-rate=24000");
     settings.media_interval = Duration::from_millis(20);

@@ -8,11 +8,10 @@ use std::time::Duration;
 use common::*;
 use futures_util::StreamExt;
 use serde_json::json;
-use tokio::net::{TcpSocket, UdpSocket};
+use tokio::net::UdpSocket;
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::time::Instant;
 use voicegate_bridge::dialect::Protocol;
-use voicegate_rtp::PortPool;
 
 const STALL: Duration = Duration::from_secs(5);
 
@@ -30,17 +29,8 @@ async fn caller_hears(caller: &UdpSocket, until: Instant) -> Vec<Instant> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bot_that_stops_reading_for_5_s_does_not_disturb_the_callers_rtp() {
-    // A small receive buffer on the bot's side: what voicegate sends fills the kernel's buffers
-    // and then its queue to the bot well within the stall.
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let (min, max) = free_range(4);
-    let call = Call {
-        pool: PortPool::new(min, max),
-        caller: UdpSocket::bind("127.0.0.1:0").await.unwrap(),
-        listener: socket.listen(16).unwrap(),
-    };
+    // What voicegate sends fills the bot's small receive buffer, then its queue to the bot.
+    let call = Call::with_slow_reading_bot().await;
     // 24 kHz in 20 ms messages: the most bytes a second a session sends a bot.
     let mut settings = call.bot(Protocol::Exotel, "?sample-rate=24000");
     settings.media_interval = Duration::from_millis(20);

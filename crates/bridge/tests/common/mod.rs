@@ -44,6 +44,20 @@ pub struct Call {
 }
 
 impl Call {
+    /// A call whose bot socket takes little before the kernel stops accepting (a 4 KiB receive
+    /// buffer): a bot that stops reading fills it, and then voicegate's queue, quickly.
+    pub async fn with_slow_reading_bot() -> Call {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let (min, max) = free_range(4);
+        Call {
+            pool: PortPool::new(min, max),
+            caller: UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+            listener: socket.listen(16).unwrap(),
+        }
+    }
+
     pub async fn new() -> Call {
         let (min, max) = free_range(4);
         Call {
