@@ -7,7 +7,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use tracing::warn;
 use voicegate_bridge::dialect::Protocol;
@@ -252,13 +252,6 @@ fn flow_route(flow: &FlowRecord) -> Result<FlowRoute, String> {
     })
 }
 
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// Puts the MD5 challenge first. RFC 8760 would put SHA-256 first, but many deployed UAs
 /// (SIPp among them) answer only the first challenge and know only MD5; UAs that support
 /// SHA-256 still find it in the second header.
@@ -381,7 +374,7 @@ impl Gate {
             .digest
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .verify(header, method, now_secs(), password_for);
+            .verify(header, method, crate::clock::unix_secs(), password_for);
         let forbidden = |reason: String| Outcome::Refused {
             status: 403,
             reason,
@@ -408,7 +401,7 @@ impl Gate {
             .digest
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .challenge(now_secs(), stale);
+            .challenge(crate::clock::unix_secs(), stale);
         Outcome::Challenge(md5_first(values))
     }
 

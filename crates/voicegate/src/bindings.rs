@@ -2,7 +2,6 @@
 //! call to a trunk's PBX never waits on the database.
 
 use std::collections::HashMap;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use voicegate_control::Binding;
 
@@ -67,13 +66,6 @@ impl Bindings {
             !list.is_empty()
         });
     }
-}
-
-/// The wall clock in Unix seconds, as binding expiries are kept.
-pub fn unix_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]

@@ -1593,11 +1593,6 @@ impl Call {
     }
 }
 
-/// The ringback tone named by `routing.ringback`.
-pub fn ringback_tone(name: &str) -> voicegate_bridge::tone::Tone {
-    media::ringback(name)
-}
-
 /// INVITE headers named in `bridge.forward_headers` (a trailing `*` matches a prefix), as
 /// custom parameters for the bot.
 fn forwarded_headers(invite: &Request, patterns: &[String]) -> Vec<(String, String)> {

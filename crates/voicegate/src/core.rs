@@ -193,8 +193,7 @@ impl Core {
                 {
                     last_summary = now;
                     core.log_refusals(now);
-                    core.lock_bindings()
-                        .purge(crate::bindings::unix_secs() as i64);
+                    core.lock_bindings().purge(crate::clock::unix_secs() as i64);
                     release_free_memory();
                 }
             }

@@ -8,6 +8,7 @@ pub mod admit;
 pub mod api_listener;
 pub mod bindings;
 pub mod call;
+pub mod clock;
 pub mod config;
 pub mod core;
 pub mod dispatch;

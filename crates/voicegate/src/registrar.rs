@@ -56,7 +56,7 @@ async fn register(core: &Core, request: &Request, source: &Source) -> Response {
     else {
         return request.response(400, "Malformed To");
     };
-    let now = crate::bindings::unix_secs();
+    let now = crate::clock::unix_secs();
     let default_expires = match request
         .headers
         .get("Expires")

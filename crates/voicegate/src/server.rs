@@ -134,7 +134,7 @@ pub fn settings(config: &Config) -> Result<Settings, StartError> {
                 session_expires: routing.session_expires_secs,
                 min_se: routing.min_session_expires_secs,
             },
-            ringback: crate::call::ringback_tone(&routing.ringback),
+            ringback: crate::settings::ringback_tone(&routing.ringback),
         },
         limits: crate::settings::LimitSettings::from_config(&config.limits),
     })
@@ -210,7 +210,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     };
     let bindings = match &store {
         Some(store) => {
-            let now = crate::bindings::unix_secs() as i64;
+            let now = crate::clock::unix_secs() as i64;
             let live = store
                 .bindings(now)
                 .await

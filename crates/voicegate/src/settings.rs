@@ -131,3 +131,11 @@ pub struct BridgeSettings {
     pub silence_when_idle: bool,
     pub forward_headers: Vec<String>,
 }
+
+/// The ringback tone `routing.ringback` names ("eu" or "us").
+pub fn ringback_tone(name: &str) -> voicegate_bridge::tone::Tone {
+    match name {
+        "us" => voicegate_bridge::tone::Tone::RingbackUs,
+        _ => voicegate_bridge::tone::Tone::Ringback,
+    }
+}

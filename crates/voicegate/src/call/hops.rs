@@ -81,7 +81,7 @@ pub async fn trunk_hops(core: &Core, trunk_sid: &str, number: &str) -> Vec<NextH
             }));
         }
     }
-    let now = crate::bindings::unix_secs() as i64;
+    let now = crate::clock::unix_secs() as i64;
     let bindings = core.lock_bindings().live(trunk_sid, now);
     for b in bindings {
         let fixed = crate::registrar::binding_target(&b.source);

@@ -60,11 +60,3 @@ pub(super) fn answer_reinvite_offer(
     local.session_version += 1;
     Ok((sdp::build_answer(&offer, local, &n), Some(n)))
 }
-
-/// Ringback tone named in the config.
-pub fn ringback(name: &str) -> voicegate_bridge::tone::Tone {
-    match name {
-        "us" => voicegate_bridge::tone::Tone::RingbackUs,
-        _ => voicegate_bridge::tone::Tone::Ringback,
-    }
-}
