@@ -28,9 +28,7 @@ use voicegate_sip::dialog::{Dialog, InDialog};
 use voicegate_sip::info;
 use voicegate_sip::message::{Method, Request, Response};
 use voicegate_sip::sdp::{self, Direction, LocalMedia, Negotiated};
-use voicegate_sip::transaction::{
-    ClientNonInviteTx, ServerInviteState, ServerInviteTx, ServerNonInviteTx, TxEvent,
-};
+use voicegate_sip::transaction::{ServerInviteState, ServerInviteTx, TxEvent};
 use voicegate_sip::transport::Source;
 
 use crate::admit::Outcome;
@@ -41,8 +39,9 @@ use hops::NextHop;
 use voicegate_bridge::relay::{RelayEvent, RelayHandle};
 use voicegate_bridge::tap::TapFrame;
 use voicegate_bridge::tone::ToneHandle;
+use voicegate_call::{Answer, Arrival, Identity, Incoming, OutboundLeg, Outgoing, OutgoingEvent};
 use voicegate_control::Mode;
-use voicegate_sip::dialog::{random_token, ALLOW, SUPPORTED};
+use voicegate_sip::dialog::{ALLOW, SUPPORTED};
 use voicegate_sip::session_timer::{self, SessionTimer, UasTimer};
 
 /// What a dialled number leads to.
@@ -269,12 +268,6 @@ struct MediaRecord {
     peer_label: Option<String>,
 }
 
-/// A re-INVITE in progress (RFC 3261 §14.2).
-struct Reinvite {
-    cseq: u32,
-    tx: ServerInviteTx,
-}
-
 struct Call {
     core: Arc<Core>,
     source: Source,
@@ -283,10 +276,10 @@ struct Call {
     local_tag: String,
     number: String,
     invite_tx: ServerInviteTx,
-    reinvite: Option<Reinvite>,
-    /// Non-INVITE requests we answered in this call, kept for retransmissions.
-    answered: Vec<(String, Method, ServerNonInviteTx)>,
-    bye: Option<ClientNonInviteTx>,
+    /// The caller's requests in its dialog, and our answers.
+    caller_in: Incoming,
+    /// Our requests to the caller: BYE, NOTIFY for its REFER, re-INVITE for a hold.
+    caller_out: Outgoing,
     dialog: Dialog,
     phase: Phase,
     media: Option<Media>,
@@ -316,13 +309,9 @@ struct Call {
     peer: Option<Peer>,
     /// The other leg while a REFER it sent is carried out (it is replaced on success).
     transferor: Option<Peer>,
-    /// Our NOTIFYs to the caller about its REFER, by CSeq.
-    caller_requests: Vec<(u32, ClientNonInviteTx)>,
-    /// Our re-INVITE to the caller, carrying a hold or resume of the other leg.
-    caller_reinvite: Option<b2bua::CallerReinvite>,
     /// Legs of peers given up on (a failed agent or transfer target), until their last
     /// transactions end.
-    retired: Vec<crate::outbound::OutboundLeg>,
+    retired: Vec<OutboundLeg>,
     /// Work for the run loop that has to await.
     pending: Option<Pending>,
     relay_events: Option<mpsc::Receiver<RelayEvent>>,
@@ -350,8 +339,23 @@ pub async fn run(
 ) {
     let now = Instant::now();
     let number = invite.uri_user().unwrap_or_default();
+    let timers = core.settings.timers;
+    let user_agent = core.sender().user_agent();
+    let ip = advertised_ip(core.settings.public_ip, &source);
+    let identity = Identity {
+        via: format!(
+            "SIP/2.0/{} {ip}:{}",
+            source.transport.as_via(),
+            source.local.port()
+        ),
+        contact: caller_contact(&invite, &number, ip, &source),
+        user_agent: user_agent.to_string(),
+    };
+    let reliable = source.transport.is_reliable();
     let mut call = Call {
-        invite_tx: ServerInviteTx::new(source.transport.is_reliable(), core.settings.timers),
+        invite_tx: ServerInviteTx::new(reliable, timers),
+        caller_in: Incoming::new(timers, Arc::from(user_agent), &local_tag),
+        caller_out: Outgoing::new(identity, reliable, timers),
         dialog: Dialog::from_invite(&invite, &local_tag),
         core: core.clone(),
         source,
@@ -359,9 +363,6 @@ pub async fn run(
         invite_branch: branch.clone(),
         local_tag: local_tag.clone(),
         number,
-        reinvite: None,
-        answered: Vec::new(),
-        bye: None,
         phase: Phase::Done,
         media: None,
         media_record: MediaRecord::default(),
@@ -382,8 +383,6 @@ pub async fn run(
         peer: None,
         transferor: None,
         retired: Vec::new(),
-        caller_reinvite: None,
-        caller_requests: Vec::new(),
         pending: None,
         relay_events: None,
         assist: None,
@@ -617,29 +616,14 @@ impl Call {
         Ok((ports, local))
     }
 
-    /// The address we put in Contact and SDP: the configured public one, else the address the
-    /// INVITE reached us on, else (wildcard listener) the local address routed towards the peer.
+    /// The address we put in Contact and SDP (see [`advertised_ip`]).
     fn advertised_ip(&self) -> IpAddr {
-        if let Some(ip) = self.core.settings.public_ip {
-            return ip;
-        }
-        let local = self.source.local.ip();
-        if !local.is_unspecified() {
-            return local;
-        }
-        local_ip_towards(self.source.remote).unwrap_or(local)
+        advertised_ip(self.core.settings.public_ip, &self.source)
     }
 
-    /// Our Contact towards the caller, in answers and in the requests of its dialog: the
-    /// scheme follows its INVITE (RFC 3261 §12.1.1), not the transport it came over.
+    /// Our Contact towards the caller, in answers and in the requests of its dialog.
     fn contact(&self) -> String {
-        voicegate_sip::contact::value(
-            voicegate_sip::contact::for_answer(&self.invite),
-            &self.number,
-            self.advertised_ip(),
-            self.source.local.port(),
-            self.source.transport,
-        )
+        self.caller_out.identity.contact.clone()
     }
 
     fn answer(&mut self, now: Instant) {
@@ -801,90 +785,64 @@ impl Call {
             return self.on_peer_request(request, source, now);
         }
         let branch = request.branch().unwrap_or_default();
-        let kind = InDialog::of(&request.method);
+        if request.method == Method::Invite
+            && branch == self.invite_branch
+            && request.to_tag().is_none()
+        {
+            return self.invite_tx.on_request_retransmit(now);
+        }
+        // Once the call is over this task only lingers for retransmissions; a CANCEL is still
+        // answered while its INVITE's transaction lives (RFC 3261 §9.2).
+        let open = self.phase != Phase::Done || request.method == Method::Cancel;
+        let dialog = open.then_some(&mut self.dialog);
+        let kind = match self.caller_in.receive(dialog, &request, &source, now) {
+            Arrival::Handled => return,
+            Arrival::ReinviteAck => {
+                if !request.body.is_empty() {
+                    self.apply_answer(&request.body);
+                }
+                return;
+            }
+            Arrival::Ack => return self.on_ack(&request, now),
+            Arrival::Request(kind) => kind,
+        };
         match kind {
-            InDialog::Ack => self.on_ack(&request, now),
-            InDialog::Invite if branch == self.invite_branch && request.to_tag().is_none() => {
-                self.invite_tx.on_request_retransmit(now);
-            }
-            InDialog::Invite => self.on_reinvite(request, source, now),
             InDialog::Cancel => self.on_cancel(&request, &source, &branch, now),
-            _ => {
-                if let Some((_, _, tx)) = self
-                    .answered
-                    .iter_mut()
-                    .find(|(b, m, _)| *b == branch && *m == request.method)
-                {
-                    tx.on_request_retransmit(now);
-                    return;
+            InDialog::Bye => self.on_bye(&request, &source, now),
+            InDialog::Invite => self.on_reinvite(request, source, now),
+            InDialog::Info => {
+                let content_type = request.headers.get("Content-Type").unwrap_or_default();
+                if let Some(key) = info::parse_dtmf(content_type, &request.body) {
+                    let event = dtmf::DtmfEvent {
+                        digit: key.digit,
+                        duration_ms: key.duration_ms,
+                        volume: dtmf::DEFAULT_VOLUME,
+                    };
+                    self.on_dtmf(event, "info");
                 }
-                if self.phase == Phase::Done {
-                    // The dialog is over; this task only lingers for retransmissions.
-                    return self.answer_no_dialog(&request, &source, &branch, now);
-                }
-                if let Err(e) = self.dialog.accept_remote_cseq(&request) {
-                    return self.answer_request(
-                        &request,
-                        &source,
-                        &branch,
-                        500,
-                        &format!("Server Internal Error: {e}"),
-                        now,
-                    );
-                }
-                match kind {
-                    InDialog::Bye => self.on_bye(&request, &source, &branch, now),
-                    InDialog::Info => {
-                        let content_type = request.headers.get("Content-Type").unwrap_or_default();
-                        if let Some(key) = info::parse_dtmf(content_type, &request.body) {
-                            let event = dtmf::DtmfEvent {
-                                digit: key.digit,
-                                duration_ms: key.duration_ms,
-                                volume: dtmf::DEFAULT_VOLUME,
-                            };
-                            self.on_dtmf(event, "info");
-                        }
-                        self.answer_request(&request, &source, &branch, 200, "OK", now)
-                    }
-                    InDialog::Options | InDialog::Notify => {
-                        self.answer_request(&request, &source, &branch, 200, "OK", now)
-                    }
-                    InDialog::Update => {
-                        // A session refresh (RFC 4028 §7.4); offers in UPDATE are not taken.
-                        if !request.body.is_empty() {
-                            return self.answer_request(
-                                &request,
-                                &source,
-                                &branch,
-                                488,
-                                "Not Acceptable Here: SDP in UPDATE not supported",
-                                now,
-                            );
-                        }
-                        let extra = self.caller_refreshed(&request, now);
-                        self.answer_request_with(&request, &source, &branch, 200, "OK", &extra, now)
-                    }
-                    InDialog::Refer => self.on_refer(&request, &source, &branch, true, now),
-                    InDialog::NotAllowed | InDialog::NotImplemented => {
-                        let (status, reason) = kind.refusal().unwrap_or((501, "Not Implemented"));
-                        self.answer_request(&request, &source, &branch, status, reason, now)
-                    }
-                    // Taken above.
-                    InDialog::Ack | InDialog::Invite | InDialog::Cancel => {}
-                }
+                self.answer_caller(&request, &source, 200, "OK", &[], now)
             }
+            InDialog::Update => {
+                // A session refresh (RFC 4028 §7.4); offers in UPDATE are not taken.
+                if !request.body.is_empty() {
+                    let reason = "Not Acceptable Here: SDP in UPDATE not supported";
+                    return self.answer_caller(&request, &source, 488, reason, &[], now);
+                }
+                let extra = self.caller_refreshed(&request, now);
+                self.answer_caller(&request, &source, 200, "OK", &extra, now)
+            }
+            InDialog::Refer => self.on_refer(&request, &source, true, now),
+            // Answered by `Incoming`.
+            InDialog::Ack
+            | InDialog::Options
+            | InDialog::Notify
+            | InDialog::NotAllowed
+            | InDialog::NotImplemented => {}
         }
     }
 
+    /// The ACK of our final answer to the INVITE.
     fn on_ack(&mut self, ack: &Request, now: Instant) {
-        let cseq = ack.cseq().0;
-        if let Some(re) = self.reinvite.as_mut().filter(|re| re.cseq == cseq) {
-            re.tx.on_ack(now);
-            if !ack.body.is_empty() {
-                self.apply_answer(&ack.body);
-            }
-            return;
-        }
         let was_answered = self.invite_tx.state() == ServerInviteState::Accepted;
         self.invite_tx.on_ack(now);
         if was_answered && self.phase == Phase::Answered {
@@ -938,17 +896,11 @@ impl Call {
 
     fn on_cancel(&mut self, cancel: &Request, source: &Source, branch: &str, now: Instant) {
         if branch != self.invite_branch {
-            return self.answer_request(
-                cancel,
-                source,
-                branch,
-                481,
-                "Call/Transaction Does Not Exist",
-                now,
-            );
+            let reason = "Call/Transaction Does Not Exist";
+            return self.answer_caller(cancel, source, 481, reason, &[], now);
         }
         // The CANCEL is answered whatever the INVITE's state (RFC 3261 §9.2).
-        self.answer_request(cancel, source, branch, 200, "OK", now);
+        self.answer_caller(cancel, source, 200, "OK", &[], now);
         if self.invite_tx.state() == ServerInviteState::Proceeding {
             self.end_reason = "cancelled by caller".into();
             self.reject(487, "Request Terminated", now);
@@ -956,8 +908,8 @@ impl Call {
         self.hang_up_peer("SIP;cause=487;text=\"cancelled by caller\"", now);
     }
 
-    fn on_bye(&mut self, bye: &Request, source: &Source, branch: &str, now: Instant) {
-        self.answer_request(bye, source, branch, 200, "OK", now);
+    fn on_bye(&mut self, bye: &Request, source: &Source, now: Instant) {
+        self.answer_caller(bye, source, 200, "OK", &[], now);
         if self.invite_tx.state() == ServerInviteState::Proceeding {
             // BYE in an early dialog: the INVITE ends too.
             self.reject(487, "Request Terminated", now);
@@ -975,65 +927,35 @@ impl Call {
         self.phase = Phase::Done;
     }
 
+    /// The caller's re-INVITE (its CSeq and overlap were checked by `Incoming`).
     fn on_reinvite(&mut self, request: Request, source: Source, now: Instant) {
-        if let Some(re) = self.reinvite.as_mut() {
-            if re.cseq == request.cseq().0 {
-                return re.tx.on_request_retransmit(now);
-            }
+        if !matches!(self.phase, Phase::Confirmed | Phase::Answered) {
+            let reason = "Call/Transaction Does Not Exist";
+            return self.answer_caller(&request, &source, 481, reason, &[], now);
         }
-        let mut tx = ServerInviteTx::new(source.transport.is_reliable(), self.core.settings.timers);
-        let cseq = request.cseq().0;
-        let answerable = matches!(self.phase, Phase::Confirmed | Phase::Answered);
-        let pending = self
-            .reinvite
-            .as_ref()
-            .is_some_and(|re| re.tx.state() == ServerInviteState::Proceeding);
-        let (status, reason, body) = if !answerable {
-            (481, "Call/Transaction Does Not Exist".to_string(), None)
-        } else if pending {
-            (
-                500,
-                "Server Internal Error: re-INVITE pending".to_string(),
-                None,
-            )
-        } else if let Err(e) = self.dialog.accept_remote_cseq(&request) {
-            (500, format!("Server Internal Error: {e}"), None)
-        } else {
-            let before = self.caller_direction();
-            match self.renegotiate(&request) {
-                Ok(body) => {
-                    let after = self.caller_direction();
-                    if let (Some(before), Some(after)) = (before, after) {
-                        if before != after {
-                            // Hold or resume: the other leg is told with our own re-INVITE.
-                            self.propagate_direction(after.reversed(), now);
-                        }
-                    }
-                    (200, "OK".to_string(), Some(body))
-                }
-                Err((status, reason)) => (status, reason, None),
+        let before = self.caller_direction();
+        let body = match self.renegotiate(&request) {
+            Ok(body) => body,
+            Err((status, reason)) => {
+                return self.answer_caller(&request, &source, status, &reason, &[], now)
             }
         };
-        let mut response = request
-            .response(status, &reason)
-            .header("Server", self.core.sender().user_agent());
-        if status == 200 {
-            response = response
-                .header("Contact", self.contact())
-                .header("Allow", ALLOW)
-                .header("Supported", SUPPORTED);
-            for (name, value) in self.caller_refreshed(&request, now) {
-                response = response.header(name, value);
+        let after = self.caller_direction();
+        if let (Some(before), Some(after)) = (before, after) {
+            if before != after {
+                // Hold or resume: the other leg is told with our own re-INVITE.
+                self.propagate_direction(after.reversed(), now);
             }
         }
-        if status == 500 {
-            response = response.header("Retry-After", "1");
-        }
-        if let Some(body) = body {
-            response = response.with_body("application/sdp", body);
-        }
-        tx.respond(status, response.to_bytes(), now);
-        self.reinvite = Some(Reinvite { cseq, tx });
+        let extra = self.caller_refreshed(&request, now);
+        let contact = self.contact();
+        let answer = Answer {
+            headers: &extra,
+            contact: Some(&contact),
+            sdp: Some(Bytes::from(body)),
+        };
+        self.caller_in
+            .answer(&request, &source, 200, "OK", answer, now);
     }
 
     /// A re-INVITE's offer (hold, resume, new address) or, without SDP, our new offer.
@@ -1099,85 +1021,50 @@ impl Call {
         Vec::new()
     }
 
-    /// Answers a non-INVITE request through its own server transaction.
-    /// 481: the request names no dialog or transaction we have (any more).
-    fn answer_no_dialog(&mut self, request: &Request, source: &Source, branch: &str, now: Instant) {
-        self.answer_request(
-            request,
-            source,
-            branch,
-            481,
-            "Call/Transaction Does Not Exist",
-            now,
-        )
-    }
-
-    fn answer_request(
+    /// Answers one of the caller's requests through its own server transaction.
+    fn answer_caller(
         &mut self,
         request: &Request,
         source: &Source,
-        branch: &str,
         status: u16,
         reason: &str,
+        headers: &[(&'static str, String)],
         now: Instant,
     ) {
-        self.answer_request_with(request, source, branch, status, reason, &[], now)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn answer_request_with(
-        &mut self,
-        request: &Request,
-        source: &Source,
-        branch: &str,
-        status: u16,
-        reason: &str,
-        extra: &[(&'static str, String)],
-        now: Instant,
-    ) {
-        let mut response: Response = request
-            .response(status, reason)
-            .with_to_tag(&self.local_tag)
-            .header("Server", self.core.sender().user_agent());
-        for (name, value) in extra {
-            response = response.header(name, value.clone());
-        }
-        if status == 405 || status == 501 || (request.method == Method::Options && status == 200) {
-            response = response.header("Allow", ALLOW);
-        }
-        let mut tx =
-            ServerNonInviteTx::new(source.transport.is_reliable(), self.core.settings.timers);
-        tx.respond(status, response.to_bytes(), now);
-        let target = voicegate_sip::message::response_target(
-            &request.headers,
-            source.remote,
-            source.transport.is_reliable(),
-        );
-        while let Some(bytes) = tx.poll_transmit() {
-            self.core.sender().send_to(source, target, bytes);
-        }
-        if !tx.is_terminated() {
-            self.answered
-                .push((branch.to_string(), request.method.clone(), tx));
-        }
+        self.caller_in
+            .reply(request, source, status, reason, headers, now);
     }
 
     fn on_response(&mut self, response: &Response, now: Instant) {
         if response.headers.get("Call-ID") != Some(self.invite.call_id()) {
             return self.on_peer_response(response, now);
         }
-        if response.cseq().1 == "INVITE" {
-            return self.on_caller_reinvite_response(response, now);
+        if self.caller_out.owns(response) {
+            self.caller_out.on_response(&self.dialog, response, now);
+            self.on_caller_out_events();
         }
-        if response.cseq().1 == "NOTIFY" {
-            return self.on_caller_request_response(response, now);
-        }
-        let Some(bye) = self.bye.as_mut() else { return };
-        if response.cseq().1 == "BYE"
-            && bye.on_response(response.status, now)
-            && response.status >= 200
-        {
-            self.phase = Phase::Done;
+    }
+
+    /// What the answers to our requests to the caller (or their silence) meant.
+    fn on_caller_out_events(&mut self) {
+        while let Some(event) = self.caller_out.poll_event() {
+            match event {
+                OutgoingEvent::Done {
+                    method: Method::Bye,
+                    status,
+                } => {
+                    if status.is_none() {
+                        debug!(call_id = self.invite.call_id(), "BYE timed out");
+                    }
+                    self.phase = Phase::Done;
+                }
+                OutgoingEvent::Done { .. } => {}
+                OutgoingEvent::ReinviteDone(response) => self.on_caller_reinvite_done(&response),
+                OutgoingEvent::ReinviteTimeout => warn!(
+                    call_id = self.invite.call_id(),
+                    "the caller did not answer our re-INVITE"
+                ),
+            }
         }
     }
 
@@ -1187,24 +1074,7 @@ impl Call {
         self.hang_up_peer(reason, now);
         self.end_media();
         self.end_reason = why.to_string();
-        let via = format!(
-            "SIP/2.0/{} {}:{};branch=z9hG4bK{};rport",
-            self.source.transport.as_via(),
-            self.advertised_ip(),
-            self.source.local.port(),
-            random_token()
-        );
-        let mut bye = self.dialog.request("BYE", via, 70);
-        bye.headers.push("Reason", reason);
-        bye.headers
-            .push("User-Agent", self.core.sender().user_agent());
-        let tx = ClientNonInviteTx::new(
-            bye.to_bytes(),
-            self.source.transport.is_reliable(),
-            self.core.settings.timers,
-            now,
-        );
-        self.bye = Some(tx);
+        self.caller_out.bye(&mut self.dialog, reason, now);
         self.phase = Phase::Ending;
     }
 
@@ -1425,19 +1295,9 @@ impl Call {
     fn on_timeout(&mut self, now: Instant) {
         self.on_peer_timeout(now);
         self.invite_tx.handle_timeout(now);
-        if let Some(re) = self.reinvite.as_mut() {
-            re.tx.handle_timeout(now);
-        }
-        for (_, _, tx) in &mut self.answered {
-            tx.handle_timeout(now);
-        }
-        self.answered.retain(|(_, _, tx)| !tx.is_terminated());
-        if let Some(bye) = self.bye.as_mut() {
-            bye.handle_timeout(now);
-            if bye.is_terminated() {
-                self.phase = Phase::Done;
-            }
-        }
+        self.caller_in.handle_timeout(now);
+        self.caller_out.handle_timeout(now);
+        self.on_caller_out_events();
         if let Phase::Ringing {
             answer_at,
             give_up_at,
@@ -1454,9 +1314,14 @@ impl Call {
 
     /// Sends what the transactions queued and reacts to their events.
     fn flush(&mut self) {
+        let sender = self.core.sender().clone();
+        // Answers first, as they were written: the 200 to a CANCEL goes before the 487 of its
+        // INVITE, the 202 to a REFER before its first NOTIFY.
+        while let Some(t) = self.caller_in.poll_transmit() {
+            sender.send_to(&t.source, t.target, t.bytes);
+        }
         self.flush_peer();
         let now = Instant::now();
-        let sender = self.core.sender().clone();
         let target = voicegate_sip::message::response_target(
             &self.invite.headers,
             self.source.remote,
@@ -1474,31 +1339,24 @@ impl Call {
                 self.send_bye("no ACK", "SIP;cause=408;text=\"no ACK for 200\"", now);
             }
         }
-        if let Some(re) = self.reinvite.as_mut() {
-            while let Some(bytes) = re.tx.poll_transmit() {
-                sender.send_to(&self.source, target, bytes);
-            }
-            while re.tx.poll_event().is_some() {}
+        if self.caller_in.poll_ack_timeout() {
+            warn!(
+                call_id = self.invite.call_id(),
+                "no ACK for our answer to the caller's re-INVITE"
+            );
         }
-        if let Some(bye) = self.bye.as_mut() {
-            // Our requests go back the way the caller came: symmetric, so NAT does not matter.
-            while let Some(bytes) = bye.poll_transmit() {
-                sender.send_to(&self.source, self.source.remote, bytes);
-            }
-            while let Some(event) = bye.poll_event() {
-                if event == TxEvent::Timeout {
-                    debug!(call_id = self.invite.call_id(), "BYE timed out");
-                    self.phase = Phase::Done;
-                }
-            }
+        // Our requests go back the way the caller came: symmetric, so NAT does not matter.
+        while let Some(bytes) = self.caller_out.poll_transmit() {
+            sender.send_to(&self.source, self.source.remote, bytes);
         }
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        let mut deadlines = vec![self.invite_tx.poll_timeout()];
-        deadlines.extend(self.reinvite.as_ref().map(|re| re.tx.poll_timeout()));
-        deadlines.extend(self.answered.iter().map(|(_, _, tx)| tx.poll_timeout()));
-        deadlines.extend(self.bye.as_ref().map(|b| b.poll_timeout()));
+        let mut deadlines = vec![
+            self.invite_tx.poll_timeout(),
+            self.caller_in.poll_timeout(),
+            self.caller_out.poll_timeout(),
+        ];
         deadlines.extend(self.peer_deadlines().map(Some));
         if let Phase::Ringing {
             answer_at,
@@ -1515,12 +1373,8 @@ impl Call {
     fn finished(&self) -> bool {
         self.phase == Phase::Done
             && self.invite_tx.is_terminated()
-            && self
-                .reinvite
-                .as_ref()
-                .is_none_or(|re| re.tx.is_terminated())
-            && self.answered.is_empty()
-            && self.bye.as_ref().is_none_or(|b| b.is_terminated())
+            && self.caller_in.is_idle()
+            && self.caller_out.is_idle()
             && !self.peer_busy()
     }
 
@@ -1611,6 +1465,31 @@ fn forwarded_headers(invite: &Request, patterns: &[String]) -> Vec<(String, Stri
         .filter(|h| matches(&h.name))
         .map(|h| (h.name.clone(), h.value.clone()))
         .collect()
+}
+
+/// The address we put in Contact and SDP: the configured public one, else the address the
+/// INVITE reached us on, else (wildcard listener) the local address routed towards the peer.
+fn advertised_ip(public_ip: Option<IpAddr>, source: &Source) -> IpAddr {
+    if let Some(ip) = public_ip {
+        return ip;
+    }
+    let local = source.local.ip();
+    if !local.is_unspecified() {
+        return local;
+    }
+    local_ip_towards(source.remote).unwrap_or(local)
+}
+
+/// Our Contact towards the caller: the scheme follows its INVITE (RFC 3261 §12.1.1), not the
+/// transport it came over.
+fn caller_contact(invite: &Request, number: &str, ip: IpAddr, source: &Source) -> String {
+    voicegate_sip::contact::value(
+        voicegate_sip::contact::for_answer(invite),
+        number,
+        ip,
+        source.local.port(),
+        source.transport,
+    )
 }
 
 /// The local address the kernel would use to reach `remote` (no packet is sent).

@@ -15,7 +15,6 @@ pub mod dispatch;
 pub mod in_progress;
 pub mod load;
 pub mod logging;
-pub mod outbound;
 pub mod refusals;
 pub mod registrar;
 pub mod resolve;

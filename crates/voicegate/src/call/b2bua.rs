@@ -17,19 +17,20 @@ use voicegate_bridge::tap::TapFrame;
 use voicegate_bridge::tone::ToneHandle;
 use voicegate_rtp::RtpPorts;
 use voicegate_sip::dialog::InDialog;
-use voicegate_sip::message::{Request, Response};
+use voicegate_sip::message::{Method, Request, Response};
 use voicegate_sip::sdp::{self, Direction, LocalMedia, Negotiated};
 use voicegate_sip::session_timer::{self, Refresher, SessionTimer};
-use voicegate_sip::transaction::{ServerInviteTx, TxEvent};
+
 use voicegate_sip::transport::Source;
 
 use super::hops::{agent_hops, moves_on, refer_target, NextHop};
 use super::media::{answer_reinvite_offer, call_media, direction_of};
 use super::{Call, Leg, Phase, Route};
 use crate::core::Core;
-use crate::outbound::{Hop, InviteParams, OutState, OutboundEvent, OutboundLeg};
 use crate::resolve::{parse_sip_target, Target};
-use voicegate_sip::dialog::{ALLOW, SUPPORTED};
+use voicegate_call::{
+    Answer, Arrival, Hop, InviteParams, OutState, OutboundEvent, OutboundLeg, SessionDue,
+};
 
 /// What the other leg is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,13 +68,6 @@ pub enum Pending {
     HandOver,
 }
 
-/// Our re-INVITE to the caller (the other leg put the call on hold or resumed it).
-pub struct CallerReinvite {
-    cseq: u32,
-    tx: voicegate_sip::transaction::ClientInviteTx,
-    request: Request,
-}
-
 /// The other leg of the call.
 pub struct Peer {
     pub role: PeerRole,
@@ -89,8 +83,6 @@ pub struct Peer {
     answer_deadline: Instant,
     pub last_failure: Option<(u16, String, Option<String>)>,
     timer: Option<SessionTimer>,
-    /// A re-INVITE of the next hop's, answered by us.
-    reinvite: Option<(u32, ServerInviteTx, Source)>,
     pub attempts: u32,
     pub answered_by: Option<String>,
     ringing_sent: bool,
@@ -121,7 +113,6 @@ impl Peer {
             answer_deadline,
             last_failure: None,
             timer: None,
-            reinvite: None,
             attempts: 0,
             answered_by: None,
             ringing_sent: false,
@@ -725,7 +716,6 @@ impl Call {
 
     /// A request from the next hop, inside its dialog.
     pub(super) fn on_peer_request(&mut self, request: Request, source: Source, now: Instant) {
-        let branch = request.branch().unwrap_or_default();
         let call_id = request.call_id().to_string();
         if self
             .transferor
@@ -733,51 +723,25 @@ impl Call {
             .and_then(|p| p.leg.as_ref())
             .is_some_and(|l| l.owns(&call_id))
         {
-            return self.on_transferor_request(&request, &source, &branch, now);
+            return self.on_transferor_request(&request, &source, now);
         }
         let Some(peer) = self.peer.as_mut() else {
-            return self.answer_no_dialog(&request, &source, &branch, now);
+            return self.caller_in.answer_unknown(&request, &source);
         };
-        let kind = InDialog::of(&request.method);
-        if kind == InDialog::Ack {
-            if let Some((cseq, tx, _)) = peer.reinvite.as_mut() {
-                if *cseq == request.cseq().0 {
-                    tx.on_ack(now);
-                }
-            }
+        let arrival = match peer.leg.as_mut().filter(|l| l.owns(&call_id)) {
+            Some(leg) => leg.receive(&request, &source, now),
+            // A leg given up on: its dialog is over, but it still answers retransmissions.
+            None => match peer.spent.iter_mut().find(|l| l.owns(&call_id)) {
+                Some(spent) => spent.incoming.receive(None, &request, &source, now),
+                None => return self.caller_in.answer_unknown(&request, &source),
+            },
+        };
+        let Arrival::Request(kind) = arrival else {
             return;
-        }
-        if kind == InDialog::Invite {
-            if let Some((cseq, tx, _)) = peer.reinvite.as_mut() {
-                if *cseq == request.cseq().0 {
-                    return tx.on_request_retransmit(now);
-                }
-            }
-        }
-        if let Some((_, _, tx)) = self
-            .answered
-            .iter_mut()
-            .find(|(b, m, _)| *b == branch && *m == request.method)
-        {
-            return tx.on_request_retransmit(now);
-        }
-        let live = peer.leg.as_mut().filter(|l| l.owns(&call_id));
-        let Some(leg) = live else {
-            return self.answer_no_dialog(&request, &source, &branch, now);
         };
-        if !leg.accept_remote_cseq(&request) {
-            return self.answer_request(
-                &request,
-                &source,
-                &branch,
-                500,
-                "Server Internal Error: CSeq out of order",
-                now,
-            );
-        }
         match kind {
             InDialog::Bye => {
-                self.answer_request(&request, &source, &branch, 200, "OK", now);
+                self.answer_peer(&request, &source, 200, "OK", &[], now);
                 let peer = self.peer.as_mut().expect("peer");
                 if let Some(mut leg) = peer.leg.take() {
                     leg.state = OutState::Over;
@@ -815,20 +779,39 @@ impl Call {
                         ),
                     ));
                 }
-                self.answer_request_with(&request, &source, &branch, 200, "OK", &extra, now);
+                self.answer_peer(&request, &source, 200, "OK", &extra, now);
             }
-            InDialog::Info | InDialog::Options | InDialog::Notify => {
-                self.answer_request(&request, &source, &branch, 200, "OK", now)
-            }
-            InDialog::Refer => self.on_refer(&request, &source, &branch, false, now),
+            InDialog::Info => self.answer_peer(&request, &source, 200, "OK", &[], now),
+            InDialog::Refer => self.on_refer(&request, &source, false, now),
             // A CANCEL after the other leg's 200 has no transaction to cancel.
-            InDialog::Cancel => self.answer_no_dialog(&request, &source, &branch, now),
-            InDialog::NotAllowed | InDialog::NotImplemented => {
-                let (status, reason) = kind.refusal().unwrap_or((501, "Not Implemented"));
-                self.answer_request(&request, &source, &branch, status, reason, now)
+            InDialog::Cancel => {
+                let reason = "Call/Transaction Does Not Exist";
+                self.answer_peer(&request, &source, 481, reason, &[], now)
             }
-            // Taken above.
-            InDialog::Ack => {}
+            // Answered by `Incoming`.
+            InDialog::Ack
+            | InDialog::Options
+            | InDialog::Notify
+            | InDialog::NotAllowed
+            | InDialog::NotImplemented => {}
+        }
+    }
+
+    /// Answers a request of the other leg's in its dialog.
+    fn answer_peer(
+        &mut self,
+        request: &Request,
+        source: &Source,
+        status: u16,
+        reason: &str,
+        headers: &[(&'static str, String)],
+        now: Instant,
+    ) {
+        match self.peer.as_mut().and_then(|p| p.leg.as_mut()) {
+            Some(leg) => leg
+                .incoming
+                .reply(request, source, status, reason, headers, now),
+            None => self.caller_in.answer_unknown(request, source),
         }
     }
 
@@ -839,12 +822,18 @@ impl Call {
         &mut self,
         request: &Request,
         source: &Source,
-        branch: &str,
         from_caller: bool,
         now: Instant,
     ) {
-        if self.transferor.is_some() || !self.caller_requests.is_empty() {
-            return self.answer_request(request, source, branch, 491, "Request Pending", now);
+        let answer = |call: &mut Self, status: u16, reason: &str| {
+            if from_caller {
+                call.answer_caller(request, source, status, reason, &[], now)
+            } else {
+                call.answer_peer(request, source, status, reason, &[], now)
+            }
+        };
+        if self.transferor.is_some() || self.caller_out.in_flight(&Method::Notify) {
+            return answer(self, 491, "Request Pending");
         }
         let answered = matches!(self.phase, Phase::Answered | Phase::Confirmed)
             && self.peer.as_ref().is_some_and(|p| {
@@ -856,13 +845,13 @@ impl Call {
             });
         if !answered {
             let reason = "Forbidden (REFER needs an answered call to another party)";
-            return self.answer_request(request, source, branch, 403, reason, now);
+            return answer(self, 403, reason);
         }
         let target = match refer_target(request) {
             Ok(target) => target,
-            Err(reason) => return self.answer_request(request, source, branch, 400, &reason, now),
+            Err(reason) => return answer(self, 400, &reason),
         };
-        self.answer_request(request, source, branch, 202, "Accepted", now);
+        answer(self, 202, "Accepted");
         info!(
             call_id = self.invite.call_id(),
             target, from_caller, "REFER: blind transfer"
@@ -937,71 +926,36 @@ impl Call {
         if !matches!(self.phase, Phase::Confirmed | Phase::Answered) {
             return;
         }
-        let via = format!(
-            "SIP/2.0/{} {}:{};branch=z9hG4bK{};rport",
-            self.source.transport.as_via(),
-            self.advertised_ip(),
-            self.source.local.port(),
-            voicegate_sip::dialog::random_token()
-        );
-        let contact = self.contact();
-        let mut notify = self.dialog.request("NOTIFY", via, 70);
-        crate::outbound::refer_notify(
-            &mut notify,
-            status_line,
-            terminated,
-            &contact,
-            self.core.sender().user_agent(),
-        );
-        let tx = voicegate_sip::transaction::ClientNonInviteTx::new(
-            notify.to_bytes(),
-            self.source.transport.is_reliable(),
-            self.core.settings.timers,
-            now,
-        );
-        self.caller_requests.push((notify.cseq().0, tx));
-    }
-
-    /// Answers to our NOTIFYs in the caller's dialog.
-    pub(super) fn on_caller_request_response(&mut self, response: &Response, now: Instant) {
-        let cseq = response.cseq().0;
-        if let Some((_, tx)) = self.caller_requests.iter_mut().find(|(c, _)| *c == cseq) {
-            tx.on_response(response.status, now);
-        }
+        self.caller_out
+            .notify_refer(&mut self.dialog, status_line, terminated, now);
     }
 
     /// A request on the leg being transferred away: it may hang up without ending the call.
-    fn on_transferor_request(
-        &mut self,
-        request: &Request,
-        source: &Source,
-        branch: &str,
-        now: Instant,
-    ) {
-        match InDialog::of(&request.method) {
-            InDialog::Ack => {}
+    fn on_transferor_request(&mut self, request: &Request, source: &Source, now: Instant) {
+        let Some(leg) = self.transferor.as_mut().and_then(|p| p.leg.as_mut()) else {
+            return;
+        };
+        let Arrival::Request(kind) = leg.receive(request, source, now) else {
+            return;
+        };
+        let (status, reason) = match kind {
             InDialog::Bye => {
-                if let Some(leg) = self.transferor.as_mut().and_then(|p| p.leg.as_mut()) {
-                    leg.state = OutState::Over;
-                }
-                self.answer_request(request, source, branch, 200, "OK", now);
+                leg.state = OutState::Over;
+                (200, "OK")
             }
-            InDialog::Info | InDialog::Options | InDialog::Notify | InDialog::Update => {
-                self.answer_request(request, source, branch, 200, "OK", now)
+            InDialog::Info | InDialog::Update => (200, "OK"),
+            InDialog::Invite | InDialog::Refer | InDialog::Cancel => {
+                (491, "Request Pending (transfer in progress)")
             }
-            kind @ (InDialog::NotAllowed | InDialog::NotImplemented) => {
-                let (status, reason) = kind.refusal().unwrap_or((501, "Not Implemented"));
-                self.answer_request(request, source, branch, status, reason, now)
-            }
-            InDialog::Invite | InDialog::Refer | InDialog::Cancel => self.answer_request(
-                request,
-                source,
-                branch,
-                491,
-                "Request Pending (transfer in progress)",
-                now,
-            ),
-        }
+            // Answered by `Incoming`.
+            InDialog::Ack
+            | InDialog::Options
+            | InDialog::Notify
+            | InDialog::NotAllowed
+            | InDialog::NotImplemented => return,
+        };
+        leg.incoming
+            .reply(request, source, status, reason, &[], now);
     }
 
     /// Starts the leg to a REFER's target; the current other leg steps aside (as the
@@ -1106,23 +1060,9 @@ impl Call {
 
     /// Offers the caller `direction` (the other leg's, as ours) with a re-INVITE.
     fn reinvite_caller(&mut self, direction: Direction, now: Instant) {
-        if self
-            .caller_reinvite
-            .as_ref()
-            .is_some_and(|re| !re.tx.is_terminated())
-            || !matches!(self.phase, Phase::Confirmed)
-        {
+        if self.caller_out.reinvite_pending() || !matches!(self.phase, Phase::Confirmed) {
             return;
         }
-        let contact = self.contact();
-        let user_agent = self.core.sender().user_agent().to_string();
-        let via = format!(
-            "SIP/2.0/{} {}:{};branch=z9hG4bK{};rport",
-            self.source.transport.as_via(),
-            self.advertised_ip(),
-            self.source.local.port(),
-            voicegate_sip::dialog::random_token()
-        );
         let Some(media) = self.media.as_mut() else {
             return;
         };
@@ -1131,54 +1071,15 @@ impl Call {
         };
         media.local.session_version += 1;
         let offer = sdp::build_offer(&media.local, &[n.codec], direction);
-        let mut request = self.dialog.request("INVITE", via, 70);
-        request.headers.push("Contact", contact);
-        request.headers.push("User-Agent", user_agent);
-        request.headers.push("Content-Type", "application/sdp");
-        request.body = Bytes::from(offer);
-        let cseq = request.cseq().0;
-        let tx = voicegate_sip::transaction::ClientInviteTx::new(
-            request.to_bytes(),
-            self.source.transport.is_reliable(),
-            self.core.settings.timers,
-            now,
-        );
+        self.caller_out
+            .reinvite(&mut self.dialog, Some(Bytes::from(offer)), &[], now);
         info!(call_id = self.invite.call_id(), direction = %direction, "re-INVITE to the caller");
-        self.caller_reinvite = Some(CallerReinvite { cseq, tx, request });
     }
 
-    /// The caller's answer to our re-INVITE: acknowledged, its media applied to the relay.
-    pub(super) fn on_caller_reinvite_response(&mut self, response: &Response, now: Instant) {
-        let Some(re) = self.caller_reinvite.as_mut() else {
-            return;
-        };
-        if response.cseq().0 != re.cseq {
-            return;
-        }
-        let pass = re.tx.on_response(response.status, now);
-        if response.status >= 300 {
-            let ack = crate::outbound::non_2xx_ack(&re.request, response);
-            re.tx.send_ack(ack, now);
-            return;
-        }
-        if response.status < 200 {
-            return;
-        }
-        // Every 2xx (retransmissions too) gets its ACK, a request of its own (RFC 3261 §13.2.2.4).
-        let mut dialog = self.dialog.clone();
-        dialog.local_cseq = re.cseq - 1;
-        let via = format!(
-            "SIP/2.0/{} {}:{};branch=z9hG4bK{};rport",
-            self.source.transport.as_via(),
-            self.advertised_ip(),
-            self.source.local.port(),
-            voicegate_sip::dialog::random_token()
-        );
-        let ack = dialog.request("ACK", via, 70);
-        self.core
-            .sender()
-            .send_to(&self.source, self.source.remote, ack.to_bytes());
-        if !pass || response.body.is_empty() {
+    /// The caller's final answer to our re-INVITE (already acknowledged): its media applied
+    /// to the relay.
+    pub(super) fn on_caller_reinvite_done(&mut self, response: &Response) {
+        if !(200..300).contains(&response.status) || response.body.is_empty() {
             return;
         }
         let codecs = self.core.settings.codecs.clone();
@@ -1202,32 +1103,9 @@ impl Call {
         }
     }
 
-    /// Sends what our re-INVITE to the caller queued; forgets it once it is over.
-    pub(super) fn flush_caller_reinvite(&mut self) {
-        let Some(re) = self.caller_reinvite.as_mut() else {
-            return;
-        };
-        let sender = self.core.sender().clone();
-        while let Some(bytes) = re.tx.poll_transmit() {
-            sender.send_to(&self.source, self.source.remote, bytes);
-        }
-        while let Some(event) = re.tx.poll_event() {
-            if event == TxEvent::Timeout {
-                warn!(
-                    call_id = self.invite.call_id(),
-                    "the caller did not answer our re-INVITE"
-                );
-            }
-        }
-        if re.tx.is_terminated() {
-            self.caller_reinvite = None;
-        }
-    }
-
     /// The next hop's re-INVITE, answered from our media.
     fn answer_peer_reinvite(&mut self, request: Request, source: Source, now: Instant) {
         let codecs = self.core.settings.codecs.clone();
-        let user_agent = self.core.sender().user_agent().to_string();
         let peer = self.peer.as_mut().expect("peer");
         // Our Contact on this leg (its transport may not be the caller's).
         let contact = peer
@@ -1235,7 +1113,6 @@ impl Call {
             .as_ref()
             .map(|l| l.contact().to_string())
             .unwrap_or_default();
-        let mut tx = ServerInviteTx::new(source.transport.is_reliable(), self.core.settings.timers);
         let result = answer_reinvite_offer(
             &mut peer.local,
             peer.negotiated.as_ref(),
@@ -1249,16 +1126,8 @@ impl Call {
             }
             Some(body)
         });
-        let mut response = match &result {
-            Ok(_) => request.response(200, "OK"),
-            Err((status, reason)) => request.response(*status, reason),
-        }
-        .header("Server", user_agent);
-        if let Ok(body) = &result {
-            response = response
-                .header("Contact", contact)
-                .header("Allow", ALLOW)
-                .header("Supported", SUPPORTED);
+        let mut headers = Vec::new();
+        if result.is_ok() {
             if let Some(se) = session_timer::session_expires(&request.headers) {
                 // Whoever refreshes, the interval restarts now.
                 let we_refresh = se.refresher == Some(Refresher::Uas);
@@ -1271,19 +1140,27 @@ impl Call {
                     Some(t) => t.renegotiated(se.interval, we_refresh, now),
                     None => peer.timer = Some(SessionTimer::new(se.interval, we_refresh, now)),
                 }
-                response = response.header(
+                headers.push((
                     "Session-Expires",
                     session_timer::header_value(se.interval, refresher),
-                );
+                ));
             } else if let Some(t) = peer.timer.as_mut() {
                 t.on_refreshed(now);
             }
-            if let Some(body) = body {
-                response = response.with_body("application/sdp", body.clone());
-            }
         }
-        tx.respond(response.status, response.to_bytes(), now);
-        peer.reinvite = Some((request.cseq().0, tx, source));
+        let (status, reason, sdp) = match &result {
+            Ok(body) => (200, "OK".to_string(), body.clone().map(Bytes::from)),
+            Err((status, reason)) => (*status, reason.clone(), None),
+        };
+        let answer = Answer {
+            headers: &headers,
+            contact: Some(&contact),
+            sdp,
+        };
+        if let Some(leg) = peer.leg.as_mut() {
+            leg.incoming
+                .answer(&request, &source, status, &reason, answer, now);
+        }
         if result.is_ok() {
             if let (Some(n), Some(Leg::Relay(relay))) = (
                 peer.negotiated.as_ref(),
@@ -1358,36 +1235,28 @@ impl Call {
         let Some(timer) = peer.timer.as_mut() else {
             return;
         };
-        if timer.refresh_at().is_some_and(|t| t <= now) {
-            timer.on_refreshed(now);
-            let interval = timer.interval;
-            let Some(n) = peer.negotiated.as_ref() else {
-                return;
-            };
-            let Some(leg) = peer.leg.as_mut() else { return };
-            // Same session version: a refresh changes nothing in the media (RFC 4028 §7.4).
-            let offer = sdp::build_offer(&peer.local, &[n.codec], n.direction);
-            let se = [
-                (
-                    "Session-Expires".to_string(),
-                    session_timer::header_value(interval, Refresher::Uac),
-                ),
-                ("Supported".to_string(), "timer".to_string()),
-            ];
-            if leg.reinvite(Some(Bytes::from(offer)), &se, now) {
+        let (Some(n), Some(leg)) = (peer.negotiated.as_ref(), peer.leg.as_mut()) else {
+            return;
+        };
+        let offer = || Bytes::from(sdp::build_offer(&peer.local, &[n.codec], n.direction));
+        match leg.keep_session(timer, offer, now) {
+            SessionDue::Nothing => {}
+            SessionDue::RefreshSent => {
                 peer.refreshing = true;
                 info!(
                     call_id = self.invite.call_id(),
-                    interval, "session refresh sent to the other leg"
+                    interval = timer.interval,
+                    "session refresh sent to the other leg"
                 );
             }
-        } else if timer.expires_at().is_some_and(|t| t <= now) {
-            peer.timer = None;
-            warn!(
-                call_id = self.invite.call_id(),
-                "other leg's session expired without refresh"
-            );
-            self.end_both("session expired", now);
+            SessionDue::Expired => {
+                peer.timer = None;
+                warn!(
+                    call_id = self.invite.call_id(),
+                    "other leg's session expired without refresh"
+                );
+                self.end_both("session expired", now);
+            }
         }
     }
 
@@ -1421,36 +1290,13 @@ impl Call {
                 .as_ref()
                 .is_some_and(|l| l.state != OutState::Answered))
             .then_some(p.answer_deadline);
-            [
-                p.attempt_deadline,
-                answer,
-                p.timer.map(|t| t.deadline()),
-                p.reinvite.as_ref().and_then(|(_, tx, _)| tx.poll_timeout()),
-            ]
+            [p.attempt_deadline, answer, p.timer.map(|t| t.deadline())]
         });
         let caller_timer = self.caller_timer.map(|t| t.deadline());
-        let caller_reinvite = self
-            .caller_reinvite
-            .as_ref()
-            .and_then(|re| re.tx.poll_timeout())
-            .into_iter()
-            .chain(
-                self.caller_requests
-                    .iter()
-                    .filter_map(|(_, tx)| tx.poll_timeout()),
-            );
-        legs.chain(peer_timers.flatten())
-            .chain(caller_timer)
-            .chain(caller_reinvite)
+        legs.chain(peer_timers.flatten()).chain(caller_timer)
     }
 
     pub(super) fn on_peer_timeout(&mut self, now: Instant) {
-        if let Some(re) = self.caller_reinvite.as_mut() {
-            re.tx.handle_timeout(now);
-        }
-        for (_, tx) in &mut self.caller_requests {
-            tx.handle_timeout(now);
-        }
         for leg in &mut self.retired {
             leg.handle_timeout(now);
             while leg.poll_event().is_some() {}
@@ -1473,9 +1319,6 @@ impl Call {
             }
             for leg in &mut peer.spent {
                 while leg.poll_event().is_some() {}
-            }
-            if let Some((_, tx, _)) = peer.reinvite.as_mut() {
-                tx.handle_timeout(now);
             }
         }
         for e in events {
@@ -1534,15 +1377,6 @@ impl Call {
 
     /// Sends what the other leg queued.
     pub(super) fn flush_peer(&mut self) {
-        self.flush_caller_reinvite();
-        let sender = self.core.sender().clone();
-        for (_, tx) in &mut self.caller_requests {
-            while let Some(bytes) = tx.poll_transmit() {
-                sender.send_to(&self.source, self.source.remote, bytes);
-            }
-            while tx.poll_event().is_some() {}
-        }
-        self.caller_requests.retain(|(_, tx)| !tx.is_terminated());
         let sender = self.core.sender().clone();
         if let Some(old) = self.transferor.as_mut() {
             flush_legs(&self.core, &sender, old);
@@ -1556,31 +1390,11 @@ impl Call {
             return;
         };
         flush_legs(&self.core, &sender, peer);
-        if let Some((_, tx, source)) = peer.reinvite.as_mut() {
-            let target = source.remote;
-            while let Some(bytes) = tx.poll_transmit() {
-                sender.send_to(source, target, bytes);
-            }
-            while let Some(event) = tx.poll_event() {
-                if event == TxEvent::AckTimeout {
-                    warn!("no ACK for our answer to the other leg's re-INVITE");
-                }
-            }
-        }
-        if peer
-            .reinvite
-            .as_ref()
-            .is_some_and(|(_, tx, _)| tx.is_terminated())
-        {
-            peer.reinvite = None;
-        }
     }
 
     /// Whether the other leg still has something to send or answer.
     pub(super) fn peer_busy(&self) -> bool {
-        let transferring = self.caller_reinvite.is_some()
-            || !self.caller_requests.is_empty()
-            || !self.retired.is_empty()
+        let transferring = !self.retired.is_empty()
             || self.transferor.as_ref().is_some_and(|p| {
                 p.leg.as_ref().is_some_and(|l| !l.is_finished()) || !p.spent.is_empty()
             });
@@ -1588,7 +1402,6 @@ impl Call {
             || self.peer.as_ref().is_some_and(|p| {
                 p.leg.as_ref().is_some_and(|l| !l.is_finished())
                     || !p.spent.is_empty()
-                    || p.reinvite.is_some()
                     || self.pending.is_some()
             })
     }
@@ -1768,10 +1581,19 @@ impl Call {
 /// (until then they keep their route, for the 487 to our CANCEL or the 200 to our BYE).
 fn flush_legs(core: &Core, sender: &voicegate_sip::transport::Sender, peer: &mut Peer) {
     for leg in peer.leg.iter_mut().chain(peer.spent.iter_mut()) {
+        // Answers first, as they were written (a 202 before its NOTIFY).
+        while let Some(t) = leg.incoming.poll_transmit() {
+            sender.send_to(&t.source, t.target, t.bytes);
+        }
         while let Some(bytes) = leg.poll_transmit() {
             sender.send_to(&leg.hop.source, leg.hop.target, bytes);
         }
-        leg.prune();
+        if leg.incoming.poll_ack_timeout() {
+            warn!(
+                leg = leg.call_id,
+                "no ACK for our answer to the other leg's re-INVITE"
+            );
+        }
     }
     peer.spent.retain(|l| {
         let done = l.is_finished();

@@ -14,16 +14,14 @@ use tracing::{info, warn};
 use voicegate_bridge::relay::{RelayEvent, RelayHandle, RelayLeg, Side};
 use voicegate_rtp::RtpPorts;
 use voicegate_sip::dialog::InDialog;
-use voicegate_sip::message::{Method, Request, Response};
+use voicegate_sip::message::{Request, Response};
 use voicegate_sip::sdp::{self, LocalMedia, Negotiated};
 use voicegate_sip::session_timer::{self, Refresher, SessionTimer};
-use voicegate_sip::transaction::{ServerInviteTx, ServerNonInviteTx};
 use voicegate_sip::transport::Source;
 
 use super::media::{answer_reinvite_offer, call_media, direction_of};
 use crate::core::{CallInput, Core};
-use crate::outbound::{OutState, OutboundEvent, OutboundLeg};
-use voicegate_sip::dialog::{ALLOW, SUPPORTED};
+use voicegate_call::{Answer, Arrival, OutState, OutboundEvent, OutboundLeg, SessionDue};
 
 /// One answered leg handed over to the pair.
 pub struct PairLeg {
@@ -38,21 +36,13 @@ pub struct PairLeg {
     pub label: String,
 }
 
-/// A transaction of ours answering the leg's request, kept for retransmissions.
-enum Answered {
-    Invite(u32, ServerInviteTx),
-    Other(String, Method, ServerNonInviteTx),
-}
-
-struct Side2 {
+struct JoinedLeg {
     leg: OutboundLeg,
     spent: Vec<OutboundLeg>,
     local: LocalMedia,
     negotiated: Negotiated,
     timer: Option<SessionTimer>,
     label: String,
-    /// With where their answers go.
-    answered: Vec<(Source, std::net::SocketAddr, Answered)>,
 }
 
 struct Pair {
@@ -60,7 +50,7 @@ struct Pair {
     call_id: String,
     number: String,
     /// `[0]` is the relay's side A (the original other leg), `[1]` its side B (the target).
-    sides: [Side2; 2],
+    sides: [JoinedLeg; 2],
     relay: Option<RelayHandle>,
     relay_events: mpsc::Receiver<RelayEvent>,
     started: Instant,
@@ -86,14 +76,13 @@ pub fn spawn(
             cname: format!("voicegate@{}", p.local.address),
             ports: p.ports,
         };
-        let side = Side2 {
+        let side = JoinedLeg {
             leg: p.leg,
             spent: p.spent,
             local: p.local,
             negotiated: p.negotiated,
             timer: p.timer,
             label: p.label,
-            answered: Vec::new(),
         };
         (relay_leg, side)
     };
@@ -176,59 +165,21 @@ impl Pair {
     }
 
     fn on_request(&mut self, request: Request, source: Source, now: Instant) {
-        let branch = request.branch().unwrap_or_default();
         let Some(i) = self.side_of(request.call_id()) else {
-            return self.respond(
-                None,
-                &request,
-                &source,
-                481,
-                "Call/Transaction Does Not Exist",
-                &[],
-                None,
-                now,
-            );
+            return self.sides[0].leg.incoming.answer_unknown(&request, &source);
         };
-        let kind = InDialog::of(&request.method);
-        if kind == InDialog::Ack {
-            for (_, _, answered) in &mut self.sides[i].answered {
-                if let Answered::Invite(cseq, tx) = answered {
-                    if *cseq == request.cseq().0 {
-                        tx.on_ack(now);
-                    }
-                }
-            }
+        let leg = &mut self.sides[i].leg;
+        let arrival = if self.ended.is_some() {
+            leg.incoming.receive(None, &request, &source, now)
+        } else {
+            leg.receive(&request, &source, now)
+        };
+        let Arrival::Request(kind) = arrival else {
             return;
-        }
-        // A retransmission gets the answer it had.
-        for (_, _, answered) in &mut self.sides[i].answered {
-            match answered {
-                Answered::Invite(cseq, tx)
-                    if request.method == Method::Invite && *cseq == request.cseq().0 =>
-                {
-                    return tx.on_request_retransmit(now)
-                }
-                Answered::Other(b, m, tx) if *b == branch && *m == request.method => {
-                    return tx.on_request_retransmit(now)
-                }
-                _ => {}
-            }
-        }
-        if self.ended.is_some() || !self.sides[i].leg.accept_remote_cseq(&request) {
-            return self.respond(
-                Some(i),
-                &request,
-                &source,
-                481,
-                "Call/Transaction Does Not Exist",
-                &[],
-                None,
-                now,
-            );
-        }
+        };
         match kind {
             InDialog::Bye => {
-                self.respond(Some(i), &request, &source, 200, "OK", &[], None, now);
+                self.respond(i, &request, &source, 200, "OK", &[], None, now);
                 self.sides[i].leg.state = OutState::Over;
                 let reason = request
                     .headers
@@ -245,39 +196,25 @@ impl Pair {
             InDialog::Invite => self.on_reinvite(i, &request, &source, now),
             InDialog::Update => {
                 let extra = self.refreshed(i, &request, now);
-                self.respond(Some(i), &request, &source, 200, "OK", &extra, None, now);
+                self.respond(i, &request, &source, 200, "OK", &extra, None, now);
             }
-            InDialog::Info | InDialog::Options | InDialog::Notify => {
-                self.respond(Some(i), &request, &source, 200, "OK", &[], None, now)
-            }
+            InDialog::Info => self.respond(i, &request, &source, 200, "OK", &[], None, now),
             // Both legs are answered: nothing to cancel.
-            InDialog::Cancel => self.respond(
-                Some(i),
-                &request,
-                &source,
-                481,
-                "Call/Transaction Does Not Exist",
-                &[],
-                None,
-                now,
-            ),
-            // A transfer is taken by the call before it becomes a pair, not after.
-            InDialog::Refer => self.respond(
-                Some(i),
-                &request,
-                &source,
-                403,
-                "Forbidden (no transfer once the call is handed over)",
-                &[],
-                None,
-                now,
-            ),
-            InDialog::NotAllowed | InDialog::NotImplemented => {
-                let (status, reason) = kind.refusal().unwrap_or((501, "Not Implemented"));
-                self.respond(Some(i), &request, &source, status, reason, &[], None, now)
+            InDialog::Cancel => {
+                let reason = "Call/Transaction Does Not Exist";
+                self.respond(i, &request, &source, 481, reason, &[], None, now)
             }
-            // Taken above.
-            InDialog::Ack => {}
+            // A transfer is taken by the call before it becomes a pair, not after.
+            InDialog::Refer => {
+                let reason = "Forbidden (no transfer once the call is handed over)";
+                self.respond(i, &request, &source, 403, reason, &[], None, now)
+            }
+            // Answered by `Incoming`.
+            InDialog::Ack
+            | InDialog::Options
+            | InDialog::Notify
+            | InDialog::NotAllowed
+            | InDialog::NotImplemented => {}
         }
     }
 
@@ -305,10 +242,10 @@ impl Pair {
                     relay.update(relay_side(i), direction_of(n), n.remote);
                 }
                 let extra = self.refreshed(i, request, now);
-                self.respond(Some(i), request, source, 200, "OK", &extra, Some(body), now);
+                self.respond(i, request, source, 200, "OK", &extra, Some(body), now);
             }
             Err((status, reason)) => {
-                self.respond(Some(i), request, source, status, &reason, &[], None, now)
+                self.respond(i, request, source, status, &reason, &[], None, now)
             }
         }
     }
@@ -344,64 +281,28 @@ impl Pair {
         }
     }
 
+    /// Answers a request of side `i`'s leg in its dialog.
     #[allow(clippy::too_many_arguments)]
     fn respond(
         &mut self,
-        i: Option<usize>,
+        i: usize,
         request: &Request,
         source: &Source,
         status: u16,
         reason: &str,
-        extra: &[(&'static str, String)],
-        sdp_body: Option<String>,
+        headers: &[(&'static str, String)],
+        sdp: Option<String>,
         now: Instant,
     ) {
-        let mut response: Response = request
-            .response(status, reason)
-            .header("Server", self.core.sender().user_agent());
-        for (name, value) in extra {
-            response = response.header(name, value.clone());
-        }
-        if status == 405 || status == 501 || (request.method == Method::Invite && status == 200) {
-            response = response.header("Allow", ALLOW);
-        }
-        if request.method == Method::Invite && status == 200 {
-            if let Some(i) = i {
-                let contact = self.sides[i].leg.contact().to_string();
-                response = response
-                    .header("Contact", contact)
-                    .header("Supported", SUPPORTED);
-            }
-        }
-        if let Some(body) = sdp_body {
-            response = response.with_body("application/sdp", Bytes::from(body));
-        }
-        let reliable = source.transport.is_reliable();
-        let target =
-            voicegate_sip::message::response_target(&request.headers, source.remote, reliable);
-        let answered = if request.method == Method::Invite {
-            let mut tx = ServerInviteTx::new(reliable, self.core.settings.timers);
-            tx.respond(status, response.to_bytes(), now);
-            Answered::Invite(request.cseq().0, tx)
-        } else {
-            let mut tx = ServerNonInviteTx::new(reliable, self.core.settings.timers);
-            tx.respond(status, response.to_bytes(), now);
-            Answered::Other(
-                request.branch().unwrap_or_default(),
-                request.method.clone(),
-                tx,
-            )
+        let leg = &mut self.sides[i].leg;
+        let contact = leg.contact().to_string();
+        let answer = Answer {
+            headers,
+            contact: Some(&contact),
+            sdp: sdp.map(Bytes::from),
         };
-        match i {
-            Some(i) => self.sides[i].answered.push((*source, target, answered)),
-            // Outside both dialogs: sent once, not kept.
-            None => {
-                let mut answered = answered;
-                while let Some(bytes) = poll_answered(&mut answered) {
-                    self.core.sender().send_to(source, target, bytes);
-                }
-            }
-        }
+        leg.incoming
+            .answer(request, source, status, reason, answer, now);
     }
 
     fn on_response(&mut self, response: &Response, now: Instant) {
@@ -469,38 +370,17 @@ impl Pair {
                 leg.handle_timeout(now);
                 while leg.poll_event().is_some() {}
             }
-            for (_, _, answered) in &mut side.answered {
-                match answered {
-                    Answered::Invite(_, tx) => tx.handle_timeout(now),
-                    Answered::Other(_, _, tx) => tx.handle_timeout(now),
-                }
-            }
             if self.ended.is_some() {
                 continue;
             }
             let Some(timer) = side.timer.as_mut() else {
                 continue;
             };
-            if timer.refresh_at().is_some_and(|t| t <= now) {
-                timer.on_refreshed(now);
-                let interval = timer.interval;
-                // Same session version: a refresh changes nothing in the media.
-                let offer = sdp::build_offer(
-                    &side.local,
-                    &[side.negotiated.codec],
-                    side.negotiated.direction,
-                );
-                let se = [
-                    (
-                        "Session-Expires".to_string(),
-                        session_timer::header_value(interval, Refresher::Uac),
-                    ),
-                    ("Supported".to_string(), "timer".to_string()),
-                ];
-                side.leg.reinvite(Some(Bytes::from(offer)), &se, now);
-            } else if timer.expires_at().is_some_and(|t| t <= now) {
-                expired = true;
-            }
+            let offer = || {
+                let n = &side.negotiated;
+                Bytes::from(sdp::build_offer(&side.local, &[n.codec], n.direction))
+            };
+            expired |= side.leg.keep_session(timer, offer, now) == SessionDue::Expired;
         }
         if expired {
             self.end(
@@ -529,18 +409,15 @@ impl Pair {
         let sender = self.core.sender().clone();
         for side in &mut self.sides {
             for leg in std::iter::once(&mut side.leg).chain(side.spent.iter_mut()) {
+                // Answers first, as they were written (a 202 before its NOTIFY).
+                while let Some(t) = leg.incoming.poll_transmit() {
+                    sender.send_to(&t.source, t.target, t.bytes);
+                }
                 while let Some(bytes) = leg.poll_transmit() {
                     sender.send_to(&leg.hop.source, leg.hop.target, bytes);
                 }
-                leg.prune();
             }
             side.spent.retain(|l| !l.is_finished());
-            for (source, target, answered) in &mut side.answered {
-                while let Some(bytes) = poll_answered(answered) {
-                    sender.send_to(source, *target, bytes);
-                }
-            }
-            side.answered.retain(|(_, _, a)| !answered_done(a));
         }
     }
 
@@ -551,15 +428,11 @@ impl Pair {
                 let legs = std::iter::once(&s.leg)
                     .chain(s.spent.iter())
                     .filter_map(|l| l.next_deadline());
-                let answered = s.answered.iter().filter_map(|(_, _, a)| match a {
-                    Answered::Invite(_, tx) => tx.poll_timeout(),
-                    Answered::Other(_, _, tx) => tx.poll_timeout(),
-                });
                 let timer = s
                     .timer
                     .filter(|_| self.ended.is_none())
                     .map(|t| t.deadline());
-                legs.chain(answered).chain(timer).collect::<Vec<_>>()
+                legs.chain(timer).collect::<Vec<_>>()
             })
             .min()
     }
@@ -567,7 +440,7 @@ impl Pair {
     fn finished(&self) -> bool {
         self.sides
             .iter()
-            .all(|s| s.leg.is_finished() && s.spent.is_empty() && s.answered.is_empty())
+            .all(|s| s.leg.is_finished() && s.spent.is_empty())
     }
 
     fn record(&mut self) {
@@ -594,19 +467,5 @@ impl Pair {
             end = why,
             "call ended"
         );
-    }
-}
-
-fn poll_answered(answered: &mut Answered) -> Option<Bytes> {
-    match answered {
-        Answered::Invite(_, tx) => tx.poll_transmit(),
-        Answered::Other(_, _, tx) => tx.poll_transmit(),
-    }
-}
-
-fn answered_done(answered: &Answered) -> bool {
-    match answered {
-        Answered::Invite(_, tx) => tx.is_terminated(),
-        Answered::Other(_, _, tx) => tx.is_terminated(),
     }
 }

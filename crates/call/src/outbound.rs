@@ -4,16 +4,22 @@
 //!
 //! Plain data driven by the call task: the leg queues bytes for its next hop and turns
 //! responses into [`OutboundEvent`]s; the task sends the bytes and decides what happens next.
+//! Once answered, the leg is a dialog like the caller's: its in-dialog requests are
+//! [`Outgoing`], the next hop's are [`Incoming`].
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::time::Instant;
 use voicegate_sip::dialog::Dialog;
 use voicegate_sip::message::{Headers, Request, Response};
+use voicegate_sip::session_timer::{self, Refresher, SessionTimer};
 use voicegate_sip::transaction::{ClientInviteTx, ClientNonInviteTx, Timers, TxEvent};
 use voicegate_sip::transport::Source;
 
+use crate::incoming::{Arrival, Incoming};
+use crate::outgoing::{ack_for_2xx, non_2xx_ack, Identity, Outgoing, OutgoingEvent};
 use voicegate_sip::dialog::random_token;
 
 /// Where a leg's requests go: the connection (or UDP socket) and the address.
@@ -61,6 +67,17 @@ pub enum OutboundEvent {
     ReinviteTimeout,
 }
 
+/// What a leg's session timer asked for (see [`OutboundLeg::keep_session`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionDue {
+    Nothing,
+    /// Our refresh (a re-INVITE) is on its way; its answer comes as
+    /// [`OutboundEvent::ReinviteDone`] (RFC 4028 §10: a 408 or 481 ends the session).
+    RefreshSent,
+    /// The far end did not refresh in time: the session is over.
+    Expired,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OutState {
     /// INVITE sent, nothing back yet.
@@ -70,13 +87,6 @@ pub enum OutState {
     Answered,
     /// Failed, cancelled or hung up: only transactions may linger.
     Over,
-}
-
-/// A re-INVITE of ours in progress.
-struct Reinvite {
-    cseq: u32,
-    tx: ClientInviteTx,
-    request: Request,
 }
 
 pub struct OutboundLeg {
@@ -96,12 +106,11 @@ pub struct OutboundLeg {
     /// CANCEL asked for before any provisional: sent when one arrives (RFC 3261 §9.1).
     cancel_pending: bool,
     cancel: Option<ClientNonInviteTx>,
-    reinvite: Option<Reinvite>,
-    /// BYE, INFO… with their CSeq and method.
-    requests: Vec<(u32, String, ClientNonInviteTx)>,
-    /// The ACK of the 2xx, resent for every retransmitted 2xx.
-    ack: Option<Bytes>,
-    /// Bytes to send outside transactions (ACKs of 2xx).
+    /// Our requests once the dialog exists: BYE, NOTIFY, re-INVITEs.
+    out: Outgoing,
+    /// The next hop's requests in the dialog.
+    pub incoming: Incoming,
+    /// Bytes to send outside transactions (ACKs of 2xx to the INVITE).
     outbox: Vec<Bytes>,
     pub started: Instant,
 }
@@ -115,6 +124,12 @@ impl OutboundLeg {
         let invite = build_invite(&params, &call_id, &local_tag, cseq);
         let reliable = hop.source.transport.is_reliable();
         let tx = ClientInviteTx::new(invite.to_bytes(), reliable, timers, now);
+        let identity = Identity {
+            via: params.via.clone(),
+            contact: params.contact.clone(),
+            user_agent: params.user_agent.clone(),
+        };
+        let incoming = Incoming::new(timers, Arc::from(params.user_agent.as_str()), &local_tag);
         OutboundLeg {
             call_id,
             local_tag,
@@ -130,9 +145,8 @@ impl OutboundLeg {
             session_expires_retried: false,
             cancel_pending: false,
             cancel: None,
-            reinvite: None,
-            requests: Vec::new(),
-            ack: None,
+            out: Outgoing::new(identity, reliable, timers),
+            incoming,
             outbox: Vec::new(),
             started: now,
         }
@@ -142,20 +156,6 @@ impl OutboundLeg {
         let (cseq, method) = response.cseq();
         match method {
             "INVITE" if cseq == self.invite.cseq().0 => self.on_invite_response(response, now),
-            "INVITE" => {
-                let re = self.reinvite.as_mut().filter(|re| re.cseq == cseq)?;
-                let pass = re.tx.on_response(response.status, now);
-                if response.status >= 200 && response.status < 300 {
-                    // Every 2xx is acknowledged, retransmissions too.
-                    let ack = self.ack_for_2xx(cseq, response);
-                    self.outbox.push(ack);
-                } else if response.status >= 300 {
-                    let ack = non_2xx_ack(&re.request, response);
-                    re.tx.send_ack(ack, now);
-                }
-                (pass && response.status >= 200)
-                    .then(|| OutboundEvent::ReinviteDone(response.clone()))
-            }
             "CANCEL" => {
                 if let Some(cancel) = self.cancel.as_mut() {
                     cancel.on_response(response.status, now);
@@ -163,24 +163,30 @@ impl OutboundLeg {
                 None
             }
             _ => {
-                if let Some((_, _, tx)) = self
-                    .requests
-                    .iter_mut()
-                    .find(|(c, m, _)| *c == cseq && m == method)
-                {
-                    tx.on_response(response.status, now);
-                }
-                None
+                let dialog = self.dialog.as_ref()?;
+                self.out.on_response(dialog, response, now);
+                self.poll_out_event()
             }
         }
+    }
+
+    /// What our in-dialog requests' answers meant for the call (a re-INVITE's outcome).
+    fn poll_out_event(&mut self) -> Option<OutboundEvent> {
+        while let Some(event) = self.out.poll_event() {
+            match event {
+                OutgoingEvent::ReinviteDone(r) => return Some(OutboundEvent::ReinviteDone(r)),
+                OutgoingEvent::ReinviteTimeout => return Some(OutboundEvent::ReinviteTimeout),
+                OutgoingEvent::Done { .. } => {}
+            }
+        }
+        None
     }
 
     fn on_invite_response(&mut self, response: &Response, now: Instant) -> Option<OutboundEvent> {
         let status = response.status;
         let pass = self.tx.on_response(status, now);
         if (200..300).contains(&status) {
-            let ack = self.ack_for_2xx(self.invite.cseq().0, response);
-            self.ack = Some(ack.clone());
+            let ack = self.ack_invite_2xx(response);
             self.outbox.push(ack);
             if !pass || self.state == OutState::Answered || self.state == OutState::Over {
                 // A retransmitted 2xx (or one racing our CANCEL): acknowledged, nothing else.
@@ -288,18 +294,17 @@ impl OutboundLeg {
         format!("{};branch=z9hG4bK{};rport", self.params.via, random_token())
     }
 
-    fn ack_for_2xx(&mut self, cseq: u32, response: &Response) -> Bytes {
-        let mut dialog = self
+    /// The ACK of a 2xx to our INVITE (and of every retransmission of it).
+    fn ack_invite_2xx(&self, response: &Response) -> Bytes {
+        let dialog = self
             .dialog
             .clone()
             .unwrap_or_else(|| Dialog::from_response(&self.invite, response));
-        // The ACK of a 2xx is its own transaction but keeps the INVITE's CSeq number.
-        dialog.local_cseq = cseq - 1;
-        dialog.remote_party = response.headers.get("To").unwrap_or_default().to_string();
-        let mut ack = dialog.request("ACK", self.new_via(), 70);
-        ack.headers
-            .push("User-Agent", self.params.user_agent.clone());
-        ack.to_bytes()
+        ack_for_2xx(&dialog, self.invite.cseq().0, response, self.out_identity())
+    }
+
+    fn out_identity(&self) -> &Identity {
+        &self.out.identity
     }
 
     /// Gives up on the INVITE: CANCEL once a provisional has come (else as soon as one does).
@@ -357,39 +362,16 @@ impl OutboundLeg {
         if self.state != OutState::Answered {
             return;
         }
-        let Some(dialog) = self.dialog.as_mut() else {
-            return;
-        };
-        let via = format!("{};branch=z9hG4bK{};rport", self.params.via, random_token());
-        let mut notify = dialog.request("NOTIFY", via, 70);
-        refer_notify(
-            &mut notify,
-            status_line,
-            terminated,
-            &self.params.contact,
-            &self.params.user_agent,
-        );
-        let cseq = notify.cseq().0;
-        let tx = ClientNonInviteTx::new(notify.to_bytes(), self.reliable, self.timers, now);
-        self.requests.push((cseq, "NOTIFY".into(), tx));
+        if let Some(dialog) = self.dialog.as_mut() {
+            self.out.notify_refer(dialog, status_line, terminated, now);
+        }
     }
 
     /// Hangs up an answered (or early) dialog.
     pub fn bye(&mut self, reason: &str, now: Instant) {
-        let Some(dialog) = self.dialog.as_mut() else {
-            self.state = OutState::Over;
-            return;
-        };
-        let via = format!("{};branch=z9hG4bK{};rport", self.params.via, random_token());
-        let mut bye = dialog.request("BYE", via, 70);
-        if !reason.is_empty() {
-            bye.headers.push("Reason", reason);
+        if let Some(dialog) = self.dialog.as_mut() {
+            self.out.bye(dialog, reason, now);
         }
-        bye.headers
-            .push("User-Agent", self.params.user_agent.clone());
-        let cseq = bye.cseq().0;
-        let tx = ClientNonInviteTx::new(bye.to_bytes(), self.reliable, self.timers, now);
-        self.requests.push((cseq, "BYE".into(), tx));
         self.state = OutState::Over;
     }
 
@@ -401,34 +383,42 @@ impl OutboundLeg {
         extra: &[(String, String)],
         now: Instant,
     ) -> bool {
-        if self
-            .reinvite
-            .as_ref()
-            .is_some_and(|re| !re.tx.is_terminated())
-            || self.state != OutState::Answered
-        {
+        if self.state != OutState::Answered {
             return false;
         }
-        let Some(dialog) = self.dialog.as_mut() else {
-            return false;
-        };
-        let via = format!("{};branch=z9hG4bK{};rport", self.params.via, random_token());
-        let mut request = dialog.request("INVITE", via, 70);
-        request.headers.push("Contact", self.params.contact.clone());
-        request
-            .headers
-            .push("User-Agent", self.params.user_agent.clone());
-        for (name, value) in extra {
-            request.headers.push(name.clone(), value.clone());
+        match self.dialog.as_mut() {
+            Some(dialog) => self.out.reinvite(dialog, sdp, extra, now),
+            None => false,
         }
-        if let Some(sdp) = sdp {
-            request.headers.push("Content-Type", "application/sdp");
-            request.body = sdp;
+    }
+
+    /// Keeps the leg's session alive (RFC 4028): at the timer's refresh time, when we are the
+    /// refresher, a re-INVITE with `offer` (the same SDP version: nothing changes in the
+    /// media, §7.4); at its expiry, when the far end let it lapse, `Expired`.
+    pub fn keep_session(
+        &mut self,
+        timer: &mut SessionTimer,
+        offer: impl FnOnce() -> Bytes,
+        now: Instant,
+    ) -> SessionDue {
+        if timer.refresh_at().is_some_and(|t| t <= now) {
+            timer.on_refreshed(now);
+            let se = [
+                (
+                    "Session-Expires".to_string(),
+                    session_timer::header_value(timer.interval, Refresher::Uac),
+                ),
+                ("Supported".to_string(), "timer".to_string()),
+            ];
+            if self.reinvite(Some(offer()), &se, now) {
+                return SessionDue::RefreshSent;
+            }
+            return SessionDue::Nothing;
         }
-        let cseq = request.cseq().0;
-        let tx = ClientInviteTx::new(request.to_bytes(), self.reliable, self.timers, now);
-        self.reinvite = Some(Reinvite { cseq, tx, request });
-        true
+        if timer.expires_at().is_some_and(|t| t <= now) {
+            return SessionDue::Expired;
+        }
+        SessionDue::Nothing
     }
 
     /// Our Contact on this leg.
@@ -449,17 +439,19 @@ impl OutboundLeg {
         self.call_id == call_id
     }
 
+    /// A request of the next hop's in this leg's dialog (see [`Incoming::receive`]).
+    pub fn receive(&mut self, request: &Request, source: &Source, now: Instant) -> Arrival {
+        self.incoming
+            .receive(self.dialog.as_mut(), request, source, now)
+    }
+
     pub fn handle_timeout(&mut self, now: Instant) {
         self.tx.handle_timeout(now);
         if let Some(c) = self.cancel.as_mut() {
             c.handle_timeout(now);
         }
-        if let Some(re) = self.reinvite.as_mut() {
-            re.tx.handle_timeout(now);
-        }
-        for (_, _, tx) in &mut self.requests {
-            tx.handle_timeout(now);
-        }
+        self.out.handle_timeout(now);
+        self.incoming.handle_timeout(now);
     }
 
     /// Events of the transactions themselves (timeouts), after [`Self::handle_timeout`].
@@ -474,16 +466,11 @@ impl OutboundLeg {
                 });
             }
         }
-        if let Some(re) = self.reinvite.as_mut() {
-            while let Some(event) = re.tx.poll_event() {
-                if event == TxEvent::Timeout {
-                    return Some(OutboundEvent::ReinviteTimeout);
-                }
-            }
-        }
-        None
+        self.poll_out_event()
     }
 
+    /// What to send to the next hop at [`Self::hop`]. Answers to its requests are in
+    /// [`Self::incoming`], each with its own destination.
     pub fn poll_transmit(&mut self) -> Option<Bytes> {
         if !self.outbox.is_empty() {
             return Some(self.outbox.remove(0));
@@ -494,22 +481,17 @@ impl OutboundLeg {
         if let Some(bytes) = self.cancel.as_mut().and_then(|c| c.poll_transmit()) {
             return Some(bytes);
         }
-        if let Some(bytes) = self.reinvite.as_mut().and_then(|re| re.tx.poll_transmit()) {
-            return Some(bytes);
-        }
-        self.requests
-            .iter_mut()
-            .find_map(|(_, _, tx)| tx.poll_transmit())
+        self.out.poll_transmit()
     }
 
     pub fn next_deadline(&self) -> Option<Instant> {
         [
             self.tx.poll_timeout(),
             self.cancel.as_ref().and_then(|c| c.poll_timeout()),
-            self.reinvite.as_ref().and_then(|re| re.tx.poll_timeout()),
+            self.out.poll_timeout(),
+            self.incoming.poll_timeout(),
         ]
         .into_iter()
-        .chain(self.requests.iter().map(|(_, _, tx)| tx.poll_timeout()))
         .flatten()
         .min()
     }
@@ -520,16 +502,8 @@ impl OutboundLeg {
         self.state == OutState::Over
             && self.tx.is_terminated()
             && self.cancel.as_ref().is_none_or(|c| c.is_terminated())
-            && self
-                .reinvite
-                .as_ref()
-                .is_none_or(|re| re.tx.is_terminated())
-            && self.requests.iter().all(|(_, _, tx)| tx.is_terminated())
-    }
-
-    /// Drops the requests that are done, keeping the leg small in long calls.
-    pub fn prune(&mut self) {
-        self.requests.retain(|(_, _, tx)| !tx.is_terminated());
+            && self.out.is_idle()
+            && self.incoming.is_idle()
     }
 }
 
@@ -566,68 +540,10 @@ fn build_invite(params: &InviteParams, call_id: &str, local_tag: &str, cseq: u32
     }
 }
 
-/// Makes a dialog's NOTIFY report a REFER's progress (RFC 3515 §2.4.4): the new call's status
-/// line as a sipfrag; `terminated` ends the implicit subscription.
-pub(crate) fn refer_notify(
-    notify: &mut Request,
-    status_line: &str,
-    terminated: bool,
-    contact: &str,
-    user_agent: &str,
-) {
-    notify.headers.push("Event", "refer");
-    notify.headers.push(
-        "Subscription-State",
-        if terminated {
-            "terminated;reason=noresource"
-        } else {
-            "active;expires=60"
-        },
-    );
-    notify.headers.push("Contact", contact);
-    notify.headers.push("User-Agent", user_agent);
-    notify
-        .headers
-        .push("Content-Type", "message/sipfrag;version=2.0");
-    notify.body = Bytes::from(format!("{status_line}\r\n"));
-}
-
-/// The ACK of a non-2xx final response: part of the INVITE transaction (RFC 3261 §17.1.1.3).
-pub(crate) fn non_2xx_ack(invite: &Request, response: &Response) -> Bytes {
-    let mut headers = Headers::default();
-    if let Some(via) = invite.headers.get("Via") {
-        headers.push("Via", via.to_string());
-    }
-    headers.push("Max-Forwards", "70");
-    for route in invite.headers.get_all("Route") {
-        headers.push("Route", route.to_string());
-    }
-    headers.push(
-        "From",
-        invite.headers.get("From").unwrap_or_default().to_string(),
-    );
-    headers.push(
-        "To",
-        response
-            .headers
-            .get("To")
-            .or_else(|| invite.headers.get("To"))
-            .unwrap_or_default()
-            .to_string(),
-    );
-    headers.push("Call-ID", invite.call_id().to_string());
-    headers.push("CSeq", format!("{} ACK", invite.cseq().0));
-    Request {
-        method: "ACK".into(),
-        uri: invite.uri.clone(),
-        headers,
-        body: Bytes::new(),
-    }
-    .to_bytes()
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use voicegate_sip::message::{parse, Message};
     use voicegate_sip::transport::TransportKind;
@@ -760,6 +676,142 @@ mod tests {
             leg.on_response(&again, now),
             Some(OutboundEvent::Failed { status: 407, .. })
         ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_200_racing_our_cancel_is_acked_and_hung_up_at_once() {
+        let now = Instant::now();
+        let mut leg = OutboundLeg::invite(params(), hop(), Timers::default(), now);
+        let invite = sent(&mut leg).remove(0);
+        leg.on_response(&reply(&invite, 180, Some("c1"), &[]), now);
+        leg.cancel(now);
+        assert_eq!(sent(&mut leg).remove(0).method, "CANCEL");
+        // The callee answered before our CANCEL reached it (RFC 3261 §9.1).
+        let ok = reply(
+            &invite,
+            200,
+            Some("c1"),
+            &[("Contact", "<sip:gw@192.0.2.10:5070>")],
+        );
+        assert_eq!(
+            leg.on_response(&ok, now),
+            None,
+            "not an answer for the call"
+        );
+        let methods: Vec<_> = sent(&mut leg).into_iter().map(|r| r.method).collect();
+        assert_eq!(methods, vec!["ACK", "BYE"]);
+        assert_eq!(leg.state, OutState::Over);
+    }
+
+    /// Answers the INVITE with 200 and returns the answered leg (ACK drained).
+    fn answered_leg(now: Instant) -> (OutboundLeg, Request) {
+        let mut leg = OutboundLeg::invite(params(), hop(), Timers::default(), now);
+        let invite = sent(&mut leg).remove(0);
+        let ok = reply(
+            &invite,
+            200,
+            Some("c1"),
+            &[("Contact", "<sip:gw@192.0.2.10:5070>")],
+        );
+        leg.on_response(&ok, now);
+        sent(&mut leg);
+        (leg, invite)
+    }
+
+    /// A request of the next hop's in the leg's dialog.
+    fn from_hop(leg: &OutboundLeg, invite: &Request, method: &str, cseq: u32) -> Request {
+        let text = format!(
+            "{method} sip:+15550100@192.0.2.1:5060 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK-{method}-{cseq}\r\n\
+From: {};tag=c1\r\n\
+To: {}\r\n\
+Call-ID: {}\r\n\
+CSeq: {cseq} {method}\r\n\
+Content-Length: 0\r\n\r\n",
+            invite.headers.get("To").unwrap(),
+            invite.headers.get("From").unwrap(),
+            leg.call_id,
+        );
+        match parse(text.as_bytes()) {
+            Ok(Message::Request(r)) => r,
+            other => panic!("not a request: {other:?}"),
+        }
+    }
+
+    fn answers(leg: &mut OutboundLeg) -> Vec<u16> {
+        std::iter::from_fn(|| leg.incoming.poll_transmit())
+            .map(|t| match parse(&t.bytes) {
+                Ok(Message::Response(r)) => r.status,
+                other => panic!("not a response: {other:?}"),
+            })
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_next_hops_requests_are_taken_by_the_legs_dialog() {
+        let now = Instant::now();
+        let (mut leg, invite) = answered_leg(now);
+        let source = hop().source;
+        let refer = from_hop(&leg, &invite, "REFER", 10);
+        assert_eq!(
+            leg.receive(&refer, &source, now),
+            Arrival::Request(voicegate_sip::dialog::InDialog::Refer)
+        );
+        leg.incoming
+            .answer(&refer, &source, 202, "Accepted", Default::default(), now);
+        assert_eq!(answers(&mut leg), vec![202]);
+        // Its retransmission gets the same answer; an older CSeq gets 500; OPTIONS 200.
+        assert_eq!(leg.receive(&refer, &source, now), Arrival::Handled);
+        let stale = from_hop(&leg, &invite, "INFO", 9);
+        assert_eq!(leg.receive(&stale, &source, now), Arrival::Handled);
+        let options = from_hop(&leg, &invite, "OPTIONS", 11);
+        assert_eq!(leg.receive(&options, &source, now), Arrival::Handled);
+        assert_eq!(answers(&mut leg), vec![202, 500, 200]);
+        // The leg is not finished while an answer may still be repeated (Timer J).
+        leg.bye("", now);
+        assert!(!leg.is_finished());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_refresher_reinvites_at_half_the_interval_and_a_lapsed_session_expires() {
+        let start = Instant::now();
+        let (mut leg, _) = answered_leg(start);
+        let offer = || Bytes::from_static(b"v=0\r\n");
+        // We refresh a 90 s session: nothing before 45 s, a re-INVITE at 45 s.
+        let mut ours = SessionTimer::new(90, true, start);
+        let early = start + Duration::from_secs(44);
+        assert_eq!(
+            leg.keep_session(&mut ours, offer, early),
+            SessionDue::Nothing
+        );
+        let half = start + Duration::from_secs(45);
+        assert_eq!(
+            leg.keep_session(&mut ours, offer, half),
+            SessionDue::RefreshSent
+        );
+        let refresh = sent(&mut leg).remove(0);
+        assert_eq!(refresh.method, "INVITE");
+        assert_eq!(
+            refresh.headers.get("Session-Expires"),
+            Some("90;refresher=uac")
+        );
+        // The next hop answers 481: the refresh failed, which the call ends on (§10).
+        let gone = reply(&refresh, 481, Some("c1"), &[]);
+        assert!(matches!(
+            leg.on_response(&gone, half),
+            Some(OutboundEvent::ReinviteDone(r)) if r.status == 481
+        ));
+        // They refresh a 90 s session and never do: it expires (RFC 4028 §10), not before.
+        let mut theirs = SessionTimer::new(90, false, start);
+        let mut due = SessionDue::Nothing;
+        let mut at = start;
+        while due == SessionDue::Nothing {
+            at = theirs.deadline();
+            due = leg.keep_session(&mut theirs, offer, at);
+        }
+        assert_eq!(due, SessionDue::Expired);
+        assert!(at - start >= Duration::from_secs(60), "{:?}", at - start);
+        assert!(at - start <= Duration::from_secs(90), "{:?}", at - start);
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,0 +1,15 @@
+//! Call control as plain data: the dialog legs of a call, the requests each side sends in
+//! them and the answers, with time passed in and bytes polled out; the call tasks only send,
+//! wait and start media.
+//!
+//! A leg is a dialog seen from both sides: [`Incoming`] answers the far end's requests the
+//! same way for every call shape, [`Outgoing`] carries ours (BYE, NOTIFY, re-INVITE). The
+//! caller's leg starts from its INVITE; a leg we place ([`OutboundLeg`]) from ours.
+
+pub mod incoming;
+pub mod outbound;
+pub mod outgoing;
+
+pub use incoming::{Answer, Arrival, Incoming, Transmit};
+pub use outbound::{Hop, InviteParams, OutState, OutboundEvent, OutboundLeg, SessionDue};
+pub use outgoing::{Identity, Outgoing, OutgoingEvent};
