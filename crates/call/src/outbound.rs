@@ -300,11 +300,7 @@ impl OutboundLeg {
             .dialog
             .clone()
             .unwrap_or_else(|| Dialog::from_response(&self.invite, response));
-        ack_for_2xx(&dialog, self.invite.cseq().0, response, self.out_identity())
-    }
-
-    fn out_identity(&self) -> &Identity {
-        &self.out.identity
+        ack_for_2xx(&dialog, self.invite.cseq().0, response, &self.out.identity)
     }
 
     /// Gives up on the INVITE: CANCEL once a provisional has come (else as soon as one does).
