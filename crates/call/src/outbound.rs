@@ -18,7 +18,7 @@ use voicegate_sip::session_timer::{self, Refresher, SessionTimer};
 use voicegate_sip::transaction::{ClientInviteTx, ClientNonInviteTx, Timers, TxEvent};
 use voicegate_sip::transport::Source;
 
-use crate::incoming::{Arrival, Incoming};
+use crate::incoming::{Arrival, Incoming, Transmit};
 use crate::outgoing::{ack_for_2xx, non_2xx_ack, Identity, Outgoing, OutgoingEvent};
 use voicegate_sip::dialog::random_token;
 
@@ -281,17 +281,13 @@ impl OutboundLeg {
     fn resend(&mut self, mut request: Request, now: Instant) {
         let cseq = self.invite.cseq().0 + 1;
         request.headers.set("CSeq", format!("{cseq} INVITE"));
-        request.headers.set("Via", self.new_via());
+        request.headers.set("Via", self.out.identity.new_via());
         // The old transaction's ACK goes out before the new INVITE.
         while let Some(bytes) = self.tx.poll_transmit() {
             self.outbox.push(bytes);
         }
         self.invite = request;
         self.tx = ClientInviteTx::new(self.invite.to_bytes(), self.reliable, self.timers, now);
-    }
-
-    fn new_via(&self) -> String {
-        format!("{};branch=z9hG4bK{};rport", self.params.via, random_token())
     }
 
     /// The ACK of a 2xx to our INVITE (and of every retransmission of it).
@@ -419,15 +415,7 @@ impl OutboundLeg {
 
     /// Our Contact on this leg.
     pub fn contact(&self) -> &str {
-        &self.params.contact
-    }
-
-    /// Records the CSeq of the peer's in-dialog request (RFC 3261 §12.2.2).
-    pub fn accept_remote_cseq(&mut self, request: &Request) -> bool {
-        match self.dialog.as_mut() {
-            Some(d) => d.accept_remote_cseq(request).is_ok(),
-            None => false,
-        }
+        &self.out.identity.contact
     }
 
     /// Whether an in-dialog request from the next hop belongs to this leg.
@@ -463,6 +451,19 @@ impl OutboundLeg {
             }
         }
         self.poll_out_event()
+    }
+
+    /// Everything the leg has to send, with where: answers to the next hop's requests first,
+    /// as they were written (a 202 before its NOTIFY), then our own messages to [`Self::hop`].
+    pub fn poll_send(&mut self) -> Option<Transmit> {
+        if let Some(answer) = self.incoming.poll_transmit() {
+            return Some(answer);
+        }
+        self.poll_transmit().map(|bytes| Transmit {
+            source: self.hop.source,
+            target: self.hop.target,
+            bytes,
+        })
     }
 
     /// What to send to the next hop at [`Self::hop`]. Answers to its requests are in

@@ -1124,7 +1124,7 @@ impl Call {
             if let Some(n) = negotiated {
                 peer.negotiated = Some(n);
             }
-            Some(body)
+            body
         });
         let mut headers = Vec::new();
         if result.is_ok() {
@@ -1149,7 +1149,7 @@ impl Call {
             }
         }
         let (status, reason, sdp) = match &result {
-            Ok(body) => (200, "OK".to_string(), body.clone().map(Bytes::from)),
+            Ok(body) => (200, "OK".to_string(), Some(Bytes::from(body.clone()))),
             Err((status, reason)) => (*status, reason.clone(), None),
         };
         let answer = Answer {
@@ -1581,12 +1581,8 @@ impl Call {
 /// (until then they keep their route, for the 487 to our CANCEL or the 200 to our BYE).
 fn flush_legs(core: &Core, sender: &voicegate_sip::transport::Sender, peer: &mut Peer) {
     for leg in peer.leg.iter_mut().chain(peer.spent.iter_mut()) {
-        // Answers first, as they were written (a 202 before its NOTIFY).
-        while let Some(t) = leg.incoming.poll_transmit() {
+        while let Some(t) = leg.poll_send() {
             sender.send_to(&t.source, t.target, t.bytes);
-        }
-        while let Some(bytes) = leg.poll_transmit() {
-            sender.send_to(&leg.hop.source, leg.hop.target, bytes);
         }
         if leg.incoming.poll_ack_timeout() {
             warn!(

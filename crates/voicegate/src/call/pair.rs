@@ -409,12 +409,8 @@ impl Pair {
         let sender = self.core.sender().clone();
         for side in &mut self.sides {
             for leg in std::iter::once(&mut side.leg).chain(side.spent.iter_mut()) {
-                // Answers first, as they were written (a 202 before its NOTIFY).
-                while let Some(t) = leg.incoming.poll_transmit() {
+                while let Some(t) = leg.poll_send() {
                     sender.send_to(&t.source, t.target, t.bytes);
-                }
-                while let Some(bytes) = leg.poll_transmit() {
-                    sender.send_to(&leg.hop.source, leg.hop.target, bytes);
                 }
             }
             side.spent.retain(|l| !l.is_finished());
