@@ -4,12 +4,18 @@
 //!
 //! A leg is a dialog seen from both sides: [`Incoming`] answers the far end's requests the
 //! same way for every call shape, [`Outgoing`] carries ours (BYE, NOTIFY, re-INVITE). The
-//! caller's leg starts from its INVITE; a leg we place ([`OutboundLeg`]) from ours.
+//! caller's leg ([`CallerLeg`]) starts from its INVITE; a leg we place ([`OutboundLeg`]) from
+//! ours.
 
+pub mod caller;
 pub mod incoming;
 pub mod outbound;
 pub mod outgoing;
 
+pub use caller::{CallerEvent, CallerLeg, CallerRequest, CallerState};
 pub use incoming::{Answer, Arrival, Incoming, Transmit};
 pub use outbound::{Hop, InviteParams, OutState, OutboundEvent, OutboundLeg, SessionDue};
 pub use outgoing::{Identity, Outgoing, OutgoingEvent};
+
+#[cfg(test)]
+mod testing;

@@ -24,11 +24,8 @@ use voicegate_bridge::session::{
 use voicegate_rtp::dtmf::{self, DtmfEvent};
 use voicegate_rtp::{EchoHandle, LegConfig, LegControl, LegReport, MediaEvent, RtpPorts};
 use voicegate_sip::accept;
-use voicegate_sip::dialog::{Dialog, InDialog};
-use voicegate_sip::info;
-use voicegate_sip::message::{Method, Request, Response};
+use voicegate_sip::message::{Request, Response};
 use voicegate_sip::sdp::{self, Direction, LocalMedia, Negotiated};
-use voicegate_sip::transaction::{ServerInviteState, ServerInviteTx, TxEvent};
 use voicegate_sip::transport::Source;
 
 use crate::admit::Outcome;
@@ -39,10 +36,8 @@ use hops::NextHop;
 use voicegate_bridge::relay::{RelayEvent, RelayHandle};
 use voicegate_bridge::tap::TapFrame;
 use voicegate_bridge::tone::ToneHandle;
-use voicegate_call::{Answer, Arrival, Identity, Incoming, OutboundLeg, Outgoing, OutgoingEvent};
+use voicegate_call::{CallerEvent, CallerLeg, CallerRequest, CallerState, Identity, OutboundLeg};
 use voicegate_control::Mode;
-use voicegate_sip::dialog::{ALLOW, SUPPORTED};
-use voicegate_sip::session_timer::{self, SessionTimer, UasTimer};
 
 /// What a dialled number leads to.
 #[derive(Clone, Debug)]
@@ -229,20 +224,12 @@ enum Leg {
     Tone(ToneHandle),
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Phase {
-    /// 1xx sent; answering at `answer_at` (None: rings until CANCEL or the ring timeout).
-    Ringing {
-        answer_at: Option<Instant>,
-        give_up_at: Instant,
-    },
-    /// 200 sent, waiting for its ACK.
-    Answered,
-    Confirmed,
-    /// We sent BYE and wait for its answer.
-    Ending,
-    /// Over: only lingering transactions remain (retransmissions, Timer J/H).
-    Done,
+/// The caller's phone rings: we answer at `answer_at` (None: rings until CANCEL or the ring
+/// timeout), or give up at `give_up_at`.
+#[derive(Clone, Copy, Debug)]
+struct Ring {
+    answer_at: Option<Instant>,
+    give_up_at: Instant,
 }
 
 struct Media {
@@ -270,18 +257,11 @@ struct MediaRecord {
 
 struct Call {
     core: Arc<Core>,
-    source: Source,
-    invite: Request,
-    invite_branch: String,
-    local_tag: String,
+    /// The caller's side: its INVITE, the dialog, its requests and ours, its session timer.
+    caller: CallerLeg,
     number: String,
-    invite_tx: ServerInviteTx,
-    /// The caller's requests in its dialog, and our answers.
-    caller_in: Incoming,
-    /// Our requests to the caller: BYE, NOTIFY for its REFER, re-INVITE for a hold.
-    caller_out: Outgoing,
-    dialog: Dialog,
-    phase: Phase,
+    /// Until the final answer, when the caller's phone rings.
+    ring: Option<Ring>,
     media: Option<Media>,
     media_record: MediaRecord,
     /// Events from the media leg (digits, RTP timeout).
@@ -295,13 +275,10 @@ struct Call {
     call_sid: String,
     /// The trunk that admitted the call, whose call slot is freed when it ends.
     admitted_trunk: Option<String>,
-    /// Headers for the final response of the INVITE (Retry-After, WWW-Authenticate).
-    final_headers: Vec<(&'static str, String)>,
     started: Instant,
     answered_at: Option<Instant>,
     ended_at: Option<Instant>,
     recorded: bool,
-    final_status: u16,
     end_reason: String,
     /// This call's own input queue, for the routes of the legs it places.
     self_tx: CallTx,
@@ -321,9 +298,6 @@ struct Call {
     tap: Option<mpsc::Sender<TapFrame>>,
     /// The caller ID of legs we place (the trunk's external alias), else the caller's.
     caller_id: Option<String>,
-    /// RFC 4028 terms agreed with the caller, and its timer once answered.
-    caller_timer_terms: Option<UasTimer>,
-    caller_timer: Option<SessionTimer>,
     direction: &'static str,
 }
 
@@ -351,19 +325,11 @@ pub async fn run(
         contact: caller_contact(&invite, &number, ip, &source),
         user_agent: user_agent.to_string(),
     };
-    let reliable = source.transport.is_reliable();
     let mut call = Call {
-        invite_tx: ServerInviteTx::new(reliable, timers),
-        caller_in: Incoming::new(timers, Arc::from(user_agent), &local_tag),
-        caller_out: Outgoing::new(identity, reliable, timers),
-        dialog: Dialog::from_invite(&invite, &local_tag),
+        caller: CallerLeg::new(invite, source, &local_tag, identity, timers),
         core: core.clone(),
-        source,
-        invite,
-        invite_branch: branch.clone(),
-        local_tag: local_tag.clone(),
         number,
-        phase: Phase::Done,
+        ring: None,
         media: None,
         media_record: MediaRecord::default(),
         media_events: None,
@@ -372,12 +338,10 @@ pub async fn run(
         route: admitted.route,
         call_sid: format!("{:032x}", rand::random::<u128>()),
         admitted_trunk: admitted.trunk_sid,
-        final_headers: Vec::new(),
         started: now,
         answered_at: None,
         ended_at: None,
         recorded: false,
-        final_status: 0,
         end_reason: String::new(),
         self_tx,
         peer: None,
@@ -388,19 +352,17 @@ pub async fn run(
         assist: None,
         tap: None,
         caller_id: admitted.caller_id,
-        caller_timer_terms: None,
-        caller_timer: None,
         direction: admitted.direction,
     };
     core.stats.active.fetch_add(1, Ordering::Relaxed);
     if let Some(in_progress) = &core.in_progress {
         in_progress.started(crate::in_progress::StartedCall {
             call_sid: &call.call_sid,
-            call_id: call.invite.call_id(),
+            call_id: call.caller.call_id(),
             trunk_sid: call.admitted_trunk.as_deref(),
             number: &call.number,
-            remote: call.source.remote,
-            transport: call.source.transport.as_via(),
+            remote: call.caller.source().remote,
+            transport: call.caller.source().transport.as_via(),
             direction: call.direction,
         });
     }
@@ -445,7 +407,7 @@ pub async fn run(
         call.flush();
         call.drive().await;
         call.collect_media_report().await;
-        if call.phase == Phase::Done && !call.recorded {
+        if call.caller.state() == CallerState::Ended && !call.recorded {
             // The record is written when the call ends, not when its last transaction expires.
             call.end_media();
             call.collect_media_report().await;
@@ -454,7 +416,7 @@ pub async fn run(
     }
     call.end_media();
     call.collect_media_report().await;
-    core.unregister(call.invite.call_id(), &branch, &local_tag);
+    core.unregister(call.caller.call_id(), &branch, &local_tag);
     call.unregister_peer();
     if !call.recorded {
         call.record();
@@ -467,24 +429,12 @@ fn far_future() -> Instant {
 
 impl Call {
     async fn start(&mut self, now: Instant) {
-        self.respond_invite(100, "Trying", None, now);
+        self.caller.respond(100, "Trying", None, now);
         // RFC 4028: too small a session interval is refused before anything else.
-        let terms = session_timer::uas_negotiate(
-            &self.invite.headers,
-            &self.core.settings.routing.session_timer,
-        );
-        if let UasTimer::TooSmall { min_se } = terms {
-            self.final_headers.push(("Min-SE", min_se.to_string()));
+        let timer_config = self.core.settings.routing.session_timer;
+        if self.caller.negotiate_timer(&timer_config).is_err() {
             return self.reject(422, "Session Interval Too Small", now);
         }
-        // We do not refresh towards the caller: a caller that cannot refresh gets no timer.
-        self.caller_timer_terms = match terms {
-            UasTimer::Active {
-                refresher: session_timer::Refresher::Uac,
-                ..
-            } => Some(terms),
-            _ => None,
-        };
         if let Route::Inbound { trunk_sid } = &self.route {
             let hops = hops::trunk_hops(&self.core, trunk_sid, &self.number).await;
             self.route = if hops.is_empty() {
@@ -497,7 +447,7 @@ impl Call {
             Route::Forward(hops) => {
                 // Only a request we relay uses up its hops (RFC 3261 §16.3); as the target
                 // (echo, bot) we answer it whatever its Max-Forwards (RFC 4475 zeromf).
-                if self.invite.max_forwards() == Some(0) {
+                if self.caller.invite().max_forwards() == Some(0) {
                     return self.reject(483, "Too Many Hops", now);
                 }
                 if let Err((status, reason)) = self.prepare_media() {
@@ -510,10 +460,10 @@ impl Call {
                 let give_up_at = now
                     + self.core.settings.routing.answer_timeout
                     + std::time::Duration::from_secs(60);
-                self.phase = Phase::Ringing {
+                self.ring = Some(Ring {
                     answer_at: None,
                     give_up_at,
-                };
+                });
             }
             // Resolved into hops above; none means no route.
             Route::Inbound { .. } => self.reject_with(
@@ -534,12 +484,12 @@ impl Call {
                 );
             }
             Route::Ringing => {
-                self.respond_invite(180, "Ringing", None, now);
+                self.caller.respond(180, "Ringing", None, now);
                 let give_up_at = now + self.core.settings.ring_timeout;
-                self.phase = Phase::Ringing {
+                self.ring = Some(Ring {
                     answer_at: None,
                     give_up_at,
-                };
+                });
             }
             Route::Echo | Route::Flow(_) => {
                 if let Err((status, reason)) = self.prepare_media() {
@@ -549,12 +499,12 @@ impl Call {
                 if ring.is_zero() {
                     self.answer(now);
                 } else {
-                    self.respond_invite(180, "Ringing", None, now);
+                    self.caller.respond(180, "Ringing", None, now);
                     let give_up_at = now + ring + self.core.settings.ring_timeout;
-                    self.phase = Phase::Ringing {
+                    self.ring = Some(Ring {
                         answer_at: Some(now + ring),
                         give_up_at,
-                    };
+                    });
                 }
             }
         }
@@ -564,20 +514,21 @@ impl Call {
     fn prepare_media(&mut self) -> Result<(), (u16, String)> {
         // Our answers carry SDP, so a caller that cannot take SDP cannot be answered
         // (RFC 3261 §21.4.7; RFC 4475 sdp01).
-        if !accept::accepts(&self.invite.headers, "application/sdp") {
-            self.final_headers.push((
+        let invite = self.caller.invite();
+        if !accept::accepts(&invite.headers, "application/sdp") {
+            self.caller.add_final_header(
                 "Warning",
                 "399 voicegate \"Accept does not allow application/sdp, our only answer body\""
                     .into(),
-            ));
+            );
             return Err((406, "Not Acceptable".into()));
         }
-        let offer = if self.invite.body.is_empty() {
+        let offer = if invite.body.is_empty() {
             None
-        } else if !self.invite.body_is_sdp() {
+        } else if !invite.body_is_sdp() {
             return Err((415, "Unsupported Media Type: only application/sdp".into()));
         } else {
-            Some(sdp::parse(&self.invite.body).map_err(|e| (400, format!("Malformed SDP: {e}")))?)
+            Some(sdp::parse(&invite.body).map_err(|e| (400, format!("Malformed SDP: {e}")))?)
         };
         let negotiated = match &offer {
             Some(offer) => Some(
@@ -605,7 +556,7 @@ impl Call {
         let ports = self
             .core
             .pool
-            .allocate(self.source.local.ip())
+            .allocate(self.caller.source().local.ip())
             .map_err(|e| (503, format!("Service Unavailable: {e}")))?;
         let local = LocalMedia {
             address: self.advertised_ip(),
@@ -618,19 +569,14 @@ impl Call {
 
     /// The address we put in Contact and SDP (see [`advertised_ip`]).
     fn advertised_ip(&self) -> IpAddr {
-        advertised_ip(self.core.settings.public_ip, &self.source)
-    }
-
-    /// Our Contact towards the caller, in answers and in the requests of its dialog.
-    fn contact(&self) -> String {
-        self.caller_out.identity.contact.clone()
+        advertised_ip(self.core.settings.public_ip, self.caller.source())
     }
 
     fn answer(&mut self, now: Instant) {
         let Some(media) = self.media.as_mut() else {
             return self.reject(500, "Server Internal Error: no media", now);
         };
-        let body = match (&media.negotiated, sdp::parse(&self.invite.body)) {
+        let body = match (&media.negotiated, sdp::parse(&self.caller.invite().body)) {
             (Some(negotiated), Ok(offer)) => sdp::build_answer(&offer, &media.local, negotiated),
             // Delayed offer: we offer in the 200 and read the answer from the ACK.
             _ => sdp::build_offer(
@@ -647,7 +593,7 @@ impl Call {
                     return self.reject(500, "Server Internal Error: media", now);
                 }
             }
-            self.respond_invite(200, "OK", Some(Bytes::from(body)), now);
+            self.caller.respond(200, "OK", Some(Bytes::from(body)), now);
             self.mark_answered(now);
             return;
         }
@@ -685,29 +631,17 @@ impl Call {
                 return self.reject(500, "Server Internal Error: media", now);
             }
         }
-        self.respond_invite(200, "OK", Some(Bytes::from(body)), now);
+        self.caller.respond(200, "OK", Some(Bytes::from(body)), now);
         self.mark_answered(now);
     }
 
     /// The caller has our 200: the call is up from here on.
     fn mark_answered(&mut self, now: Instant) {
-        self.phase = Phase::Answered;
         self.answered_at = Some(now);
-        self.start_caller_timer(now);
         self.core.stats.answered.fetch_add(1, Ordering::Relaxed);
         if let Some(in_progress) = &self.core.in_progress {
             in_progress.answered(&self.call_sid);
         }
-    }
-
-    /// The caller's user part (its number, usually).
-    fn caller_user(&self) -> String {
-        self.invite
-            .headers
-            .get("From")
-            .and_then(voicegate_sip::message::name_addr_uri)
-            .and_then(|u| u.auth.map(|a| a.user))
-            .unwrap_or_default()
     }
 
     fn reject_with(
@@ -717,15 +651,17 @@ impl Call {
         headers: &[(&'static str, String)],
         now: Instant,
     ) {
-        self.final_headers.extend(headers.iter().cloned());
+        for (name, value) in headers {
+            self.caller.add_final_header(name, value.clone());
+        }
         self.reject(status, reason, now);
     }
 
     fn reject(&mut self, status: u16, reason: &str, now: Instant) {
         self.hang_up_peer("", now);
-        self.respond_invite(status, reason, None, now);
+        self.caller.respond(status, reason, None, now);
+        self.caller.close();
         self.end_media();
-        self.phase = Phase::Done;
         if self.end_reason.is_empty() {
             self.end_reason = reason.to_string();
         }
@@ -736,126 +672,48 @@ impl Call {
         }
     }
 
-    /// A response on the INVITE transaction, with our tag, Contact and Allow where they belong.
-    fn respond_invite(&mut self, status: u16, reason: &str, sdp_body: Option<Bytes>, now: Instant) {
-        let mut response = self
-            .invite
-            .response(status, reason)
-            .header("Server", self.core.sender().user_agent());
-        if status > 100 {
-            response = response.with_to_tag(&self.local_tag);
-        }
-        if (101..300).contains(&status) {
-            response = response.header("Contact", self.contact());
-        }
-        if status == 200 {
-            response = response
-                .header("Allow", ALLOW)
-                .header("Supported", SUPPORTED);
-            for (name, value) in self
-                .caller_timer_terms
-                .map(|t| t.response_headers())
-                .unwrap_or_default()
-            {
-                response = response.header(name, value);
-            }
-        }
-        if status >= 200 {
-            for (name, value) in std::mem::take(&mut self.final_headers) {
-                response = response.header(name, value);
-            }
-        }
-        if status == 503 && response.headers.get("Retry-After").is_none() {
-            response = response.header("Retry-After", "5");
-        }
-        if status == 415 {
-            response = response.header("Accept", "application/sdp");
-        }
-        if let Some(body) = sdp_body {
-            response = response.with_body("application/sdp", body);
-        }
-        if status >= 200 {
-            self.final_status = status;
-        }
-        self.invite_tx.respond(status, response.to_bytes(), now);
-    }
-
     fn on_request(&mut self, request: Request, source: Source, now: Instant) {
-        if request.call_id() != self.invite.call_id() {
+        if request.call_id() != self.caller.call_id() {
             return self.on_peer_request(request, source, now);
         }
-        let branch = request.branch().unwrap_or_default();
-        if request.method == Method::Invite
-            && branch == self.invite_branch
-            && request.to_tag().is_none()
-        {
-            return self.invite_tx.on_request_retransmit(now);
-        }
-        // Once the call is over this task only lingers for retransmissions; a CANCEL is still
-        // answered while its INVITE's transaction lives (RFC 3261 §9.2).
-        let open = self.phase != Phase::Done || request.method == Method::Cancel;
-        let dialog = open.then_some(&mut self.dialog);
-        let kind = match self.caller_in.receive(dialog, &request, &source, now) {
-            Arrival::Handled => return,
-            Arrival::ReinviteAck => {
-                if !request.body.is_empty() {
-                    self.apply_answer(&request.body);
-                }
-                return;
-            }
-            Arrival::Ack => return self.on_ack(&request, now),
-            Arrival::Request(kind) => kind,
+        let Some(request) = self.caller.receive(request, source, now) else {
+            return;
         };
-        match kind {
-            InDialog::Cancel => self.on_cancel(&request, &source, &branch, now),
-            InDialog::Bye => self.on_bye(&request, &source, now),
-            InDialog::Invite => self.on_reinvite(request, source, now),
-            InDialog::Info => {
-                let content_type = request.headers.get("Content-Type").unwrap_or_default();
-                if let Some(key) = info::parse_dtmf(content_type, &request.body) {
-                    let event = dtmf::DtmfEvent {
-                        digit: key.digit,
-                        duration_ms: key.duration_ms,
-                        volume: dtmf::DEFAULT_VOLUME,
-                    };
-                    self.on_dtmf(event, "info");
+        match request {
+            CallerRequest::Cancel { proceeding } => {
+                if proceeding {
+                    self.end_reason = "cancelled by caller".into();
+                    self.reject(487, "Request Terminated", now);
                 }
-                self.answer_caller(&request, &source, 200, "OK", &[], now)
+                self.hang_up_peer("SIP;cause=487;text=\"cancelled by caller\"", now);
             }
-            InDialog::Update => {
-                // A session refresh (RFC 4028 §7.4); offers in UPDATE are not taken.
-                if !request.body.is_empty() {
-                    let reason = "Not Acceptable Here: SDP in UPDATE not supported";
-                    return self.answer_caller(&request, &source, 488, reason, &[], now);
+            CallerRequest::Bye { early, reason } => self.on_bye(early, reason, now),
+            CallerRequest::Confirmed { answer } => {
+                // A delayed offer: our 200 offered, the ACK answers.
+                if self.media.as_ref().is_some_and(|m| m.negotiated.is_none()) {
+                    match answer {
+                        Some(answer) => self.apply_answer(&answer),
+                        None => warn!(
+                            call_id = self.caller.call_id(),
+                            "delayed offer: ACK carried no SDP answer"
+                        ),
+                    }
                 }
-                let extra = self.caller_refreshed(&request, now);
-                self.answer_caller(&request, &source, 200, "OK", &extra, now)
             }
-            InDialog::Refer => self.on_refer(&request, &source, true, now),
-            // Answered by `Incoming`.
-            InDialog::Ack
-            | InDialog::Options
-            | InDialog::Notify
-            | InDialog::NotAllowed
-            | InDialog::NotImplemented => {}
-        }
-    }
-
-    /// The ACK of our final answer to the INVITE.
-    fn on_ack(&mut self, ack: &Request, now: Instant) {
-        let was_answered = self.invite_tx.state() == ServerInviteState::Accepted;
-        self.invite_tx.on_ack(now);
-        if was_answered && self.phase == Phase::Answered {
-            self.phase = Phase::Confirmed;
-            if self.media.as_ref().is_some_and(|m| m.negotiated.is_none()) {
-                if ack.body.is_empty() {
-                    warn!(
-                        call_id = self.invite.call_id(),
-                        "delayed offer: ACK carried no SDP answer"
-                    );
-                } else {
-                    self.apply_answer(&ack.body);
+            CallerRequest::ReinviteAck { answer } => {
+                if let Some(answer) = answer {
+                    self.apply_answer(&answer);
                 }
+            }
+            CallerRequest::Reinvite(request, source) => self.on_reinvite(request, source, now),
+            CallerRequest::Refer(request, source) => self.on_refer(&request, &source, true, now),
+            CallerRequest::Dtmf(key) => {
+                let event = dtmf::DtmfEvent {
+                    digit: key.digit,
+                    duration_ms: key.duration_ms,
+                    volume: dtmf::DEFAULT_VOLUME,
+                };
+                self.on_dtmf(event, "info");
             }
         }
     }
@@ -889,73 +747,38 @@ impl Call {
                 }
             }
             Err(e) => {
-                warn!(call_id = self.invite.call_id(), error = %e, "unusable SDP answer in ACK")
+                warn!(call_id = self.caller.call_id(), error = %e, "unusable SDP answer in ACK")
             }
         }
     }
 
-    fn on_cancel(&mut self, cancel: &Request, source: &Source, branch: &str, now: Instant) {
-        if branch != self.invite_branch {
-            let reason = "Call/Transaction Does Not Exist";
-            return self.answer_caller(cancel, source, 481, reason, &[], now);
-        }
-        // The CANCEL is answered whatever the INVITE's state (RFC 3261 §9.2).
-        self.answer_caller(cancel, source, 200, "OK", &[], now);
-        if self.invite_tx.state() == ServerInviteState::Proceeding {
-            self.end_reason = "cancelled by caller".into();
-            self.reject(487, "Request Terminated", now);
-        }
-        self.hang_up_peer("SIP;cause=487;text=\"cancelled by caller\"", now);
-    }
-
-    fn on_bye(&mut self, bye: &Request, source: &Source, now: Instant) {
-        self.answer_caller(bye, source, 200, "OK", &[], now);
-        if self.invite_tx.state() == ServerInviteState::Proceeding {
-            // BYE in an early dialog: the INVITE ends too.
+    /// The caller hung up (its BYE is answered); before our final answer the INVITE ends too.
+    fn on_bye(&mut self, early: bool, reason: Option<String>, now: Instant) {
+        if early {
             self.reject(487, "Request Terminated", now);
         }
         if self.end_reason.is_empty() {
             self.end_reason = "caller hung up".into();
         }
-        let reason = bye
-            .headers
-            .get("Reason")
-            .unwrap_or("Q.850;cause=16;text=\"Normal call clearing\"")
-            .to_string();
+        let reason =
+            reason.unwrap_or_else(|| "Q.850;cause=16;text=\"Normal call clearing\"".to_string());
         self.hang_up_peer(&reason, now);
         self.end_media();
-        self.phase = Phase::Done;
     }
 
-    /// The caller's re-INVITE (its CSeq and overlap were checked by `Incoming`).
+    /// The caller's re-INVITE of an answered call (its CSeq and overlap were checked by its
+    /// leg): our answer from the call's media, and the other leg told of a hold or resume.
     fn on_reinvite(&mut self, request: Request, source: Source, now: Instant) {
-        if !matches!(self.phase, Phase::Confirmed | Phase::Answered) {
-            let reason = "Call/Transaction Does Not Exist";
-            return self.answer_caller(&request, &source, 481, reason, &[], now);
-        }
         let before = self.caller_direction();
-        let body = match self.renegotiate(&request) {
-            Ok(body) => body,
-            Err((status, reason)) => {
-                return self.answer_caller(&request, &source, status, &reason, &[], now)
-            }
-        };
+        let answer = self.renegotiate(&request).map(Bytes::from);
         let after = self.caller_direction();
-        if let (Some(before), Some(after)) = (before, after) {
+        if let (Ok(_), Some(before), Some(after)) = (&answer, before, after) {
             if before != after {
                 // Hold or resume: the other leg is told with our own re-INVITE.
                 self.propagate_direction(after.reversed(), now);
             }
         }
-        let extra = self.caller_refreshed(&request, now);
-        let contact = self.contact();
-        let answer = Answer {
-            headers: &extra,
-            contact: Some(&contact),
-            sdp: Some(Bytes::from(body)),
-        };
-        self.caller_in
-            .answer(&request, &source, 200, "OK", answer, now);
+        self.caller.answer_reinvite(&request, &source, answer, now);
     }
 
     /// A re-INVITE's offer (hold, resume, new address) or, without SDP, our new offer.
@@ -999,71 +822,38 @@ impl Call {
             .map(|n| n.direction)
     }
 
-    /// The caller refreshed its session (re-INVITE or UPDATE): the timer restarts; the
-    /// headers to answer with.
-    fn caller_refreshed(&mut self, request: &Request, now: Instant) -> Vec<(&'static str, String)> {
-        if let Some(timer) = self.caller_timer.as_mut() {
-            let interval = session_timer::session_expires(&request.headers)
-                .map(|se| {
-                    se.interval
-                        .max(self.core.settings.routing.session_timer.min_se)
-                })
-                .unwrap_or(timer.interval);
-            timer.renegotiated(interval, false, now);
-            return vec![
-                (
-                    "Session-Expires",
-                    session_timer::header_value(interval, session_timer::Refresher::Uac),
-                ),
-                ("Require", "timer".into()),
-            ];
-        }
-        Vec::new()
-    }
-
-    /// Answers one of the caller's requests through its own server transaction.
-    fn answer_caller(
-        &mut self,
-        request: &Request,
-        source: &Source,
-        status: u16,
-        reason: &str,
-        headers: &[(&'static str, String)],
-        now: Instant,
-    ) {
-        self.caller_in
-            .reply(request, source, status, reason, headers, now);
-    }
-
     fn on_response(&mut self, response: &Response, now: Instant) {
-        if response.headers.get("Call-ID") != Some(self.invite.call_id()) {
+        if response.headers.get("Call-ID") != Some(self.caller.call_id()) {
             return self.on_peer_response(response, now);
         }
-        if self.caller_out.owns(response) {
-            self.caller_out.on_response(&self.dialog, response, now);
-            self.on_caller_out_events();
+        if self.caller.on_response(response, now) {
+            self.on_caller_events(now);
         }
     }
 
-    /// What the answers to our requests to the caller (or their silence) meant.
-    fn on_caller_out_events(&mut self) {
-        while let Some(event) = self.caller_out.poll_event() {
+    /// What the caller's leg reported by itself: answers to our requests, their silence, a
+    /// missing ACK, a lapsed session.
+    fn on_caller_events(&mut self, now: Instant) {
+        while let Some(event) = self.caller.poll_event() {
+            let call_id = self.caller.call_id();
             match event {
-                OutgoingEvent::Done {
-                    method: Method::Bye,
-                    status,
-                } => {
-                    if status.is_none() {
-                        debug!(call_id = self.invite.call_id(), "BYE timed out");
-                    }
-                    self.phase = Phase::Done;
+                CallerEvent::ByeDone { status: None } => debug!(call_id, "BYE timed out"),
+                CallerEvent::ByeDone { .. } => {}
+                CallerEvent::ReinviteDone(response) => self.on_caller_reinvite_done(&response),
+                CallerEvent::ReinviteTimeout => {
+                    warn!(call_id, "the caller did not answer our re-INVITE")
                 }
-                OutgoingEvent::Done { .. } => {}
-                OutgoingEvent::ReinviteDone(response) => self.on_caller_reinvite_done(&response),
-                OutgoingEvent::ReinviteTimeout => warn!(
-                    call_id = self.invite.call_id(),
-                    "the caller did not answer our re-INVITE"
-                ),
+                CallerEvent::ReinviteUnacked => {
+                    warn!(call_id, "no ACK for our answer to the caller's re-INVITE")
+                }
+                CallerEvent::NoAck => {
+                    warn!(call_id, "no ACK for our 200: ending the call");
+                    self.send_bye("no ACK", "SIP;cause=408;text=\"no ACK for 200\"", now);
+                }
+                CallerEvent::SessionExpired => {
+                    warn!(call_id, "caller's session expired without refresh");
+                    self.end_both("session expired", now);
+                }
             }
         }
     }
@@ -1074,8 +864,7 @@ impl Call {
         self.hang_up_peer(reason, now);
         self.end_media();
         self.end_reason = why.to_string();
-        self.caller_out.bye(&mut self.dialog, reason, now);
-        self.phase = Phase::Ending;
+        self.caller.bye(reason, now);
     }
 
     /// Stops the media and gives its ports back at once (the task may linger for Timer J).
@@ -1119,7 +908,7 @@ impl Call {
                         self.media_record.bot.get_or_insert(report);
                     } else {
                         warn!(
-                            call_id = self.invite.call_id(),
+                            call_id = self.caller.call_id(),
                             "bot session did not end in 5 s: dropped"
                         );
                     }
@@ -1137,13 +926,7 @@ impl Call {
         let negotiated = media.negotiated.as_ref().ok_or("no negotiated codec")?;
         let ports = media.ports.take().ok_or("no RTP ports")?;
         let call_media = media::call_media(negotiated, &self.core);
-        let from = self
-            .invite
-            .headers
-            .get("From")
-            .and_then(voicegate_sip::message::name_addr_uri)
-            .and_then(|u| u.auth.map(|a| a.user))
-            .unwrap_or_default();
+        let from = self.caller.caller_user();
         let bot = BotSettings {
             url: flow.url.clone(),
             protocol: flow.protocol,
@@ -1166,7 +949,7 @@ impl Call {
                 .iter()
                 .cloned()
                 .chain(forwarded_headers(
-                    &self.invite,
+                    self.caller.invite(),
                     &settings.bridge.forward_headers,
                 ))
                 .collect(),
@@ -1183,9 +966,9 @@ impl Call {
     fn on_bot_end(&mut self, end: SessionEnd, now: Instant) {
         if let (SessionEnd::BotClosed(_), Route::Flow(flow)) = (&end, &self.route) {
             if let Some(to) = flow.connect_on_end.clone() {
-                if matches!(self.phase, Phase::Answered | Phase::Confirmed) {
+                if self.caller.is_up() {
                     info!(
-                        call_id = self.invite.call_id(),
+                        call_id = self.caller.call_id(),
                         to, "bot closed: connecting to the agent"
                     );
                     self.pending = Some(Pending::Agent {
@@ -1206,10 +989,10 @@ impl Call {
             SessionEnd::RtpTimeout => return self.on_rtp_timeout(now),
         };
         info!(
-            call_id = self.invite.call_id(),
+            call_id = self.caller.call_id(),
             reason, "bot step ended: hanging up"
         );
-        if matches!(self.phase, Phase::Answered | Phase::Confirmed) {
+        if self.caller.is_up() {
             let text = reason.replace('"', "'");
             self.send_bye(&reason, &format!("Q.850;cause=16;text=\"{text}\""), now);
         }
@@ -1225,7 +1008,7 @@ impl Call {
                 Some(agent) => agent,
                 None => {
                     warn!(
-                        call_id = self.invite.call_id(),
+                        call_id = self.caller.call_id(),
                         "bot transfer names no agent and the flow has none"
                     );
                     return;
@@ -1234,11 +1017,11 @@ impl Call {
         } else {
             to
         };
-        if self.peer.is_some() || !matches!(self.phase, Phase::Answered | Phase::Confirmed) {
+        if self.peer.is_some() || !self.caller.is_up() {
             return;
         }
         info!(
-            call_id = self.invite.call_id(),
+            call_id = self.caller.call_id(),
             to, "bot asked for a transfer"
         );
         self.pending = Some(Pending::Agent {
@@ -1249,10 +1032,10 @@ impl Call {
 
     /// No RTP for `rtp.timeout_secs` on a leg that should send: the call ends (both legs).
     fn on_rtp_timeout(&mut self, now: Instant) {
-        if matches!(self.phase, Phase::Answered | Phase::Confirmed) {
+        if self.caller.is_up() {
             let secs = self.core.settings.rtp_timeout.as_secs();
             warn!(
-                call_id = self.invite.call_id(),
+                call_id = self.caller.call_id(),
                 secs, "no RTP: ending the call"
             );
             self.send_bye(
@@ -1281,11 +1064,11 @@ impl Call {
                 bot.dtmf(event.digit, event.duration_ms);
             }
         }
-        info!(call_id = self.invite.call_id(), digit = %event.digit, duration_ms = event.duration_ms, via, "DTMF");
+        info!(call_id = self.caller.call_id(), digit = %event.digit, duration_ms = event.duration_ms, via, "DTMF");
         self.media_record.digits.push(event.digit);
         self.core.stats.dtmf.fetch_add(1, Ordering::Relaxed);
         let _ = self.core.events.send(CallEvent::Dtmf {
-            call_id: self.invite.call_id().to_string(),
+            call_id: self.caller.call_id().to_string(),
             digit: event.digit,
             duration_ms: event.duration_ms,
             via,
@@ -1294,14 +1077,12 @@ impl Call {
 
     fn on_timeout(&mut self, now: Instant) {
         self.on_peer_timeout(now);
-        self.invite_tx.handle_timeout(now);
-        self.caller_in.handle_timeout(now);
-        self.caller_out.handle_timeout(now);
-        self.on_caller_out_events();
-        if let Phase::Ringing {
+        self.caller.handle_timeout(now);
+        self.on_caller_events(now);
+        if let Some(Ring {
             answer_at,
             give_up_at,
-        } = self.phase
+        }) = self.ringing()
         {
             if answer_at.is_some_and(|t| t <= now) {
                 self.answer(now);
@@ -1312,70 +1093,36 @@ impl Call {
         }
     }
 
-    /// Sends what the transactions queued and reacts to their events.
+    /// While the INVITE is unanswered: when we answer or give up.
+    fn ringing(&self) -> Option<Ring> {
+        self.ring
+            .filter(|_| self.caller.state() == CallerState::Proceeding)
+    }
+
+    /// Sends what the legs queued: the caller's first, then the other leg's.
     fn flush(&mut self) {
         let sender = self.core.sender().clone();
-        // Answers first, as they were written: the 200 to a CANCEL goes before the 487 of its
-        // INVITE, the 202 to a REFER before its first NOTIFY.
-        while let Some(t) = self.caller_in.poll_transmit() {
+        while let Some(t) = self.caller.poll_transmit() {
             sender.send_to(&t.source, t.target, t.bytes);
         }
         self.flush_peer();
-        let now = Instant::now();
-        let target = voicegate_sip::message::response_target(
-            &self.invite.headers,
-            self.source.remote,
-            self.source.transport.is_reliable(),
-        );
-        while let Some(bytes) = self.invite_tx.poll_transmit() {
-            sender.send_to(&self.source, target, bytes);
-        }
-        while let Some(event) = self.invite_tx.poll_event() {
-            if event == TxEvent::AckTimeout && self.phase == Phase::Answered {
-                warn!(
-                    call_id = self.invite.call_id(),
-                    "no ACK for our 200: ending the call"
-                );
-                self.send_bye("no ACK", "SIP;cause=408;text=\"no ACK for 200\"", now);
-            }
-        }
-        if self.caller_in.poll_ack_timeout() {
-            warn!(
-                call_id = self.invite.call_id(),
-                "no ACK for our answer to the caller's re-INVITE"
-            );
-        }
-        // Our requests go back the way the caller came: symmetric, so NAT does not matter.
-        while let Some(bytes) = self.caller_out.poll_transmit() {
-            sender.send_to(&self.source, self.source.remote, bytes);
-        }
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        let mut deadlines = vec![
-            self.invite_tx.poll_timeout(),
-            self.caller_in.poll_timeout(),
-            self.caller_out.poll_timeout(),
-        ];
-        deadlines.extend(self.peer_deadlines().map(Some));
-        if let Phase::Ringing {
-            answer_at,
-            give_up_at,
-        } = self.phase
-        {
-            deadlines.push(answer_at);
-            deadlines.push(Some(give_up_at));
-        }
-        deadlines.into_iter().flatten().min()
+        let ring = self
+            .ringing()
+            .into_iter()
+            .flat_map(|r| [r.answer_at, Some(r.give_up_at)]);
+        std::iter::once(self.caller.poll_timeout())
+            .chain(ring)
+            .flatten()
+            .chain(self.peer_deadlines())
+            .min()
     }
 
     /// Over when the call has ended and no transaction still needs to answer retransmissions.
     fn finished(&self) -> bool {
-        self.phase == Phase::Done
-            && self.invite_tx.is_terminated()
-            && self.caller_in.is_idle()
-            && self.caller_out.is_idle()
-            && !self.peer_busy()
+        self.caller.state() == CallerState::Ended && self.caller.is_idle() && !self.peer_busy()
     }
 
     /// The call detail record: one line per call, whatever its outcome.
@@ -1404,12 +1151,12 @@ impl Call {
         let peer = self.peer.as_ref();
         info!(
             target: "voicegate::cdr",
-            call_id = self.invite.call_id(),
+            call_id = self.caller.call_id(),
             number = self.number,
-            from = self.invite.headers.get("From").unwrap_or_default(),
-            remote = %self.source.remote,
-            transport = self.source.transport.as_via(),
-            status = self.final_status,
+            from = self.caller.invite().headers.get("From").unwrap_or_default(),
+            remote = %self.caller.source().remote,
+            transport = self.caller.source().transport.as_via(),
+            status = self.caller.final_status(),
             codec,
             setup_ms = self.answered_at.map(|a| (a - self.started).as_millis() as u64).unwrap_or(0),
             duration_ms = self.answered_at.map(|a| (now - a).as_millis() as u64).unwrap_or(0),

@@ -1,58 +1,9 @@
 use std::time::Duration;
 
 use voicegate_sip::message::{parse, Message};
-use voicegate_sip::transport::TransportKind;
 
 use super::*;
-
-fn udp() -> Source {
-    Source {
-        transport: TransportKind::Udp,
-        remote: "192.0.2.10:5062".parse().unwrap(),
-        local: "192.0.2.1:5060".parse().unwrap(),
-        connection: None,
-    }
-}
-
-fn invite() -> Request {
-    request(
-        "INVITE",
-        1,
-        "z9hG4bK-invite",
-        "",
-        "v=0\r\no=- 1 1 IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 192.0.2.10\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n",
-    )
-}
-
-/// A request of the far end in the dialog (`to_tag` empty: none yet).
-fn request(method: &str, cseq: u32, branch: &str, to_tag: &str, body: &str) -> Request {
-    let to_tag = if to_tag.is_empty() {
-        String::new()
-    } else {
-        format!(";tag={to_tag}")
-    };
-    let content = if body.is_empty() {
-        String::new()
-    } else {
-        "Content-Type: application/sdp\r\n".to_string()
-    };
-    let text = format!(
-        "{method} sip:ours@192.0.2.1 SIP/2.0\r\n\
-Via: SIP/2.0/UDP 192.0.2.10:5062;branch={branch}\r\n\
-Max-Forwards: 70\r\n\
-From: <sip:+15550100@192.0.2.10>;tag=theirs\r\n\
-To: <sip:+15550123@192.0.2.1>{to_tag}\r\n\
-Call-ID: call-1@192.0.2.10\r\n\
-CSeq: {cseq} {method}\r\n\
-Contact: <sip:+15550100@192.0.2.10:5062>\r\n\
-{content}Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    match parse(text.as_bytes()) {
-        Ok(Message::Request(r)) => r,
-        other => panic!("not a request: {other:?}"),
-    }
-}
+use crate::testing::{invite, request, udp};
 
 fn in_dialog(method: &str, cseq: u32, branch: &str) -> Request {
     request(method, cseq, branch, "ours", "")
@@ -293,7 +244,7 @@ fn over_tcp_answers_are_sent_once_and_not_kept() {
     let now = Instant::now();
     let (mut incoming, mut dialog) = (incoming(), dialog());
     let tcp = Source {
-        transport: TransportKind::Tcp,
+        transport: voicegate_sip::transport::TransportKind::Tcp,
         connection: Some(7),
         ..udp()
     };

@@ -3,29 +3,11 @@ use std::time::Duration;
 use voicegate_sip::message::{parse, Message};
 
 use super::*;
-
-fn identity() -> Identity {
-    Identity {
-        via: "SIP/2.0/UDP 192.0.2.1:5060".into(),
-        contact: "<sip:ours@192.0.2.1:5060>".into(),
-        user_agent: "voicegate-test".into(),
-    }
-}
+use crate::testing::{identity, invite};
 
 /// The dialog of a call the far end (192.0.2.10) placed to us.
 fn dialog() -> Dialog {
-    let text = "INVITE sip:ours@192.0.2.1 SIP/2.0\r\n\
-Via: SIP/2.0/UDP 192.0.2.10:5062;branch=z9hG4bK-invite\r\n\
-From: <sip:+15550100@192.0.2.10>;tag=theirs\r\n\
-To: <sip:+15550123@192.0.2.1>\r\n\
-Call-ID: call-1@192.0.2.10\r\n\
-CSeq: 1 INVITE\r\n\
-Contact: <sip:+15550100@192.0.2.10:5062>\r\n\
-Content-Length: 0\r\n\r\n";
-    match parse(text.as_bytes()) {
-        Ok(Message::Request(invite)) => Dialog::from_invite(&invite, "ours"),
-        other => panic!("not a request: {other:?}"),
-    }
+    Dialog::from_invite(&invite(), "ours")
 }
 
 fn outgoing() -> Outgoing {

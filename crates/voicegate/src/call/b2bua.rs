@@ -17,7 +17,7 @@ use voicegate_bridge::tap::TapFrame;
 use voicegate_bridge::tone::ToneHandle;
 use voicegate_rtp::RtpPorts;
 use voicegate_sip::dialog::InDialog;
-use voicegate_sip::message::{Method, Request, Response};
+use voicegate_sip::message::{Request, Response};
 use voicegate_sip::sdp::{self, Direction, LocalMedia, Negotiated};
 use voicegate_sip::session_timer::{self, Refresher, SessionTimer};
 
@@ -25,11 +25,12 @@ use voicegate_sip::transport::Source;
 
 use super::hops::{agent_hops, moves_on, refer_target, NextHop};
 use super::media::{answer_reinvite_offer, call_media, direction_of};
-use super::{Call, Leg, Phase, Route};
+use super::{Call, Leg, Route};
 use crate::core::Core;
 use crate::resolve::{parse_sip_target, Target};
 use voicegate_call::{
-    Answer, Arrival, Hop, InviteParams, OutState, OutboundEvent, OutboundLeg, SessionDue,
+    Answer, Arrival, CallerState, Hop, InviteParams, OutState, OutboundEvent, OutboundLeg,
+    SessionDue,
 };
 
 /// What the other leg is for.
@@ -203,7 +204,7 @@ impl Call {
                         (first, Some(host))
                     }
                     Err(e) => {
-                        warn!(call_id = self.invite.call_id(), hop = hop.label, error = %e, "next hop does not resolve");
+                        warn!(call_id = self.caller.call_id(), hop = hop.label, error = %e, "next hop does not resolve");
                         self.peer.as_mut().expect("peer exists").last_failure = Some((
                             503,
                             format!("Service Unavailable ({}: {e})", hop.label),
@@ -221,7 +222,7 @@ impl Call {
             {
                 Ok(source) => source,
                 Err(e) => {
-                    warn!(call_id = self.invite.call_id(), hop = hop.label, target = %target.addr, error = %e, "cannot reach next hop");
+                    warn!(call_id = self.caller.call_id(), hop = hop.label, target = %target.addr, error = %e, "cannot reach next hop");
                     self.peer.as_mut().expect("peer exists").last_failure = Some((
                         503,
                         format!("Service Unavailable ({} unreachable)", hop.label),
@@ -242,7 +243,7 @@ impl Call {
             );
             self.core
                 .register_leg(&leg.call_id, &leg.local_tag, &self.self_tx);
-            info!(call_id = self.invite.call_id(), leg = leg.call_id, hop = hop.label, target = %target.addr, transport = target.transport.as_via(), "calling next hop");
+            info!(call_id = self.caller.call_id(), leg = leg.call_id, hop = hop.label, target = %target.addr, transport = target.transport.as_via(), "calling next hop");
             let attempt_timeout = self.core.settings.routing.attempt_timeout;
             let peer = self.peer.as_mut().expect("peer exists");
             peer.attempts += 1;
@@ -283,7 +284,10 @@ impl Call {
             .listening_port(target.transport)
             .unwrap_or(source.local.port());
         // The caller's number, or the trunk's external alias for calls it places.
-        let caller = self.caller_id.clone().unwrap_or_else(|| self.caller_user());
+        let caller = self
+            .caller_id
+            .clone()
+            .unwrap_or_else(|| self.caller.caller_user());
         let user = if caller.is_empty() {
             "anonymous".to_string()
         } else {
@@ -308,7 +312,7 @@ impl Call {
             .into_iter()
             .map(|(n, v)| (n.to_string(), v))
             .collect();
-        for (name, value) in super::forwarded_headers(&self.invite, &["X-*".to_string()]) {
+        for (name, value) in super::forwarded_headers(self.caller.invite(), &["X-*".to_string()]) {
             extra.push((name, value));
         }
         let to_uri = hop.to.clone().unwrap_or_else(|| {
@@ -351,7 +355,7 @@ impl Call {
         match peer.role {
             PeerRole::Forward => {
                 info!(
-                    call_id = self.invite.call_id(),
+                    call_id = self.caller.call_id(),
                     status, reason, "no next hop took the call"
                 );
                 self.end_reason = format!("{status} {reason}");
@@ -359,23 +363,21 @@ impl Call {
                     .map(|r| ("Retry-After", r))
                     .into_iter()
                     .collect();
-                if self.invite_tx.state()
-                    == voicegate_sip::transaction::ServerInviteState::Proceeding
-                {
+                if self.caller.state() == CallerState::Proceeding {
                     self.reject_with(status, &reason, &headers, now);
                 }
                 self.release_peer_ports();
             }
             PeerRole::Agent => {
                 info!(
-                    call_id = self.invite.call_id(),
+                    call_id = self.caller.call_id(),
                     status, reason, "agent leg failed"
                 );
                 self.pending = Some(Pending::Fallback);
             }
             PeerRole::CallerTransfer => {
                 info!(
-                    call_id = self.invite.call_id(),
+                    call_id = self.caller.call_id(),
                     status, reason, "caller's transfer target failed"
                 );
                 // The call goes on as it was; the caller hears how the transfer went.
@@ -385,7 +387,7 @@ impl Call {
             }
             PeerRole::Transfer => {
                 info!(
-                    call_id = self.invite.call_id(),
+                    call_id = self.caller.call_id(),
                     status, reason, "transfer target failed"
                 );
                 // The caller stays with the transferor, which hears how it went.
@@ -398,7 +400,7 @@ impl Call {
                     }
                     _ => false,
                 };
-                if !transferor_up && matches!(self.phase, Phase::Answered | Phase::Confirmed) {
+                if !transferor_up && self.caller.is_up() {
                     // The transferor already left: nobody is left for the caller.
                     self.send_bye(
                         "transfer failed",
@@ -485,25 +487,26 @@ impl Call {
         }
         if !r.body.is_empty() && !peer.early_media {
             if let Err(e) = self.accept_peer_answer(&r.body) {
-                warn!(call_id = self.invite.call_id(), error = %e, "unusable SDP in early media");
+                warn!(call_id = self.caller.call_id(), error = %e, "unusable SDP in early media");
             } else if self.start_relay().is_ok() {
                 let body = self.caller_answer_sdp();
                 self.peer.as_mut().expect("peer").early_media = true;
-                self.respond_invite(183, "Session Progress", body.map(Bytes::from), now);
+                self.caller
+                    .respond(183, "Session Progress", body.map(Bytes::from), now);
                 return;
             }
         }
         let peer = self.peer.as_mut().expect("peer");
         if !peer.ringing_sent && !peer.early_media {
             peer.ringing_sent = true;
-            self.respond_invite(180, "Ringing", None, now);
+            self.caller.respond(180, "Ringing", None, now);
         }
     }
 
     fn on_peer_answered(&mut self, r: &Response, now: Instant) {
         if !r.body.is_empty() {
             if let Err(e) = self.accept_peer_answer(&r.body) {
-                warn!(call_id = self.invite.call_id(), error = %e, "unusable SDP answer: hanging the leg up");
+                warn!(call_id = self.caller.call_id(), error = %e, "unusable SDP answer: hanging the leg up");
                 if let Some(leg) = self.peer.as_mut().and_then(|p| p.leg.as_mut()) {
                     leg.bye("SIP;cause=488;text=\"no common codec\"", now);
                 }
@@ -519,12 +522,12 @@ impl Call {
         peer.attempt_deadline = None;
         if peer.negotiated.is_none() {
             warn!(
-                call_id = self.invite.call_id(),
+                call_id = self.caller.call_id(),
                 "next hop answered without SDP"
             );
         }
         info!(
-            call_id = self.invite.call_id(),
+            call_id = self.caller.call_id(),
             hop = peer.current_hop_label(),
             "next hop answered"
         );
@@ -532,11 +535,11 @@ impl Call {
             PeerRole::Forward => {
                 if !peer.early_media {
                     if let Err(e) = self.start_relay() {
-                        warn!(call_id = self.invite.call_id(), error = %e, "could not start the relay");
+                        warn!(call_id = self.caller.call_id(), error = %e, "could not start the relay");
                     }
                 }
                 let body = self.caller_answer_sdp();
-                self.respond_invite(200, "OK", body.map(Bytes::from), now);
+                self.caller.respond(200, "OK", body.map(Bytes::from), now);
                 self.mark_answered(now);
             }
             PeerRole::Agent => self.pending = Some(Pending::BridgeAgent),
@@ -560,7 +563,7 @@ impl Call {
         }
         let label = peer.current_hop_label();
         info!(
-            call_id = self.invite.call_id(),
+            call_id = self.caller.call_id(),
             hop = label,
             status,
             reason,
@@ -594,7 +597,7 @@ impl Call {
     /// Our answer to the caller's offer (or our offer, for a delayed offer).
     fn caller_answer_sdp(&self) -> Option<String> {
         let media = self.media.as_ref()?;
-        match (&media.negotiated, sdp::parse(&self.invite.body)) {
+        match (&media.negotiated, sdp::parse(&self.caller.invite().body)) {
             (Some(n), Ok(offer)) => Some(sdp::build_answer(&offer, &media.local, n)),
             _ => Some(sdp::build_offer(
                 &media.local,
@@ -656,7 +659,7 @@ impl Call {
         match event {
             RelayEvent::Dtmf(Side::A, digit) => self.on_dtmf(digit, "rfc4733"),
             RelayEvent::Dtmf(Side::B, digit) => {
-                info!(call_id = self.invite.call_id(), digit = %digit.digit, "DTMF from the other leg")
+                info!(call_id = self.caller.call_id(), digit = %digit.digit, "DTMF from the other leg")
             }
             RelayEvent::RtpTimeout(side) => {
                 let who = if side == Side::A {
@@ -664,7 +667,7 @@ impl Call {
                 } else {
                     "other leg"
                 };
-                info!(call_id = self.invite.call_id(), who, "no RTP from one leg");
+                info!(call_id = self.caller.call_id(), who, "no RTP from one leg");
                 self.on_rtp_timeout(now);
             }
         }
@@ -673,11 +676,9 @@ impl Call {
     /// Ends both legs from our side (timeouts, refresh failures).
     pub(super) fn end_both(&mut self, why: &str, now: Instant) {
         self.hang_up_peer(&format!("SIP;cause=408;text=\"{why}\""), now);
-        if matches!(self.phase, Phase::Answered | Phase::Confirmed) {
+        if self.caller.is_up() {
             self.send_bye(why, &format!("SIP;cause=408;text=\"{why}\""), now);
-        } else if self.invite_tx.state()
-            == voicegate_sip::transaction::ServerInviteState::Proceeding
-        {
+        } else if self.caller.state() == CallerState::Proceeding {
             self.reject(408, &format!("Request Timeout ({why})"), now);
         }
     }
@@ -726,14 +727,14 @@ impl Call {
             return self.on_transferor_request(&request, &source, now);
         }
         let Some(peer) = self.peer.as_mut() else {
-            return self.caller_in.answer_unknown(&request, &source);
+            return self.caller.answer_unknown(&request, &source);
         };
         let arrival = match peer.leg.as_mut().filter(|l| l.owns(&call_id)) {
             Some(leg) => leg.receive(&request, &source, now),
             // A leg given up on: its dialog is over, but it still answers retransmissions.
             None => match peer.spent.iter_mut().find(|l| l.owns(&call_id)) {
                 Some(spent) => spent.incoming.receive(None, &request, &source, now),
-                None => return self.caller_in.answer_unknown(&request, &source),
+                None => return self.caller.answer_unknown(&request, &source),
             },
         };
         let Arrival::Request(kind) = arrival else {
@@ -757,7 +758,7 @@ impl Call {
                     .get("Reason")
                     .map(str::to_string)
                     .unwrap_or_else(|| "Q.850;cause=16;text=\"Normal call clearing\"".into());
-                if matches!(self.phase, Phase::Answered | Phase::Confirmed) {
+                if self.caller.is_up() {
                     self.send_bye(&format!("{who} hung up"), &reason, now);
                 }
             }
@@ -811,7 +812,7 @@ impl Call {
             Some(leg) => leg
                 .incoming
                 .reply(request, source, status, reason, headers, now),
-            None => self.caller_in.answer_unknown(request, source),
+            None => self.caller.answer_unknown(request, source),
         }
     }
 
@@ -827,15 +828,15 @@ impl Call {
     ) {
         let answer = |call: &mut Self, status: u16, reason: &str| {
             if from_caller {
-                call.answer_caller(request, source, status, reason, &[], now)
+                call.caller.reply(request, source, status, reason, &[], now)
             } else {
                 call.answer_peer(request, source, status, reason, &[], now)
             }
         };
-        if self.transferor.is_some() || self.caller_out.in_flight(&Method::Notify) {
+        if self.transferor.is_some() || self.caller.notify_in_flight() {
             return answer(self, 491, "Request Pending");
         }
-        let answered = matches!(self.phase, Phase::Answered | Phase::Confirmed)
+        let answered = self.caller.is_up()
             && self.peer.as_ref().is_some_and(|p| {
                 // From the caller: only once the call is a plain two-party call.
                 (!from_caller || p.role == PeerRole::Forward)
@@ -853,7 +854,7 @@ impl Call {
         };
         answer(self, 202, "Accepted");
         info!(
-            call_id = self.invite.call_id(),
+            call_id = self.caller.call_id(),
             target, from_caller, "REFER: blind transfer"
         );
         self.pending = Some(Pending::Transfer {
@@ -895,7 +896,7 @@ impl Call {
         ) {
             (Some(a), Some(b)) => super::pair::spawn(
                 self.core.clone(),
-                self.invite.call_id().to_string(),
+                self.caller.call_id().to_string(),
                 self.number.clone(),
                 a,
                 b,
@@ -908,13 +909,13 @@ impl Call {
             Ok(()) => {
                 self.notify_caller("SIP/2.0 200 OK", true, now);
                 info!(
-                    call_id = self.invite.call_id(),
+                    call_id = self.caller.call_id(),
                     "caller's transfer completed"
                 );
                 self.send_bye("transferred", "SIP;cause=200;text=\"transferred\"", now);
             }
             Err(e) => {
-                warn!(call_id = self.invite.call_id(), error = %e, "caller's transfer failed at hand-over");
+                warn!(call_id = self.caller.call_id(), error = %e, "caller's transfer failed at hand-over");
                 self.notify_caller("SIP/2.0 500 Server Internal Error", true, now);
                 self.end_both("transfer hand-over failed", now);
             }
@@ -923,11 +924,9 @@ impl Call {
 
     /// Reports the caller's REFER's progress in its dialog (RFC 3515 §2.4.4).
     fn notify_caller(&mut self, status_line: &str, terminated: bool, now: Instant) {
-        if !matches!(self.phase, Phase::Confirmed | Phase::Answered) {
-            return;
+        if self.caller.is_up() {
+            self.caller.notify_refer(status_line, terminated, now);
         }
-        self.caller_out
-            .notify_refer(&mut self.dialog, status_line, terminated, now);
     }
 
     /// A request on the leg being transferred away: it may hang up without ending the call.
@@ -964,7 +963,7 @@ impl Call {
         let hops = match agent_hops(&self.core, to, &self.number).await {
             Ok(hops) => hops,
             Err(e) => {
-                warn!(call_id = self.invite.call_id(), to, error = %e, "transfer target unusable");
+                warn!(call_id = self.caller.call_id(), to, error = %e, "transfer target unusable");
                 return self.notify_referrer(from_caller, "SIP/2.0 404 Not Found", true, now);
             }
         };
@@ -978,7 +977,7 @@ impl Call {
         };
         if let Err((status, reason)) = self.start_peer(role, hops, now) {
             warn!(
-                call_id = self.invite.call_id(),
+                call_id = self.caller.call_id(),
                 status, reason, "transfer leg not started"
             );
             self.peer = self.transferor.take();
@@ -1014,7 +1013,7 @@ impl Call {
         }
         self.relay_events = None;
         if let Err(e) = self.start_relay() {
-            warn!(call_id = self.invite.call_id(), error = %e, "could not bridge the transfer target");
+            warn!(call_id = self.caller.call_id(), error = %e, "could not bridge the transfer target");
             return self.end_both("transfer bridge failed", now);
         }
         if let Some(mut old) = self.transferor.take() {
@@ -1033,7 +1032,7 @@ impl Call {
         if let Some(peer) = self.peer.as_mut() {
             peer.role = PeerRole::Forward;
         }
-        info!(call_id = self.invite.call_id(), "transfer completed");
+        info!(call_id = self.caller.call_id(), "transfer completed");
     }
 
     /// The next hop's re-INVITE (hold, resume, refresh): answered here, its media change
@@ -1060,7 +1059,7 @@ impl Call {
 
     /// Offers the caller `direction` (the other leg's, as ours) with a re-INVITE.
     fn reinvite_caller(&mut self, direction: Direction, now: Instant) {
-        if self.caller_out.reinvite_pending() || !matches!(self.phase, Phase::Confirmed) {
+        if !self.caller.can_reinvite() {
             return;
         }
         let Some(media) = self.media.as_mut() else {
@@ -1071,9 +1070,8 @@ impl Call {
         };
         media.local.session_version += 1;
         let offer = sdp::build_offer(&media.local, &[n.codec], direction);
-        self.caller_out
-            .reinvite(&mut self.dialog, Some(Bytes::from(offer)), &[], now);
-        info!(call_id = self.invite.call_id(), direction = %direction, "re-INVITE to the caller");
+        self.caller.reinvite(Bytes::from(offer), now);
+        info!(call_id = self.caller.call_id(), direction = %direction, "re-INVITE to the caller");
     }
 
     /// The caller's final answer to our re-INVITE (already acknowledged): its media applied
@@ -1098,7 +1096,7 @@ impl Call {
                 }
             }
             Err(e) => {
-                warn!(call_id = self.invite.call_id(), error = %e, "unusable answer to our re-INVITE")
+                warn!(call_id = self.caller.call_id(), error = %e, "unusable answer to our re-INVITE")
             }
         }
     }
@@ -1179,7 +1177,7 @@ impl Call {
         if (200..300).contains(&r.status) {
             if !r.body.is_empty() {
                 if let Err(e) = self.accept_peer_answer(&r.body) {
-                    warn!(call_id = self.invite.call_id(), error = %e, "unusable SDP answer to our re-INVITE");
+                    warn!(call_id = self.caller.call_id(), error = %e, "unusable SDP answer to our re-INVITE");
                 }
             }
             if let Some(timer) = self.peer.as_mut().and_then(|p| p.timer.as_mut()) {
@@ -1211,24 +1209,12 @@ impl Call {
         peer.local.session_version += 1;
         let offer = sdp::build_offer(&peer.local, &[n.codec], caller_offered);
         if leg.reinvite(Some(Bytes::from(offer)), &[], now) {
-            info!(call_id = self.invite.call_id(), direction = %caller_offered, "re-INVITE to the other leg");
+            info!(call_id = self.caller.call_id(), direction = %caller_offered, "re-INVITE to the other leg");
         }
     }
 
     /// Session timers of both legs: refreshes we owe and expiries we watch.
     pub(super) fn check_session_timers(&mut self, now: Instant) {
-        if let Some(timer) = self.caller_timer {
-            if timer.expires_at().is_some_and(|t| t <= now)
-                && matches!(self.phase, Phase::Answered | Phase::Confirmed)
-            {
-                self.caller_timer = None;
-                warn!(
-                    call_id = self.invite.call_id(),
-                    "caller's session expired without refresh"
-                );
-                return self.end_both("session expired", now);
-            }
-        }
         let Some(peer) = self.peer.as_mut() else {
             return;
         };
@@ -1244,7 +1230,7 @@ impl Call {
             SessionDue::RefreshSent => {
                 peer.refreshing = true;
                 info!(
-                    call_id = self.invite.call_id(),
+                    call_id = self.caller.call_id(),
                     interval = timer.interval,
                     "session refresh sent to the other leg"
                 );
@@ -1252,26 +1238,10 @@ impl Call {
             SessionDue::Expired => {
                 peer.timer = None;
                 warn!(
-                    call_id = self.invite.call_id(),
+                    call_id = self.caller.call_id(),
                     "other leg's session expired without refresh"
                 );
                 self.end_both("session expired", now);
-            }
-        }
-    }
-
-    /// The caller's session timer, once we answered it.
-    pub(super) fn start_caller_timer(&mut self, now: Instant) {
-        if let Some(session_timer::UasTimer::Active {
-            interval,
-            refresher,
-            ..
-        }) = self.caller_timer_terms
-        {
-            // We never refresh the caller (its leg has no client transactions of ours but
-            // BYE): a UAC without timer support gets no timer, see `caller_timer_headers`.
-            if refresher == Refresher::Uac {
-                self.caller_timer = Some(SessionTimer::new(interval, false, now));
             }
         }
     }
@@ -1292,8 +1262,7 @@ impl Call {
             .then_some(p.answer_deadline);
             [p.attempt_deadline, answer, p.timer.map(|t| t.deadline())]
         });
-        let caller_timer = self.caller_timer.map(|t| t.deadline());
-        legs.chain(peer_timers.flatten()).chain(caller_timer)
+        legs.chain(peer_timers.flatten())
     }
 
     pub(super) fn on_peer_timeout(&mut self, now: Instant) {
@@ -1332,7 +1301,7 @@ impl Call {
             if let Some(leg) = peer.leg.as_ref().filter(|l| !l.heard_back()) {
                 let label = peer.current_hop_label();
                 warn!(
-                    call_id = self.invite.call_id(),
+                    call_id = self.caller.call_id(),
                     leg = leg.call_id,
                     hop = label,
                     "next hop silent: trying the next"
@@ -1360,7 +1329,7 @@ impl Call {
         if unanswered && peer.answer_deadline <= now {
             let label = peer.current_hop_label();
             info!(
-                call_id = self.invite.call_id(),
+                call_id = self.caller.call_id(),
                 hop = label,
                 "no answer: giving up"
             );
@@ -1422,26 +1391,26 @@ impl Call {
 
     /// The bot asked for an agent (or closed with `connect` as the flow's next step).
     async fn start_agent(&mut self, to: &str, from_transfer: bool, now: Instant) {
-        if !matches!(self.phase, Phase::Answered | Phase::Confirmed) || self.peer.is_some() {
+        if !self.caller.is_up() || self.peer.is_some() {
             return;
         }
         let hops = match agent_hops(&self.core, to, &self.number).await {
             Ok(hops) => hops,
             Err(e) => {
-                warn!(call_id = self.invite.call_id(), to, error = %e, "cannot reach the agent");
+                warn!(call_id = self.caller.call_id(), to, error = %e, "cannot reach the agent");
                 return self.agent_unreachable();
             }
         };
         let assist = from_transfer && matches!(&self.route, Route::Flow(flow) if flow.agent_assist);
         info!(
-            call_id = self.invite.call_id(),
+            call_id = self.caller.call_id(),
             to, assist, "connecting the caller to an agent"
         );
         // The caller's ports come back from the bot; ringback plays on them.
         let ports = self.take_caller_ports_from_bot(assist).await;
         let Some(ports) = ports else {
             warn!(
-                call_id = self.invite.call_id(),
+                call_id = self.caller.call_id(),
                 "caller's RTP ports did not come back from the bot"
             );
             return self.send_bye(
@@ -1460,12 +1429,12 @@ impl Call {
                     media.leg = Some(Leg::Tone(handle));
                 }
             }
-            Err(e) => warn!(call_id = self.invite.call_id(), error = %e, "no ringback"),
+            Err(e) => warn!(call_id = self.caller.call_id(), error = %e, "no ringback"),
         }
         self.media_record.escalated_to = Some(to.to_string());
         if let Err((status, reason)) = self.start_peer(PeerRole::Agent, hops, now) {
             warn!(
-                call_id = self.invite.call_id(),
+                call_id = self.caller.call_id(),
                 status, reason, "agent leg not started"
             );
             self.pending = Some(Pending::Fallback);
@@ -1525,14 +1494,14 @@ impl Call {
             }
         }
         if let Err(e) = self.start_relay() {
-            warn!(call_id = self.invite.call_id(), error = %e, "could not bridge the agent");
+            warn!(call_id = self.caller.call_id(), error = %e, "could not bridge the agent");
             self.end_both("agent bridge failed", now);
         }
     }
 
     /// The agent leg failed: back to the bot, or hang up, as the flow says.
     async fn agent_fallback(&mut self, now: Instant) {
-        if !matches!(self.phase, Phase::Answered | Phase::Confirmed) {
+        if !self.caller.is_up() {
             return;
         }
         if let Some(media) = self.media.as_mut() {
@@ -1554,17 +1523,17 @@ impl Call {
         match flow {
             Some(flow) => {
                 info!(
-                    call_id = self.invite.call_id(),
+                    call_id = self.caller.call_id(),
                     "agent leg failed: back to the bot"
                 );
                 if let Err(e) = self.start_bot(flow) {
-                    warn!(call_id = self.invite.call_id(), error = %e, "bot restart failed");
+                    warn!(call_id = self.caller.call_id(), error = %e, "bot restart failed");
                     self.send_bye("agent failed and bot restart failed", "Q.850;cause=41", now);
                 }
             }
             None => {
                 info!(
-                    call_id = self.invite.call_id(),
+                    call_id = self.caller.call_id(),
                     "agent leg failed: hanging up"
                 );
                 self.send_bye(
