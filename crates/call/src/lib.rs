@@ -8,14 +8,18 @@
 //! ours.
 
 pub mod caller;
+pub mod hop;
 pub mod incoming;
 pub mod outbound;
 pub mod outgoing;
+pub mod peer;
 
 pub use caller::{CallerEvent, CallerLeg, CallerRequest, CallerState};
+pub use hop::{moves_on, with_user, NextHop, Target};
 pub use incoming::{Answer, Arrival, Incoming, Transmit};
 pub use outbound::{Hop, InviteParams, OutState, OutboundEvent, OutboundLeg, SessionDue};
 pub use outgoing::{Identity, Outgoing, OutgoingEvent};
+pub use peer::{AfterFailure, Failure, Peer, PeerDeadline, PeerRole};
 
 #[cfg(test)]
 mod testing;

@@ -542,34 +542,8 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::testing::{hop, invite_params as params};
     use voicegate_sip::message::{parse, Message};
-    use voicegate_sip::transport::TransportKind;
-
-    fn params() -> InviteParams {
-        InviteParams {
-            request_uri: "sip:+15550123@192.0.2.10:5060".into(),
-            from: "<sip:+15550100@192.0.2.1>".into(),
-            to: "<sip:+15550123@192.0.2.10>".into(),
-            contact: "<sip:+15550100@192.0.2.1:5060;transport=udp>".into(),
-            via: "SIP/2.0/UDP 192.0.2.1:5060".into(),
-            sdp: Some(Bytes::from_static(b"v=0\r\n")),
-            credentials: Some(("acme".into(), "secret".into())),
-            extra_headers: vec![("Supported".into(), "timer".into())],
-            user_agent: "voicegate-test".into(),
-        }
-    }
-
-    fn hop() -> Hop {
-        Hop {
-            source: Source {
-                transport: TransportKind::Udp,
-                remote: "192.0.2.10:5060".parse().unwrap(),
-                local: "192.0.2.1:5060".parse().unwrap(),
-                connection: None,
-            },
-            target: "192.0.2.10:5060".parse().unwrap(),
-        }
-    }
 
     fn sent(leg: &mut OutboundLeg) -> Vec<Request> {
         std::iter::from_fn(|| leg.poll_transmit())

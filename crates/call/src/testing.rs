@@ -1,9 +1,11 @@
 //! Fixtures shared by the legs' tests: the far end (192.0.2.10:5062) calling us (192.0.2.1)
 //! over UDP, and its requests in that dialog.
 
+use bytes::Bytes;
 use voicegate_sip::message::{parse, Message, Request};
 use voicegate_sip::transport::{Source, TransportKind};
 
+use crate::outbound::{Hop, InviteParams};
 use crate::outgoing::Identity;
 
 pub fn udp() -> Source {
@@ -76,4 +78,32 @@ Contact: <sip:+15550100@192.0.2.10:5062>\r\n\
 /// What a leg sent, parsed.
 pub fn parsed(bytes: &[u8]) -> Message {
     parse(bytes).unwrap_or_else(|e| panic!("unparsable: {e:?}"))
+}
+
+/// What a leg we place to 192.0.2.10 says in its INVITE.
+pub fn invite_params() -> InviteParams {
+    InviteParams {
+        request_uri: "sip:+15550123@192.0.2.10:5060".into(),
+        from: "<sip:+15550100@192.0.2.1>".into(),
+        to: "<sip:+15550123@192.0.2.10>".into(),
+        contact: "<sip:+15550100@192.0.2.1:5060;transport=udp>".into(),
+        via: "SIP/2.0/UDP 192.0.2.1:5060".into(),
+        sdp: Some(Bytes::from_static(b"v=0\r\n")),
+        credentials: Some(("acme".into(), "secret".into())),
+        extra_headers: vec![("Supported".into(), "timer".into())],
+        user_agent: "voicegate-test".into(),
+    }
+}
+
+/// The next hop of a leg we place: 192.0.2.10:5060 over UDP.
+pub fn hop() -> Hop {
+    Hop {
+        source: Source {
+            transport: TransportKind::Udp,
+            remote: "192.0.2.10:5060".parse().unwrap(),
+            local: "192.0.2.1:5060".parse().unwrap(),
+            connection: None,
+        },
+        target: "192.0.2.10:5060".parse().unwrap(),
+    }
 }

@@ -6,9 +6,12 @@
 //! from a carrier, to the trunk's destinations) with the B2BUA of [`b2bua`].
 
 mod b2bua;
+mod escalation;
 mod hops;
 mod media;
 mod pair;
+mod reinvite;
+mod transfer;
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::atomic::Ordering;
@@ -31,12 +34,14 @@ use voicegate_sip::transport::Source;
 use crate::admit::Outcome;
 use crate::core::{CallEvent, CallInput, CallTx, Core};
 use crate::settings::FlowRoute;
-use b2bua::{Peer, PeerRole, Pending};
+use b2bua::{Peer, Pending};
 use hops::NextHop;
 use voicegate_bridge::relay::{RelayEvent, RelayHandle};
 use voicegate_bridge::tap::TapFrame;
 use voicegate_bridge::tone::ToneHandle;
-use voicegate_call::{CallerEvent, CallerLeg, CallerRequest, CallerState, Identity, OutboundLeg};
+use voicegate_call::{
+    CallerEvent, CallerLeg, CallerRequest, CallerState, Identity, OutboundLeg, PeerRole,
+};
 use voicegate_control::Mode;
 
 /// What a dialled number leads to.
@@ -1182,7 +1187,7 @@ impl Call {
                 .or(self.media_record.peer_label.as_deref())
                 .unwrap_or("-"),
             peer_attempts = peer.map_or(0, |p| p.attempts),
-            peer_last_failure = peer.and_then(|p| p.last_failure.as_ref()).map_or(0, |f| f.0),
+            peer_last_failure = peer.and_then(|p| p.last_failure()).map_or(0, |f| f.status),
             peer_codec = self.media_record.peer_codec.unwrap_or("-"),
             transcoding = self.media_record.transcoding,
             peer_rtp_in = relay.b.packets_in,

@@ -37,12 +37,7 @@ pub const SIP_PORT: u16 = 5060;
 /// The default port of SIP over TLS.
 pub const SIPS_PORT: u16 = 5061;
 
-/// One place to send a request: an address and the transport to reach it over.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Target {
-    pub addr: SocketAddr,
-    pub transport: TransportKind,
-}
+pub use voicegate_call::Target;
 
 /// The parts of a SIP URI that locating its server needs.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,26 +1,12 @@
 //! Where a call's other leg goes: the next hops for a number through the carriers, to a
-//! trunk's destination URIs and registered PBXs, or to an agent; and which failures move on to
-//! the next hop.
+//! trunk's destination URIs and registered PBXs, or to an agent. (What a hop is and which
+//! failures move on to the next: `voicegate_call::hop`.)
 
 use voicegate_sip::message::Request;
 
 use crate::core::Core;
-use crate::resolve::{parse_sip_target, Target};
-
-/// One place to try.
-#[derive(Clone, Debug)]
-pub struct NextHop {
-    /// The Request-URI of the INVITE (the dialled number as user part).
-    pub request_uri: String,
-    pub credentials: Option<(String, String)>,
-    /// Already resolved (an SRV sibling, or a registered contact's source address).
-    pub fixed: Option<Target>,
-    /// For logs and the call record: carrier or destination name.
-    pub label: String,
-    /// The To URI when it is not the Request-URI (a registered contact is called at its own
-    /// URI, but the call is still to the dialled number).
-    pub to: Option<String>,
-}
+use crate::resolve::parse_sip_target;
+pub use voicegate_call::{with_user, NextHop};
 
 /// The target of a REFER: its Refer-To URI, or the reason phrase of a 400.
 pub(super) fn refer_target(request: &Request) -> Result<String, String> {
@@ -125,55 +111,4 @@ pub async fn agent_hops(core: &Core, to: &str, number: &str) -> Result<Vec<NextH
         label: format!("agent {to}"),
         to: None,
     }])
-}
-
-/// `sip:host;params` with `user@` put in (a URI that names a user keeps its own).
-pub fn with_user(uri: &str, user: &str) -> String {
-    let uri = uri.trim().trim_matches(|c| c == '<' || c == '>');
-    let Some((scheme, rest)) = uri.split_once(':') else {
-        return uri.to_string();
-    };
-    let host_part_end = rest.find([';', '?']).unwrap_or(rest.len());
-    if user.is_empty() || rest[..host_part_end].contains('@') {
-        return uri.to_string();
-    }
-    format!("{scheme}:{user}@{rest}")
-}
-
-/// Statuses after which the next hop is tried (RFC 3261 §16.7 serial forking would also
-/// move on after 6xx for a proxy; a carrier's 6xx is the callee's final word, so not here).
-pub(super) fn moves_on(status: u16) -> bool {
-    status == 408 || (500..600).contains(&status)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dialled_number_goes_into_the_uri() {
-        assert_eq!(
-            with_user("sip:gw.example:5060;transport=tcp", "+15550123"),
-            "sip:+15550123@gw.example:5060;transport=tcp"
-        );
-        assert_eq!(with_user("<sip:10.0.0.1>", "+1555"), "sip:+1555@10.0.0.1");
-        assert_eq!(
-            with_user("sip:agent@pbx.example", "+1555"),
-            "sip:agent@pbx.example"
-        );
-        assert_eq!(
-            with_user("sips:[2001:db8::1]:5061", "100"),
-            "sips:100@[2001:db8::1]:5061"
-        );
-    }
-
-    #[test]
-    fn failover_statuses() {
-        for s in [408, 500, 502, 503, 504, 580] {
-            assert!(moves_on(s), "{s}");
-        }
-        for s in [400, 403, 404, 480, 486, 487, 488, 600, 603] {
-            assert!(!moves_on(s), "{s}");
-        }
-    }
 }

@@ -1,0 +1,174 @@
+//! Escalation from a bot to a human agent: the agent's leg rings (the caller hears ringback,
+//! an assisting bot may keep listening), the relay joins them when it answers, and the flow's
+//! fallback runs when it does not.
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::{info, warn};
+use voicegate_bridge::tap::TapFrame;
+use voicegate_bridge::tone::ToneHandle;
+use voicegate_rtp::RtpPorts;
+
+use super::b2bua::Pending;
+use super::hops::agent_hops;
+use super::media::call_media;
+use super::{Call, Leg, Route};
+use voicegate_call::PeerRole;
+
+impl Call {
+    /// The bot asked for an agent (or closed with `connect` as the flow's next step).
+    pub(super) async fn start_agent(&mut self, to: &str, from_transfer: bool, now: Instant) {
+        if !self.caller.is_up() || self.peer.is_some() {
+            return;
+        }
+        let hops = match agent_hops(&self.core, to, &self.number).await {
+            Ok(hops) => hops,
+            Err(e) => {
+                warn!(call_id = self.caller.call_id(), to, error = %e, "cannot reach the agent");
+                return self.agent_unreachable();
+            }
+        };
+        let assist = from_transfer && matches!(&self.route, Route::Flow(flow) if flow.agent_assist);
+        info!(
+            call_id = self.caller.call_id(),
+            to, assist, "connecting the caller to an agent"
+        );
+        // The caller's ports come back from the bot; ringback plays on them.
+        let ports = self.take_caller_ports_from_bot(assist).await;
+        let Some(ports) = ports else {
+            warn!(
+                call_id = self.caller.call_id(),
+                "caller's RTP ports did not come back from the bot"
+            );
+            return self.send_bye(
+                "agent hand-off failed",
+                "Q.850;cause=41;text=\"hand-off failed\"",
+                now,
+            );
+        };
+        let tone = self.core.settings.routing.ringback;
+        let Some(n) = self.media.as_ref().and_then(|m| m.negotiated.clone()) else {
+            return self.send_bye("agent hand-off failed", "Q.850;cause=41", now);
+        };
+        match ToneHandle::start(ports, call_media(&n, &self.core), tone) {
+            Ok(handle) => {
+                if let Some(media) = self.media.as_mut() {
+                    media.leg = Some(Leg::Tone(handle));
+                }
+            }
+            Err(e) => warn!(call_id = self.caller.call_id(), error = %e, "no ringback"),
+        }
+        self.media_record.escalated_to = Some(to.to_string());
+        if let Err((status, reason)) = self.start_peer(PeerRole::Agent, hops, now) {
+            warn!(
+                call_id = self.caller.call_id(),
+                status, reason, "agent leg not started"
+            );
+            self.pending = Some(Pending::Fallback);
+        }
+    }
+
+    /// The agent cannot even be called (bad target, no carrier): with a running bot and a
+    /// `bot` fallback the bot just goes on; otherwise the fallback runs.
+    pub(super) fn agent_unreachable(&mut self) {
+        let back_to_bot = matches!(&self.route, Route::Flow(flow) if flow.fallback_to_bot);
+        let bot_running = matches!(
+            self.media.as_ref().and_then(|m| m.leg.as_ref()),
+            Some(Leg::Bot(_))
+        );
+        if back_to_bot && bot_running {
+            return; // the bot simply goes on
+        }
+        self.pending = Some(Pending::Fallback);
+    }
+
+    /// Stops the bot's hold on the caller's RTP: with agent assist the bot stays, listen-only
+    /// (fed by the relay's tap); without, its session ends.
+    pub(super) async fn take_caller_ports_from_bot(&mut self, assist: bool) -> Option<RtpPorts> {
+        let media = self.media.as_mut()?;
+        if let Some(ports) = media.ports.take() {
+            return Some(ports);
+        }
+        match media.leg.take() {
+            Some(Leg::Bot(bot)) if assist => {
+                let (tap_tx, tap_rx) = mpsc::channel::<TapFrame>(64);
+                let ports = bot.hand_off(tap_rx).await;
+                self.tap = Some(tap_tx);
+                self.assist = Some(bot);
+                self.bot_events = None;
+                ports
+            }
+            Some(Leg::Bot(bot)) => {
+                self.bot_events = None;
+                bot.stop();
+                let (report, ports) = bot.finish().await;
+                self.media_record.bot = Some(report);
+                ports
+            }
+            Some(other) => {
+                media.leg = Some(other);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// The agent answered: ringback off, the caller's ports joined to the agent's.
+    pub(super) async fn bridge_agent(&mut self, now: Instant) {
+        if let Some(media) = self.media.as_mut() {
+            if let Some(Leg::Tone(tone)) = media.leg.take() {
+                media.ports = tone.stop().await;
+            }
+        }
+        if let Err(e) = self.start_relay() {
+            warn!(call_id = self.caller.call_id(), error = %e, "could not bridge the agent");
+            self.end_both("agent bridge failed", now);
+        }
+    }
+
+    /// The agent leg failed: back to the bot, or hang up, as the flow says.
+    pub(super) async fn agent_fallback(&mut self, now: Instant) {
+        if !self.caller.is_up() {
+            return;
+        }
+        if let Some(media) = self.media.as_mut() {
+            if let Some(Leg::Tone(tone)) = media.leg.take() {
+                media.ports = tone.stop().await;
+            }
+        }
+        if let Some(bot) = self.assist.take() {
+            self.tap = None;
+            let (report, _) = bot.finish().await;
+            self.media_record.bot = Some(report);
+        }
+        let failed = self.peer.take();
+        self.retire(failed);
+        let flow = match &self.route {
+            Route::Flow(flow) if flow.fallback_to_bot => Some(flow.clone()),
+            _ => None,
+        };
+        match flow {
+            Some(flow) => {
+                info!(
+                    call_id = self.caller.call_id(),
+                    "agent leg failed: back to the bot"
+                );
+                if let Err(e) = self.start_bot(flow) {
+                    warn!(call_id = self.caller.call_id(), error = %e, "bot restart failed");
+                    self.send_bye("agent failed and bot restart failed", "Q.850;cause=41", now);
+                }
+            }
+            None => {
+                info!(
+                    call_id = self.caller.call_id(),
+                    "agent leg failed: hanging up"
+                );
+                self.send_bye(
+                    "agent unavailable",
+                    "Q.850;cause=17;text=\"agent unavailable\"",
+                    now,
+                );
+            }
+        }
+    }
+}
