@@ -145,11 +145,7 @@ pub(super) async fn get_in_trunk<R: Resource + Keyed>(
     ctx: Ctx,
     Path(p): Params,
 ) -> Response {
-    let result = async {
-        let trunk = own_trunk(&st, &ctx, param(&p, "trunk_sid")).await?;
-        shown(st.store.find::<R>(param(&p, "id"), &trunk.sid).await)
-    }
-    .await;
+    let result = one_in_trunk::<R>(&st, &ctx, &p, RowOp::Get).await;
     ctx.reply(result)
 }
 
@@ -159,16 +155,29 @@ pub(super) async fn delete_in_trunk<R: Resource + Keyed>(
     ctx: Ctx,
     Path(p): Params,
 ) -> Response {
-    let result = async {
-        let trunk = own_trunk(&st, &ctx, param(&p, "trunk_sid")).await?;
-        written(
-            &st,
-            st.store.delete_of::<R>(param(&p, "id"), &trunk.sid).await,
-        )
-        .await
-    }
-    .await;
+    let result = one_in_trunk::<R>(&st, &ctx, &p, RowOp::Delete).await;
     ctx.reply(result)
+}
+
+/// What a request does to one row it names by id.
+#[derive(Clone, Copy)]
+enum RowOp {
+    Get,
+    Delete,
+}
+
+async fn one_in_trunk<R: Resource + Keyed>(
+    st: &ApiState,
+    ctx: &Ctx,
+    path: &HashMap<String, String>,
+    op: RowOp,
+) -> Result<Out, ApiError> {
+    let trunk = own_trunk(st, ctx, param(path, "trunk_sid")).await?;
+    let id = param(path, "id");
+    match op {
+        RowOp::Get => shown(st.store.find::<R>(id, &trunk.sid).await),
+        RowOp::Delete => written(st, st.store.delete_of::<R>(id, &trunk.sid).await).await,
+    }
 }
 
 /// GET one of the account's `R`s by the id in the path.
