@@ -17,8 +17,9 @@
 //! [`Store::snapshot`] reads everything in one transaction and builds the
 //! [`ControlSnapshot`] the SIP side needs; [`Store::trunk_slice`] reads one trunk's part of it.
 //!
-//! One module per resource holds its records and its part of `impl Store`; this file keeps
-//! opening, paging, ids and dates, and the snapshot.
+//! One module per resource holds its records (which serialize as the API shows them) and its
+//! part of `impl Store`; `table` holds the queries they share; this file keeps opening,
+//! paging, ids and dates, and the snapshot.
 
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
@@ -219,14 +220,6 @@ pub struct Store {
     write: Mutex<()>,
 }
 
-const TRUNK_COLUMNS: &str = "sid, account_sid, name, nso_code, domain_name, status, auth_type, \
-     registration_enabled, edge_preference, secure_trunking, max_concurrent_calls, \
-     calls_per_minute, date_created, date_updated";
-
-fn limit_offset(page: Page) -> (i64, i64) {
-    (i64::from(page.limit), i64::from(page.offset))
-}
-
 impl Store {
     /// Opens `sqlite://path` (the file is created if missing) or `sqlite::memory:` and runs
     /// the migrations. An in-memory database lives as long as the `Store`.
@@ -262,42 +255,14 @@ impl Store {
         self.pool.close().await;
     }
 
-    /// Deletes the row `select` finds (binding the id, then its owner: trunk or account) with
-    /// `delete` (binding the id), in one transaction; returns what was deleted.
-    pub(super) async fn delete_found<R>(
-        &self,
-        select: &str,
-        delete: &str,
-        id: &str,
-        owner: &str,
-    ) -> StoreResult<Option<R>>
-    where
-        R: for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow> + Send + Unpin,
-    {
-        let _w = self.write.lock().await;
-        let mut tx = self.pool.begin().await?;
-        let rec: Option<R> = sqlx::query_as(select)
-            .bind(id)
-            .bind(owner)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if rec.is_some() {
-            sqlx::query(delete).bind(id).execute(&mut *tx).await?;
-            tx.commit().await?;
-        }
-        Ok(rec)
-    }
-
     async fn trunk_in_tx(
         tx: &mut Transaction<'_, Sqlite>,
         sid: &str,
     ) -> StoreResult<Option<TrunkRecord>> {
-        Ok(
-            sqlx::query_as(&format!("SELECT {TRUNK_COLUMNS} FROM trunks WHERE sid = ?"))
-                .bind(sid)
-                .fetch_optional(&mut **tx)
-                .await?,
-        )
+        Ok(sqlx::query_as("SELECT * FROM trunks WHERE sid = ?")
+            .bind(sid)
+            .fetch_optional(&mut **tx)
+            .await?)
     }
 
     // --- snapshot ---
@@ -343,21 +308,17 @@ impl Store {
         tx: &mut Transaction<'_, Sqlite>,
         only: Option<&str>,
     ) -> StoreResult<ControlSnapshot> {
-        async fn rows<T>(
+        async fn rows<T: Table>(
             tx: &mut Transaction<'_, Sqlite>,
-            select: &str,
             only: Option<&str>,
             order: &str,
-        ) -> StoreResult<Vec<T>>
-        where
-            T: for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow> + Send + Unpin,
-        {
+        ) -> StoreResult<Vec<T>> {
             let filter = if only.is_some() {
                 "WHERE trunk_sid = ?"
             } else {
                 ""
             };
-            let sql = format!("{select} {filter} ORDER BY {order}");
+            let sql = format!("SELECT * FROM {} {filter} ORDER BY {order}", T::TABLE);
             let mut query = sqlx::query_as(&sql);
             if let Some(sid) = only {
                 query = query.bind(sid);
@@ -367,33 +328,17 @@ impl Store {
         let trunks: Vec<TrunkRecord> = match only {
             Some(sid) => Self::trunk_in_tx(tx, sid).await?.into_iter().collect(),
             None => {
-                sqlx::query_as(&format!(
-                    "SELECT {TRUNK_COLUMNS} FROM trunks ORDER BY date_created, sid"
-                ))
-                .fetch_all(&mut **tx)
-                .await?
+                sqlx::query_as("SELECT * FROM trunks ORDER BY date_created, sid")
+                    .fetch_all(&mut **tx)
+                    .await?
             }
         };
-        let ips: Vec<IpRecord> = rows(
-            tx,
-            "SELECT * FROM whitelisted_ips",
-            only,
-            "date_created, id",
-        )
-        .await?;
-        let credentials: Vec<CredentialRecord> =
-            rows(tx, "SELECT * FROM credentials", only, "date_created, id").await?;
-        let numbers: Vec<NumberRecord> =
-            rows(tx, "SELECT * FROM phone_numbers", only, "date_created, id").await?;
-        let destinations: Vec<DestinationRecord> = rows(
-            tx,
-            "SELECT * FROM destination_uris",
-            only,
-            "trunk_sid, priority, date_created, id",
-        )
-        .await?;
-        let settings: Vec<SettingRecord> =
-            rows(tx, "SELECT * FROM trunk_settings", only, "trunk_sid, name").await?;
+        let ips: Vec<IpRecord> = rows(tx, only, "date_created, id").await?;
+        let credentials: Vec<CredentialRecord> = rows(tx, only, "date_created, id").await?;
+        let numbers: Vec<NumberRecord> = rows(tx, only, "date_created, id").await?;
+        let destinations: Vec<DestinationRecord> =
+            rows(tx, only, "trunk_sid, priority, date_created, id").await?;
+        let settings: Vec<SettingRecord> = rows(tx, only, "trunk_sid, name").await?;
 
         let mut ips_by_trunk: HashMap<&str, Vec<&IpRecord>> = HashMap::new();
         for ip in &ips {
@@ -444,6 +389,9 @@ impl Store {
     }
 }
 
+#[macro_use]
+mod table;
+
 mod calls;
 mod credentials;
 mod destinations;
@@ -461,6 +409,7 @@ pub use ips::*;
 pub use numbers::*;
 pub use registrations::Binding;
 pub use settings::*;
+pub(crate) use table::{Keyed, SqliteQuery, Table};
 pub use trunks::*;
 
 #[cfg(test)]

@@ -2,17 +2,28 @@
 
 use super::*;
 
-/// Never includes the password.
-pub(super) fn credential_json(c: &CredentialRecord) -> Value {
-    json!({
-        "id": c.id,
-        "trunk_sid": c.trunk_sid,
-        "user_name": c.user_name,
-        "friendly_name": c.friendly_name,
-        "date_created": c.date_created,
-        "date_updated": c.date_updated,
-    })
+/// Shown without its password (see the record's serde form).
+impl Resource for CredentialRecord {
+    const NAME: &'static str = "Credential";
+    const DUPLICATE: &'static str = "Credential with this user_name";
+
+    fn change(&self) -> Change {
+        Change::Trunk(self.trunk_sid.clone())
+    }
 }
+
+impl OfAccount for CredentialRecord {
+    const ID: &'static str = "id";
+
+    async fn get(store: &Store, account_sid: &str, id: &str) -> Found<Self> {
+        store.credential(account_sid, id).await
+    }
+
+    async fn delete(store: &Store, account_sid: &str, id: &str) -> Found<Self> {
+        store.delete_credential(account_sid, id).await
+    }
+}
+
 pub(super) fn check_user_name(user: &str) -> Result<(), ApiError> {
     if user.chars().count() <= 64
         && user
@@ -49,10 +60,9 @@ pub(super) async fn create_credential(
     State(st): St,
     ctx: Ctx,
     Path(p): Params,
-    body: Bytes,
+    JsonObject(obj): JsonObject,
 ) -> Response {
     let result = async {
-        let obj = ctx.json(&body)?;
         let user_name = req_str(&obj, "user_name")?;
         let password = match obj.get("password") {
             Some(Value::String(s)) if !s.is_empty() => s.clone(),
@@ -68,50 +78,18 @@ pub(super) async fn create_credential(
             check_friendly_name(f)?;
         }
         let trunk = own_trunk(&st, &ctx, param(&p, "trunk_sid")).await?;
-        let rec = st
-            .store
-            .add_credential(
-                &trunk.sid,
-                &NewCredential {
-                    user_name,
-                    password,
-                    friendly_name,
-                },
-            )
-            .await
-            .map_err(|e| ApiError::store(e, "Credential with this user_name"))?;
-        st.trunk_changed(&rec.trunk_sid).await;
-        Ok(Out::One(credential_json(&rec)))
+        let new = NewCredential {
+            user_name,
+            password,
+            friendly_name,
+        };
+        written(
+            &st,
+            st.store.add_credential(&trunk.sid, &new).await.map(Some),
+        )
+        .await
     }
     .await;
-    ctx.reply(result)
-}
-
-pub(super) async fn list_credentials(
-    State(st): St,
-    ctx: Ctx,
-    Path(p): Params,
-    Query(q): QueryMap,
-) -> Response {
-    let store = &st.store;
-    let result = trunk_page(
-        &st,
-        &ctx,
-        (&p, &q),
-        "Credential",
-        credential_json,
-        |sid, page| async move { store.list_credentials(&sid, page).await },
-    )
-    .await;
-    ctx.reply(result)
-}
-
-pub(super) async fn get_credential(State(st): St, ctx: Ctx, Path(p): Params) -> Response {
-    let result = one_found(
-        "Credential",
-        credential_json,
-        st.store.credential(&ctx.account_sid, param(&p, "id")).await,
-    );
     ctx.reply(result)
 }
 
@@ -119,10 +97,9 @@ pub(super) async fn update_credential(
     State(st): St,
     ctx: Ctx,
     Path(p): Params,
-    body: Bytes,
+    JsonObject(obj): JsonObject,
 ) -> Response {
     let result = async {
-        let obj = ctx.json(&body)?;
         let user_name = opt_str(&obj, "user_name")?;
         if let Some(u) = &user_name {
             if u.is_empty() {
@@ -147,55 +124,20 @@ pub(super) async fn update_credential(
         } else {
             None
         };
-        let rec = st
-            .store
-            .update_credential(
-                &ctx.account_sid,
-                param(&p, "id"),
-                &CredentialUpdate {
-                    user_name,
-                    password,
-                    friendly_name,
-                },
-            )
-            .await
-            .map_err(|e| ApiError::store(e, "Credential with this user_name"))?
-            .ok_or_else(|| ApiError::not_found("Credential"))?;
-        st.trunk_changed(&rec.trunk_sid).await;
-        Ok(Out::One(credential_json(&rec)))
+        let update = CredentialUpdate {
+            user_name,
+            password,
+            friendly_name,
+        };
+        let id = param(&p, "id");
+        written(
+            &st,
+            st.store
+                .update_credential(&ctx.account_sid, id, &update)
+                .await,
+        )
+        .await
     }
     .await;
-    ctx.reply(result)
-}
-
-pub(super) async fn delete_credential(
-    st: &ApiState,
-    ctx: &Ctx,
-    id: Option<&str>,
-) -> Result<Out, ApiError> {
-    let id = id
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| ApiError::missing("id"))?;
-    let rec = st
-        .store
-        .delete_credential(&ctx.account_sid, id)
-        .await
-        .map_err(|e| ApiError::store(e, "Credential"))?
-        .ok_or_else(|| ApiError::not_found("Credential"))?;
-    st.trunk_changed(&rec.trunk_sid).await;
-    Ok(Out::One(credential_json(&rec)))
-}
-
-pub(super) async fn delete_credential_query(
-    State(st): St,
-    ctx: Ctx,
-    Query(q): QueryMap,
-) -> Response {
-    let result = delete_credential(&st, &ctx, q.get("id").map(String::as_str)).await;
-    ctx.reply(result)
-}
-
-pub(super) async fn delete_credential_path(State(st): St, ctx: Ctx, Path(p): Params) -> Response {
-    let result = delete_credential(&st, &ctx, p.get("id").map(String::as_str)).await;
     ctx.reply(result)
 }

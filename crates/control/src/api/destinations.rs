@@ -2,16 +2,14 @@
 
 use super::*;
 
-pub(super) fn destination_json(d: &DestinationRecord) -> Value {
-    json!({
-        "id": d.id,
-        "trunk_sid": d.trunk_sid,
-        "destination": d.uri,
-        "priority": d.priority,
-        "weight": d.weight,
-        "date_created": d.date_created,
-    })
+impl Resource for DestinationRecord {
+    const NAME: &'static str = "Destination";
+
+    fn change(&self) -> Change {
+        Change::Trunk(self.trunk_sid.clone())
+    }
 }
+
 /// A destination as stored (`sip:` or `sips:` prefix) and its host if that is an IP address.
 ///
 /// Accepts `host`, `host:port`, `[v6]:port`, `user@host`, each with `;params` (a `transport`
@@ -78,31 +76,16 @@ pub(super) async fn create_destinations(
     State(st): St,
     ctx: Ctx,
     Path(p): Params,
-    body: Bytes,
+    JsonObject(obj): JsonObject,
 ) -> Response {
     let result = async {
-        let obj = ctx.json(&body)?;
-        let items = match obj.get("destinations") {
-            None | Some(Value::Null) => return Err(ApiError::missing("destinations")),
-            Some(Value::Array(a)) if !a.is_empty() => a.clone(),
-            Some(_) => {
-                return Err(ApiError::invalid(
-                    "destinations must be a non-empty array of {\"destination\": …}",
-                ))
-            }
-        };
-        if items.len() > MAX_ITEMS_PER_REQUEST {
-            return Err(ApiError::too_many_items(
-                "destinations",
-                MAX_ITEMS_PER_REQUEST,
-            ));
-        }
+        let items = items(&obj, "destinations", "{\"destination\": …}")?;
         let trunk = own_trunk(&st, &ctx, param(&p, "trunk_sid")).await?;
         let existing = st
             .store
             .list_destinations(&trunk.sid, room_probe(MAX_DESTINATIONS_PER_TRUNK))
             .await
-            .map_err(|e| ApiError::store(e, "Destination"))?
+            .map_err(|e| ApiError::store(e, DestinationRecord::NAME))?
             .len();
         if existing + items.len() > MAX_DESTINATIONS_PER_TRUNK {
             return Err(ApiError::trunk_full(
@@ -114,74 +97,28 @@ pub(super) async fn create_destinations(
             .store
             .list_ips(&trunk.sid, Page::ALL)
             .await
-            .map_err(|e| ApiError::store(e, "Destination"))?
+            .map_err(|e| ApiError::store(e, DestinationRecord::NAME))?
             .iter()
             .filter_map(IpRecord::to_net)
             .collect();
-        let mut results = Vec::with_capacity(items.len());
-        for item in &items {
-            let one = async {
-                let Value::Object(item) = item else {
-                    return Err(ApiError::invalid("each destination must be an object"));
-                };
-                let dest = req_str(item, "destination")?;
-                let (uri, ip) = parse_destination(&dest).map_err(ApiError::invalid)?;
-                if let Some(ip) = ip {
-                    if !whitelist.iter().any(|net| net.contains(ip)) {
-                        return Err(ApiError::invalid("Destination not whitelisted"));
-                    }
+        let (store, sid, whitelist) = (&st.store, trunk.sid.as_str(), &whitelist);
+        let added = add_each(&st, sid, items, "destination", |item| async move {
+            let dest = req_str(&item, "destination")?;
+            let (uri, ip) = parse_destination(&dest).map_err(ApiError::invalid)?;
+            if let Some(ip) = ip {
+                if !whitelist.iter().any(|net| net.contains(ip)) {
+                    return Err(ApiError::invalid("Destination not whitelisted"));
                 }
-                let priority = opt_int(item, "priority", 65_535)?;
-                let weight = opt_int(item, "weight", 65_535)?;
-                let rec = st
-                    .store
-                    .add_destination(&trunk.sid, &uri, priority, weight)
-                    .await
-                    .map_err(|e| ApiError::store(e, "Destination"))?;
-                Ok(destination_json(&rec))
             }
-            .await;
-            results.push(one);
-        }
-        if results.iter().any(Result::is_ok) {
-            st.trunk_changed(&trunk.sid).await;
-        }
-        Ok(Out::Multi(results))
-    }
-    .await;
-    ctx.reply(result)
-}
-
-pub(super) async fn list_destinations(
-    State(st): St,
-    ctx: Ctx,
-    Path(p): Params,
-    Query(q): QueryMap,
-) -> Response {
-    let store = &st.store;
-    let result = trunk_page(
-        &st,
-        &ctx,
-        (&p, &q),
-        "Destination",
-        destination_json,
-        |sid, page| async move { store.list_destinations(&sid, page).await },
-    )
-    .await;
-    ctx.reply(result)
-}
-
-pub(super) async fn delete_destination(State(st): St, ctx: Ctx, Path(p): Params) -> Response {
-    let result = async {
-        let trunk = own_trunk(&st, &ctx, param(&p, "trunk_sid")).await?;
-        let rec = st
-            .store
-            .delete_destination(&trunk.sid, param(&p, "id"))
-            .await
-            .map_err(|e| ApiError::store(e, "Destination"))?
-            .ok_or_else(|| ApiError::not_found("Destination"))?;
-        st.trunk_changed(&rec.trunk_sid).await;
-        Ok(Out::One(destination_json(&rec)))
+            let priority = opt_int(&item, "priority", 65_535)?;
+            let weight = opt_int(&item, "weight", 65_535)?;
+            store
+                .add_destination(sid, &uri, priority, weight)
+                .await
+                .map_err(|e| ApiError::store(e, DestinationRecord::NAME))
+        })
+        .await;
+        Ok(added)
     }
     .await;
     ctx.reply(result)

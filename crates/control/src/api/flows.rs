@@ -2,22 +2,41 @@
 
 use super::*;
 
-pub(super) fn flow_json(f: &FlowRecord) -> Value {
-    json!({
-        "id": f.id,
-        "name": f.name,
-        "stream_url": f.stream_url,
-        "protocol": f.protocol,
-        "direction": f.direction,
-        "custom_parameters": f.custom_parameters,
-        "on_stream_end": f.on_stream_end,
-        "agent_assist": f.agent_assist,
-        "fallback": f.fallback,
-        "date_created": f.date_created,
-        "date_updated": f.date_updated,
-        "uri": format!("/v2/accounts/{}/flows/{}", f.account_sid, f.id),
-    })
+/// A flow as the API shows it: its record and its own URI.
+#[derive(Serialize)]
+struct FlowView<'a> {
+    #[serde(flatten)]
+    flow: &'a FlowRecord,
+    uri: String,
 }
+
+impl Resource for FlowRecord {
+    const NAME: &'static str = "Flow";
+
+    fn change(&self) -> Change {
+        Change::Flow(self.id.clone())
+    }
+
+    fn view(&self) -> Result<Value, ApiError> {
+        to_view(&FlowView {
+            flow: self,
+            uri: format!("/v2/accounts/{}/flows/{}", self.account_sid, self.id),
+        })
+    }
+}
+
+impl OfAccount for FlowRecord {
+    const ID: &'static str = "flow_id";
+
+    async fn get(store: &Store, account_sid: &str, id: &str) -> Found<Self> {
+        store.flow(account_sid, id).await
+    }
+
+    async fn delete(store: &Store, account_sid: &str, id: &str) -> Found<Self> {
+        store.delete_flow(account_sid, id).await
+    }
+}
+
 /// A flow from `obj`, starting from `base` (PUT) or from scratch (POST: `name` and
 /// `stream_url` mandatory).
 pub(super) fn flow_from(
@@ -150,18 +169,12 @@ pub(super) async fn check_destination_trunk(
     }
 }
 
-pub(super) async fn create_flow(State(st): St, ctx: Ctx, body: Bytes) -> Response {
+pub(super) async fn create_flow(State(st): St, ctx: Ctx, JsonObject(obj): JsonObject) -> Response {
     let result = async {
-        let obj = ctx.json(&body)?;
         let new = flow_from(&obj, None)?;
         check_destination_trunk(&st, &ctx, &obj, &new).await?;
-        let rec = st
-            .store
-            .create_flow(&ctx.account_sid, &new)
-            .await
-            .map_err(|e| ApiError::store(e, "Flow"))?;
-        st.changed(Change::Flow(rec.id.clone())).await;
-        Ok(Out::One(flow_json(&rec)))
+        let created = st.store.create_flow(&ctx.account_sid, &new).await;
+        written(&st, created.map(Some)).await
     }
     .await;
     ctx.reply(result)
@@ -170,61 +183,25 @@ pub(super) async fn create_flow(State(st): St, ctx: Ctx, body: Bytes) -> Respons
 pub(super) async fn list_flows(State(st): St, ctx: Ctx, Query(q): QueryMap) -> Response {
     let result = async {
         let pg = page(&q)?;
-        let rows = st
-            .store
-            .list_flows(&ctx.account_sid, probe(pg))
-            .await
-            .map_err(|e| ApiError::store(e, "Flow"))?;
-        Ok(list_out(&ctx, pg, rows, "", flow_json))
+        let rows = st.store.list_flows(&ctx.account_sid, probe(pg)).await;
+        list_out(&ctx, pg, rows, "")
     }
     .await;
     ctx.reply(result)
 }
 
-pub(super) async fn get_flow(State(st): St, ctx: Ctx, Path(p): Params) -> Response {
-    let result = one_found(
-        "Flow",
-        flow_json,
-        st.store.flow(&ctx.account_sid, param(&p, "flow_id")).await,
-    );
-    ctx.reply(result)
-}
-
-pub(super) async fn update_flow(State(st): St, ctx: Ctx, Path(p): Params, body: Bytes) -> Response {
+pub(super) async fn update_flow(
+    State(st): St,
+    ctx: Ctx,
+    Path(p): Params,
+    JsonObject(obj): JsonObject,
+) -> Response {
     let result = async {
-        let obj = ctx.json(&body)?;
         let id = param(&p, "flow_id");
-        let current = st
-            .store
-            .flow(&ctx.account_sid, id)
-            .await
-            .map_err(|e| ApiError::store(e, "Flow"))?
-            .ok_or_else(|| ApiError::not_found("Flow"))?;
+        let current = found(st.store.flow(&ctx.account_sid, id).await)?;
         let new = flow_from(&obj, Some(&current))?;
         check_destination_trunk(&st, &ctx, &obj, &new).await?;
-        let rec = st
-            .store
-            .update_flow(&ctx.account_sid, id, &new)
-            .await
-            .map_err(|e| ApiError::store(e, "Flow"))?
-            .ok_or_else(|| ApiError::not_found("Flow"))?;
-        st.changed(Change::Flow(rec.id.clone())).await;
-        Ok(Out::One(flow_json(&rec)))
-    }
-    .await;
-    ctx.reply(result)
-}
-
-pub(super) async fn delete_flow(State(st): St, ctx: Ctx, Path(p): Params) -> Response {
-    let result = async {
-        let rec = st
-            .store
-            .delete_flow(&ctx.account_sid, param(&p, "flow_id"))
-            .await
-            .map_err(|e| ApiError::store(e, "Flow"))?
-            .ok_or_else(|| ApiError::not_found("Flow"))?;
-        st.changed(Change::Flow(rec.id.clone())).await;
-        Ok(Out::One(flow_json(&rec)))
+        written(&st, st.store.update_flow(&ctx.account_sid, id, &new).await).await
     }
     .await;
     ctx.reply(result)

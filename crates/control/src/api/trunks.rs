@@ -2,28 +2,54 @@
 
 use super::*;
 
-pub(super) fn trunk_json(t: &TrunkRecord) -> Value {
-    let base = format!("/v2/accounts/{}/trunks/{}", t.account_sid, t.sid);
-    json!({
-        "trunk_sid": t.sid,
-        "trunk_name": t.name,
-        "status": t.status,
-        "domain_name": t.domain_name,
-        "nso_code": t.nso_code,
-        "auth_type": t.auth_type,
-        "registration_enabled": t.registration_enabled,
-        "edge_preference": t.edge_preference,
-        "secure_trunking": t.secure_trunking,
-        "max_concurrent_calls": t.max_concurrent_calls,
-        "calls_per_minute": t.calls_per_minute,
-        "date_created": t.date_created,
-        "date_updated": t.date_updated,
-        "destination_uris": format!("{base}/destination-uris"),
-        "whitelisted_ips": format!("{base}/whitelisted-ips"),
-        "credentials": format!("{base}/credentials"),
-        "phone_numbers": format!("{base}/phone-numbers"),
-    })
+/// A trunk as the API shows it: its record and links to what is under it.
+#[derive(Serialize)]
+struct TrunkView<'a> {
+    #[serde(flatten)]
+    trunk: &'a TrunkRecord,
+    destination_uris: String,
+    whitelisted_ips: String,
+    credentials: String,
+    phone_numbers: String,
 }
+
+impl Resource for TrunkRecord {
+    const NAME: &'static str = "Trunk";
+    const DUPLICATE: &'static str = "Trunk with this trunk_name";
+
+    fn change(&self) -> Change {
+        Change::Trunk(self.sid.clone())
+    }
+
+    fn view(&self) -> Result<Value, ApiError> {
+        let base = format!("/v2/accounts/{}/trunks/{}", self.account_sid, self.sid);
+        to_view(&TrunkView {
+            trunk: self,
+            destination_uris: format!("{base}/destination-uris"),
+            whitelisted_ips: format!("{base}/whitelisted-ips"),
+            credentials: format!("{base}/credentials"),
+            phone_numbers: format!("{base}/phone-numbers"),
+        })
+    }
+
+    /// Another account's trunk is not told apart from none.
+    fn missing() -> ApiError {
+        ApiError::trunk_forbidden()
+    }
+}
+
+impl OfAccount for TrunkRecord {
+    const ID: &'static str = "trunk_sid";
+
+    async fn get(store: &Store, account_sid: &str, sid: &str) -> Found<Self> {
+        store.trunk(account_sid, sid).await
+    }
+
+    async fn delete(store: &Store, account_sid: &str, sid: &str) -> Found<Self> {
+        store.delete_trunk(account_sid, sid).await
+    }
+}
+
 pub(super) fn trunk_limits(
     obj: &Map<String, Value>,
 ) -> Result<(Option<Option<u32>>, Option<u32>), ApiError> {
@@ -36,9 +62,8 @@ pub(super) fn trunk_limits(
     Ok((max_concurrent, cpm))
 }
 
-pub(super) async fn create_trunk(State(st): St, ctx: Ctx, body: Bytes) -> Response {
+pub(super) async fn create_trunk(State(st): St, ctx: Ctx, JsonObject(obj): JsonObject) -> Response {
     let result = async {
-        let obj = ctx.json(&body)?;
         let name = req_str(&obj, "trunk_name")?;
         let nso_code = req_str(&obj, "nso_code")?;
         let domain_name = req_str(&obj, "domain_name")?;
@@ -57,13 +82,8 @@ pub(super) async fn create_trunk(State(st): St, ctx: Ctx, body: Bytes) -> Respon
         if let Some(cpm) = cpm {
             new.calls_per_minute = cpm;
         }
-        let rec = st
-            .store
-            .create_trunk(&ctx.account_sid, &new)
-            .await
-            .map_err(|e| ApiError::store(e, "Trunk with this trunk_name"))?;
-        st.trunk_changed(&rec.sid).await;
-        Ok(Out::One(trunk_json(&rec)))
+        let created = st.store.create_trunk(&ctx.account_sid, &new).await;
+        written(&st, created.map(Some)).await
     }
     .await;
     ctx.reply(result)
@@ -73,37 +93,14 @@ pub(super) async fn list_trunks(State(st): St, ctx: Ctx, Query(q): QueryMap) -> 
     let result = async {
         let p = page(&q)?;
         if let Some(sid) = q.get("trunk_sid").filter(|s| !s.is_empty()) {
-            let rows: Vec<TrunkRecord> = st
-                .store
-                .trunk(&ctx.account_sid, sid)
-                .await
-                .map_err(|e| ApiError::store(e, "Trunk"))?
-                .into_iter()
-                .filter(|_| p.offset == 0)
-                .collect();
-            return Ok(list_out(
-                &ctx,
-                p,
-                rows,
-                &format!("&trunk_sid={sid}"),
-                trunk_json,
-            ));
+            let one = st.store.trunk(&ctx.account_sid, sid).await;
+            let rows = one.map(|t| t.into_iter().filter(|_| p.offset == 0).collect());
+            return list_out(&ctx, p, rows, &format!("&trunk_sid={sid}"));
         }
-        let rows = st
-            .store
-            .list_trunks(&ctx.account_sid, probe(p))
-            .await
-            .map_err(|e| ApiError::store(e, "Trunk"))?;
-        Ok(list_out(&ctx, p, rows, "", trunk_json))
+        let rows = st.store.list_trunks(&ctx.account_sid, probe(p)).await;
+        list_out(&ctx, p, rows, "")
     }
     .await;
-    ctx.reply(result)
-}
-
-pub(super) async fn get_trunk(State(st): St, ctx: Ctx, Path(p): Params) -> Response {
-    let result = own_trunk(&st, &ctx, param(&p, "trunk_sid"))
-        .await
-        .map(|t| Out::One(trunk_json(&t)));
     ctx.reply(result)
 }
 
@@ -111,10 +108,9 @@ pub(super) async fn update_trunk(
     State(st): St,
     ctx: Ctx,
     Path(p): Params,
-    body: Bytes,
+    JsonObject(obj): JsonObject,
 ) -> Response {
     let result = async {
-        let obj = ctx.json(&body)?;
         let name = opt_str(&obj, "trunk_name")?;
         if let Some(n) = &name {
             check_trunk_name(n)?;
@@ -138,43 +134,13 @@ pub(super) async fn update_trunk(
             max_concurrent_calls,
             calls_per_minute,
         };
-        let rec = st
-            .store
-            .update_trunk(&ctx.account_sid, param(&p, "trunk_sid"), &update)
-            .await
-            .map_err(|e| ApiError::store(e, "Trunk with this trunk_name"))?
-            .ok_or_else(ApiError::trunk_forbidden)?;
-        st.trunk_changed(&rec.sid).await;
-        Ok(Out::One(trunk_json(&rec)))
+        let sid = param(&p, "trunk_sid");
+        written(
+            &st,
+            st.store.update_trunk(&ctx.account_sid, sid, &update).await,
+        )
+        .await
     }
     .await;
-    ctx.reply(result)
-}
-
-pub(super) async fn delete_trunk(
-    st: &ApiState,
-    ctx: &Ctx,
-    sid: Option<&str>,
-) -> Result<Out, ApiError> {
-    let sid = sid
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| ApiError::missing("trunk_sid"))?;
-    let rec = st
-        .store
-        .delete_trunk(&ctx.account_sid, sid)
-        .await
-        .map_err(|e| ApiError::store(e, "Trunk"))?
-        .ok_or_else(ApiError::trunk_forbidden)?;
-    st.trunk_changed(&rec.sid).await;
-    Ok(Out::One(trunk_json(&rec)))
-}
-
-pub(super) async fn delete_trunk_query(State(st): St, ctx: Ctx, Query(q): QueryMap) -> Response {
-    let result = delete_trunk(&st, &ctx, q.get("trunk_sid").map(String::as_str)).await;
-    ctx.reply(result)
-}
-
-pub(super) async fn delete_trunk_path(State(st): St, ctx: Ctx, Path(p): Params) -> Response {
-    let result = delete_trunk(&st, &ctx, p.get("trunk_sid").map(String::as_str)).await;
     ctx.reply(result)
 }

@@ -4,11 +4,12 @@ use super::*;
 
 /// A digest credential of a trunk. The password is stored as given (digest auth needs it or
 /// its HA1); the API never returns it.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, Serialize)]
 pub struct CredentialRecord {
     pub id: String,
     pub trunk_sid: String,
     pub user_name: String,
+    #[serde(skip)]
     pub password: String,
     pub friendly_name: Option<String>,
     pub date_created: String,
@@ -32,17 +33,30 @@ pub struct CredentialUpdate {
     pub friendly_name: Option<Option<String>>,
 }
 
+table!(CredentialRecord = "credentials" by "trunk_sid" order "date_created, id" {
+    id, trunk_sid, user_name, password, friendly_name, date_created, date_updated
+});
+
+impl Keyed for CredentialRecord {
+    fn key(&self) -> &str {
+        &self.id
+    }
+
+    /// By the account its trunk belongs to: credentials have ids of their own in the API.
+    fn find_sql() -> String {
+        "SELECT c.* FROM credentials c JOIN trunks t ON t.sid = c.trunk_sid \
+         WHERE c.id = ? AND t.account_sid = ?"
+            .into()
+    }
+}
+
 impl Store {
     pub async fn add_credential(
         &self,
         trunk_sid: &str,
         new: &NewCredential,
     ) -> StoreResult<CredentialRecord> {
-        let _w = self.write.lock().await;
-        let mut tx = self.pool.begin().await?;
-        Self::trunk_in_tx(&mut tx, trunk_sid)
-            .await?
-            .ok_or(StoreError::NotFound)?;
+        let (mut w, _) = self.write_under(trunk_sid).await?;
         let now = now_iso8601();
         let rec = CredentialRecord {
             id: new_id("CR"),
@@ -53,20 +67,8 @@ impl Store {
             date_created: now.clone(),
             date_updated: now,
         };
-        sqlx::query(
-            "INSERT INTO credentials (id, trunk_sid, user_name, password, friendly_name, \
-             date_created, date_updated) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&rec.id)
-        .bind(&rec.trunk_sid)
-        .bind(&rec.user_name)
-        .bind(&rec.password)
-        .bind(&rec.friendly_name)
-        .bind(&rec.date_created)
-        .bind(&rec.date_updated)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        w.insert(&rec).await?;
+        w.commit().await?;
         Ok(rec)
     }
 
@@ -75,21 +77,8 @@ impl Store {
         trunk_sid: &str,
         page: Page,
     ) -> StoreResult<Vec<CredentialRecord>> {
-        let (limit, offset) = limit_offset(page);
-        Ok(sqlx::query_as(
-            "SELECT * FROM credentials WHERE trunk_sid = ? \
-             ORDER BY date_created, id LIMIT ? OFFSET ?",
-        )
-        .bind(trunk_sid)
-        .bind(limit)
-        .bind(offset)
-        .fetch_all(&self.pool)
-        .await?)
+        self.list_of(trunk_sid, page).await
     }
-
-    const CREDENTIAL_OF_ACCOUNT: &'static str = "SELECT c.id, c.trunk_sid, c.user_name, \
-         c.password, c.friendly_name, c.date_created, c.date_updated FROM credentials c \
-         JOIN trunks t ON t.sid = c.trunk_sid WHERE c.id = ? AND t.account_sid = ?";
 
     /// The credential `id` if its trunk belongs to `account_sid`.
     pub async fn credential(
@@ -97,11 +86,7 @@ impl Store {
         account_sid: &str,
         id: &str,
     ) -> StoreResult<Option<CredentialRecord>> {
-        Ok(sqlx::query_as(Self::CREDENTIAL_OF_ACCOUNT)
-            .bind(id)
-            .bind(account_sid)
-            .fetch_optional(&self.pool)
-            .await?)
+        self.find(id, account_sid).await
     }
 
     pub async fn update_credential(
@@ -110,14 +95,8 @@ impl Store {
         id: &str,
         update: &CredentialUpdate,
     ) -> StoreResult<Option<CredentialRecord>> {
-        let _w = self.write.lock().await;
-        let mut tx = self.pool.begin().await?;
-        let Some(mut rec): Option<CredentialRecord> = sqlx::query_as(Self::CREDENTIAL_OF_ACCOUNT)
-            .bind(id)
-            .bind(account_sid)
-            .fetch_optional(&mut *tx)
-            .await?
-        else {
+        let mut w = self.write().await?;
+        let Some(mut rec) = w.find::<CredentialRecord>(id, account_sid).await? else {
             return Ok(None);
         };
         if let Some(v) = &update.user_name {
@@ -130,18 +109,8 @@ impl Store {
             rec.friendly_name = v.clone();
         }
         rec.date_updated = now_iso8601();
-        sqlx::query(
-            "UPDATE credentials SET user_name = ?, password = ?, friendly_name = ?, \
-             date_updated = ? WHERE id = ?",
-        )
-        .bind(&rec.user_name)
-        .bind(&rec.password)
-        .bind(&rec.friendly_name)
-        .bind(&rec.date_updated)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        w.update(&rec).await?;
+        w.commit().await?;
         Ok(Some(rec))
     }
 
@@ -150,12 +119,6 @@ impl Store {
         account_sid: &str,
         id: &str,
     ) -> StoreResult<Option<CredentialRecord>> {
-        self.delete_found::<CredentialRecord>(
-            Self::CREDENTIAL_OF_ACCOUNT,
-            "DELETE FROM credentials WHERE id = ?",
-            id,
-            account_sid,
-        )
-        .await
+        self.delete_of(id, account_sid).await
     }
 }

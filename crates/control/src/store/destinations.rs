@@ -3,17 +3,23 @@
 use super::*;
 
 /// A destination URI of a trunk (where outbound calls to the trunk go).
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, Serialize)]
 pub struct DestinationRecord {
     pub id: String,
     pub trunk_sid: String,
     /// With its `sip:` prefix, e.g. `sip:203.0.113.5:5061;transport=tls`.
+    #[serde(rename = "destination")]
     pub uri: String,
     /// Lower first.
     pub priority: i64,
     pub weight: i64,
     pub date_created: String,
 }
+
+table!(DestinationRecord = "destination_uris" by "trunk_sid"
+    order "priority, date_created, id" key id {
+    id, trunk_sid, uri, priority, weight, date_created
+});
 
 impl Store {
     /// Adds a destination URI (already validated, with its `sip:` prefix). `priority`
@@ -26,18 +32,14 @@ impl Store {
         priority: Option<i64>,
         weight: Option<i64>,
     ) -> StoreResult<DestinationRecord> {
-        let _w = self.write.lock().await;
-        let mut tx = self.pool.begin().await?;
-        Self::trunk_in_tx(&mut tx, trunk_sid)
-            .await?
-            .ok_or(StoreError::NotFound)?;
+        let (mut w, _) = self.write_under(trunk_sid).await?;
         let priority = match priority {
             Some(p) => p,
             None => {
                 let (n,): (i64,) =
                     sqlx::query_as("SELECT COUNT(*) FROM destination_uris WHERE trunk_sid = ?")
                         .bind(trunk_sid)
-                        .fetch_one(&mut *tx)
+                        .fetch_one(&mut *w.tx)
                         .await?;
                 n
             }
@@ -50,19 +52,8 @@ impl Store {
             weight: weight.unwrap_or(1),
             date_created: now_iso8601(),
         };
-        sqlx::query(
-            "INSERT INTO destination_uris (id, trunk_sid, uri, priority, weight, date_created) \
-             VALUES (?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&rec.id)
-        .bind(&rec.trunk_sid)
-        .bind(&rec.uri)
-        .bind(rec.priority)
-        .bind(rec.weight)
-        .bind(&rec.date_created)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        w.insert(&rec).await?;
+        w.commit().await?;
         Ok(rec)
     }
 
@@ -72,16 +63,7 @@ impl Store {
         trunk_sid: &str,
         page: Page,
     ) -> StoreResult<Vec<DestinationRecord>> {
-        let (limit, offset) = limit_offset(page);
-        Ok(sqlx::query_as(
-            "SELECT * FROM destination_uris WHERE trunk_sid = ? \
-             ORDER BY priority, date_created, id LIMIT ? OFFSET ?",
-        )
-        .bind(trunk_sid)
-        .bind(limit)
-        .bind(offset)
-        .fetch_all(&self.pool)
-        .await?)
+        self.list_of(trunk_sid, page).await
     }
 
     pub async fn delete_destination(
@@ -89,12 +71,6 @@ impl Store {
         trunk_sid: &str,
         id: &str,
     ) -> StoreResult<Option<DestinationRecord>> {
-        self.delete_found::<DestinationRecord>(
-            "SELECT * FROM destination_uris WHERE id = ? AND trunk_sid = ?",
-            "DELETE FROM destination_uris WHERE id = ?",
-            id,
-            trunk_sid,
-        )
-        .await
+        self.delete_of(id, trunk_sid).await
     }
 }

@@ -87,9 +87,10 @@ impl FlowFallback {
 }
 
 /// A voicegate flow: which bot a call in flow mode streams to.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct FlowRecord {
     pub id: String,
+    #[serde(skip)]
     pub account_sid: String,
     pub name: String,
     /// `ws://` or `wss://`.
@@ -159,21 +160,37 @@ impl TryFrom<FlowRow> for FlowRecord {
     }
 }
 
-impl Store {
-    fn flow_json(new: &NewFlow) -> StoreResult<(String, String)> {
+impl TryFrom<&FlowRecord> for FlowRow {
+    type Error = StoreError;
+    fn try_from(f: &FlowRecord) -> StoreResult<FlowRow> {
         let enc = |e: serde_json::Error| StoreError::Corrupt(e.to_string());
-        Ok((
-            serde_json::to_string(&new.custom_parameters).map_err(enc)?,
-            serde_json::to_string(&new.on_stream_end).map_err(enc)?,
-        ))
+        Ok(FlowRow {
+            id: f.id.clone(),
+            account_sid: f.account_sid.clone(),
+            name: f.name.clone(),
+            stream_url: f.stream_url.clone(),
+            protocol: f.protocol.as_str().into(),
+            direction: f.direction.as_str().into(),
+            custom_parameters: serde_json::to_string(&f.custom_parameters).map_err(enc)?,
+            on_stream_end: serde_json::to_string(&f.on_stream_end).map_err(enc)?,
+            agent_assist: f.agent_assist,
+            fallback: f.fallback.as_str().into(),
+            date_created: f.date_created.clone(),
+            date_updated: f.date_updated.clone(),
+        })
     }
+}
 
-    pub async fn create_flow(&self, account_sid: &str, new: &NewFlow) -> StoreResult<FlowRecord> {
-        let (custom, on_end) = Self::flow_json(new)?;
-        let now = now_iso8601();
-        let rec = FlowRecord {
-            id: new_id("FL"),
-            account_sid: account_sid.to_string(),
+table!(FlowRow = "flows" by "account_sid" order "date_created, id" key id {
+    id, account_sid, name, stream_url, protocol, direction, custom_parameters, on_stream_end,
+    agent_assist, fallback, date_created, date_updated
+});
+
+impl FlowRecord {
+    fn from_new(new: &NewFlow, id: String, account_sid: String, date_created: String) -> Self {
+        FlowRecord {
+            id,
+            account_sid,
             name: new.name.clone(),
             stream_url: new.stream_url.clone(),
             protocol: new.protocol,
@@ -182,55 +199,29 @@ impl Store {
             on_stream_end: new.on_stream_end.clone(),
             agent_assist: new.agent_assist,
             fallback: new.fallback,
-            date_created: now.clone(),
-            date_updated: now,
-        };
-        let _w = self.write.lock().await;
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO flows (id, account_sid, name, stream_url, protocol, direction, \
-             custom_parameters, on_stream_end, agent_assist, fallback, date_created, \
-             date_updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&rec.id)
-        .bind(&rec.account_sid)
-        .bind(&rec.name)
-        .bind(&rec.stream_url)
-        .bind(rec.protocol.as_str())
-        .bind(rec.direction.as_str())
-        .bind(custom)
-        .bind(on_end)
-        .bind(rec.agent_assist)
-        .bind(rec.fallback.as_str())
-        .bind(&rec.date_created)
-        .bind(&rec.date_updated)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
+            date_updated: date_created.clone(),
+            date_created,
+        }
+    }
+}
+
+impl Store {
+    pub async fn create_flow(&self, account_sid: &str, new: &NewFlow) -> StoreResult<FlowRecord> {
+        let rec = FlowRecord::from_new(new, new_id("FL"), account_sid.into(), now_iso8601());
+        let row = FlowRow::try_from(&rec)?;
+        let mut w = self.write().await?;
+        w.insert(&row).await?;
+        w.commit().await?;
         Ok(rec)
     }
 
     pub async fn flow(&self, account_sid: &str, id: &str) -> StoreResult<Option<FlowRecord>> {
-        let row: Option<FlowRow> =
-            sqlx::query_as("SELECT * FROM flows WHERE id = ? AND account_sid = ?")
-                .bind(id)
-                .bind(account_sid)
-                .fetch_optional(&self.pool)
-                .await?;
+        let row: Option<FlowRow> = self.find(id, account_sid).await?;
         row.map(FlowRecord::try_from).transpose()
     }
 
     pub async fn list_flows(&self, account_sid: &str, page: Page) -> StoreResult<Vec<FlowRecord>> {
-        let (limit, offset) = limit_offset(page);
-        let rows: Vec<FlowRow> = sqlx::query_as(
-            "SELECT * FROM flows WHERE account_sid = ? ORDER BY date_created, id \
-             LIMIT ? OFFSET ?",
-        )
-        .bind(account_sid)
-        .bind(limit)
-        .bind(offset)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows: Vec<FlowRow> = self.list_of(account_sid, page).await?;
         rows.into_iter().map(FlowRecord::try_from).collect()
     }
 
@@ -241,51 +232,15 @@ impl Store {
         id: &str,
         new: &NewFlow,
     ) -> StoreResult<Option<FlowRecord>> {
-        let (custom, on_end) = Self::flow_json(new)?;
-        let _w = self.write.lock().await;
-        let mut tx = self.pool.begin().await?;
-        let Some(row): Option<FlowRow> =
-            sqlx::query_as("SELECT * FROM flows WHERE id = ? AND account_sid = ?")
-                .bind(id)
-                .bind(account_sid)
-                .fetch_optional(&mut *tx)
-                .await?
-        else {
+        let mut w = self.write().await?;
+        let Some(old) = w.find::<FlowRow>(id, account_sid).await? else {
             return Ok(None);
         };
-        let now = now_iso8601();
-        sqlx::query(
-            "UPDATE flows SET name = ?, stream_url = ?, protocol = ?, direction = ?, \
-             custom_parameters = ?, on_stream_end = ?, agent_assist = ?, fallback = ?, \
-             date_updated = ? WHERE id = ?",
-        )
-        .bind(&new.name)
-        .bind(&new.stream_url)
-        .bind(new.protocol.as_str())
-        .bind(new.direction.as_str())
-        .bind(custom)
-        .bind(on_end)
-        .bind(new.agent_assist)
-        .bind(new.fallback.as_str())
-        .bind(&now)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(Some(FlowRecord {
-            id: row.id,
-            account_sid: row.account_sid,
-            name: new.name.clone(),
-            stream_url: new.stream_url.clone(),
-            protocol: new.protocol,
-            direction: new.direction,
-            custom_parameters: new.custom_parameters.clone(),
-            on_stream_end: new.on_stream_end.clone(),
-            agent_assist: new.agent_assist,
-            fallback: new.fallback,
-            date_created: row.date_created,
-            date_updated: now,
-        }))
+        let mut rec = FlowRecord::from_new(new, old.id, old.account_sid, old.date_created);
+        rec.date_updated = now_iso8601();
+        w.update(&FlowRow::try_from(&rec)?).await?;
+        w.commit().await?;
+        Ok(Some(rec))
     }
 
     /// Deletes the flow; [`StoreError::FlowInUse`] while phone numbers point at it.
@@ -294,31 +249,21 @@ impl Store {
         account_sid: &str,
         id: &str,
     ) -> StoreResult<Option<FlowRecord>> {
-        let _w = self.write.lock().await;
-        let mut tx = self.pool.begin().await?;
-        let Some(row): Option<FlowRow> =
-            sqlx::query_as("SELECT * FROM flows WHERE id = ? AND account_sid = ?")
-                .bind(id)
-                .bind(account_sid)
-                .fetch_optional(&mut *tx)
-                .await?
-        else {
+        let mut w = self.write().await?;
+        let Some(row) = w.find::<FlowRow>(id, account_sid).await? else {
             return Ok(None);
         };
         let (users,): (i64,) = sqlx::query_as(
             "SELECT COUNT(*) FROM phone_numbers WHERE mode = 'flow' AND flow_id = ?",
         )
         .bind(id)
-        .fetch_one(&mut *tx)
+        .fetch_one(&mut *w.tx)
         .await?;
         if users > 0 {
             return Err(StoreError::FlowInUse(users));
         }
-        sqlx::query("DELETE FROM flows WHERE id = ?")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
+        w.delete(&row).await?;
+        w.commit().await?;
         Ok(Some(FlowRecord::try_from(row)?))
     }
 }

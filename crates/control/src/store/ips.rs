@@ -3,7 +3,7 @@
 use super::*;
 
 /// A whitelisted network on a trunk.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, Serialize)]
 pub struct IpRecord {
     pub id: String,
     pub trunk_sid: String,
@@ -19,14 +19,14 @@ impl IpRecord {
     }
 }
 
+table!(IpRecord = "whitelisted_ips" by "trunk_sid" order "date_created, id" key id {
+    id, trunk_sid, ip, mask, date_created
+});
+
 impl Store {
     /// Whitelists `net` on the trunk ([`StoreError::Duplicate`] if it already is).
     pub async fn add_ip(&self, trunk_sid: &str, net: IpNet) -> StoreResult<IpRecord> {
-        let _w = self.write.lock().await;
-        let mut tx = self.pool.begin().await?;
-        Self::trunk_in_tx(&mut tx, trunk_sid)
-            .await?
-            .ok_or(StoreError::NotFound)?;
+        let (mut w, _) = self.write_under(trunk_sid).await?;
         let rec = IpRecord {
             id: new_id("IP"),
             trunk_sid: trunk_sid.to_string(),
@@ -34,41 +34,16 @@ impl Store {
             mask: i64::from(net.prefix()),
             date_created: now_iso8601(),
         };
-        sqlx::query(
-            "INSERT INTO whitelisted_ips (id, trunk_sid, ip, mask, date_created) \
-             VALUES (?, ?, ?, ?, ?)",
-        )
-        .bind(&rec.id)
-        .bind(&rec.trunk_sid)
-        .bind(&rec.ip)
-        .bind(rec.mask)
-        .bind(&rec.date_created)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        w.insert(&rec).await?;
+        w.commit().await?;
         Ok(rec)
     }
 
     pub async fn list_ips(&self, trunk_sid: &str, page: Page) -> StoreResult<Vec<IpRecord>> {
-        let (limit, offset) = limit_offset(page);
-        Ok(sqlx::query_as(
-            "SELECT * FROM whitelisted_ips WHERE trunk_sid = ? \
-             ORDER BY date_created, id LIMIT ? OFFSET ?",
-        )
-        .bind(trunk_sid)
-        .bind(limit)
-        .bind(offset)
-        .fetch_all(&self.pool)
-        .await?)
+        self.list_of(trunk_sid, page).await
     }
 
     pub async fn delete_ip(&self, trunk_sid: &str, id: &str) -> StoreResult<Option<IpRecord>> {
-        self.delete_found::<IpRecord>(
-            "SELECT * FROM whitelisted_ips WHERE id = ? AND trunk_sid = ?",
-            "DELETE FROM whitelisted_ips WHERE id = ?",
-            id,
-            trunk_sid,
-        )
-        .await
+        self.delete_of(id, trunk_sid).await
     }
 }

@@ -3,11 +3,13 @@
 use super::*;
 
 /// A phone number mapped to a trunk.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, Serialize)]
 pub struct NumberRecord {
     pub id: String,
+    #[serde(skip)]
     pub account_sid: String,
     pub trunk_sid: String,
+    #[serde(rename = "phone_number")]
     pub number: String,
     /// "pstn" or "flow".
     pub mode: String,
@@ -26,6 +28,10 @@ impl NumberRecord {
         }
     }
 }
+
+table!(NumberRecord = "phone_numbers" by "trunk_sid" order "date_created, id" key id {
+    id, account_sid, trunk_sid, number, mode, flow_id, date_created, date_updated
+});
 
 impl Store {
     /// Checks a flow-mode number's flow exists in `account_sid`.
@@ -64,12 +70,8 @@ impl Store {
         number: &str,
         mode: &Mode,
     ) -> StoreResult<NumberRecord> {
-        let _w = self.write.lock().await;
-        let mut tx = self.pool.begin().await?;
-        let trunk = Self::trunk_in_tx(&mut tx, trunk_sid)
-            .await?
-            .ok_or(StoreError::NotFound)?;
-        Self::check_flow(&mut tx, &trunk.account_sid, mode).await?;
+        let (mut w, trunk) = self.write_under(trunk_sid).await?;
+        Self::check_flow(&mut w.tx, &trunk.account_sid, mode).await?;
         let (mode_s, flow_id) = Self::mode_columns(mode);
         let now = now_iso8601();
         let rec = NumberRecord {
@@ -82,32 +84,13 @@ impl Store {
             date_created: now.clone(),
             date_updated: now,
         };
-        sqlx::query(
-            "INSERT INTO phone_numbers (id, account_sid, trunk_sid, number, mode, flow_id, \
-             date_created, date_updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&rec.id)
-        .bind(&rec.account_sid)
-        .bind(&rec.trunk_sid)
-        .bind(&rec.number)
-        .bind(&rec.mode)
-        .bind(&rec.flow_id)
-        .bind(&rec.date_created)
-        .bind(&rec.date_updated)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        w.insert(&rec).await?;
+        w.commit().await?;
         Ok(rec)
     }
 
     pub async fn number(&self, trunk_sid: &str, id: &str) -> StoreResult<Option<NumberRecord>> {
-        Ok(
-            sqlx::query_as("SELECT * FROM phone_numbers WHERE id = ? AND trunk_sid = ?")
-                .bind(id)
-                .bind(trunk_sid)
-                .fetch_optional(&self.pool)
-                .await?,
-        )
+        self.find(id, trunk_sid).await
     }
 
     pub async fn list_numbers(
@@ -115,16 +98,7 @@ impl Store {
         trunk_sid: &str,
         page: Page,
     ) -> StoreResult<Vec<NumberRecord>> {
-        let (limit, offset) = limit_offset(page);
-        Ok(sqlx::query_as(
-            "SELECT * FROM phone_numbers WHERE trunk_sid = ? \
-             ORDER BY date_created, id LIMIT ? OFFSET ?",
-        )
-        .bind(trunk_sid)
-        .bind(limit)
-        .bind(offset)
-        .fetch_all(&self.pool)
-        .await?)
+        self.list_of(trunk_sid, page).await
     }
 
     /// Replaces a mapping's number and mode; `None` if there is no such mapping on the trunk.
@@ -135,35 +109,18 @@ impl Store {
         number: &str,
         mode: &Mode,
     ) -> StoreResult<Option<NumberRecord>> {
-        let _w = self.write.lock().await;
-        let mut tx = self.pool.begin().await?;
-        let Some(mut rec): Option<NumberRecord> =
-            sqlx::query_as("SELECT * FROM phone_numbers WHERE id = ? AND trunk_sid = ?")
-                .bind(id)
-                .bind(trunk_sid)
-                .fetch_optional(&mut *tx)
-                .await?
-        else {
+        let mut w = self.write().await?;
+        let Some(mut rec) = w.find::<NumberRecord>(id, trunk_sid).await? else {
             return Ok(None);
         };
-        Self::check_flow(&mut tx, &rec.account_sid, mode).await?;
+        Self::check_flow(&mut w.tx, &rec.account_sid, mode).await?;
         let (mode_s, flow_id) = Self::mode_columns(mode);
         rec.number = number.to_string();
         rec.mode = mode_s.to_string();
         rec.flow_id = flow_id;
         rec.date_updated = now_iso8601();
-        sqlx::query(
-            "UPDATE phone_numbers SET number = ?, mode = ?, flow_id = ?, date_updated = ? \
-             WHERE id = ?",
-        )
-        .bind(&rec.number)
-        .bind(&rec.mode)
-        .bind(&rec.flow_id)
-        .bind(&rec.date_updated)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        w.update(&rec).await?;
+        w.commit().await?;
         Ok(Some(rec))
     }
 
@@ -172,12 +129,6 @@ impl Store {
         trunk_sid: &str,
         id: &str,
     ) -> StoreResult<Option<NumberRecord>> {
-        self.delete_found::<NumberRecord>(
-            "SELECT * FROM phone_numbers WHERE id = ? AND trunk_sid = ?",
-            "DELETE FROM phone_numbers WHERE id = ?",
-            id,
-            trunk_sid,
-        )
-        .await
+        self.delete_of(id, trunk_sid).await
     }
 }

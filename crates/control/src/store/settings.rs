@@ -3,13 +3,17 @@
 use super::*;
 
 /// One trunk setting, e.g. `trunk_external_alias` (the outbound caller ID).
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, Serialize)]
 pub struct SettingRecord {
     pub trunk_sid: String,
     pub name: String,
     pub value: String,
     pub date_updated: String,
 }
+
+table!(SettingRecord = "trunk_settings" by "trunk_sid" order "name" {
+    trunk_sid, name, value, date_updated
+});
 
 impl Store {
     /// Sets (inserts or replaces) one setting of the trunk.
@@ -19,11 +23,7 @@ impl Store {
         name: &str,
         value: &str,
     ) -> StoreResult<SettingRecord> {
-        let _w = self.write.lock().await;
-        let mut tx = self.pool.begin().await?;
-        Self::trunk_in_tx(&mut tx, trunk_sid)
-            .await?
-            .ok_or(StoreError::NotFound)?;
+        let (mut w, _) = self.write_under(trunk_sid).await?;
         let rec = SettingRecord {
             trunk_sid: trunk_sid.to_string(),
             name: name.to_string(),
@@ -33,19 +33,10 @@ impl Store {
         sqlx::query("DELETE FROM trunk_settings WHERE trunk_sid = ? AND name = ?")
             .bind(trunk_sid)
             .bind(name)
-            .execute(&mut *tx)
+            .execute(&mut *w.tx)
             .await?;
-        sqlx::query(
-            "INSERT INTO trunk_settings (trunk_sid, name, value, date_updated) \
-             VALUES (?, ?, ?, ?)",
-        )
-        .bind(&rec.trunk_sid)
-        .bind(&rec.name)
-        .bind(&rec.value)
-        .bind(&rec.date_updated)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        w.insert(&rec).await?;
+        w.commit().await?;
         Ok(rec)
     }
 
@@ -55,14 +46,6 @@ impl Store {
         trunk_sid: &str,
         page: Page,
     ) -> StoreResult<Vec<SettingRecord>> {
-        let (limit, offset) = limit_offset(page);
-        Ok(sqlx::query_as(
-            "SELECT * FROM trunk_settings WHERE trunk_sid = ? ORDER BY name LIMIT ? OFFSET ?",
-        )
-        .bind(trunk_sid)
-        .bind(limit)
-        .bind(offset)
-        .fetch_all(&self.pool)
-        .await?)
+        self.list_of(trunk_sid, page).await
     }
 }

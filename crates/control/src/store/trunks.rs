@@ -3,10 +3,13 @@
 use super::*;
 
 /// A trunk row.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, Serialize)]
 pub struct TrunkRecord {
+    #[serde(rename = "trunk_sid")]
     pub sid: String,
+    #[serde(skip)]
     pub account_sid: String,
+    #[serde(rename = "trunk_name")]
     pub name: String,
     pub nso_code: String,
     pub domain_name: String,
@@ -88,6 +91,12 @@ pub struct TrunkUpdate {
     pub calls_per_minute: Option<u32>,
 }
 
+table!(TrunkRecord = "trunks" by "account_sid" order "date_created, sid" key sid {
+    sid, account_sid, name, nso_code, domain_name, status, auth_type, registration_enabled,
+    edge_preference, secure_trunking, max_concurrent_calls, calls_per_minute, date_created,
+    date_updated
+});
+
 impl Store {
     pub async fn create_trunk(
         &self,
@@ -111,40 +120,15 @@ impl Store {
             date_created: now.clone(),
             date_updated: now,
         };
-        let _w = self.write.lock().await;
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(&format!(
-            "INSERT INTO trunks ({TRUNK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-        ))
-        .bind(&rec.sid)
-        .bind(&rec.account_sid)
-        .bind(&rec.name)
-        .bind(&rec.nso_code)
-        .bind(&rec.domain_name)
-        .bind(&rec.status)
-        .bind(&rec.auth_type)
-        .bind(rec.registration_enabled)
-        .bind(&rec.edge_preference)
-        .bind(&rec.secure_trunking)
-        .bind(rec.max_concurrent_calls)
-        .bind(rec.calls_per_minute)
-        .bind(&rec.date_created)
-        .bind(&rec.date_updated)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        let mut w = self.write().await?;
+        w.insert(&rec).await?;
+        w.commit().await?;
         Ok(rec)
     }
 
     /// The trunk `sid` if it belongs to `account_sid`.
     pub async fn trunk(&self, account_sid: &str, sid: &str) -> StoreResult<Option<TrunkRecord>> {
-        Ok(sqlx::query_as(&format!(
-            "SELECT {TRUNK_COLUMNS} FROM trunks WHERE sid = ? AND account_sid = ?"
-        ))
-        .bind(sid)
-        .bind(account_sid)
-        .fetch_optional(&self.pool)
-        .await?)
+        self.find(sid, account_sid).await
     }
 
     /// The account's trunks, oldest first.
@@ -153,16 +137,7 @@ impl Store {
         account_sid: &str,
         page: Page,
     ) -> StoreResult<Vec<TrunkRecord>> {
-        let (limit, offset) = limit_offset(page);
-        Ok(sqlx::query_as(&format!(
-            "SELECT {TRUNK_COLUMNS} FROM trunks WHERE account_sid = ? \
-             ORDER BY date_created, sid LIMIT ? OFFSET ?"
-        ))
-        .bind(account_sid)
-        .bind(limit)
-        .bind(offset)
-        .fetch_all(&self.pool)
-        .await?)
+        self.list_of(account_sid, page).await
     }
 
     /// Applies `update`; `None` if the trunk is not the account's.
@@ -172,14 +147,10 @@ impl Store {
         sid: &str,
         update: &TrunkUpdate,
     ) -> StoreResult<Option<TrunkRecord>> {
-        let _w = self.write.lock().await;
-        let mut tx = self.pool.begin().await?;
-        let Some(mut rec) = Self::trunk_in_tx(&mut tx, sid).await? else {
+        let mut w = self.write().await?;
+        let Some(mut rec) = w.find::<TrunkRecord>(sid, account_sid).await? else {
             return Ok(None);
         };
-        if rec.account_sid != account_sid {
-            return Ok(None);
-        }
         if let Some(v) = &update.name {
             rec.name = v.clone();
         }
@@ -205,24 +176,8 @@ impl Store {
             rec.calls_per_minute = i64::from(v);
         }
         rec.date_updated = now_iso8601();
-        sqlx::query(
-            "UPDATE trunks SET name = ?, nso_code = ?, domain_name = ?, status = ?, \
-             secure_trunking = ?, registration_enabled = ?, max_concurrent_calls = ?, \
-             calls_per_minute = ?, date_updated = ? WHERE sid = ?",
-        )
-        .bind(&rec.name)
-        .bind(&rec.nso_code)
-        .bind(&rec.domain_name)
-        .bind(&rec.status)
-        .bind(&rec.secure_trunking)
-        .bind(rec.registration_enabled)
-        .bind(rec.max_concurrent_calls)
-        .bind(rec.calls_per_minute)
-        .bind(&rec.date_updated)
-        .bind(sid)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        w.update(&rec).await?;
+        w.commit().await?;
         Ok(Some(rec))
     }
 
@@ -233,31 +188,24 @@ impl Store {
         account_sid: &str,
         sid: &str,
     ) -> StoreResult<Option<TrunkRecord>> {
-        let _w = self.write.lock().await;
-        let mut tx = self.pool.begin().await?;
-        let Some(rec) = Self::trunk_in_tx(&mut tx, sid).await? else {
+        let mut w = self.write().await?;
+        let Some(rec) = w.find::<TrunkRecord>(sid, account_sid).await? else {
             return Ok(None);
         };
-        if rec.account_sid != account_sid {
-            return Ok(None);
-        }
         for table in [
-            "phone_numbers",
-            "whitelisted_ips",
-            "destination_uris",
-            "credentials",
-            "trunk_settings",
+            NumberRecord::TABLE,
+            IpRecord::TABLE,
+            DestinationRecord::TABLE,
+            CredentialRecord::TABLE,
+            SettingRecord::TABLE,
         ] {
             sqlx::query(&format!("DELETE FROM {table} WHERE trunk_sid = ?"))
                 .bind(sid)
-                .execute(&mut *tx)
+                .execute(&mut *w.tx)
                 .await?;
         }
-        sqlx::query("DELETE FROM trunks WHERE sid = ?")
-            .bind(sid)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
+        w.delete(&rec).await?;
+        w.commit().await?;
         Ok(Some(rec))
     }
 }
