@@ -226,20 +226,12 @@ impl RelayedLeg {
             cname,
         } = leg;
         let setup = LegSetup {
-            ssrc: media.ssrc,
-            cname,
-            codec: media.codec,
-            latching: media.latching,
-            signalled: media.signalled,
             rtcp_mux,
             // RTCP on the RTP port is taken as RTCP, rtcp-mux or not.
             rtcp_demux: RtcpDemux::Always,
-            telephone_event: media.telephone_event,
             only_payload_type: Some(media.payload_type),
-            // RFC 4733 §2.1: the event clock is the audio's (telephone-event/48000 with Opus).
-            dtmf_clock: media.codec.clock_rate(),
             expect_rtp: direction.expect_rtp,
-            rtp_timeout: media.rtp_timeout,
+            ..media.leg_setup(cname)
         };
         Ok(RelayedLeg {
             leg: MediaLeg::from_ports(ports, setup)?,

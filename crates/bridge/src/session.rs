@@ -80,6 +80,28 @@ pub struct CallMedia {
     pub rtp_timeout: Duration,
 }
 
+impl CallMedia {
+    /// This side as a media leg: any RTP the peer sends is its RTP, its RTCP is on the next
+    /// port, it is expected to send, and its digits count in the audio's clock (RFC 4733 §2.1:
+    /// telephone-event/48000 with Opus).
+    pub(crate) fn leg_setup(&self, cname: String) -> LegSetup {
+        LegSetup {
+            ssrc: self.ssrc,
+            cname,
+            codec: self.codec,
+            latching: self.latching,
+            signalled: self.signalled,
+            rtcp_mux: false,
+            rtcp_demux: RtcpDemux::WhenMuxed,
+            telephone_event: self.telephone_event,
+            only_payload_type: None,
+            dtmf_clock: self.codec.clock_rate(),
+            expect_rtp: true,
+            rtp_timeout: self.rtp_timeout,
+        }
+    }
+}
+
 /// The bot's side.
 #[derive(Clone, Debug)]
 pub struct BotSettings {

@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, Instant};
 use tracing::debug;
 use voicegate_audio::{g711, OpusEncoder};
-use voicegate_rtp::leg::{LegSetup, LegSockets, MediaLeg, RtcpDemux, RtpWriter, RECV_BYTES};
+use voicegate_rtp::leg::{LegSetup, LegSockets, MediaLeg, RtpWriter, RECV_BYTES};
 use voicegate_rtp::pool::RtpPorts;
 
 use crate::playout::Pacer;
@@ -218,18 +218,9 @@ impl Drop for ToneHandle {
 /// statistics are reported, no RTCP sent, no timeout).
 fn listening_leg(media: &CallMedia) -> LegSetup {
     LegSetup {
-        ssrc: media.ssrc,
-        cname: String::new(),
-        codec: media.codec,
-        latching: media.latching,
-        signalled: media.signalled,
-        rtcp_mux: false,
-        rtcp_demux: RtcpDemux::WhenMuxed,
         telephone_event: None,
-        only_payload_type: None,
-        dtmf_clock: media.codec.clock_rate(),
         expect_rtp: false,
-        rtp_timeout: media.rtp_timeout,
+        ..media.leg_setup(String::new())
     }
 }
 

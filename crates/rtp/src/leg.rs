@@ -793,6 +793,10 @@ mod tests {
         assert_eq!(leg.summary().rtcp_sent, 1);
     }
 
+    fn fields(h: &RtpHeader) -> (u16, u32, u32, u8) {
+        (h.seq, h.timestamp, h.ssrc, h.payload_type)
+    }
+
     #[test]
     fn the_writer_numbers_our_packets() {
         let mut writer = RtpWriter::starting_at(0xabcd, 0xffff, 1000);
@@ -800,15 +804,7 @@ mod tests {
         writer.start_frame(&mut packet, 8, true);
         packet.extend_from_slice(&[0xd5; 160]);
         let header = RtpHeader::parse(&packet).unwrap();
-        assert_eq!(
-            (
-                header.seq,
-                header.timestamp,
-                header.ssrc,
-                header.payload_type
-            ),
-            (0xffff, 1000, 0xabcd, 8)
-        );
+        assert_eq!(fields(&header), (0xffff, 1000, 0xabcd, 8));
         assert!(header.marker);
         writer.advance_seq();
         writer.advance_timestamp(160);
@@ -817,15 +813,7 @@ mod tests {
         let mut theirs = rtp(101, true, 500, 77, 9, &[1, 2, 3, 4]);
         writer.restamp(&mut theirs, 4242);
         let header = RtpHeader::parse(&theirs).unwrap();
-        assert_eq!(
-            (
-                header.seq,
-                header.timestamp,
-                header.ssrc,
-                header.payload_type
-            ),
-            (0, 4242, 0xabcd, 101)
-        );
+        assert_eq!(fields(&header), (0, 4242, 0xabcd, 101));
         assert!(header.marker);
         assert_eq!(header.payload(&theirs), &[1, 2, 3, 4]);
         let mut slot = [0u8; 12];

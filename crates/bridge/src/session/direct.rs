@@ -177,23 +177,8 @@ pub(super) async fn session(
             .map(|a| a.ip().to_string())
             .unwrap_or_default()
     );
-    let setup = LegSetup {
-        ssrc: media.ssrc,
-        cname,
-        codec: media.codec,
-        latching: media.latching,
-        signalled: media.signalled,
-        // The caller's RTCP is on the next port; what comes to the RTP port is taken as RTP.
-        rtcp_mux: false,
-        rtcp_demux: RtcpDemux::WhenMuxed,
-        telephone_event: media.telephone_event,
-        only_payload_type: None,
-        // RFC 4733 §2.1: the event clock is the audio's (telephone-event/48000 with Opus).
-        dtmf_clock: clock,
-        expect_rtp: true,
-        rtp_timeout: media.rtp_timeout,
-    };
-    let mut leg = MediaLeg::new(sockets, setup, started);
+    // The caller's RTCP is on the next port; what comes to the RTP port is taken as RTP.
+    let mut leg = MediaLeg::new(sockets, media.leg_setup(cname), started);
     let mut held = Held::default();
     let mut budget = BotBudget::new(bot.max_messages_per_sec, bot.max_bytes_per_sec, started);
     let mut warnings = Warnings::new();
