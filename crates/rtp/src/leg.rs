@@ -601,6 +601,7 @@ impl MediaLeg {
 mod tests {
     use super::*;
     use crate::rtcp::{self, RtcpPacket};
+    use tokio::net::UdpSocket;
 
     fn addr(s: &str) -> SocketAddr {
         s.parse().unwrap()
@@ -791,6 +792,65 @@ mod tests {
             .iter()
             .any(|p| matches!(p, RtcpPacket::Bye { .. })));
         assert_eq!(leg.summary().rtcp_sent, 1);
+    }
+
+    #[tokio::test]
+    async fn a_leg_on_its_sockets_takes_rtcp_on_the_way_and_gives_its_ports_back() {
+        let (min, max) = crate::pool::free_range(4);
+        let pool = crate::PortPool::new(min, max);
+        let ports = pool.allocate("127.0.0.1".parse().unwrap()).unwrap();
+        let port = ports.rtp_port();
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let mut leg = MediaLeg::from_ports(
+            ports,
+            LegSetup {
+                signalled: Some(client.local_addr().unwrap()),
+                ..setup()
+            },
+        )
+        .unwrap();
+        let rtp_addr = addr(&format!("127.0.0.1:{port}"));
+        let rtcp_addr = addr(&format!("127.0.0.1:{}", port + 1));
+        let mut buf = vec![0u8; RECV_BYTES];
+        client.send_to(&receiver_report(), rtcp_addr).await.unwrap();
+        let waiting = tokio::time::timeout(Duration::from_millis(200), leg.recv(&mut buf)).await;
+        assert!(waiting.is_err(), "RTCP is taken on the way, not returned");
+        assert_eq!(leg.state().summary().rtcp_received, 1);
+        client.send_to(b"not rtp", rtp_addr).await.unwrap();
+        let packet = rtp(0, false, 1, 160, 9, &[0x7f; 160]);
+        client.send_to(&packet, rtp_addr).await.unwrap();
+        let received = tokio::time::timeout(Duration::from_secs(2), leg.recv(&mut buf))
+            .await
+            .expect("the RTP packet");
+        assert_eq!(&buf[..received.len], &packet[..]);
+        assert_eq!(received.header.seq, 1);
+        let mut writer = RtpWriter::new(42);
+        let mut ours = Vec::new();
+        writer.start_frame(&mut ours, 0, true);
+        ours.extend_from_slice(&[0xff; 160]);
+        assert!(
+            leg.send_rtp(&ours, writer.timestamp(), 160, Instant::now())
+                .await
+        );
+        writer.advance_seq();
+        let mut back = [0u8; RECV_BYTES];
+        let (n, from) = client.recv_from(&mut back).await.unwrap();
+        assert_eq!((&back[..n], from), (&ours[..], rtp_addr));
+        // The bad datagram was counted and dropped.
+        let summary = leg.state().summary();
+        assert_eq!(
+            (
+                summary.rtcp_received,
+                summary.packets_in,
+                summary.packets_out
+            ),
+            (1, 1, 1)
+        );
+        assert_eq!(leg.state().invalid_packets(), 1);
+        let ports = leg.into_ports().expect("still bound");
+        assert_eq!((ports.rtp_port(), pool.in_use()), (port, 1));
+        drop(ports);
+        assert_eq!(pool.in_use(), 0);
     }
 
     fn fields(h: &RtpHeader) -> (u16, u32, u32, u8) {
