@@ -23,8 +23,6 @@ use std::time::Duration;
 
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use rtp_rs::RtpReader;
-use tokio::net::UdpSocket;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -34,11 +32,12 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsProtocolError, Message};
 use tracing::{debug, info, warn};
 use voicegate_audio::{g711, G711Plc, OpusDecoder, OpusEncoder, Resampler};
-use voicegate_rtp::dtmf::{DtmfEvent, Rfc4733Receiver};
+use voicegate_rtp::dtmf::DtmfEvent;
 use voicegate_rtp::jitter::{JitterBuffer, JitterConfig, Playout};
-use voicegate_rtp::latch::{LatchPolicy, RemoteAddress};
-use voicegate_rtp::pool::{PortLease, RtpPorts};
-use voicegate_rtp::stats::{RtpStats, StatsSummary};
+use voicegate_rtp::latch::LatchPolicy;
+use voicegate_rtp::leg::{LegSetup, LegSockets, MediaLeg, RtcpDemux, RtpWriter, RECV_BYTES};
+use voicegate_rtp::pool::RtpPorts;
+use voicegate_rtp::stats::StatsSummary;
 
 use crate::dialect::{self, Encoder, Protocol, StopReason, StreamInfo};
 use crate::limits::{BotBudget, WarnLimiter, MAX_MARK_NAME_BYTES};
@@ -79,6 +78,28 @@ pub struct CallMedia {
     pub ssrc: u32,
     /// No RTP for this long (while the caller is expected to send) ends the session.
     pub rtp_timeout: Duration,
+}
+
+impl CallMedia {
+    /// This side as a media leg: any RTP the peer sends is its RTP, its RTCP is on the next
+    /// port, it is expected to send, and its digits count in the audio's clock (RFC 4733 §2.1:
+    /// telephone-event/48000 with Opus).
+    pub(crate) fn leg_setup(&self, cname: String) -> LegSetup {
+        LegSetup {
+            ssrc: self.ssrc,
+            cname,
+            codec: self.codec,
+            latching: self.latching,
+            signalled: self.signalled,
+            rtcp_mux: false,
+            rtcp_demux: RtcpDemux::WhenMuxed,
+            telephone_event: self.telephone_event,
+            only_payload_type: None,
+            dtmf_clock: self.codec.clock_rate(),
+            expect_rtp: true,
+            rtp_timeout: self.rtp_timeout,
+        }
+    }
 }
 
 /// The bot's side.
@@ -207,7 +228,7 @@ impl BridgeHandle {
         bot: BotSettings,
         events: mpsc::Sender<BridgeEvent>,
     ) -> std::io::Result<Self> {
-        let sockets = Sockets::from_ports(ports)?;
+        let sockets = LegSockets::from_ports(ports)?;
         let (control_tx, control_rx) = mpsc::channel(16);
         let task = tokio::spawn(run(sockets, media, bot, control_rx, events));
         Ok(BridgeHandle {
@@ -295,52 +316,15 @@ impl Drop for BridgeHandle {
     }
 }
 
-/// The caller's ports on the runtime. Fields drop in order: the sockets close before the ports
-/// go back to the pool.
-pub(crate) struct Sockets {
-    pub(crate) rtp: UdpSocket,
-    pub(crate) rtcp: UdpSocket,
-    _lease: PortLease,
-}
-
-impl Sockets {
-    /// Registers the pool's (non-blocking) sockets with the runtime.
-    pub(crate) fn from_ports(ports: RtpPorts) -> std::io::Result<Self> {
-        let RtpPorts { rtp, rtcp, lease } = ports;
-        Ok(Sockets {
-            rtp: UdpSocket::from_std(rtp)?,
-            rtcp: UdpSocket::from_std(rtcp)?,
-            _lease: lease,
-        })
-    }
-
-    /// The ports as the pool handed them out, still bound, for the call's next media stage.
-    pub(crate) fn into_ports(self) -> Option<RtpPorts> {
-        let Sockets { rtp, rtcp, _lease } = self;
-        match (rtp.into_std(), rtcp.into_std()) {
-            (Ok(rtp), Ok(rtcp)) => Some(RtpPorts {
-                rtp,
-                rtcp,
-                lease: _lease,
-            }),
-            (rtp, rtcp) => {
-                let error = rtp.err().or(rtcp.err()).map(|e| e.to_string());
-                warn!(?error, "caller's RTP sockets could not be given back");
-                None
-            }
-        }
-    }
-}
-
 async fn run(
-    sockets: Sockets,
+    sockets: LegSockets,
     media: CallMedia,
     bot: BotSettings,
     mut control: mpsc::Receiver<Control>,
     events: mpsc::Sender<BridgeEvent>,
 ) -> Outcome {
     let mut report = SessionReport::default();
-    let exit = session(&sockets, &media, &bot, &mut control, &events, &mut report).await;
+    let (exit, sockets) = session(sockets, &media, &bot, &mut control, &events, &mut report).await;
     let (end, ports) = match exit {
         Exit::End(end) => (end, sockets.into_ports()),
         Exit::HandOff(hand_off) => {

@@ -10,17 +10,16 @@ use std::f64::consts::TAU;
 use std::io;
 use std::time::Duration;
 
-use rtp_rs::RtpReader;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, Instant};
 use tracing::debug;
 use voicegate_audio::{g711, OpusEncoder};
-use voicegate_rtp::latch::RemoteAddress;
+use voicegate_rtp::leg::{LegSetup, LegSockets, MediaLeg, RtpWriter, RECV_BYTES};
 use voicegate_rtp::pool::RtpPorts;
 
 use crate::playout::Pacer;
-use crate::session::{CallMedia, Codec, Sockets};
+use crate::session::{CallMedia, Codec};
 
 const FRAME: Duration = Duration::from_millis(20);
 
@@ -191,7 +190,7 @@ impl ToneHandle {
     /// marked; silence between bursts is sent too.
     pub fn start(ports: RtpPorts, media: CallMedia, tone: Tone) -> io::Result<ToneHandle> {
         let encoder = ToneEncoder::new(media.codec)?;
-        let sockets = Sockets::from_ports(ports)?;
+        let sockets = LegSockets::from_ports(ports)?;
         let (stop_tx, stop_rx) = oneshot::channel();
         let task = tokio::spawn(run(sockets, media, tone, encoder, stop_rx));
         Ok(ToneHandle {
@@ -215,60 +214,62 @@ impl Drop for ToneHandle {
     }
 }
 
+/// The leg a tone goes out on: it only listens for where the caller's RTP comes from (no
+/// statistics are reported, no RTCP sent, no timeout).
+fn listening_leg(media: &CallMedia) -> LegSetup {
+    LegSetup {
+        telephone_event: None,
+        expect_rtp: false,
+        ..media.leg_setup(String::new())
+    }
+}
+
 async fn run(
-    sockets: Sockets,
+    sockets: LegSockets,
     media: CallMedia,
     tone: Tone,
     mut encoder: ToneEncoder,
     mut stop: oneshot::Receiver<()>,
 ) -> Option<RtpPorts> {
-    let mut remote = RemoteAddress::new(media.latching, media.signalled);
+    let mut leg = MediaLeg::new(sockets, listening_leg(&media), Instant::now());
+    let mut writer = RtpWriter::new(media.ssrc);
     let mut generator = ToneGenerator::new(tone, TONE_RATE);
     let mut pcm = [0i16; (TONE_RATE / 50) as usize];
     let mut packet = Vec::with_capacity(1500);
-    let mut rtp_in = vec![0u8; 2048];
-    let mut rtcp_in = vec![0u8; 1500];
+    let mut rtp_in = vec![0u8; RECV_BYTES];
     let ticks_per_frame = media.codec.clock_rate() / 50;
-    let mut seq: u16 = rand::random();
-    let mut timestamp: u32 = rand::random();
     let mut marker = true;
     let mut pacer = Pacer::new(Instant::now(), FRAME);
     loop {
         tokio::select! {
             _ = &mut stop => break,
-            received = sockets.rtp.recv_from(&mut rtp_in) => {
-                if let Ok((len, from)) = received {
-                    if RtpReader::new(&rtp_in[..len]).is_ok() {
-                        remote.on_packet(from);
-                    }
-                }
-            }
-            // RTCP is read only so that none is left queued for the next stage.
-            _ = sockets.rtcp.recv_from(&mut rtcp_in) => {}
+            // Incoming packets are read only for where to send (and RTCP so that none is left
+            // queued for the next stage), then dropped.
+            _ = leg.recv(&mut rtp_in) => {}
             _ = sleep_until(pacer.next_deadline()) => {
-                for _ in 0..pacer.tick(Instant::now()) {
+                let now = Instant::now();
+                for _ in 0..pacer.tick(now) {
                     generator.fill(&mut pcm);
-                    packet.clear();
-                    packet.extend_from_slice(&[0x80, media.payload_type | if marker { 0x80 } else { 0 }]);
-                    packet.extend_from_slice(&seq.to_be_bytes());
-                    packet.extend_from_slice(&timestamp.to_be_bytes());
-                    packet.extend_from_slice(&media.ssrc.to_be_bytes());
+                    writer.start_frame(&mut packet, media.payload_type, marker);
+                    let timestamp = writer.timestamp();
                     // Time goes on whether or not there is anywhere to send to.
-                    timestamp = timestamp.wrapping_add(ticks_per_frame);
-                    let Some(to) = remote.target() else { continue };
+                    writer.advance_timestamp(ticks_per_frame);
+                    if leg.state().rtp_target().is_none() {
+                        continue;
+                    }
                     if let Err(e) = encoder.encode(&pcm, &mut packet) {
                         debug!(error = %e, "tone frame not encoded");
                         continue;
                     }
-                    if sockets.rtp.send_to(&packet, to).await.is_ok() {
-                        seq = seq.wrapping_add(1);
+                    if leg.send_rtp(&packet, timestamp, packet.len() - 12, now).await {
+                        writer.advance_seq();
                         marker = false;
                     }
                 }
             }
         }
     }
-    sockets.into_ports()
+    leg.into_ports()
 }
 
 #[cfg(test)]

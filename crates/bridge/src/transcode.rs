@@ -11,9 +11,10 @@
 //! 8 kHz directly (it resamples internally, band-limited), so no [`voicegate_audio::Resampler`]
 //! is needed for any pair of PCMA, PCMU and Opus. The same 8 kHz frames feed the tap.
 
-use rtp_rs::RtpReader;
 use voicegate_audio::opus::MAX_PACKET_BYTES;
 use voicegate_audio::{g711, AudioError, OpusDecoder, OpusEncoder};
+pub use voicegate_rtp::leg::RtpHeader;
+use voicegate_rtp::leg::RtpWriter;
 
 use crate::session::{CallMedia, Codec};
 use crate::tap::{TapFrame, Track, TAP_FRAME_SAMPLES};
@@ -41,40 +42,6 @@ const OPUS_EXPECTED_LOSS: u8 = 5;
 
 /// Opus carries 8 kHz audio well at this rate; the crate default (32 kbit/s) is for wideband.
 const OPUS_NARROWBAND_BITRATE: u32 = 20_000;
-
-/// The fields of a parsed RTP header the relay needs, with where the payload is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RtpHeader {
-    pub seq: u16,
-    pub timestamp: u32,
-    pub ssrc: u32,
-    pub payload_type: u8,
-    pub marker: bool,
-    /// Payload bounds in the packet (after CSRCs and extension, before padding).
-    pub payload_start: usize,
-    pub payload_end: usize,
-}
-
-impl RtpHeader {
-    /// None for anything that is not a well-formed RTP version 2 packet.
-    pub fn parse(packet: &[u8]) -> Option<Self> {
-        let r = RtpReader::new(packet).ok()?;
-        let start = r.payload_offset();
-        Some(RtpHeader {
-            seq: u16::from(r.sequence_number()),
-            timestamp: r.timestamp(),
-            ssrc: r.ssrc(),
-            payload_type: r.payload_type(),
-            marker: r.mark(),
-            payload_start: start,
-            payload_end: start + r.payload().len(),
-        })
-    }
-
-    pub fn payload_len(&self) -> usize {
-        self.payload_end - self.payload_start
-    }
-}
 
 /// Maps the timestamps of the incoming stream onto our outgoing one: the same spacing
 /// (scaled by the clock ratio), but continuous when the peer's source (SSRC) changes, e.g.
@@ -330,8 +297,8 @@ pub struct Forward {
     out_te: Option<u8>,
     in_clock: u32,
     out_clock: u32,
-    ssrc: u32,
-    seq: u16,
+    /// Our SSRC and sequence numbers towards the other leg.
+    writer: RtpWriter,
     timeline: Timeline,
     /// Present when transcoding or tapping.
     decoder: Option<PcmDecoder>,
@@ -372,8 +339,7 @@ impl Forward {
             out_te: to.telephone_event,
             in_clock,
             out_clock,
-            ssrc: to.ssrc,
-            seq: rand::random(),
+            writer: RtpWriter::new(to.ssrc),
             timeline: Timeline::new(in_clock, out_clock, rand::random()),
             decoder,
             framer: Framer::new(in_clock),
@@ -436,10 +402,8 @@ impl Forward {
     /// packet's own header.
     fn rewrite_header(&mut self, packet: &mut [u8], pt: u8, timestamp: u32) {
         packet[1] = (packet[1] & 0x80) | (pt & 0x7f);
-        packet[2..4].copy_from_slice(&self.seq.to_be_bytes());
-        packet[4..8].copy_from_slice(&timestamp.to_be_bytes());
-        packet[8..12].copy_from_slice(&self.ssrc.to_be_bytes());
-        self.seq = self.seq.wrapping_add(1);
+        self.writer.restamp(packet, timestamp);
+        self.writer.advance_seq();
     }
 
     fn telephone_event(&mut self, header: &RtpHeader, packet: &mut [u8]) -> Forwarded {
@@ -474,8 +438,7 @@ impl Forward {
             frames,
             frame_lens,
             timeline,
-            seq,
-            ssrc,
+            writer,
             out_pt,
             track,
             taps,
@@ -506,17 +469,13 @@ impl Forward {
                 }
                 let slot = &mut frames[count * SLOT_BYTES..(count + 1) * SLOT_BYTES];
                 let timestamp = timeline.map(header.ssrc, start_ts);
-                slot[0] = 0x80;
-                slot[1] = *out_pt & 0x7f | if marker { 0x80 } else { 0 };
-                slot[2..4].copy_from_slice(&seq.to_be_bytes());
-                slot[4..8].copy_from_slice(&timestamp.to_be_bytes());
-                slot[8..12].copy_from_slice(&ssrc.to_be_bytes());
+                writer.write_header(slot, *out_pt, marker, timestamp);
                 let room = (SLOT_BYTES - 12).min(MAX_PACKET_BYTES);
                 match encoder.encode(samples, &mut slot[12..12 + room]) {
                     Some(len) => {
                         frame_lens[count] = 12 + len;
                         count += 1;
-                        *seq = seq.wrapping_add(1);
+                        writer.advance_seq();
                     }
                     None => stats.frames_dropped += 1,
                 }

@@ -8,21 +8,16 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use rtp_rs::RtpReader;
-use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tracing::debug;
 
-use crate::dtmf::{DtmfEvent, Rfc4733Receiver};
-use crate::latch::{LatchPolicy, RemoteAddress};
-use crate::pool::{PortLease, RtpPorts};
-use crate::stats::{RtpStats, StatsSummary};
+use crate::dtmf::DtmfEvent;
+use crate::latch::LatchPolicy;
+use crate::leg::{self, LegSetup, LegSockets, MediaLeg, RtcpDemux, RtpWriter, RECV_BYTES};
+use crate::pool::RtpPorts;
+use crate::stats::StatsSummary;
 use voicegate_codec::Codec;
-
-/// How often the leg looks at its clocks: the RTP timeout and DTMF timeout are this precise.
-const HOUSEKEEPING: Duration = Duration::from_millis(100);
 
 /// What the call tells the leg, and may change mid-call (re-INVITE, ACK with an answer).
 #[derive(Clone, Debug, PartialEq)]
@@ -84,14 +79,9 @@ impl EchoHandle {
         control: LegControl,
         events: mpsc::Sender<MediaEvent>,
     ) -> std::io::Result<Self> {
-        let RtpPorts { rtp, rtcp, lease } = ports;
-        let leg = Leg {
-            rtp: UdpSocket::from_std(rtp)?,
-            rtcp: UdpSocket::from_std(rtcp)?,
-            _lease: lease,
-        };
+        let sockets = LegSockets::from_ports(ports)?;
         let (tx, rx) = watch::channel((control, false));
-        let task = tokio::spawn(run(leg, config, rx, events));
+        let task = tokio::spawn(run(sockets, config, rx, events));
         Ok(EchoHandle { task, control: tx })
     }
 
@@ -115,18 +105,10 @@ impl Drop for EchoHandle {
     }
 }
 
-/// What the echo task owns. Fields drop in order: sockets closed, then the lease freed.
-struct Leg {
-    rtp: UdpSocket,
-    rtcp: UdpSocket,
-    _lease: PortLease,
-}
-
 /// Our outgoing stream's numbering, continuous whatever the incoming stream does.
 #[derive(Debug, Clone)]
 pub struct Renumber {
-    ssrc: u32,
-    next_seq: u16,
+    writer: RtpWriter,
     /// Added to the peer's timestamp; fixed per peer SSRC so their spacing is kept.
     ts_offset: u32,
     peer_ssrc: Option<u32>,
@@ -136,8 +118,7 @@ pub struct Renumber {
 impl Renumber {
     pub fn new(ssrc: u32, first_seq: u16, first_ts: u32) -> Self {
         Renumber {
-            ssrc,
-            next_seq: first_seq,
+            writer: RtpWriter::starting_at(ssrc, first_seq, first_ts),
             ts_offset: first_ts,
             peer_ssrc: None,
             last_ts: first_ts,
@@ -158,220 +139,108 @@ impl Renumber {
         }
         let ts = peer_ts.wrapping_add(self.ts_offset);
         self.last_ts = ts;
-        packet[2..4].copy_from_slice(&self.next_seq.to_be_bytes());
-        packet[4..8].copy_from_slice(&ts.to_be_bytes());
-        packet[8..12].copy_from_slice(&self.ssrc.to_be_bytes());
-        self.next_seq = self.next_seq.wrapping_add(1);
+        self.writer.restamp(packet, ts);
+        self.writer.advance_seq();
         ts
     }
 }
 
-/// RTCP shares the RTP port under rtcp-mux; RFC 5761 §4 tells them apart by payload type.
-fn is_rtcp(packet: &[u8]) -> bool {
-    packet.len() >= 2 && (200..=204).contains(&packet[1])
-}
-
-struct State {
-    config: LegConfig,
-    control: LegControl,
-    renumber: Renumber,
-    rtp_remote: RemoteAddress,
-    rtcp_remote: RemoteAddress,
-    stats: RtpStats,
-    dtmf: Rfc4733Receiver,
-    last_rtp: Instant,
-    timed_out: bool,
-    invalid_packets: u64,
-    events: mpsc::Sender<MediaEvent>,
+/// The leg as set up by the call's settings and its latest control.
+fn setup(config: &LegConfig, control: &LegControl) -> LegSetup {
+    LegSetup {
+        ssrc: config.ssrc,
+        cname: config.cname.clone(),
+        codec: control.codec,
+        latching: config.latching,
+        signalled: control.signalled,
+        rtcp_mux: control.rtcp_mux,
+        rtcp_demux: RtcpDemux::WhenMuxed,
+        telephone_event: control.telephone_event,
+        // Every RTP packet is echoed, whatever its payload type.
+        only_payload_type: None,
+        // As the echo leg always has: the telephone-event clock taken as 8 kHz.
+        dtmf_clock: 8000,
+        expect_rtp: control.expect_rtp,
+        rtp_timeout: config.timeout,
+    }
 }
 
 async fn run(
-    leg: Leg,
+    sockets: LegSockets,
     config: LegConfig,
     mut control_rx: watch::Receiver<(LegControl, bool)>,
     events: mpsc::Sender<MediaEvent>,
 ) -> LegReport {
     // Reading the control marks it seen: a stop already asked for must be taken here, or
     // `changed()` below would never report it and the leg would never end.
-    let (control, stopped) = control_rx.borrow_and_update().clone();
-    let now = Instant::now();
-    let mut state = State {
-        renumber: Renumber::new(config.ssrc, rand::random(), rand::random()),
-        rtp_remote: RemoteAddress::new(config.latching, control.signalled),
-        rtcp_remote: RemoteAddress::new(config.latching, rtcp_address(&control)),
-        stats: RtpStats::new(config.ssrc, config.cname.clone(), control.codec, now),
-        dtmf: Rfc4733Receiver::new(8000),
-        last_rtp: now,
-        timed_out: false,
-        invalid_packets: 0,
-        events,
-        config,
-        control,
-    };
-    let mut buf = vec![0u8; 2048];
-    let mut rtcp_in = vec![0u8; 2048];
-    // One timer per call for everything that is not a packet (reports, the RTP timeout,
-    // DTMF whose end was lost), rather than timers re-armed on every packet.
-    let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
-    housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (mut control, stopped) = control_rx.borrow_and_update().clone();
+    let mut leg = MediaLeg::new(sockets, setup(&config, &control), Instant::now());
+    let mut renumber = Renumber::new(config.ssrc, rand::random(), rand::random());
+    let mut buf = vec![0u8; RECV_BYTES];
+    let mut housekeeping = leg::housekeeping_timer();
     let mut stop = stopped;
     while !stop {
         tokio::select! {
-            received = leg.rtp.recv_from(&mut buf) => match received {
-                Ok((len, from)) => {
-                    let now = Instant::now();
-                    if state.control.rtcp_mux && is_rtcp(&buf[..len]) {
-                        state.on_rtcp(&buf[..len], from, now);
-                    } else if let Some(len) = state.on_rtp(&mut buf[..len], from, now) {
-                        if let Some(to) = state.rtp_remote.target() {
-                            if leg.rtp.send_to(&buf[..len], to).await.is_ok() {
-                                let our_ts = u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]);
-                                state.stats.on_sent(our_ts, len.saturating_sub(12), now);
-                            }
-                        }
-                    }
+            received = leg.recv(&mut buf) => {
+                if let Some(event) = received.dtmf {
+                    let _ = events.try_send(MediaEvent::Dtmf(event));
                 }
-                Err(e) => debug!(error = %e, "RTP receive error"),
-            },
-            received = leg.rtcp.recv_from(&mut rtcp_in) => {
-                if let Ok((len, from)) = received {
-                    state.on_rtcp(&rtcp_in[..len], from, Instant::now());
+                if control.sending {
+                    // The packet is rewritten in the receive buffer: no allocation per packet.
+                    let packet = &mut buf[..received.len];
+                    let ts = renumber.rewrite(packet);
+                    let payload_len = packet.len().saturating_sub(12);
+                    leg.send_rtp(packet, ts, payload_len, received.at).await;
                 }
             }
             _ = housekeeping.tick() => {
-                let now = Instant::now();
-                if state.stats.report_due(now).is_some() {
-                    send_rtcp(&leg, &mut state, false).await;
+                let (timed_out, dtmf) = leg.housekeeping(Instant::now()).await;
+                if timed_out {
+                    let _ = events.try_send(MediaEvent::RtpTimeout);
                 }
-                if state.control.expect_rtp && !state.timed_out && now >= state.last_rtp + state.config.timeout {
-                    state.timed_out = true;
-                    let _ = state.events.try_send(MediaEvent::RtpTimeout);
-                }
-                if let Some(event) = state.dtmf.poll_timeout(now) {
-                    let _ = state.events.try_send(MediaEvent::Dtmf(event));
+                if let Some(event) = dtmf {
+                    let _ = events.try_send(MediaEvent::Dtmf(event));
                 }
             }
             changed = control_rx.changed() => {
-                let (control, stop_asked) = control_rx.borrow_and_update().clone();
+                let (new, stop_asked) = control_rx.borrow_and_update().clone();
                 stop = changed.is_err() || stop_asked;
                 if !stop {
-                    state.apply(control);
+                    apply(leg.state_mut(), &control, &new);
+                    control = new;
                 }
             }
         }
     }
-    send_rtcp(&leg, &mut state, true).await;
-    state.finish()
-}
-
-fn rtcp_address(control: &LegControl) -> Option<SocketAddr> {
-    let rtp = control.signalled?;
-    Some(if control.rtcp_mux {
-        rtp
-    } else {
-        SocketAddr::new(rtp.ip(), rtp.port().wrapping_add(1))
-    })
-}
-
-/// Sends the report `state.stats` last wrote (or, with `bye`, the final one).
-async fn send_rtcp(leg: &Leg, state: &mut State, bye: bool) {
-    let target = if state.control.rtcp_mux {
-        state.rtp_remote.target()
-    } else {
-        state.rtcp_remote.target()
-    };
-    let Some(to) = target else { return };
-    let socket = if state.control.rtcp_mux {
-        &leg.rtp
-    } else {
-        &leg.rtcp
-    };
-    let report = if bye {
-        state.stats.final_report(Instant::now())
-    } else {
-        state.stats.last_report()
-    };
-    if socket.send_to(report, to).await.is_ok() {
-        state.stats.report_sent();
+    leg.send_bye().await;
+    let state = leg.state();
+    let dtmf = state.dtmf_stats();
+    LegReport {
+        rtp: state.summary(),
+        invalid_packets: state.invalid_packets(),
+        dtmf_events: dtmf.events,
+        dtmf_end_retransmissions: dtmf.end_retransmissions_ignored,
     }
 }
 
-impl State {
-    fn apply(&mut self, control: LegControl) {
-        if control.signalled != self.control.signalled || control.rtcp_mux != self.control.rtcp_mux
-        {
-            self.rtp_remote.set_signalled(control.signalled);
-            self.rtcp_remote.set_signalled(rtcp_address(&control));
-        }
-        if control.expect_rtp && !self.control.expect_rtp {
-            // Resumed from hold: the timeout counts from now.
-            self.last_rtp = Instant::now();
-            self.timed_out = false;
-        }
-        if control.codec != self.control.codec {
-            self.stats.set_codec(control.codec);
-        }
-        self.control = control;
+/// A change of control, on the leg.
+fn apply(leg: &mut leg::LegState, old: &LegControl, new: &LegControl) {
+    let now = Instant::now();
+    if new.signalled != old.signalled || new.rtcp_mux != old.rtcp_mux {
+        leg.set_signalled(new.signalled, new.rtcp_mux);
     }
-
-    /// Takes one datagram from the RTP port; returns the length to echo, if any.
-    fn on_rtp(&mut self, packet: &mut [u8], from: SocketAddr, now: Instant) -> Option<usize> {
-        let (seq, ts, ssrc, pt, marker, payload_range) = match RtpReader::new(packet) {
-            Ok(r) => {
-                let offset = r.payload_offset();
-                (
-                    u16::from(r.sequence_number()),
-                    r.timestamp(),
-                    r.ssrc(),
-                    r.payload_type(),
-                    r.mark(),
-                    offset..offset + r.payload().len(),
-                )
-            }
-            Err(_) => {
-                self.invalid_packets += 1;
-                return None;
-            }
-        };
-        if self.rtp_remote.on_packet(from) {
-            debug!(%from, "RTP latched to source");
-        }
-        self.last_rtp = now;
-        self.timed_out = false;
-        self.stats
-            .on_received(seq, ts, ssrc, payload_range.len(), now);
-        if Some(pt) == self.control.telephone_event {
-            if let Some(event) = self.dtmf.on_packet(ts, marker, &packet[payload_range], now) {
-                let _ = self.events.try_send(MediaEvent::Dtmf(event));
-            }
-        }
-        if !self.control.sending {
-            return None;
-        }
-        self.renumber.rewrite(packet);
-        Some(packet.len())
+    leg.set_expect_rtp(new.expect_rtp, now);
+    if new.codec != old.codec {
+        leg.set_codec(new.codec);
     }
-
-    fn on_rtcp(&mut self, packet: &[u8], from: SocketAddr, now: Instant) {
-        if self.stats.on_rtcp(packet, now) {
-            self.rtcp_remote.on_packet(from);
-        }
-    }
-
-    fn finish(self) -> LegReport {
-        let dtmf = self.dtmf.stats();
-        LegReport {
-            rtp: self.stats.summary(),
-            invalid_packets: self.invalid_packets,
-            dtmf_events: dtmf.events,
-            dtmf_end_retransmissions: dtmf.end_retransmissions_ignored,
-        }
-    }
+    leg.set_telephone_event(new.telephone_event);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rtp_rs::RtpReader;
+    use tokio::net::UdpSocket;
 
     fn packet(seq: u16, ts: u32, ssrc: u32) -> Vec<u8> {
         let mut p = vec![0x80, 8];

@@ -5,9 +5,11 @@ pub mod dtmf;
 pub mod echo;
 pub mod jitter;
 pub mod latch;
+pub mod leg;
 pub mod pool;
 pub mod rtcp;
 pub mod stats;
 
 pub use echo::{EchoHandle, LegConfig, LegControl, LegReport, MediaEvent, Renumber};
+pub use leg::{LegSetup, LegSockets, LegState, MediaLeg, RtcpDemux, RtpHeader, RtpWriter};
 pub use pool::{PoolError, PortLease, PortPool, RtpPorts};

@@ -93,24 +93,25 @@ pub(super) fn next_due(frame: Instant, session_end: Instant) -> (Instant, Due) {
     }
 }
 
+/// The bidirectional part of a session, on the caller's sockets (given back with how it ended).
 pub(super) async fn session(
-    sockets: &Sockets,
+    sockets: LegSockets,
     media: &CallMedia,
     bot: &BotSettings,
     control: &mut mpsc::Receiver<Control>,
     events: &mpsc::Sender<BridgeEvent>,
     report: &mut SessionReport,
-) -> Exit {
+) -> (Exit, LegSockets) {
     // Connect while the caller waits; a caller who hangs up meanwhile ends it all.
     let socket = tokio::select! {
         result = ws::connect(&bot.url, &bot.client) => match result {
             Ok(socket) => socket,
             Err(e) => {
                 warn!(url = %bot.url, error = %e, "bot unreachable");
-                return Exit::End(SessionEnd::BotUnreachable(e.to_string()));
+                return (Exit::End(SessionEnd::BotUnreachable(e.to_string())), sockets);
             }
         },
-        end = wait_for_end(control) => return Exit::End(end),
+        end = wait_for_end(control) => return (Exit::End(end), sockets),
     };
     let bot_rate = match bot.protocol {
         Protocol::Twilio => 8000,
@@ -119,7 +120,8 @@ pub(super) async fn session(
     let mut pipeline = match Pipeline::new(media, bot_rate) {
         Ok(p) => p,
         Err(e) => {
-            return Exit::End(SessionEnd::BotClosed(format!("media setup failed: {e}")));
+            let end = SessionEnd::BotClosed(format!("media setup failed: {e}"));
+            return (Exit::End(end), sockets);
         }
     };
     let mut custom_parameters = bot.url.custom_parameters().to_vec();
@@ -140,11 +142,13 @@ pub(super) async fn session(
     let mut link = Link::new(socket, encoder);
     link.encoder.connected(&mut link.out);
     if !link.send() {
-        return Exit::End(SessionEnd::BotClosed("socket closed before start".into()));
+        let end = SessionEnd::BotClosed("socket closed before start".into());
+        return (Exit::End(end), sockets);
     }
     link.encoder.start(&mut link.out);
     if !link.send() {
-        return Exit::End(SessionEnd::BotClosed("socket closed before start".into()));
+        let end = SessionEnd::BotClosed("socket closed before start".into());
+        return (Exit::End(end), sockets);
     }
 
     let chunk = match bot.protocol {
@@ -159,38 +163,22 @@ pub(super) async fn session(
         frame_samples: clock / 50,
         ..JitterConfig::default()
     });
-    // RFC 4733 §2.1: the event clock is the audio's (telephone-event/48000 with Opus).
-    let mut dtmf = Rfc4733Receiver::new(clock);
-    let mut remote = RemoteAddress::new(media.latching, media.signalled);
     let mut decoded: Vec<i16> = Vec::with_capacity(pipeline.bot_frame.len() * 2);
-    let mut rtp_in = vec![0u8; 2048];
+    let mut rtp_in = vec![0u8; RECV_BYTES];
     let mut bot_pcm: Vec<i16> = Vec::with_capacity(bot_rate as usize * 2);
     let started = Instant::now();
     let deadline = started + bot.max_session;
     let mut pacer = Pacer::new(started + FRAME, FRAME);
     let mut peer_ssrc = None;
-    let mut stats = RtpStats::new(
-        media.ssrc,
-        format!(
-            "voicegate@{}",
-            sockets
-                .rtp
-                .local_addr()
-                .map(|a| a.ip().to_string())
-                .unwrap_or_default()
-        ),
-        media.codec,
-        started,
+    let cname = format!(
+        "voicegate@{}",
+        sockets
+            .local_addr()
+            .map(|a| a.ip().to_string())
+            .unwrap_or_default()
     );
-    let mut rtcp_remote = RemoteAddress::new(
-        media.latching,
-        media
-            .signalled
-            .map(|a| SocketAddr::new(a.ip(), a.port().wrapping_add(1))),
-    );
-    let mut rtcp_in = vec![0u8; 1500];
-    let mut last_rtp = started;
-    let mut expect_rtp = true;
+    // The caller's RTCP is on the next port; what comes to the RTP port is taken as RTP.
+    let mut leg = MediaLeg::new(sockets, media.leg_setup(cname), started);
     let mut held = Held::default();
     let mut budget = BotBudget::new(bot.max_messages_per_sec, bot.max_bytes_per_sec, started);
     let mut warnings = Warnings::new();
@@ -200,20 +188,14 @@ pub(super) async fn session(
         let (wake_at, due) = next_due(pacer.next_deadline(), deadline);
         timer.arm(wake_at);
         tokio::select! {
-            received = sockets.rtp.recv_from(&mut rtp_in) => {
-                let Ok((len, from)) = received else { continue };
-                let now = Instant::now();
-                let Ok(packet) = RtpReader::new(&rtp_in[..len]) else { continue };
-                stats.on_received(u16::from(packet.sequence_number()), packet.timestamp(), packet.ssrc(), packet.payload().len(), now);
-                last_rtp = now;
-                remote.on_packet(from);
-                if peer_ssrc != Some(packet.ssrc()) {
-                    peer_ssrc = Some(packet.ssrc());
-                    jitter.set_ssrc(packet.ssrc());
+            received = leg.recv(&mut rtp_in) => {
+                let header = received.header;
+                if peer_ssrc != Some(header.ssrc) {
+                    peer_ssrc = Some(header.ssrc);
+                    jitter.set_ssrc(header.ssrc);
                 }
-                let seq = u16::from(packet.sequence_number());
-                if Some(packet.payload_type()) == media.telephone_event {
-                    if let Some(event) = dtmf.on_packet(packet.timestamp(), packet.mark(), packet.payload(), now) {
+                if Some(header.payload_type) == media.telephone_event {
+                    if let Some(event) = received.dtmf {
                         report.dtmf_events += 1;
                         let _ = events.try_send(BridgeEvent::Dtmf(event));
                         if bot.bidirectional && link.open {
@@ -221,15 +203,9 @@ pub(super) async fn session(
                             let _ = link.send();
                         }
                     }
-                } else if packet.payload_type() == media.payload_type {
-                    jitter.push(seq, packet.timestamp(), packet.mark(), packet.payload(), now);
-                }
-            }
-            received = sockets.rtcp.recv_from(&mut rtcp_in) => {
-                if let Ok((len, from)) = received {
-                    if stats.on_rtcp(&rtcp_in[..len], Instant::now()) {
-                        rtcp_remote.on_packet(from);
-                    }
+                } else if header.payload_type == media.payload_type {
+                    let payload = header.payload(&rtp_in[..received.len]);
+                    jitter.push(header.seq, header.timestamp, header.marker, payload, received.at);
                 }
             }
             message = link.from_bot.next(), if link.open => {
@@ -315,12 +291,8 @@ pub(super) async fn session(
                     break Stage::End(SessionEnd::MaxDuration);
                 }
                 let now = Instant::now();
-                if let (Some(report), Some(to)) = (stats.report_due(now), rtcp_remote.target()) {
-                    if sockets.rtcp.send_to(report, to).await.is_ok() {
-                        stats.report_sent();
-                    }
-                }
-                if expect_rtp && now.saturating_duration_since(last_rtp) >= media.rtp_timeout {
+                leg.send_report_if_due(now).await;
+                if leg.state_mut().rtp_timed_out(now) {
                     link.finish_stream(&mut chunker, report, StopReason::Stopped).await;
                     break Stage::End(SessionEnd::RtpTimeout);
                 }
@@ -360,9 +332,10 @@ pub(super) async fn session(
                             Frame::Audio { talkspurt_start, .. } => Some(talkspurt_start),
                             Frame::Silence => bot.silence_when_idle.then_some(false),
                         };
-                        if let (Some(marker), Some(to)) = (send, remote.target()) {
-                            if pipeline.encode_frame(marker).is_ok() && sockets.rtp.send_to(&pipeline.packet, to).await.is_ok() {
-                                stats.on_sent(pipeline.last_timestamp(), pipeline.packet.len() - 12, now);
+                        if let (Some(marker), Some(_)) = (send, leg.state().rtp_target()) {
+                            if pipeline.encode_frame(marker).is_ok() {
+                                let payload_len = pipeline.packet.len() - 12;
+                                leg.send_rtp(&pipeline.packet, pipeline.last_timestamp(), payload_len, now).await;
                             }
                         }
                         link.echo_due_marks(&mut playout, report);
@@ -377,13 +350,8 @@ pub(super) async fn session(
                         let _ = link.send();
                     }
                 }
-                Some(Control::ExpectRtp(expect)) => {
-                    if expect && !expect_rtp {
-                        // Resumed: the timeout counts from now.
-                        last_rtp = Instant::now();
-                    }
-                    expect_rtp = expect;
-                }
+                // Resumed: the timeout counts from now.
+                Some(Control::ExpectRtp(expect)) => leg.state_mut().set_expect_rtp(expect, Instant::now()),
                 Some(Control::CallerHungUp) | None => {
                     link.finish_stream(&mut chunker, report, StopReason::CallEnded).await;
                     break Stage::End(SessionEnd::CallerHungUp);
@@ -429,19 +397,13 @@ pub(super) async fn session(
     report.frames_to_bot_dropped = link.dropped;
     // When the call moves on (an agent, ringback) the caller's media goes on: no RTCP BYE then.
     let media_goes_on = matches!(stage, Stage::HandOff(..) | Stage::End(SessionEnd::Stopped));
-    if let (Some(to), false) = (rtcp_remote.target(), media_goes_on) {
-        if sockets
-            .rtcp
-            .send_to(stats.final_report(Instant::now()), to)
-            .await
-            .is_ok()
-        {
-            stats.report_sent();
-        }
+    if !media_goes_on {
+        leg.send_bye().await;
     }
-    report.rtp = stats.summary();
+    report.rtp = leg.state().summary();
+    let sockets = leg.into_sockets();
     let (tap, ports) = match stage {
-        Stage::End(end) => return Exit::End(end),
+        Stage::End(end) => return (Exit::End(end), sockets),
         Stage::HandOff(tap, ports) => (tap, ports),
     };
     // The queued audio will never play: its marks come back now, as after `clear`.
@@ -449,7 +411,7 @@ pub(super) async fn session(
     link.echo_due_marks(&mut playout, report);
     // The caller's audio not yet sent closes the caller-only part of the stream.
     link.flush_caller_audio(&mut chunker, report);
-    Exit::HandOff(Box::new(HandOff {
+    let hand_off = Exit::HandOff(Box::new(HandOff {
         tap,
         ports,
         link,
@@ -460,5 +422,6 @@ pub(super) async fn session(
             chunk,
             sent_ms: chunker.timestamp_ms(),
         },
-    }))
+    }));
+    (hand_off, sockets)
 }

@@ -36,9 +36,8 @@ pub(super) struct Pipeline {
     pub(super) bot_frame: Vec<i16>,
     /// The RTP packet we send.
     pub(super) packet: Vec<u8>,
-    pub(super) seq: u16,
-    pub(super) timestamp: u32,
-    pub(super) ssrc: u32,
+    /// Our SSRC, sequence numbers and timestamps towards the caller.
+    pub(super) writer: RtpWriter,
     pub(super) payload_type: u8,
 }
 
@@ -77,9 +76,7 @@ impl Pipeline {
             encoder,
             bot_frame: vec![0; frame_at(bot_rate)],
             packet: Vec::with_capacity(1500),
-            seq: rand::random(),
-            timestamp: rand::random(),
-            ssrc: media.ssrc,
+            writer: RtpWriter::new(media.ssrc),
             payload_type: media.payload_type,
         })
     }
@@ -123,17 +120,15 @@ impl Pipeline {
 
     /// The RTP timestamp of the packet last encoded.
     pub(super) fn last_timestamp(&self) -> u32 {
-        self.timestamp.wrapping_sub(self.codec.clock_rate() / 50)
+        self.writer
+            .timestamp()
+            .wrapping_sub(self.codec.clock_rate() / 50)
     }
 
     /// Encodes `self.bot_frame` into `self.packet` as the next RTP packet.
     pub(super) fn encode_frame(&mut self, marker: bool) -> Result<(), String> {
-        self.packet.clear();
-        self.packet
-            .extend_from_slice(&[0x80, self.payload_type | if marker { 0x80 } else { 0 }]);
-        self.packet.extend_from_slice(&self.seq.to_be_bytes());
-        self.packet.extend_from_slice(&self.timestamp.to_be_bytes());
-        self.packet.extend_from_slice(&self.ssrc.to_be_bytes());
+        self.writer
+            .start_frame(&mut self.packet, self.payload_type, marker);
         match &mut self.encoder {
             EncoderKind::G711 {
                 alaw,
@@ -161,8 +156,8 @@ impl Pipeline {
                 self.packet.truncate(start + n);
             }
         }
-        self.seq = self.seq.wrapping_add(1);
-        self.timestamp = self.timestamp.wrapping_add(self.codec.clock_rate() / 50);
+        self.writer.advance_seq();
+        self.writer.advance_timestamp(self.codec.clock_rate() / 50);
         Ok(())
     }
 }
