@@ -13,6 +13,7 @@ pub mod incoming;
 pub mod outbound;
 pub mod outgoing;
 pub mod peer;
+pub mod record;
 
 pub use caller::{CallerEvent, CallerLeg, CallerRequest, CallerState};
 pub use hop::{moves_on, with_user, NextHop, Target};
@@ -20,6 +21,7 @@ pub use incoming::{Answer, Arrival, Incoming, Transmit};
 pub use outbound::{Hop, InviteParams, OutState, OutboundEvent, OutboundLeg, SessionDue};
 pub use outgoing::{Identity, Outgoing, OutgoingEvent};
 pub use peer::{AfterFailure, Failure, Peer, PeerDeadline, PeerRole};
+pub use record::CallRecord;
 
 #[cfg(test)]
 mod testing;

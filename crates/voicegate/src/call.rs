@@ -6,12 +6,18 @@
 //! from a carrier, to the trunk's destinations) with the B2BUA of [`b2bua`].
 
 mod b2bua;
+mod bot;
+mod caller_media;
 mod escalation;
 mod hops;
 mod media;
 mod pair;
+mod record;
 mod reinvite;
+mod route;
 mod transfer;
+
+pub use route::{admit, route, Admission, Admitted, Route};
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::atomic::Ordering;
@@ -21,203 +27,21 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
 use tracing::{debug, info, warn};
-use voicegate_bridge::session::{
-    BotSettings, BridgeEvent, BridgeHandle, SessionEnd, SessionReport,
-};
+use voicegate_bridge::session::{BridgeEvent, BridgeHandle, SessionReport};
 use voicegate_rtp::dtmf::{self, DtmfEvent};
 use voicegate_rtp::{EchoHandle, LegConfig, LegControl, LegReport, MediaEvent, RtpPorts};
-use voicegate_sip::accept;
 use voicegate_sip::message::{Request, Response};
 use voicegate_sip::sdp::{self, Direction, LocalMedia, Negotiated};
 use voicegate_sip::transport::Source;
 
-use crate::admit::Outcome;
 use crate::core::{CallEvent, CallInput, CallTx, Core};
-use crate::settings::FlowRoute;
 use b2bua::{Peer, Pending};
-use hops::NextHop;
 use voicegate_bridge::relay::{RelayEvent, RelayHandle};
 use voicegate_bridge::tap::TapFrame;
 use voicegate_bridge::tone::ToneHandle;
 use voicegate_call::{
     CallerEvent, CallerLeg, CallerRequest, CallerState, Identity, OutboundLeg, PeerRole,
 };
-use voicegate_control::Mode;
-
-/// What a dialled number leads to.
-#[derive(Clone, Debug)]
-pub enum Route {
-    Echo,
-    Ringing,
-    /// A bot flow.
-    Flow(Arc<FlowRoute>),
-    /// An admitted `pstn` call with no carrier configured: 503 "no route".
-    NoRoute,
-    NotFound,
-    /// Through the B2BUA to these next hops, in order.
-    Forward(Vec<NextHop>),
-    /// From a carrier to a `pstn` number: the trunk's destinations (looked up at start).
-    Inbound {
-        trunk_sid: String,
-    },
-}
-
-pub fn route(core: &Core, number: &str) -> Route {
-    if core.settings.echo_numbers.iter().any(|n| n == number) {
-        Route::Echo
-    } else if core.settings.ringing_numbers.iter().any(|n| n == number) {
-        Route::Ringing
-    } else if let Some(flow) = core
-        .settings
-        .flows
-        .iter()
-        .find(|f| f.numbers.iter().any(|n| n == number))
-    {
-        Route::Flow(Arc::new(flow.clone()))
-    } else {
-        Route::NotFound
-    }
-}
-
-/// What admission decided for a new INVITE, before any call task exists.
-#[derive(Debug)]
-pub enum Admission {
-    Admitted(Admitted),
-    /// Answer with this final response (no call is started).
-    Refused {
-        status: u16,
-        reason: String,
-        headers: Vec<(&'static str, String)>,
-    },
-}
-
-/// An admitted call's route and what admission learnt on the way.
-#[derive(Debug)]
-pub struct Admitted {
-    pub route: Route,
-    /// The trunk whose counters hold the call (released when the call ends).
-    pub trunk_sid: Option<String>,
-    pub caller_id: Option<String>,
-    pub direction: &'static str,
-}
-
-impl Admitted {
-    fn local(route: Route) -> Self {
-        Admitted {
-            route,
-            trunk_sid: None,
-            caller_id: None,
-            direction: "local",
-        }
-    }
-}
-
-/// Where the dialled number goes: by the trunks when they are configured, else by the test
-/// numbers and flows of the config. Decided in the core, so a refusal costs no call task.
-pub fn admit(core: &Core, invite: &Request, source: &Source, number: &str) -> Admission {
-    if core.carrier_from(source.remote.ip()).is_some() {
-        let mut admitted = Admitted::local(inbound_route(core, number));
-        admitted.direction = "inbound";
-        return admitted_or_not_found(core, admitted);
-    }
-    let Some(gate) = core.gate.as_ref().filter(|g| g.is_active()) else {
-        return admitted_or_not_found(core, Admitted::local(route(core, number)));
-    };
-    match gate.decide(invite, source.remote.ip(), number) {
-        Outcome::Admitted { trunk_sid, mode } => {
-            let mut admitted = Admitted {
-                route: Route::NotFound,
-                caller_id: gate.trunks().external_alias(&trunk_sid),
-                trunk_sid: Some(trunk_sid),
-                direction: "local",
-            };
-            admitted.route = match mode {
-                Mode::Flow { flow_id } => {
-                    match gate.flow(&flow_id).or_else(|| config_flow(core, &flow_id)) {
-                        Some(flow) => Route::Flow(flow),
-                        None => Route::NotFound,
-                    }
-                }
-                // Until carriers are configured, an E.164 echo test number answers here.
-                Mode::Pstn if core.settings.echo_numbers.iter().any(|n| n == number) => Route::Echo,
-                Mode::Pstn => {
-                    admitted.direction = "outbound";
-                    let hops = hops::carrier_hops(core, number);
-                    if hops.is_empty() {
-                        Route::NoRoute
-                    } else {
-                        Route::Forward(hops)
-                    }
-                }
-            };
-            admitted_or_not_found(core, admitted)
-        }
-        Outcome::Challenge(values) => Admission::Refused {
-            status: 401,
-            reason: "Unauthorized".into(),
-            headers: values
-                .into_iter()
-                .map(|v| ("WWW-Authenticate", v))
-                .collect(),
-        },
-        Outcome::Refused {
-            status,
-            reason,
-            retry_after,
-        } => Admission::Refused {
-            status,
-            reason,
-            headers: retry_after
-                .map(|s| ("Retry-After", s.to_string()))
-                .into_iter()
-                .collect(),
-        },
-    }
-}
-
-/// A number that leads nowhere is refused like any other: no call task for it.
-fn admitted_or_not_found(core: &Core, admitted: Admitted) -> Admission {
-    if !matches!(admitted.route, Route::NotFound) {
-        return Admission::Admitted(admitted);
-    }
-    if let (Some(gate), Some(trunk)) = (core.gate.as_ref(), admitted.trunk_sid.as_deref()) {
-        gate.call_ended(trunk);
-    }
-    Admission::Refused {
-        status: 404,
-        reason: "Number not mapped".into(),
-        headers: Vec::new(),
-    }
-}
-
-fn config_flow(core: &Core, name: &str) -> Option<Arc<FlowRoute>> {
-    core.settings
-        .flows
-        .iter()
-        .find(|f| f.name == name)
-        .cloned()
-        .map(Arc::new)
-}
-
-/// A carrier's call: trusted by its address, routed by the number's mapping.
-fn inbound_route(core: &Core, number: &str) -> Route {
-    let Some(gate) = core.gate.as_ref() else {
-        return route(core, number);
-    };
-    let trunks = gate.trunks();
-    let Some(mapping) = trunks.snapshot.numbers.iter().find(|m| m.number == number) else {
-        return route(core, number);
-    };
-    match &mapping.mode {
-        Mode::Pstn => Route::Inbound {
-            trunk_sid: mapping.trunk_sid.clone(),
-        },
-        Mode::Flow { flow_id } => match gate.flow(flow_id).or_else(|| config_flow(core, flow_id)) {
-            Some(flow) => Route::Flow(flow),
-            None => Route::NotFound,
-        },
-    }
-}
 
 /// The media leg of an answered call.
 enum Leg {
@@ -515,63 +339,6 @@ impl Call {
         }
     }
 
-    /// Allocates RTP ports and checks the offer (if any) before we ring.
-    fn prepare_media(&mut self) -> Result<(), (u16, String)> {
-        // Our answers carry SDP, so a caller that cannot take SDP cannot be answered
-        // (RFC 3261 §21.4.7; RFC 4475 sdp01).
-        let invite = self.caller.invite();
-        if !accept::accepts(&invite.headers, "application/sdp") {
-            self.caller.add_final_header(
-                "Warning",
-                "399 voicegate \"Accept does not allow application/sdp, our only answer body\""
-                    .into(),
-            );
-            return Err((406, "Not Acceptable".into()));
-        }
-        let offer = if invite.body.is_empty() {
-            None
-        } else if !invite.body_is_sdp() {
-            return Err((415, "Unsupported Media Type: only application/sdp".into()));
-        } else {
-            Some(sdp::parse(&invite.body).map_err(|e| (400, format!("Malformed SDP: {e}")))?)
-        };
-        let negotiated = match &offer {
-            Some(offer) => Some(
-                sdp::negotiate_answer(
-                    offer,
-                    &self.core.settings.codecs,
-                    self.core.settings.codec_preference,
-                )
-                .map_err(|e| (488, format!("Not Acceptable Here: {e}")))?,
-            ),
-            None => None,
-        };
-        let (ports, local) = self.allocate_ports()?;
-        self.media = Some(Media {
-            ports: Some(ports),
-            leg: None,
-            local,
-            negotiated,
-        });
-        Ok(())
-    }
-
-    /// An RTP port pair of ours and the SDP origin that goes with it (503 when none is free).
-    fn allocate_ports(&self) -> Result<(RtpPorts, LocalMedia), (u16, String)> {
-        let ports = self
-            .core
-            .pool
-            .allocate(self.caller.source().local.ip())
-            .map_err(|e| (503, format!("Service Unavailable: {e}")))?;
-        let local = LocalMedia {
-            address: self.advertised_ip(),
-            port: ports.rtp_port(),
-            session_id: rand::random::<u32>() as u64,
-            session_version: 1,
-        };
-        Ok((ports, local))
-    }
-
     /// The address we put in Contact and SDP (see [`advertised_ip`]).
     fn advertised_ip(&self) -> IpAddr {
         advertised_ip(self.core.settings.public_ip, self.caller.source())
@@ -723,40 +490,6 @@ impl Call {
         }
     }
 
-    /// The peer's answer to our offer (in an ACK): sets what we send and whether.
-    fn apply_answer(&mut self, body: &[u8]) {
-        let Some(media) = self.media.as_mut() else {
-            return;
-        };
-        let negotiated = sdp::parse(body)
-            .map_err(|e| e.to_string())
-            .and_then(|answer| {
-                sdp::negotiate_from_answer(&answer, &self.core.settings.codecs)
-                    .map_err(|e| e.to_string())
-            });
-        match negotiated {
-            Ok(n) => {
-                if let Some(Leg::Echo(echo)) = &media.leg {
-                    echo.update(media::leg_control(&n));
-                }
-                media.negotiated = Some(n);
-                if let (Route::Flow(flow), None) = (self.route.clone(), &media.leg) {
-                    if let Err(e) = self.start_bot(flow) {
-                        warn!(error = %e, "could not start the bot session");
-                    }
-                }
-                if self.peer.as_ref().is_some_and(|p| p.negotiated.is_some()) {
-                    if let Err(e) = self.start_relay() {
-                        warn!(error = %e, "could not start the relay");
-                    }
-                }
-            }
-            Err(e) => {
-                warn!(call_id = self.caller.call_id(), error = %e, "unusable SDP answer in ACK")
-            }
-        }
-    }
-
     /// The caller hung up (its BYE is answered); before our final answer the INVITE ends too.
     fn on_bye(&mut self, early: bool, reason: Option<String>, now: Instant) {
         if early {
@@ -784,47 +517,6 @@ impl Call {
             }
         }
         self.caller.answer_reinvite(&request, &source, answer, now);
-    }
-
-    /// A re-INVITE's offer (hold, resume, new address) or, without SDP, our new offer.
-    fn renegotiate(&mut self, request: &Request) -> Result<String, (u16, String)> {
-        let codecs = self.core.settings.codecs.clone();
-        let preference = self.core.settings.codec_preference;
-        let Some(media) = self.media.as_mut() else {
-            return Err((488, "Not Acceptable Here: no media".into()));
-        };
-        media.local.session_version += 1;
-        if request.body.is_empty() {
-            return Ok(sdp::build_offer(&media.local, &codecs, Direction::SendRecv));
-        }
-        let offer = sdp::parse(&request.body).map_err(|e| (400, format!("Malformed SDP: {e}")))?;
-        let negotiated = sdp::negotiate_answer(&offer, &codecs, preference)
-            .map_err(|e| (488, format!("Not Acceptable Here: {e}")))?;
-        match &media.leg {
-            Some(Leg::Echo(echo)) => echo.update(media::leg_control(&negotiated)),
-            // The bot keeps streaming through hold and resume; its RTP follows the caller.
-            Some(Leg::Bot(bot)) => bot.expect_rtp(negotiated.direction.receives()),
-            Some(Leg::Relay(relay)) => relay.update(
-                voicegate_bridge::relay::Side::A,
-                voicegate_bridge::relay::LegDirection {
-                    sending: negotiated.direction.sends(),
-                    expect_rtp: negotiated.direction.receives(),
-                },
-                negotiated.remote,
-            ),
-            Some(Leg::Tone(_)) | None => {}
-        }
-        let body = sdp::build_answer(&offer, &media.local, &negotiated);
-        media.negotiated = Some(negotiated);
-        Ok(body)
-    }
-
-    /// Our direction towards the caller, as last negotiated.
-    fn caller_direction(&self) -> Option<Direction> {
-        self.media
-            .as_ref()
-            .and_then(|m| m.negotiated.as_ref())
-            .map(|n| n.direction)
     }
 
     fn on_response(&mut self, response: &Response, now: Instant) {
@@ -870,169 +562,6 @@ impl Call {
         self.end_media();
         self.end_reason = why.to_string();
         self.caller.bye(reason, now);
-    }
-
-    /// Stops the media and gives its ports back at once (the task may linger for Timer J).
-    fn end_media(&mut self) {
-        self.ended_at.get_or_insert_with(Instant::now);
-        if let Some(media) = self.media.take() {
-            self.media_record.codec = media.negotiated.as_ref().map(|n| n.codec.encoding_name());
-            if let Some(Leg::Bot(bot)) = &media.leg {
-                bot.caller_hung_up();
-            }
-            self.stopping.extend(media.leg);
-        }
-        if let Some(assist) = self.assist.take() {
-            if self.end_reason == "caller hung up" {
-                // The assisting bot hears `callended`, as it would have before the hand-off.
-                assist.caller_hung_up();
-            }
-            self.stopping.push(Leg::Bot(assist));
-        }
-        self.tap = None;
-        if let Some(peer) = self.peer.as_mut() {
-            peer.negotiated = None;
-        }
-        self.media_events = None;
-        self.bot_events = None;
-        self.relay_events = None;
-    }
-
-    /// Waits for stopping legs' reports (their ports are free after this).
-    async fn collect_media_report(&mut self) {
-        for leg in std::mem::take(&mut self.stopping) {
-            match leg {
-                Leg::Echo(echo) => self.media_record.report = Some(echo.stop().await),
-                Leg::Bot(bot) => {
-                    // A listening bot that stopped reading could hold its session (and so the
-                    // call record) forever: it gets a few seconds, then its task is dropped.
-                    let finished =
-                        tokio::time::timeout(std::time::Duration::from_secs(5), bot.finish()).await;
-                    if let Ok((report, _ports)) = finished {
-                        // The first bot's report is the call's; an assisting bot adds nothing.
-                        self.media_record.bot.get_or_insert(report);
-                    } else {
-                        warn!(
-                            call_id = self.caller.call_id(),
-                            "bot session did not end in 5 s: dropped"
-                        );
-                    }
-                }
-                Leg::Relay(relay) => self.media_record.relay = Some(relay.stop().await.report),
-                Leg::Tone(tone) => drop(tone.stop().await),
-            }
-        }
-    }
-
-    /// Starts streaming to the flow's bot on the call's ports.
-    fn start_bot(&mut self, flow: Arc<FlowRoute>) -> Result<(), String> {
-        let settings = &self.core.settings;
-        let media = self.media.as_mut().ok_or("no media")?;
-        let negotiated = media.negotiated.as_ref().ok_or("no negotiated codec")?;
-        let ports = media.ports.take().ok_or("no RTP ports")?;
-        let call_media = media::call_media(negotiated, &self.core);
-        let from = self.caller.caller_user();
-        let bot = BotSettings {
-            url: flow.url.clone(),
-            protocol: flow.protocol,
-            bidirectional: flow.bidirectional,
-            client: settings.bridge.client.clone(),
-            media_interval: settings.bridge.media_interval,
-            max_session: settings.bridge.max_session,
-            playout_max: settings.bridge.playout_max,
-            final_playout_max: settings.bridge.final_playout_max,
-            write_timeout: settings.bridge.bot_write_timeout,
-            max_messages_per_sec: settings.bridge.max_bot_messages_per_sec,
-            max_bytes_per_sec: settings.bridge.max_bot_bytes_per_sec,
-            silence_when_idle: settings.bridge.silence_when_idle,
-            call_sid: self.call_sid.clone(),
-            account_sid: flow.account_sid.clone(),
-            from,
-            to: self.number.clone(),
-            extra_parameters: flow
-                .parameters
-                .iter()
-                .cloned()
-                .chain(forwarded_headers(
-                    self.caller.invite(),
-                    &settings.bridge.forward_headers,
-                ))
-                .collect(),
-        };
-        let (events_tx, events_rx) = mpsc::channel(32);
-        let handle =
-            BridgeHandle::start(ports, call_media, bot, events_tx).map_err(|e| e.to_string())?;
-        media.leg = Some(Leg::Bot(handle));
-        self.bot_events = Some(events_rx);
-        Ok(())
-    }
-
-    /// The bot step ended: the flow's next step (hang up) unless the caller already left.
-    fn on_bot_end(&mut self, end: SessionEnd, now: Instant) {
-        if let (SessionEnd::BotClosed(_), Route::Flow(flow)) = (&end, &self.route) {
-            if let Some(to) = flow.connect_on_end.clone() {
-                if self.caller.is_up() {
-                    info!(
-                        call_id = self.caller.call_id(),
-                        to, "bot closed: connecting to the agent"
-                    );
-                    self.pending = Some(Pending::Agent {
-                        to,
-                        from_transfer: false,
-                    });
-                    return;
-                }
-            }
-        }
-        let reason = match &end {
-            // Ended by us (hang-up, or a hand-off): the call already knows what comes next.
-            SessionEnd::CallerHungUp | SessionEnd::Stopped => return,
-            SessionEnd::BotClosed(why) => format!("bot closed the stream: {why}"),
-            SessionEnd::BotUnreachable(why) => format!("bot unreachable: {why}"),
-            SessionEnd::MaxDuration => "bot session reached its maximum length".to_string(),
-            SessionEnd::BotHangup => "bot hung up".to_string(),
-            SessionEnd::RtpTimeout => return self.on_rtp_timeout(now),
-        };
-        info!(
-            call_id = self.caller.call_id(),
-            reason, "bot step ended: hanging up"
-        );
-        if self.caller.is_up() {
-            let text = reason.replace('"', "'");
-            self.send_bye(&reason, &format!("Q.850;cause=16;text=\"{text}\""), now);
-        }
-    }
-
-    /// The bot asked for a transfer: to the agent it names, else the flow's.
-    fn on_bot_transfer(&mut self, to: String) {
-        let Route::Flow(flow) = &self.route else {
-            return;
-        };
-        let to = if to.trim().is_empty() {
-            match flow.default_agent.clone() {
-                Some(agent) => agent,
-                None => {
-                    warn!(
-                        call_id = self.caller.call_id(),
-                        "bot transfer names no agent and the flow has none"
-                    );
-                    return;
-                }
-            }
-        } else {
-            to
-        };
-        if self.peer.is_some() || !self.caller.is_up() {
-            return;
-        }
-        info!(
-            call_id = self.caller.call_id(),
-            to, "bot asked for a transfer"
-        );
-        self.pending = Some(Pending::Agent {
-            to,
-            from_transfer: true,
-        });
     }
 
     /// No RTP for `rtp.timeout_secs` on a leg that should send: the call ends (both legs).
@@ -1129,94 +658,6 @@ impl Call {
     fn finished(&self) -> bool {
         self.caller.state() == CallerState::Ended && self.caller.is_idle() && !self.peer_busy()
     }
-
-    /// The call detail record: one line per call, whatever its outcome.
-    fn record(&mut self) {
-        self.recorded = true;
-        if let (Some(gate), Some(trunk)) = (self.core.gate.as_ref(), self.admitted_trunk.take()) {
-            gate.call_ended(&trunk);
-        }
-        self.core.stats.active.fetch_sub(1, Ordering::Relaxed);
-        if let Some(in_progress) = &self.core.in_progress {
-            in_progress.ended(&self.call_sid);
-        }
-        let now = self.ended_at.unwrap_or_else(Instant::now);
-        let media = self.media_record.report.clone().unwrap_or_default();
-        let bot = self.media_record.bot.clone().unwrap_or_default();
-        let relay = self.media_record.relay.clone().unwrap_or_default();
-        // The caller's RTP: relayed, or through the bot, or echoed.
-        let rtp = if self.media_record.relay.is_some() {
-            &relay.a
-        } else if self.media_record.bot.is_some() {
-            &bot.rtp
-        } else {
-            &media.rtp
-        };
-        let codec = self.media_record.codec.unwrap_or("-");
-        let peer = self.peer.as_ref();
-        info!(
-            target: "voicegate::cdr",
-            call_id = self.caller.call_id(),
-            number = self.number,
-            from = self.caller.invite().headers.get("From").unwrap_or_default(),
-            remote = %self.caller.source().remote,
-            transport = self.caller.source().transport.as_via(),
-            status = self.caller.final_status(),
-            codec,
-            setup_ms = self.answered_at.map(|a| (a - self.started).as_millis() as u64).unwrap_or(0),
-            duration_ms = self.answered_at.map(|a| (now - a).as_millis() as u64).unwrap_or(0),
-            rtp_in = rtp.packets_in,
-            rtp_out = rtp.packets_out,
-            rtp_lost = rtp.lost,
-            rtp_duplicates = rtp.duplicates,
-            jitter_ms = format_args!("{:.1}", rtp.jitter_ms),
-            rtt_ms = format_args!("{:.1}", rtp.rtt_ms.unwrap_or(0.0)),
-            mos = format_args!("{:.2}", rtp.mos),
-            dtmf = self.media_record.digits,
-            bot_media_sent = bot.media_messages_sent,
-            bot_media_received = bot.bot_media_messages,
-            bot_marks = bot.marks_echoed,
-            bot_clears = bot.clears,
-            bot_frames_invalid = bot.bot_frames_invalid,
-            bot_media_ignored = bot.bot_media_ignored,
-            bot_over_budget = bot.bot_frames_over_budget,
-            bot_frames_dropped = bot.frames_to_bot_dropped,
-            direction = self.direction,
-            peer = peer
-                .and_then(|p| p.answered_by.as_deref())
-                .or(self.media_record.peer_label.as_deref())
-                .unwrap_or("-"),
-            peer_attempts = peer.map_or(0, |p| p.attempts),
-            peer_last_failure = peer.and_then(|p| p.last_failure()).map_or(0, |f| f.status),
-            peer_codec = self.media_record.peer_codec.unwrap_or("-"),
-            transcoding = self.media_record.transcoding,
-            peer_rtp_in = relay.b.packets_in,
-            peer_rtp_out = relay.b.packets_out,
-            escalated_to = self.media_record.escalated_to.as_deref().unwrap_or("-"),
-            end = self.end_reason,
-            "call ended"
-        );
-    }
-}
-
-/// INVITE headers named in `bridge.forward_headers` (a trailing `*` matches a prefix), as
-/// custom parameters for the bot.
-fn forwarded_headers(invite: &Request, patterns: &[String]) -> Vec<(String, String)> {
-    let matches = |name: &str| {
-        patterns.iter().any(|p| match p.strip_suffix('*') {
-            Some(prefix) => {
-                name.len() >= prefix.len() && name[..prefix.len()].eq_ignore_ascii_case(prefix)
-            }
-            None => name.eq_ignore_ascii_case(p),
-        })
-    };
-    invite
-        .headers
-        .0
-        .iter()
-        .filter(|h| matches(&h.name))
-        .map(|h| (h.name.clone(), h.value.clone()))
-        .collect()
 }
 
 /// The address we put in Contact and SDP: the configured public one, else the address the

@@ -214,7 +214,9 @@ impl Call {
             .into_iter()
             .map(|(n, v)| (n.to_string(), v))
             .collect();
-        for (name, value) in super::forwarded_headers(self.caller.invite(), &["X-*".to_string()]) {
+        for (name, value) in
+            super::bot::forwarded_headers(self.caller.invite(), &["X-*".to_string()])
+        {
             extra.push((name, value));
         }
         let to_uri = hop.to.clone().unwrap_or_else(|| {

@@ -21,7 +21,9 @@ use voicegate_sip::transport::Source;
 
 use super::media::{answer_reinvite_offer, call_media, direction_of};
 use crate::core::{CallInput, Core};
-use voicegate_call::{Answer, Arrival, OutState, OutboundEvent, OutboundLeg, SessionDue};
+use voicegate_call::{
+    Answer, Arrival, CallRecord, OutState, OutboundEvent, OutboundLeg, SessionDue,
+};
 
 /// One answered leg handed over to the pair.
 pub struct PairLeg {
@@ -445,23 +447,18 @@ impl Pair {
             .ended
             .clone()
             .unwrap_or_else(|| (Instant::now(), "ended".into()));
-        info!(
-            target: "voicegate::cdr",
-            call_id = self.call_id,
-            number = self.number,
-            direction = "transferred",
-            peer = self.sides[0].label,
-            escalated_to = self.sides[1].label,
-            duration_ms = (ended_at - self.started).as_millis() as u64,
-            codec = self.sides[0].negotiated.codec.encoding_name(),
-            peer_codec = self.sides[1].negotiated.codec.encoding_name(),
-            rtp_in = report.a.packets_in,
-            rtp_out = report.a.packets_out,
-            peer_rtp_in = report.b.packets_in,
-            peer_rtp_out = report.b.packets_out,
-            transcoding = report.transcoding,
-            end = why,
-            "call ended"
-        );
+        let mut r = CallRecord::new(&self.call_id, &self.number);
+        r.direction = "transferred".into();
+        r.peer = self.sides[0].label.clone();
+        r.escalated_to = self.sides[1].label.clone();
+        r.duration_ms = (ended_at - self.started).as_millis() as u64;
+        r.codec = self.sides[0].negotiated.codec.encoding_name().into();
+        r.peer_codec = self.sides[1].negotiated.codec.encoding_name().into();
+        super::record::fill_rtp(&mut r, &report.a);
+        r.peer_rtp_in = report.b.packets_in;
+        r.peer_rtp_out = report.b.packets_out;
+        r.transcoding = report.transcoding;
+        r.end = why;
+        super::record::log(&r);
     }
 }

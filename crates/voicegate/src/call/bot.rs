@@ -1,0 +1,148 @@
+//! A flow's bot in a call: the session that streams the caller's audio to it, and what its
+//! end or its transfer request means for the call.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::{info, warn};
+use voicegate_bridge::session::{BotSettings, BridgeHandle, SessionEnd};
+use voicegate_sip::message::Request;
+
+use super::b2bua::Pending;
+use super::media;
+use super::{Call, Leg, Route};
+use crate::settings::FlowRoute;
+
+impl Call {
+    /// Starts streaming to the flow's bot on the call's ports.
+    pub(super) fn start_bot(&mut self, flow: Arc<FlowRoute>) -> Result<(), String> {
+        let settings = &self.core.settings;
+        let media = self.media.as_mut().ok_or("no media")?;
+        let negotiated = media.negotiated.as_ref().ok_or("no negotiated codec")?;
+        let ports = media.ports.take().ok_or("no RTP ports")?;
+        let call_media = media::call_media(negotiated, &self.core);
+        let from = self.caller.caller_user();
+        let bot = BotSettings {
+            url: flow.url.clone(),
+            protocol: flow.protocol,
+            bidirectional: flow.bidirectional,
+            client: settings.bridge.client.clone(),
+            media_interval: settings.bridge.media_interval,
+            max_session: settings.bridge.max_session,
+            playout_max: settings.bridge.playout_max,
+            final_playout_max: settings.bridge.final_playout_max,
+            write_timeout: settings.bridge.bot_write_timeout,
+            max_messages_per_sec: settings.bridge.max_bot_messages_per_sec,
+            max_bytes_per_sec: settings.bridge.max_bot_bytes_per_sec,
+            silence_when_idle: settings.bridge.silence_when_idle,
+            call_sid: self.call_sid.clone(),
+            account_sid: flow.account_sid.clone(),
+            from,
+            to: self.number.clone(),
+            extra_parameters: flow
+                .parameters
+                .iter()
+                .cloned()
+                .chain(forwarded_headers(
+                    self.caller.invite(),
+                    &settings.bridge.forward_headers,
+                ))
+                .collect(),
+        };
+        let (events_tx, events_rx) = mpsc::channel(32);
+        let handle =
+            BridgeHandle::start(ports, call_media, bot, events_tx).map_err(|e| e.to_string())?;
+        media.leg = Some(Leg::Bot(handle));
+        self.bot_events = Some(events_rx);
+        Ok(())
+    }
+
+    /// The bot step ended: the flow's next step (hang up) unless the caller already left.
+    pub(super) fn on_bot_end(&mut self, end: SessionEnd, now: Instant) {
+        if let (SessionEnd::BotClosed(_), Route::Flow(flow)) = (&end, &self.route) {
+            if let Some(to) = flow.connect_on_end.clone() {
+                if self.caller.is_up() {
+                    info!(
+                        call_id = self.caller.call_id(),
+                        to, "bot closed: connecting to the agent"
+                    );
+                    self.pending = Some(Pending::Agent {
+                        to,
+                        from_transfer: false,
+                    });
+                    return;
+                }
+            }
+        }
+        let reason = match &end {
+            // Ended by us (hang-up, or a hand-off): the call already knows what comes next.
+            SessionEnd::CallerHungUp | SessionEnd::Stopped => return,
+            SessionEnd::BotClosed(why) => format!("bot closed the stream: {why}"),
+            SessionEnd::BotUnreachable(why) => format!("bot unreachable: {why}"),
+            SessionEnd::MaxDuration => "bot session reached its maximum length".to_string(),
+            SessionEnd::BotHangup => "bot hung up".to_string(),
+            SessionEnd::RtpTimeout => return self.on_rtp_timeout(now),
+        };
+        info!(
+            call_id = self.caller.call_id(),
+            reason, "bot step ended: hanging up"
+        );
+        if self.caller.is_up() {
+            let text = reason.replace('"', "'");
+            self.send_bye(&reason, &format!("Q.850;cause=16;text=\"{text}\""), now);
+        }
+    }
+
+    /// The bot asked for a transfer: to the agent it names, else the flow's.
+    pub(super) fn on_bot_transfer(&mut self, to: String) {
+        let Route::Flow(flow) = &self.route else {
+            return;
+        };
+        let to = if to.trim().is_empty() {
+            match flow.default_agent.clone() {
+                Some(agent) => agent,
+                None => {
+                    warn!(
+                        call_id = self.caller.call_id(),
+                        "bot transfer names no agent and the flow has none"
+                    );
+                    return;
+                }
+            }
+        } else {
+            to
+        };
+        if self.peer.is_some() || !self.caller.is_up() {
+            return;
+        }
+        info!(
+            call_id = self.caller.call_id(),
+            to, "bot asked for a transfer"
+        );
+        self.pending = Some(Pending::Agent {
+            to,
+            from_transfer: true,
+        });
+    }
+}
+
+/// INVITE headers named in `bridge.forward_headers` (a trailing `*` matches a prefix), as
+/// custom parameters for the bot.
+pub(super) fn forwarded_headers(invite: &Request, patterns: &[String]) -> Vec<(String, String)> {
+    let matches = |name: &str| {
+        patterns.iter().any(|p| match p.strip_suffix('*') {
+            Some(prefix) => {
+                name.len() >= prefix.len() && name[..prefix.len()].eq_ignore_ascii_case(prefix)
+            }
+            None => name.eq_ignore_ascii_case(p),
+        })
+    };
+    invite
+        .headers
+        .0
+        .iter()
+        .filter(|h| matches(&h.name))
+        .map(|h| (h.name.clone(), h.value.clone()))
+        .collect()
+}
