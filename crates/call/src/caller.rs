@@ -56,7 +56,7 @@ pub enum CallerRequest {
     ReinviteAck { answer: Option<Bytes> },
     /// A re-INVITE of an answered call: the call answers it with [`CallerLeg::answer_reinvite`].
     Reinvite(Request, Source),
-    /// A REFER: the call answers it with [`CallerLeg::reply`].
+    /// A REFER: the call answers it with `incoming.reply`.
     Refer(Request, Source),
     /// A key press in an INFO, already answered 200.
     Dtmf(InfoDigit),
@@ -89,7 +89,8 @@ pub struct CallerLeg {
     user_agent: Arc<str>,
     invite_tx: ServerInviteTx,
     dialog: Dialog,
-    incoming: Incoming,
+    /// The caller's requests in the dialog, and our answers.
+    pub incoming: Incoming,
     outgoing: Outgoing,
     state: CallerState,
     /// RFC 4028 terms for our 2xx; only kept when the caller refreshes.
@@ -168,6 +169,26 @@ impl CallerLeg {
             .and_then(name_addr_uri)
             .and_then(|u| u.auth.map(|a| a.user))
             .unwrap_or_default()
+    }
+
+    /// The INVITE's headers named in `patterns` (a trailing `*` matches a prefix, case
+    /// ignored): what goes on to a bot as custom parameters, or to the next hop.
+    pub fn forwarded_headers(&self, patterns: &[String]) -> Vec<(String, String)> {
+        let matches = |name: &str| {
+            patterns.iter().any(|p| match p.strip_suffix('*') {
+                Some(prefix) => name
+                    .get(..prefix.len())
+                    .is_some_and(|head| head.eq_ignore_ascii_case(prefix)),
+                None => name.eq_ignore_ascii_case(p),
+            })
+        };
+        self.invite
+            .headers
+            .0
+            .iter()
+            .filter(|h| matches(&h.name))
+            .map(|h| (h.name.clone(), h.value.clone()))
+            .collect()
     }
 
     /// The final status we answered the INVITE with (0 before).
@@ -286,16 +307,17 @@ impl CallerLeg {
         match kind {
             InDialog::Cancel => {
                 if branch != self.branch {
-                    self.reply(&request, &source, 481, NO_DIALOG, &[], now);
+                    self.incoming
+                        .reply(&request, &source, 481, NO_DIALOG, &[], now);
                     return None;
                 }
                 // The CANCEL is answered whatever the INVITE's state (RFC 3261 §9.2).
-                self.reply(&request, &source, 200, "OK", &[], now);
+                self.incoming.reply(&request, &source, 200, "OK", &[], now);
                 let proceeding = self.invite_tx.state() == ServerInviteState::Proceeding;
                 Some(CallerRequest::Cancel { proceeding })
             }
             InDialog::Bye => {
-                self.reply(&request, &source, 200, "OK", &[], now);
+                self.incoming.reply(&request, &source, 200, "OK", &[], now);
                 let early = self.invite_tx.state() == ServerInviteState::Proceeding;
                 self.state = CallerState::Ended;
                 let reason = request.headers.get("Reason").map(str::to_string);
@@ -303,7 +325,8 @@ impl CallerLeg {
             }
             InDialog::Invite => {
                 if !self.is_up() {
-                    self.reply(&request, &source, 481, NO_DIALOG, &[], now);
+                    self.incoming
+                        .reply(&request, &source, 481, NO_DIALOG, &[], now);
                     return None;
                 }
                 Some(CallerRequest::Reinvite(request, source))
@@ -311,18 +334,20 @@ impl CallerLeg {
             InDialog::Info => {
                 let content_type = request.headers.get("Content-Type").unwrap_or_default();
                 let digit = info::parse_dtmf(content_type, &request.body);
-                self.reply(&request, &source, 200, "OK", &[], now);
+                self.incoming.reply(&request, &source, 200, "OK", &[], now);
                 digit.map(CallerRequest::Dtmf)
             }
             InDialog::Update => {
                 // A session refresh (RFC 4028 §7.4); offers in UPDATE are not taken.
                 if !request.body.is_empty() {
                     let reason = "Not Acceptable Here: SDP in UPDATE not supported";
-                    self.reply(&request, &source, 488, reason, &[], now);
+                    self.incoming
+                        .reply(&request, &source, 488, reason, &[], now);
                     return None;
                 }
                 let headers = self.refreshed(&request, now);
-                self.reply(&request, &source, 200, "OK", &headers, now);
+                self.incoming
+                    .reply(&request, &source, 200, "OK", &headers, now);
                 None
             }
             InDialog::Refer => Some(CallerRequest::Refer(request, source)),
@@ -358,7 +383,11 @@ impl CallerLeg {
     ) {
         let body = match answer {
             Ok(body) => body,
-            Err((status, reason)) => return self.reply(request, source, status, &reason, &[], now),
+            Err((status, reason)) => {
+                return self
+                    .incoming
+                    .reply(request, source, status, &reason, &[], now)
+            }
         };
         let headers = self.refreshed(request, now);
         let contact = self.contact().to_string();
@@ -369,25 +398,6 @@ impl CallerLeg {
         };
         self.incoming
             .answer(request, source, 200, "OK", answer, now);
-    }
-
-    /// Answers one of the caller's requests through its own server transaction.
-    pub fn reply(
-        &mut self,
-        request: &Request,
-        source: &Source,
-        status: u16,
-        reason: &str,
-        headers: &[(&'static str, String)],
-        now: Instant,
-    ) {
-        self.incoming
-            .reply(request, source, status, reason, headers, now);
-    }
-
-    /// A request for no dialog we know (481, not kept).
-    pub fn answer_unknown(&mut self, request: &Request, source: &Source) {
-        self.incoming.answer_unknown(request, source);
     }
 
     /// The caller refreshed its session (re-INVITE or UPDATE): the timer restarts; the

@@ -1,25 +1,16 @@
-//! voicegate: SIP trunk gateway and SIP-to-WebSocket media bridge (config, call handling, server).
-//!
-//! The protocol pieces live in `voicegate-sip` and `voicegate-rtp`; this crate decides what
-//! each call does ([`call`]), routes SIP messages to calls ([`core`]) and starts it all
-//! ([`server`]) from the [`config`].
+//! voicegate: SIP trunk gateway and SIP-to-WebSocket media bridge. This crate is the wiring:
+//! the [`config`] file, start-up ([`server`]: store, seeding, transports, TLS, the trunk API)
+//! and logging; what runs is `voicegate-engine` (the SIP core and the calls).
 
-pub mod admit;
 pub mod api_listener;
-pub mod bindings;
-pub mod call;
-pub mod clock;
 pub mod config;
-pub mod core;
-pub mod dispatch;
-pub mod in_progress;
-pub mod load;
 pub mod logging;
-pub mod refusals;
-pub mod registrar;
-pub mod resolve;
 pub mod seed;
 pub mod server;
-pub mod settings;
-pub mod shield;
 pub mod tls;
+
+// The engine's modules under their old paths, for the binary and the integration tests.
+pub use voicegate_engine::{
+    admit, bindings, call, clock, core, dispatch, in_progress, load, refusals, registrar, resolve,
+    settings, shield,
+};

@@ -11,7 +11,7 @@ use voicegate_sip::sdp::{Codec, CodecPreference};
 use voicegate_sip::transaction::Timers;
 use voicegate_sip::transport::{self, Handler, ListenConfig, LocalAddrs, Sender};
 
-use crate::admit::{Gate, Trunks};
+use crate::admit::{refresh, Gate, Trunks};
 use crate::api_listener::{self, ConnectionLimits};
 use crate::config::Config;
 use crate::core::Core;
@@ -19,7 +19,7 @@ use crate::dispatch::CoreHandler;
 use crate::resolve::Resolver;
 use crate::settings::{BridgeSettings, Carrier, FlowRoute, RoutingSettings, Settings};
 use crate::tls;
-use voicegate_control::{router, ApiAccount, ApiState, Change, ChangeFuture, Store, StoreError};
+use voicegate_control::{router, ApiAccount, ApiState, Change, ChangeFuture, Store};
 
 /// The realm of our digest challenges.
 pub const DIGEST_REALM: &str = "voicegate";
@@ -136,7 +136,7 @@ pub fn settings(config: &Config) -> Result<Settings, StartError> {
             },
             ringback: crate::settings::ringback_tone(&routing.ringback),
         },
-        limits: crate::settings::LimitSettings::from_config(&config.limits),
+        limits: config.limits.settings(),
     })
 }
 
@@ -386,50 +386,6 @@ async fn start_api(
     tokio::spawn(api_listener::serve(listener, app, limits));
     tracing::info!(addr = ?local, "trunk API listening");
     Ok(local)
-}
-
-/// A burst touching more trunks and flows than this re-reads everything in one transaction
-/// rather than each in its own.
-const MAX_SCOPED_CHANGES: usize = 16;
-
-/// Makes `changes` live: re-reads what they name (everything for [`Change::All`] or a large
-/// burst) and swaps the result in whole. Calls must not overlap (see [`CoalescedReload`]):
-/// each starts from the trunks the previous one left.
-pub(crate) async fn refresh(store: &Store, gate: &Gate, changes: Vec<Change>) {
-    let scoped = changes.len() <= MAX_SCOPED_CHANGES && !changes.contains(&Change::All);
-    let result = if scoped {
-        match reread(store, gate, &changes).await {
-            Ok(next) => Ok(next),
-            Err(e) => {
-                // E.g. a flow row that does not parse: a full reload skips it and goes on.
-                tracing::warn!(error = %e, "could not re-read what an API change touched");
-                full_reload(store).await
-            }
-        }
-    } else {
-        full_reload(store).await
-    };
-    match result {
-        Ok(next) => gate.replace(next),
-        Err(e) => tracing::error!(error = %e, "could not reload trunks after an API change"),
-    }
-}
-
-/// The gate's trunks with the trunks and flows `changes` name read again.
-async fn reread(store: &Store, gate: &Gate, changes: &[Change]) -> Result<Trunks, StoreError> {
-    let mut next = (*gate.trunks()).clone();
-    for change in changes {
-        match change {
-            Change::Trunk(sid) => next.set_trunk(sid, store.trunk_slice(sid).await?.as_ref()),
-            Change::Flow(id) => next.set_flow(id, store.flow_by_id(id).await?.as_ref()),
-            Change::All => return full_reload(store).await,
-        }
-    }
-    Ok(next)
-}
-
-async fn full_reload(store: &Store) -> Result<Trunks, StoreError> {
-    Ok(Trunks::build(&[], Some(&store.snapshot().await?)))
 }
 
 /// Makes a burst of API writes cost one refresh, not one each, without weakening the promise

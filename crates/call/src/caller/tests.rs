@@ -393,3 +393,33 @@ fn our_reinvite_waits_for_the_confirmation_and_goes_one_at_a_time() {
     assert!(leg.on_response(&ok, now));
     assert_eq!(events(&mut leg), vec![CallerEvent::ReinviteDone(ok)]);
 }
+
+#[test]
+fn headers_are_forwarded_by_name_or_prefix() {
+    let invite = request_with(
+        "INVITE",
+        1,
+        "z9hG4bK-invite",
+        "",
+        "X-Customer: 42\r\nx-campaign: spring\r\nUser-To-User: 3a\r\n",
+        OFFER,
+    );
+    let leg = leg_of(invite);
+    let wanted = |patterns: &[&str]| {
+        let patterns: Vec<String> = patterns.iter().map(|p| p.to_string()).collect();
+        leg.forwarded_headers(&patterns)
+    };
+    assert_eq!(
+        wanted(&["X-*"]),
+        vec![
+            ("X-Customer".to_string(), "42".to_string()),
+            ("x-campaign".to_string(), "spring".to_string())
+        ]
+    );
+    assert_eq!(
+        wanted(&["user-to-user"]),
+        vec![("User-To-User".to_string(), "3a".to_string())]
+    );
+    assert!(wanted(&["X-Customer-Id-That-Is-Long*"]).is_empty());
+    assert!(wanted(&[]).is_empty());
+}

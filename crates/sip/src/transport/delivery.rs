@@ -1,11 +1,11 @@
 //! From received bytes to the handler, for every transport: a parsed message is handed on, a
 //! malformed request is answered `400`, and anything else is dropped or closes the stream.
 
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 
 use tracing::debug;
 
-use super::udp::drop_datagram;
 use super::{Handler, Incoming, Sender, Source, TransportKind};
 use crate::message::{self, Message, Method, ParseError, Request};
 
@@ -75,4 +75,15 @@ fn answer_bad_request(
         .response(status, reason)
         .header("Server", sender.user_agent());
     sender.send_response(&request.headers, source, response.to_bytes());
+}
+
+/// Counts and logs a datagram that is no SIP message we take.
+pub(super) fn drop_datagram(sender: &Sender, remote: SocketAddr, why: &str) {
+    let n = sender
+        .inner
+        .stats
+        .datagrams_dropped
+        .fetch_add(1, Ordering::Relaxed)
+        + 1;
+    debug!(%remote, why, dropped_total = n, "dropped unparseable SIP datagram");
 }

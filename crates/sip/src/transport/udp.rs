@@ -2,13 +2,12 @@
 //! unparseable datagrams dropped and counted.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tokio::net::UdpSocket;
 use tracing::debug;
 
-use super::delivery::deliver;
+use super::delivery::{deliver, drop_datagram};
 use super::{Handler, Sender, Source, TransportKind};
 
 pub(super) async fn serve_udp(
@@ -44,14 +43,4 @@ pub(super) async fn serve_udp(
         }
         deliver(datagram, source, &sender, handler.as_ref());
     }
-}
-
-pub(super) fn drop_datagram(sender: &Sender, remote: SocketAddr, why: &str) {
-    let n = sender
-        .inner
-        .stats
-        .datagrams_dropped
-        .fetch_add(1, Ordering::Relaxed)
-        + 1;
-    debug!(%remote, why, dropped_total = n, "dropped unparseable SIP datagram");
 }

@@ -1,6 +1,7 @@
 //! `[limits]` (per-source protection and load shedding) and `[log]`.
 
 use super::*;
+use voicegate_engine::settings::LimitSettings;
 
 /// `[limits]`: what a source may send, and when voicegate sheds load.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -156,5 +157,31 @@ impl LogConfig {
             ));
         }
         Ok(())
+    }
+}
+
+impl LimitsConfig {
+    /// What the SIP core takes from `[limits]`.
+    pub fn settings(&self) -> LimitSettings {
+        let c = self;
+        LimitSettings {
+            shield: voicegate_engine::shield::ShieldLimits {
+                window: Duration::from_secs(c.window_secs),
+                requests_per_window: c.requests_per_window,
+                trusted_requests_per_window: c.trusted_requests_per_window,
+                auth_failures: c.auth_failures_per_minute,
+                auth_window: Duration::from_secs(60),
+                block: Duration::from_secs(c.block_secs),
+                tracked_sources: c.tracked_sources,
+            },
+            refusal_transactions: c.refusal_transactions,
+            shedding: voicegate_engine::load::SheddingLimits {
+                max_calls: c.max_calls,
+                max_lag: Duration::from_millis(c.max_lag_ms),
+                max_cpu_percent: c.max_cpu_percent,
+            },
+            retry_after_secs: c.retry_after_secs,
+            summary_interval: Duration::from_secs(c.summary_interval_secs),
+        }
     }
 }

@@ -43,37 +43,6 @@ pub struct LimitSettings {
     pub summary_interval: Duration,
 }
 
-impl Default for LimitSettings {
-    fn default() -> Self {
-        let c = crate::config::LimitsConfig::default();
-        LimitSettings::from_config(&c)
-    }
-}
-
-impl LimitSettings {
-    pub fn from_config(c: &crate::config::LimitsConfig) -> Self {
-        LimitSettings {
-            shield: crate::shield::ShieldLimits {
-                window: Duration::from_secs(c.window_secs),
-                requests_per_window: c.requests_per_window,
-                trusted_requests_per_window: c.trusted_requests_per_window,
-                auth_failures: c.auth_failures_per_minute,
-                auth_window: Duration::from_secs(60),
-                block: Duration::from_secs(c.block_secs),
-                tracked_sources: c.tracked_sources,
-            },
-            refusal_transactions: c.refusal_transactions,
-            shedding: crate::load::SheddingLimits {
-                max_calls: c.max_calls,
-                max_lag: Duration::from_millis(c.max_lag_ms),
-                max_cpu_percent: c.max_cpu_percent,
-            },
-            retry_after_secs: c.retry_after_secs,
-            summary_interval: Duration::from_secs(c.summary_interval_secs),
-        }
-    }
-}
-
 /// An upstream carrier gateway as calls use it.
 #[derive(Clone, Debug)]
 pub struct Carrier {

@@ -13,14 +13,15 @@ use tracing::warn;
 use voicegate_bridge::dialect::Protocol;
 use voicegate_bridge::ws::BotUrl;
 use voicegate_control::{
-    Admission, ControlSnapshot, Decision, DestinationRecord, FlowDirection, FlowProtocol,
-    FlowRecord, InviteFacts, IpNet, Mode, NumberMapping, Snapshot, Trunk, TrunkSlice,
+    Admission, Change, ControlSnapshot, Decision, DestinationRecord, FlowDirection, FlowProtocol,
+    FlowRecord, InviteFacts, IpNet, Mode, NumberMapping, Snapshot, Store, StoreError, Trunk,
+    TrunkSlice,
 };
 use voicegate_sip::digest::{DigestServer, Verdict};
 use voicegate_sip::message::Request;
 
-use crate::config::TrunkConfig;
 use crate::settings::FlowRoute;
+use crate::trunk_config::TrunkConfig;
 
 /// How long a digest nonce is good for.
 const NONCE_LIFETIME: Duration = Duration::from_secs(300);
@@ -414,6 +415,50 @@ impl Gate {
     }
 }
 
+/// A burst touching more trunks and flows than this re-reads everything in one transaction
+/// rather than each in its own.
+const MAX_SCOPED_CHANGES: usize = 16;
+
+/// Makes `changes` live: re-reads what they name (everything for [`Change::All`] or a large
+/// burst) and swaps the result in whole. Calls must not overlap (see [`CoalescedReload`]):
+/// each starts from the trunks the previous one left.
+pub async fn refresh(store: &Store, gate: &Gate, changes: Vec<Change>) {
+    let scoped = changes.len() <= MAX_SCOPED_CHANGES && !changes.contains(&Change::All);
+    let result = if scoped {
+        match reread(store, gate, &changes).await {
+            Ok(next) => Ok(next),
+            Err(e) => {
+                // E.g. a flow row that does not parse: a full reload skips it and goes on.
+                tracing::warn!(error = %e, "could not re-read what an API change touched");
+                full_reload(store).await
+            }
+        }
+    } else {
+        full_reload(store).await
+    };
+    match result {
+        Ok(next) => gate.replace(next),
+        Err(e) => tracing::error!(error = %e, "could not reload trunks after an API change"),
+    }
+}
+
+/// The gate's trunks with the trunks and flows `changes` name read again.
+async fn reread(store: &Store, gate: &Gate, changes: &[Change]) -> Result<Trunks, StoreError> {
+    let mut next = (*gate.trunks()).clone();
+    for change in changes {
+        match change {
+            Change::Trunk(sid) => next.set_trunk(sid, store.trunk_slice(sid).await?.as_ref()),
+            Change::Flow(id) => next.set_flow(id, store.flow_by_id(id).await?.as_ref()),
+            Change::All => return full_reload(store).await,
+        }
+    }
+    Ok(next)
+}
+
+async fn full_reload(store: &Store) -> Result<Trunks, StoreError> {
+    Ok(Trunks::build(&[], Some(&store.snapshot().await?)))
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::{BTreeMap, BTreeSet};
@@ -424,7 +469,6 @@ mod tests {
     };
 
     use super::*;
-    use crate::server::refresh;
 
     /// Everything calls can see, in an order that does not depend on how it was built.
     /// Numbers are unique in the store, so their order means nothing; the order of trunks
@@ -677,7 +721,7 @@ mod tests {
             .create_trunk("AC1", &NewTrunk::new("stored", "ANY-ANY", "x.example"))
             .await
             .unwrap();
-        let config = crate::config::TrunkConfig {
+        let config = crate::trunk_config::TrunkConfig {
             name: "file".into(),
             whitelisted_ips: vec!["10.1.0.0/16".into()],
             ..Default::default()

@@ -7,7 +7,6 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{info, warn};
 use voicegate_bridge::session::{BotSettings, BridgeHandle, SessionEnd};
-use voicegate_sip::message::Request;
 
 use super::b2bua::Pending;
 use super::media;
@@ -44,10 +43,10 @@ impl Call {
                 .parameters
                 .iter()
                 .cloned()
-                .chain(forwarded_headers(
-                    self.caller.invite(),
-                    &settings.bridge.forward_headers,
-                ))
+                .chain(
+                    self.caller
+                        .forwarded_headers(&settings.bridge.forward_headers),
+                )
                 .collect(),
         };
         let (events_tx, events_rx) = mpsc::channel(32);
@@ -125,24 +124,4 @@ impl Call {
             from_transfer: true,
         });
     }
-}
-
-/// INVITE headers named in `bridge.forward_headers` (a trailing `*` matches a prefix), as
-/// custom parameters for the bot.
-pub(super) fn forwarded_headers(invite: &Request, patterns: &[String]) -> Vec<(String, String)> {
-    let matches = |name: &str| {
-        patterns.iter().any(|p| match p.strip_suffix('*') {
-            Some(prefix) => {
-                name.len() >= prefix.len() && name[..prefix.len()].eq_ignore_ascii_case(prefix)
-            }
-            None => name.eq_ignore_ascii_case(p),
-        })
-    };
-    invite
-        .headers
-        .0
-        .iter()
-        .filter(|h| matches(&h.name))
-        .map(|h| (h.name.clone(), h.value.clone()))
-        .collect()
 }

@@ -27,7 +27,9 @@ impl Call {
     ) {
         let answer = |call: &mut Self, status: u16, reason: &str| {
             if from_caller {
-                call.caller.reply(request, source, status, reason, &[], now)
+                call.caller
+                    .incoming
+                    .reply(request, source, status, reason, &[], now)
             } else {
                 call.answer_peer(request, source, status, reason, &[], now)
             }

@@ -214,9 +214,7 @@ impl Call {
             .into_iter()
             .map(|(n, v)| (n.to_string(), v))
             .collect();
-        for (name, value) in
-            super::bot::forwarded_headers(self.caller.invite(), &["X-*".to_string()])
-        {
+        for (name, value) in self.caller.forwarded_headers(&["X-*".to_string()]) {
             extra.push((name, value));
         }
         let to_uri = hop.to.clone().unwrap_or_else(|| {
@@ -279,27 +277,22 @@ impl Call {
                 );
                 self.pending = Some(Pending::Fallback);
             }
-            PeerRole::CallerTransfer => {
+            role @ (PeerRole::CallerTransfer | PeerRole::Transfer) => {
+                let from_caller = role == PeerRole::CallerTransfer;
                 info!(
                     call_id = self.caller.call_id(),
-                    status, reason, "caller's transfer target failed"
+                    status, reason, from_caller, "transfer target failed"
                 );
-                // The call goes on as it was; the caller hears how the transfer went.
+                // The call goes on as it was; whoever sent the REFER hears how it went.
                 let failed = std::mem::replace(&mut self.peer, self.transferor.take());
                 self.retire(failed);
-                self.notify_caller(&format!("SIP/2.0 {status} {reason}"), true, now);
-            }
-            PeerRole::Transfer => {
-                info!(
-                    call_id = self.caller.call_id(),
-                    status, reason, "transfer target failed"
-                );
-                // The caller stays with the transferor, which hears how it went.
-                let failed = std::mem::replace(&mut self.peer, self.transferor.take());
-                self.retire(failed);
+                let outcome = format!("SIP/2.0 {status} {reason}");
+                if from_caller {
+                    return self.notify_caller(&outcome, true, now);
+                }
                 let transferor_up = match self.peer.as_mut().and_then(|p| p.leg.as_mut()) {
                     Some(leg) if leg.state == OutState::Answered => {
-                        leg.notify_refer(&format!("SIP/2.0 {status} {reason}"), true, now);
+                        leg.notify_refer(&outcome, true, now);
                         true
                     }
                     _ => false,
@@ -595,14 +588,14 @@ impl Call {
             return self.on_transferor_request(&request, &source, now);
         }
         let Some(peer) = self.peer.as_mut() else {
-            return self.caller.answer_unknown(&request, &source);
+            return self.caller.incoming.answer_unknown(&request, &source);
         };
         let live = peer.leg.as_ref().is_some_and(|l| l.owns(&call_id));
         let arrival = match peer.leg_mut(&call_id) {
             Some(leg) if live => leg.receive(&request, &source, now),
             // A leg given up on: its dialog is over, but it still answers retransmissions.
             Some(spent) => spent.incoming.receive(None, &request, &source, now),
-            None => return self.caller.answer_unknown(&request, &source),
+            None => return self.caller.incoming.answer_unknown(&request, &source),
         };
         let Arrival::Request(kind) = arrival else {
             return;
@@ -676,7 +669,7 @@ impl Call {
             Some(leg) => leg
                 .incoming
                 .reply(request, source, status, reason, headers, now),
-            None => self.caller.answer_unknown(request, source),
+            None => self.caller.incoming.answer_unknown(request, source),
         }
     }
 
