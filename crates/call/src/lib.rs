@@ -8,12 +8,14 @@
 //! ours.
 
 pub mod caller;
+pub mod flow;
 pub mod hop;
 pub mod incoming;
 pub mod outbound;
 pub mod outgoing;
 pub mod peer;
 pub mod record;
+pub mod transfer;
 
 pub use caller::{CallerEvent, CallerLeg, CallerRequest, CallerState};
 pub use hop::{moves_on, with_user, NextHop, Target};
@@ -22,6 +24,7 @@ pub use outbound::{Hop, InviteParams, OutState, OutboundEvent, OutboundLeg, Sess
 pub use outgoing::{Identity, Outgoing, OutgoingEvent};
 pub use peer::{AfterFailure, Failure, Peer, PeerDeadline, PeerRole};
 pub use record::CallRecord;
+pub use transfer::{take_refer, ReferContext};
 
 #[cfg(test)]
 mod testing;

@@ -9,7 +9,7 @@
 //! ```no_run
 //! # async fn demo() -> Result<(), String> {
 //! use std::time::Duration;
-//! use voicegate::resolve::{parse_sip_target, Resolver};
+//! use voicegate_engine::resolve::{parse_sip_target, Resolver};
 //!
 //! let resolver = Resolver::new(&[], Duration::from_secs(2))?;
 //! let t = parse_sip_target("sip:agent@pbx.example.com;transport=tcp")?;
@@ -37,104 +37,7 @@ pub const SIP_PORT: u16 = 5060;
 /// The default port of SIP over TLS.
 pub const SIPS_PORT: u16 = 5061;
 
-pub use voicegate_call::Target;
-
-/// The parts of a SIP URI that locating its server needs.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SipTarget {
-    /// The user part (`agent` in `sip:agent@pbx`), without any `:password`.
-    pub user: Option<String>,
-    /// A domain name or an IP address; an IPv6 address without its brackets.
-    pub host: String,
-    pub port: Option<u16>,
-    /// From `;transport=`.
-    pub transport: Option<TransportKind>,
-    /// A `sips:` URI: TLS only.
-    pub secure: bool,
-}
-
-/// Splits a SIP URI (`sip:host[:port][;transport=tcp][;params]`, `sips:…`, with or without
-/// `user@`, maybe in `<>` with a display name before) into its parts.
-pub fn parse_sip_target(uri: &str) -> Result<SipTarget, String> {
-    let bad = |why: &str| format!("{uri:?}: {why}");
-    let mut s = uri.trim();
-    // A name-addr (`"Agent" <sip:…>`): only what is inside the brackets is the URI.
-    if let Some(open) = s.find('<') {
-        let rest = &s[open + 1..];
-        let close = rest.find('>').ok_or_else(|| bad("unclosed <"))?;
-        s = rest[..close].trim();
-    }
-    let (secure, rest) = match s.split_once(':') {
-        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("sip") => (false, rest),
-        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("sips") => (true, rest),
-        _ => return Err(bad("not a sip: or sips: URI")),
-    };
-    // An unescaped '@' can only end the userinfo (RFC 3261 §25.1: parameters and headers
-    // cannot hold one), so the first one splits user from host.
-    let (user, rest) = match rest.split_once('@') {
-        Some((userinfo, rest)) => {
-            let user = userinfo.split(':').next().unwrap_or_default();
-            if user.is_empty() {
-                return Err(bad("empty user"));
-            }
-            (Some(user.to_string()), rest)
-        }
-        None => (None, rest),
-    };
-    let (hostport, params) = match rest.find([';', '?']) {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, ""),
-    };
-    let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
-        let (addr, after) = v6.split_once(']').ok_or_else(|| bad("unclosed ["))?;
-        addr.parse::<std::net::Ipv6Addr>()
-            .map_err(|_| bad("bad IPv6 address"))?;
-        let port = match after {
-            "" => None,
-            p => Some(p.strip_prefix(':').ok_or_else(|| bad("junk after ]"))?),
-        };
-        (addr, port)
-    } else {
-        match hostport.split_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (hostport, None),
-        }
-    };
-    if host.is_empty()
-        || !host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':'))
-    {
-        return Err(bad("bad host"));
-    }
-    let port = match port {
-        None => None,
-        Some(p) => match p.parse::<u16>() {
-            Ok(n) if n > 0 && p.bytes().all(|b| b.is_ascii_digit()) => Some(n),
-            _ => return Err(bad("bad port")),
-        },
-    };
-    let mut transport = None;
-    let params = params.split('?').next().unwrap_or_default();
-    for param in params.split(';').filter(|p| !p.is_empty()) {
-        let (name, value) = param.split_once('=').unwrap_or((param, ""));
-        if name.eq_ignore_ascii_case("transport") {
-            transport = Some(match value.to_ascii_lowercase().as_str() {
-                "udp" => TransportKind::Udp,
-                "tcp" => TransportKind::Tcp,
-                "tls" => TransportKind::Tls,
-                _ => return Err(bad("unsupported transport")),
-            });
-        }
-    }
-    Ok(SipTarget {
-        user,
-        host: host.to_string(),
-        port,
-        transport,
-        secure,
-    })
-}
+pub use voicegate_call::hop::{parse_sip_target, SipTarget, Target};
 
 /// RFC 2782's order for SRV records of one priority: repeatedly pick one at random with
 /// probability proportional to its weight. Weight-0 entries go first in the running sum, so

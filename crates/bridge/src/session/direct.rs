@@ -41,6 +41,36 @@ impl Warnings {
         false
     }
 
+    /// The text of a bot message the session reads: from a bot that speaks (bidirectional)
+    /// and within its budget. Anything else is dropped (None).
+    pub(super) fn readable<'m>(
+        &mut self,
+        message: &'m Option<Result<Message, WsProtocolError>>,
+        bidirectional: bool,
+        budget: &mut BotBudget,
+        now: Instant,
+        report: &mut SessionReport,
+    ) -> Option<&'m str> {
+        let Some(Ok(Message::Text(text))) = message else {
+            return None;
+        };
+        (bidirectional && self.within_budget(budget, text.len(), now, report))
+            .then_some(text.as_str())
+    }
+
+    /// A bot frame that does not parse: counted, warned about (rate-limited), ignored.
+    pub(super) fn malformed_frame(
+        &mut self,
+        error: &dyn std::fmt::Display,
+        now: Instant,
+        report: &mut SessionReport,
+    ) {
+        report.bot_frames_invalid += 1;
+        if let Some(suppressed) = self.malformed.allow(now) {
+            warn!(error = %error, suppressed, "malformed bot frame ignored");
+        }
+    }
+
     pub(super) fn new() -> Self {
         Warnings {
             malformed: WarnLimiter::new(WARN_INTERVAL),
@@ -225,15 +255,9 @@ pub(super) async fn session(
                     }
                     continue;
                 }
-                let Some(Ok(Message::Text(text))) = message else { continue };
-                if !bot.bidirectional {
-                    continue;
-                }
                 let now = Instant::now();
-                if !warnings.within_budget(&mut budget, text.len(), now, report) {
-                    continue;
-                }
-                match dialect::parse_into(bot.protocol, text.as_str(), &mut bot_pcm) {
+                let Some(text) = warnings.readable(&message, bot.bidirectional, &mut budget, now, report) else { continue };
+                match dialect::parse_into(bot.protocol, text, &mut bot_pcm) {
                     Ok(dialect::BotMessageRef::Media) => {
                         report.bot_media_messages += 1;
                         let pushed = playout.push_audio(&bot_pcm);
@@ -275,12 +299,7 @@ pub(super) async fn session(
                         }
                     }
                     Ok(dialect::BotMessageRef::Other(event)) => debug!(event, "unknown bot event ignored"),
-                    Err(e) => {
-                        report.bot_frames_invalid += 1;
-                        if let Some(suppressed) = warnings.malformed.allow(now) {
-                            warn!(error = %e, suppressed, "malformed bot frame ignored");
-                        }
-                    }
+                    Err(e) => warnings.malformed_frame(&e, now, report),
                 }
                 // Marks due now (an empty queue, or a clear) go back at once.
                 link.echo_due_marks(&mut playout, report);

@@ -139,15 +139,9 @@ pub(super) async fn listen_only(
                     }
                     return SessionEnd::BotClosed(why);
                 }
-                let Some(Ok(Message::Text(text))) = message else { continue };
-                if !bot.bidirectional {
-                    continue;
-                }
                 let now = Instant::now();
-                if !warnings.within_budget(&mut budget, text.len(), now, report) {
-                    continue;
-                }
-                match dialect::parse_into(bot.protocol, text.as_str(), &mut bot_pcm) {
+                let Some(text) = warnings.readable(&message, bot.bidirectional, &mut budget, now, report) else { continue };
+                match dialect::parse_into(bot.protocol, text, &mut bot_pcm) {
                     Ok(dialect::BotMessageRef::Media) => report.bot_media_ignored += 1,
                     Ok(dialect::BotMessageRef::Mark(name)) => {
                         // Nothing is queued, so a mark is due at once.
@@ -161,12 +155,7 @@ pub(super) async fn listen_only(
                         debug!(?message, "bot request after the hand-off ignored");
                     }
                     Ok(dialect::BotMessageRef::Other(event)) => debug!(event, "unknown bot event ignored"),
-                    Err(e) => {
-                        report.bot_frames_invalid += 1;
-                        if let Some(suppressed) = warnings.malformed.allow(now) {
-                            warn!(error = %e, suppressed, "malformed bot frame ignored");
-                        }
-                    }
+                    Err(e) => warnings.malformed_frame(&e, now, report),
                 }
             }
             () = session_end.wait() => {

@@ -7,6 +7,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{info, warn};
 use voicegate_bridge::session::{BotSettings, BridgeHandle, SessionEnd};
+use voicegate_call::flow::{self, AfterBot, BotEnd};
 
 use super::b2bua::Pending;
 use super::media;
@@ -59,37 +60,41 @@ impl Call {
 
     /// The bot step ended: the flow's next step (hang up) unless the caller already left.
     pub(super) fn on_bot_end(&mut self, end: SessionEnd, now: Instant) {
-        if let (SessionEnd::BotClosed(_), Route::Flow(flow)) = (&end, &self.route) {
-            if let Some(to) = flow.connect_on_end.clone() {
+        let end = match end {
+            SessionEnd::CallerHungUp | SessionEnd::Stopped => BotEnd::ByUs,
+            SessionEnd::BotClosed(why) => BotEnd::Closed(why),
+            SessionEnd::BotUnreachable(why) => BotEnd::Unreachable(why),
+            SessionEnd::MaxDuration => BotEnd::MaxDuration,
+            SessionEnd::BotHangup => BotEnd::HungUp,
+            SessionEnd::RtpTimeout => BotEnd::RtpTimeout,
+        };
+        let connect_on_end = match &self.route {
+            Route::Flow(flow) => flow.connect_on_end.clone(),
+            _ => None,
+        };
+        match flow::after_bot(&end, connect_on_end.as_deref(), self.caller.is_up()) {
+            AfterBot::Nothing => {}
+            AfterBot::RtpTimeout => self.on_rtp_timeout(now),
+            AfterBot::Agent(to) => {
+                info!(
+                    call_id = self.caller.call_id(),
+                    to, "bot closed: connecting to the agent"
+                );
+                self.pending = Some(Pending::Agent {
+                    to,
+                    from_transfer: false,
+                });
+            }
+            AfterBot::HangUp(reason) => {
+                info!(
+                    call_id = self.caller.call_id(),
+                    reason, "bot step ended: hanging up"
+                );
                 if self.caller.is_up() {
-                    info!(
-                        call_id = self.caller.call_id(),
-                        to, "bot closed: connecting to the agent"
-                    );
-                    self.pending = Some(Pending::Agent {
-                        to,
-                        from_transfer: false,
-                    });
-                    return;
+                    let text = reason.replace('"', "'");
+                    self.send_bye(&reason, &format!("Q.850;cause=16;text=\"{text}\""), now);
                 }
             }
-        }
-        let reason = match &end {
-            // Ended by us (hang-up, or a hand-off): the call already knows what comes next.
-            SessionEnd::CallerHungUp | SessionEnd::Stopped => return,
-            SessionEnd::BotClosed(why) => format!("bot closed the stream: {why}"),
-            SessionEnd::BotUnreachable(why) => format!("bot unreachable: {why}"),
-            SessionEnd::MaxDuration => "bot session reached its maximum length".to_string(),
-            SessionEnd::BotHangup => "bot hung up".to_string(),
-            SessionEnd::RtpTimeout => return self.on_rtp_timeout(now),
-        };
-        info!(
-            call_id = self.caller.call_id(),
-            reason, "bot step ended: hanging up"
-        );
-        if self.caller.is_up() {
-            let text = reason.replace('"', "'");
-            self.send_bye(&reason, &format!("Q.850;cause=16;text=\"{text}\""), now);
         }
     }
 
@@ -98,19 +103,11 @@ impl Call {
         let Route::Flow(flow) = &self.route else {
             return;
         };
-        let to = if to.trim().is_empty() {
-            match flow.default_agent.clone() {
-                Some(agent) => agent,
-                None => {
-                    warn!(
-                        call_id = self.caller.call_id(),
-                        "bot transfer names no agent and the flow has none"
-                    );
-                    return;
-                }
-            }
-        } else {
-            to
+        let Some(to) = flow::transfer_target(&to, flow.default_agent.as_deref()) else {
+            return warn!(
+                call_id = self.caller.call_id(),
+                "bot transfer names no agent and the flow has none"
+            );
         };
         if self.peer.is_some() || !self.caller.is_up() {
             return;

@@ -13,6 +13,7 @@ use super::b2bua::Pending;
 use super::hops::agent_hops;
 use super::media::call_media;
 use super::{Call, Leg, Route};
+use voicegate_call::flow::{self, AgentUnreachable};
 use voicegate_call::PeerRole;
 
 impl Call {
@@ -76,10 +77,10 @@ impl Call {
             self.media.as_ref().and_then(|m| m.leg.as_ref()),
             Some(Leg::Bot(_))
         );
-        if back_to_bot && bot_running {
-            return; // the bot simply goes on
+        match flow::agent_unreachable(back_to_bot, bot_running) {
+            AgentUnreachable::BotGoesOn => {}
+            AgentUnreachable::Fallback => self.pending = Some(Pending::Fallback),
         }
-        self.pending = Some(Pending::Fallback);
     }
 
     /// Stops the bot's hold on the caller's RTP: with agent assist the bot stays, listen-only

@@ -2,24 +2,9 @@
 //! trunk's destination URIs and registered PBXs, or to an agent. (What a hop is and which
 //! failures move on to the next: `voicegate_call::hop`.)
 
-use voicegate_sip::message::Request;
-
 use crate::core::Core;
 use crate::resolve::parse_sip_target;
 pub use voicegate_call::{with_user, NextHop};
-
-/// The target of a REFER: its Refer-To URI, or the reason phrase of a 400.
-pub(super) fn refer_target(request: &Request) -> Result<String, String> {
-    let target = request
-        .headers
-        .get("Refer-To")
-        .and_then(voicegate_sip::message::name_addr_uri_text)
-        // Embedded headers (`?Replaces=…`) ask for an attended transfer: not done here.
-        .map(|uri| uri.split('?').next().unwrap_or(uri).to_string())
-        .ok_or("Bad Request (no Refer-To)")?;
-    parse_sip_target(&target).map_err(|e| format!("Bad Request (Refer-To: {e})"))?;
-    Ok(target)
-}
 
 /// Hops through the carriers for a number, lowest priority first.
 pub fn carrier_hops(core: &Core, number: &str) -> Vec<NextHop> {

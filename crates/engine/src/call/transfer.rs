@@ -10,9 +10,9 @@ use voicegate_sip::message::Request;
 use voicegate_sip::transport::Source;
 
 use super::b2bua::{Peer, Pending};
-use super::hops::{agent_hops, refer_target};
+use super::hops::agent_hops;
 use super::{Call, Leg};
-use voicegate_call::{Arrival, OutState, PeerRole};
+use voicegate_call::{take_refer, Arrival, OutState, PeerRole, ReferContext};
 
 impl Call {
     /// A blind transfer (RFC 3515), asked by the other leg (`from_caller` false: the target
@@ -34,24 +34,21 @@ impl Call {
                 call.answer_peer(request, source, status, reason, &[], now)
             }
         };
-        if self.transferor.is_some() || self.caller.notify_in_flight() {
-            return answer(self, 491, "Request Pending");
-        }
-        let answered = self.caller.is_up()
-            && self.peer.as_ref().is_some_and(|p| {
-                // From the caller: only once the call is a plain two-party call.
-                (!from_caller || p.role == PeerRole::Forward)
-                    && p.leg
-                        .as_ref()
-                        .is_some_and(|l| l.state == OutState::Answered)
-            });
-        if !answered {
-            let reason = "Forbidden (REFER needs an answered call to another party)";
-            return answer(self, 403, reason);
-        }
-        let target = match refer_target(request) {
+        let context = ReferContext {
+            from_caller,
+            transfer_under_way: self.transferor.is_some() || self.caller.notify_in_flight(),
+            caller_up: self.caller.is_up(),
+            peer: self.peer.as_ref().map(|p| {
+                let answered = p
+                    .leg
+                    .as_ref()
+                    .is_some_and(|l| l.state == OutState::Answered);
+                (p.role, answered)
+            }),
+        };
+        let target = match take_refer(request, context) {
             Ok(target) => target,
-            Err(reason) => return answer(self, 400, &reason),
+            Err((status, reason)) => return answer(self, status, &reason),
         };
         answer(self, 202, "Accepted");
         info!(

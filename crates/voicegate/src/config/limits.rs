@@ -125,7 +125,7 @@ impl LimitsConfig {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
-    /// A `tracing` EnvFilter directive, e.g. `info` or `voicegate=debug,info`.
+    /// A `tracing` EnvFilter directive, e.g. `info` or `voicegate_engine=debug,info`.
     pub level: String,
     /// `text` (coloured on a terminal only) or `json` (one object per line, for log
     /// shippers); see [`LOG_FORMATS`].
