@@ -18,8 +18,12 @@ pub struct CallRecord {
     /// The caller's address and transport.
     pub remote: String,
     pub transport: String,
+    /// The trunk that admitted the call (`-` if none).
+    pub trunk: String,
     /// `local`, `inbound`, `outbound`, or `transferred` for a call handed over.
     pub direction: String,
+    /// When the INVITE came, in Unix milliseconds.
+    pub started_at_ms: i64,
     /// Our final answer to the caller's INVITE (0 if none was sent).
     pub status: u16,
     /// The caller's codec, `-` if none was negotiated.
@@ -69,6 +73,7 @@ impl CallRecord {
         CallRecord {
             call_id: call_id.to_string(),
             number: number.to_string(),
+            trunk: NONE.into(),
             codec: NONE.into(),
             peer: NONE.into(),
             peer_codec: NONE.into(),

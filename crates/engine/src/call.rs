@@ -12,7 +12,7 @@ mod escalation;
 mod hops;
 mod media;
 mod pair;
-mod record;
+pub(crate) mod record;
 mod reinvite;
 mod route;
 mod transfer;

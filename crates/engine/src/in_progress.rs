@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
+use voicegate_call::CallRecord;
 use voicegate_control::{CallChange, CallInProgress, Store};
 
 use crate::clock::unix_millis;
@@ -113,24 +114,24 @@ pub async fn close_out_interrupted(store: &Store, node: &str) -> Result<usize, S
     let now = unix_millis();
     for call in &calls {
         let duration_ms = call.answered_at.map_or(0, |a| now.saturating_sub(a).max(0));
-        // The same target and message as every call's record, with what the store knew: how
-        // long it really lasted is unknown past the crash, so the duration is up to now.
-        tracing::info!(
-            target: "voicegate::cdr",
-            call_id = call.call_id,
-            call_sid = call.call_sid,
-            number = call.number,
-            remote = call.remote,
-            transport = call.transport,
-            trunk = call.trunk_sid.as_deref().unwrap_or("-"),
-            direction = call.direction,
-            status = if call.answered_at.is_some() { 200 } else { 0 },
-            setup_ms = call.answered_at.map_or(0, |a| a.saturating_sub(call.started_at).max(0)),
-            duration_ms,
-            started_at_ms = call.started_at,
-            end = "interrupted",
-            "call ended"
-        );
+        // Every call's record, with what the store knew: how long it really lasted is unknown
+        // past the crash, so the duration is up to now.
+        let mut r = CallRecord::new(&call.call_id, &call.number);
+        r.call_sid = call.call_sid.clone();
+        r.remote = call.remote.clone();
+        r.transport = call.transport.clone();
+        if let Some(trunk) = &call.trunk_sid {
+            r.trunk = trunk.clone();
+        }
+        r.direction = call.direction.clone();
+        r.status = if call.answered_at.is_some() { 200 } else { 0 };
+        r.setup_ms = call
+            .answered_at
+            .map_or(0, |a| a.saturating_sub(call.started_at).max(0)) as u64;
+        r.duration_ms = duration_ms as u64;
+        r.started_at_ms = call.started_at;
+        r.end = "interrupted".into();
+        crate::call::record::log(&r);
     }
     let ended: Vec<CallChange> = calls
         .iter()

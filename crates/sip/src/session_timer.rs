@@ -314,6 +314,35 @@ impl SessionTimer {
     }
 }
 
+/// The far end refreshed the session of a dialog whose INVITE we sent (its re-INVITE or
+/// UPDATE, which we answer as the UAS of that request; RFC 4028 §9): the interval restarts
+/// now, renegotiated when the request carries Session-Expires (`refresher=uas` there makes
+/// us the refresher), and a timer starts if there was none. Returns the Session-Expires for
+/// our 2xx when the request had one.
+pub fn refreshed_by_peer(
+    timer: &mut Option<SessionTimer>,
+    request: &Headers,
+    now: Instant,
+) -> Option<(&'static str, String)> {
+    let Some(se) = session_expires(request) else {
+        if let Some(t) = timer.as_mut() {
+            t.on_refreshed(now);
+        }
+        return None;
+    };
+    let we_refresh = se.refresher == Some(Refresher::Uas);
+    match timer.as_mut() {
+        Some(t) => t.renegotiated(se.interval, we_refresh, now),
+        None => *timer = Some(SessionTimer::new(se.interval, we_refresh, now)),
+    }
+    let refresher = if we_refresh {
+        Refresher::Uas
+    } else {
+        Refresher::Uac
+    };
+    Some(("Session-Expires", header_value(se.interval, refresher)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -587,5 +616,49 @@ k: timer, 100rel\r\nx: 900;refresher=uac\r\nContent-Length: 0\r\n\r\n";
         let mut t = SessionTimer::new(1800, false, t0);
         t.renegotiated(600, true, t0 + Duration::from_secs(10));
         assert_eq!(t.refresh_at(), Some(t0 + Duration::from_secs(310)));
+    }
+
+    #[test]
+    fn a_peers_refresh_restarts_and_renegotiates_the_timer() {
+        let start = Instant::now();
+        let later = start + Duration::from_secs(40);
+        // We refresh every 90 s; the far end's UPDATE without Session-Expires restarts it.
+        let mut timer = Some(SessionTimer::new(90, true, start));
+        assert_eq!(refreshed_by_peer(&mut timer, &headers(&[]), later), None);
+        assert_eq!(
+            timer.map(|t| (t.interval, t.we_refresh, t.last_refresh)),
+            Some((90, true, later))
+        );
+        // Its re-INVITE says it refreshes now, every 120 s: our 2xx says so back.
+        let its_terms = headers(&["Session-Expires: 120;refresher=uac"]);
+        assert_eq!(
+            refreshed_by_peer(&mut timer, &its_terms, later),
+            Some(("Session-Expires", "120;refresher=uac".to_string()))
+        );
+        assert_eq!(
+            timer.map(|t| (t.interval, t.we_refresh)),
+            Some((120, false))
+        );
+        // `refresher=uas` names us, the UAS of its request.
+        let ours = headers(&["Session-Expires: 100;refresher=uas"]);
+        assert_eq!(
+            refreshed_by_peer(&mut timer, &ours, later),
+            Some(("Session-Expires", "100;refresher=uas".to_string()))
+        );
+        assert_eq!(timer.map(|t| (t.interval, t.we_refresh)), Some((100, true)));
+    }
+
+    #[test]
+    fn a_peer_may_start_a_timer_on_a_session_without_one() {
+        let now = Instant::now();
+        let mut none = None;
+        assert_eq!(refreshed_by_peer(&mut none, &headers(&[]), now), None);
+        assert!(none.is_none(), "nothing asked for, nothing started");
+        let asked = headers(&["Session-Expires: 90"]);
+        assert_eq!(
+            refreshed_by_peer(&mut none, &asked, now),
+            Some(("Session-Expires", "90;refresher=uac".to_string()))
+        );
+        assert_eq!(none.map(|t| (t.interval, t.we_refresh)), Some((90, false)));
     }
 }

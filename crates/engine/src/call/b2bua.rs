@@ -17,7 +17,7 @@ use voicegate_rtp::RtpPorts;
 use voicegate_sip::dialog::InDialog;
 use voicegate_sip::message::{Request, Response};
 use voicegate_sip::sdp::{self, Direction};
-use voicegate_sip::session_timer::{self, Refresher};
+use voicegate_sip::session_timer;
 use voicegate_sip::transport::Source;
 
 use super::hops::NextHop;
@@ -622,21 +622,10 @@ impl Call {
             InDialog::Invite => self.on_peer_reinvite(request, source, now),
             InDialog::Update => {
                 // A session refresh without SDP (RFC 4028 §7.4 allows UPDATE).
-                let mut extra = Vec::new();
-                if let Some(timer) = peer.timer.as_mut() {
-                    timer.on_refreshed(now);
-                    extra.push((
-                        "Session-Expires",
-                        session_timer::header_value(
-                            timer.interval,
-                            if timer.we_refresh {
-                                Refresher::Uac
-                            } else {
-                                Refresher::Uas
-                            },
-                        ),
-                    ));
-                }
+                let extra: Vec<_> =
+                    session_timer::refreshed_by_peer(&mut peer.timer, &request.headers, now)
+                        .into_iter()
+                        .collect();
                 self.answer_peer(&request, &source, 200, "OK", &extra, now);
             }
             InDialog::Info => self.answer_peer(&request, &source, 200, "OK", &[], now),

@@ -16,7 +16,7 @@ use voicegate_rtp::RtpPorts;
 use voicegate_sip::dialog::InDialog;
 use voicegate_sip::message::{Request, Response};
 use voicegate_sip::sdp::{self, LocalMedia, Negotiated};
-use voicegate_sip::session_timer::{self, Refresher, SessionTimer};
+use voicegate_sip::session_timer::{self, SessionTimer};
 use voicegate_sip::transport::Source;
 
 use super::media::{answer_reinvite_offer, call_media, direction_of};
@@ -259,28 +259,9 @@ impl Pair {
         request: &Request,
         now: Instant,
     ) -> Vec<(&'static str, String)> {
-        let Some(timer) = self.sides[i].timer.as_mut() else {
-            return Vec::new();
-        };
-        match session_timer::session_expires(&request.headers) {
-            Some(se) => {
-                let we_refresh = se.refresher == Some(Refresher::Uas);
-                timer.renegotiated(se.interval, we_refresh, now);
-                let refresher = if we_refresh {
-                    Refresher::Uas
-                } else {
-                    Refresher::Uac
-                };
-                vec![(
-                    "Session-Expires",
-                    session_timer::header_value(se.interval, refresher),
-                )]
-            }
-            None => {
-                timer.on_refreshed(now);
-                Vec::new()
-            }
-        }
+        session_timer::refreshed_by_peer(&mut self.sides[i].timer, &request.headers, now)
+            .into_iter()
+            .collect()
     }
 
     /// Answers a request of side `i`'s leg in its dialog.

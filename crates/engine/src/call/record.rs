@@ -15,8 +15,9 @@ impl Call {
     /// The call's record, whatever its outcome; the trunk's call slot is freed.
     pub(super) fn record(&mut self) {
         self.recorded = true;
-        if let (Some(gate), Some(trunk)) = (self.core.gate.as_ref(), self.admitted_trunk.take()) {
-            gate.call_ended(&trunk);
+        let trunk = self.admitted_trunk.take();
+        if let (Some(gate), Some(trunk)) = (self.core.gate.as_ref(), trunk.as_deref()) {
+            gate.call_ended(trunk);
         }
         self.core.stats.active.fetch_sub(1, Ordering::Relaxed);
         if let Some(in_progress) = &self.core.in_progress {
@@ -49,6 +50,10 @@ impl Call {
         r.remote = source.remote.to_string();
         r.transport = source.transport.as_via().to_string();
         r.direction = self.direction.to_string();
+        if let Some(trunk) = trunk {
+            r.trunk = trunk;
+        }
+        r.started_at_ms = crate::clock::unix_millis() - ms(self.started.elapsed()) as i64;
         r.status = self.caller.final_status();
         if let Some(codec) = self.media_record.codec {
             r.codec = codec.to_string();
@@ -104,7 +109,7 @@ pub(super) fn fill_bot(record: &mut CallRecord, bot: &SessionReport) {
 }
 
 /// The record as one log line (numbers stay numbers in the JSON log).
-pub(super) fn log(r: &CallRecord) {
+pub(crate) fn log(r: &CallRecord) {
     info!(
         target: "voicegate::cdr",
         call_id = r.call_id,
@@ -113,6 +118,7 @@ pub(super) fn log(r: &CallRecord) {
         from = r.from,
         remote = r.remote,
         transport = r.transport,
+        trunk = r.trunk,
         status = r.status,
         codec = r.codec,
         setup_ms = r.setup_ms,
@@ -134,6 +140,7 @@ pub(super) fn log(r: &CallRecord) {
         bot_over_budget = r.bot_over_budget,
         bot_frames_dropped = r.bot_frames_dropped,
         direction = r.direction,
+        started_at_ms = r.started_at_ms,
         peer = r.peer,
         peer_attempts = r.peer_attempts,
         peer_last_failure = r.peer_last_failure,

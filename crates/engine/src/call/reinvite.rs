@@ -7,7 +7,7 @@ use tracing::{info, warn};
 use voicegate_bridge::relay::Side;
 use voicegate_sip::message::{Request, Response};
 use voicegate_sip::sdp::{self, Direction};
-use voicegate_sip::session_timer::{self, Refresher, SessionTimer};
+use voicegate_sip::session_timer;
 use voicegate_sip::transport::Source;
 
 use super::media::{answer_reinvite_offer, direction_of};
@@ -106,25 +106,12 @@ impl Call {
         });
         let mut headers = Vec::new();
         if result.is_ok() {
-            if let Some(se) = session_timer::session_expires(&request.headers) {
-                // Whoever refreshes, the interval restarts now.
-                let we_refresh = se.refresher == Some(Refresher::Uas);
-                let refresher = if we_refresh {
-                    Refresher::Uas
-                } else {
-                    Refresher::Uac
-                };
-                match peer.timer.as_mut() {
-                    Some(t) => t.renegotiated(se.interval, we_refresh, now),
-                    None => peer.timer = Some(SessionTimer::new(se.interval, we_refresh, now)),
-                }
-                headers.push((
-                    "Session-Expires",
-                    session_timer::header_value(se.interval, refresher),
-                ));
-            } else if let Some(t) = peer.timer.as_mut() {
-                t.on_refreshed(now);
-            }
+            // Whoever refreshes, the interval restarts now.
+            headers.extend(session_timer::refreshed_by_peer(
+                &mut peer.timer,
+                &request.headers,
+                now,
+            ));
         }
         let (status, reason, sdp) = match &result {
             Ok(body) => (200, "OK".to_string(), Some(Bytes::from(body.clone()))),
