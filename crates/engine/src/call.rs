@@ -8,6 +8,7 @@
 mod b2bua;
 mod bot;
 mod caller_media;
+pub(crate) mod env;
 mod escalation;
 mod hops;
 mod media;
@@ -27,31 +28,19 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
 use tracing::{debug, info, warn};
-use voicegate_bridge::session::{BridgeEvent, BridgeHandle, SessionReport};
+use voicegate_bridge::session::{BridgeEvent, SessionReport};
 use voicegate_rtp::dtmf::{self, DtmfEvent};
-use voicegate_rtp::{EchoHandle, LegConfig, LegControl, LegReport, MediaEvent, RtpPorts};
+use voicegate_rtp::{LegConfig, LegControl, LegReport, MediaEvent};
 use voicegate_sip::message::{Request, Response};
 use voicegate_sip::sdp::{self, Direction, LocalMedia, Negotiated};
 use voicegate_sip::transport::Source;
 
-use crate::core::{CallEvent, CallInput, CallTx, Core};
+use crate::core::{CallInput, CallTx, Core};
 use b2bua::{Peer, Pending};
-use voicegate_bridge::relay::{RelayEvent, RelayHandle};
-use voicegate_bridge::tap::TapFrame;
-use voicegate_bridge::tone::ToneHandle;
+use env::{CallEnv, MediaInput, MediaKind, NodeEnv, PortsId};
 use voicegate_call::{
     CallerEvent, CallerLeg, CallerRequest, CallerState, Identity, OutboundLeg, PeerRole,
 };
-
-/// The media leg of an answered call.
-enum Leg {
-    Echo(EchoHandle),
-    Bot(BridgeHandle),
-    /// RTP relayed to the other leg of a B2BUA call.
-    Relay(RelayHandle),
-    /// Ringback while an agent's phone rings.
-    Tone(ToneHandle),
-}
 
 /// The caller's phone rings: we answer at `answer_at` (None: rings until CANCEL or the ring
 /// timeout), or give up at `give_up_at`.
@@ -62,9 +51,8 @@ struct Ring {
 }
 
 struct Media {
-    /// Until the echo starts; then the echo task owns them.
-    ports: Option<RtpPorts>,
-    leg: Option<Leg>,
+    /// Our RTP ports towards the caller (the env holds them, and runs what is on them).
+    ports: PortsId,
     local: LocalMedia,
     negotiated: Option<Negotiated>,
 }
@@ -84,8 +72,9 @@ struct MediaRecord {
     peer_label: Option<String>,
 }
 
-struct Call {
-    core: Arc<Core>,
+struct Call<E: CallEnv> {
+    /// Everything outside the call: SIP out, next hops, counters, media.
+    env: E,
     /// The caller's side: its INVITE, the dialog, its requests and ours, its session timer.
     caller: CallerLeg,
     number: String,
@@ -93,12 +82,6 @@ struct Call {
     ring: Option<Ring>,
     media: Option<Media>,
     media_record: MediaRecord,
-    /// Events from the media leg (digits, RTP timeout).
-    media_events: Option<mpsc::Receiver<MediaEvent>>,
-    /// How the bot step ended, from the bridge.
-    bot_events: Option<mpsc::Receiver<BridgeEvent>>,
-    /// A leg being stopped: its report is collected by the run loop.
-    stopping: Vec<Leg>,
     route: Route,
     /// Our id for the call towards bots (Exotel's CallSid).
     call_sid: String,
@@ -109,8 +92,6 @@ struct Call {
     ended_at: Option<Instant>,
     recorded: bool,
     end_reason: String,
-    /// This call's own input queue, for the routes of the legs it places.
-    self_tx: CallTx,
     /// The other leg, when voicegate calls out (B2BUA).
     peer: Option<Peer>,
     /// The other leg while a REFER it sent is carried out (it is replaced on success).
@@ -120,11 +101,6 @@ struct Call {
     retired: Vec<OutboundLeg>,
     /// Work for the run loop that has to await.
     pending: Option<Pending>,
-    relay_events: Option<mpsc::Receiver<RelayEvent>>,
-    /// A bot kept listening after the hand-off to an agent (agent assist).
-    assist: Option<BridgeHandle>,
-    /// Where the relay copies both parties' audio for `assist`.
-    tap: Option<mpsc::Sender<TapFrame>>,
     /// The caller ID of legs we place (the trunk's external alias), else the caller's.
     caller_id: Option<String>,
     direction: &'static str,
@@ -141,48 +117,8 @@ pub async fn run(
     admitted: Admitted,
 ) {
     let now = Instant::now();
-    let number = invite.uri_user().unwrap_or_default();
-    let timers = core.settings.timers;
-    let user_agent = core.sender().user_agent();
-    let ip = advertised_ip(core.settings.public_ip, &source);
-    let identity = Identity {
-        via: format!(
-            "SIP/2.0/{} {ip}:{}",
-            source.transport.as_via(),
-            source.local.port()
-        ),
-        contact: caller_contact(&invite, &number, ip, &source),
-        user_agent: user_agent.to_string(),
-    };
-    let mut call = Call {
-        caller: CallerLeg::new(invite, source, &local_tag, identity, timers),
-        core: core.clone(),
-        number,
-        ring: None,
-        media: None,
-        media_record: MediaRecord::default(),
-        media_events: None,
-        stopping: Vec::new(),
-        bot_events: None,
-        route: admitted.route,
-        call_sid: format!("{:032x}", rand::random::<u128>()),
-        admitted_trunk: admitted.trunk_sid,
-        started: now,
-        answered_at: None,
-        ended_at: None,
-        recorded: false,
-        end_reason: String::new(),
-        self_tx,
-        peer: None,
-        transferor: None,
-        retired: Vec::new(),
-        pending: None,
-        relay_events: None,
-        assist: None,
-        tap: None,
-        caller_id: admitted.caller_id,
-        direction: admitted.direction,
-    };
+    let env = NodeEnv::new(core.clone(), self_tx);
+    let mut call = Call::new(env, invite, source, &local_tag, admitted, now);
     core.stats.active.fetch_add(1, Ordering::Relaxed);
     if let Some(in_progress) = &core.in_progress {
         in_progress.started(crate::in_progress::StartedCall {
@@ -200,37 +136,13 @@ pub async fn run(
     call.drive().await;
     while !call.finished() {
         let deadline = call.next_deadline();
-        let media_event = async {
-            match call.media_events.as_mut() {
-                Some(events) => events.recv().await,
-                None => std::future::pending().await,
-            }
-        };
-        let bot_event = async {
-            match call.bot_events.as_mut() {
-                Some(events) => events.recv().await,
-                None => std::future::pending().await,
-            }
-        };
-        let relay_event = async {
-            match call.relay_events.as_mut() {
-                Some(events) => events.recv().await,
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
             input = rx.recv() => match input {
                 Some(CallInput::Request(request, source)) => call.on_request(request, source, Instant::now()),
                 Some(CallInput::Response(response, _)) => call.on_response(&response, Instant::now()),
                 None => break,
             },
-            Some(event) = media_event => call.on_media_event(event, Instant::now()),
-            Some(event) = relay_event => call.on_relay_event(event, Instant::now()),
-            Some(event) = bot_event => match event {
-                BridgeEvent::Dtmf(digit) => call.on_dtmf(digit, "rfc4733"),
-                BridgeEvent::Ended(end) => call.on_bot_end(end, Instant::now()),
-                BridgeEvent::Transfer { to } => call.on_bot_transfer(to),
-            },
+            input = call.env.next_event() => call.on_media_input(input, Instant::now()),
             _ = sleep_until(deadline.unwrap_or_else(far_future)), if deadline.is_some() => call.on_timeout(Instant::now()),
         }
         call.flush();
@@ -256,16 +168,62 @@ fn far_future() -> Instant {
     Instant::now() + std::time::Duration::from_secs(86_400)
 }
 
-impl Call {
+impl<E: CallEnv> Call<E> {
+    /// A call for an admitted INVITE from `source`, with our dialog tag.
+    fn new(
+        env: E,
+        invite: Request,
+        source: Source,
+        local_tag: &str,
+        admitted: Admitted,
+        now: Instant,
+    ) -> Self {
+        let number = invite.uri_user().unwrap_or_default();
+        let settings = env.settings();
+        let ip = advertised_ip(settings.public_ip, &source);
+        let identity = Identity {
+            via: format!(
+                "SIP/2.0/{} {ip}:{}",
+                source.transport.as_via(),
+                source.local.port()
+            ),
+            contact: caller_contact(&invite, &number, ip, &source),
+            user_agent: env.user_agent().to_string(),
+        };
+        let timers = settings.timers;
+        Call {
+            caller: CallerLeg::new(invite, source, local_tag, identity, timers),
+            env,
+            number,
+            ring: None,
+            media: None,
+            media_record: MediaRecord::default(),
+            route: admitted.route,
+            call_sid: format!("{:032x}", rand::random::<u128>()),
+            admitted_trunk: admitted.trunk_sid,
+            started: now,
+            answered_at: None,
+            ended_at: None,
+            recorded: false,
+            end_reason: String::new(),
+            peer: None,
+            transferor: None,
+            retired: Vec::new(),
+            pending: None,
+            caller_id: admitted.caller_id,
+            direction: admitted.direction,
+        }
+    }
+
     async fn start(&mut self, now: Instant) {
         self.caller.respond(100, "Trying", None, now);
         // RFC 4028: too small a session interval is refused before anything else.
-        let timer_config = self.core.settings.routing.session_timer;
+        let timer_config = self.env.settings().routing.session_timer;
         if self.caller.negotiate_timer(&timer_config).is_err() {
             return self.reject(422, "Session Interval Too Small", now);
         }
         if let Route::Inbound { trunk_sid } = &self.route {
-            let hops = hops::trunk_hops(&self.core, trunk_sid, &self.number).await;
+            let hops = self.env.trunk_hops(trunk_sid, &self.number).await;
             self.route = if hops.is_empty() {
                 Route::NoRoute
             } else {
@@ -287,7 +245,7 @@ impl Call {
                 }
                 // The other leg's own deadlines end the wait; this is a backstop.
                 let give_up_at = now
-                    + self.core.settings.routing.answer_timeout
+                    + self.env.settings().routing.answer_timeout
                     + std::time::Duration::from_secs(60);
                 self.ring = Some(Ring {
                     answer_at: None,
@@ -314,7 +272,7 @@ impl Call {
             }
             Route::Ringing => {
                 self.caller.respond(180, "Ringing", None, now);
-                let give_up_at = now + self.core.settings.ring_timeout;
+                let give_up_at = now + self.env.settings().ring_timeout;
                 self.ring = Some(Ring {
                     answer_at: None,
                     give_up_at,
@@ -324,12 +282,12 @@ impl Call {
                 if let Err((status, reason)) = self.prepare_media() {
                     return self.reject(status, &reason, now);
                 }
-                let ring = self.core.settings.ring_duration;
+                let ring = self.env.settings().ring_duration;
                 if ring.is_zero() {
                     self.answer(now);
                 } else {
                     self.caller.respond(180, "Ringing", None, now);
-                    let give_up_at = now + ring + self.core.settings.ring_timeout;
+                    let give_up_at = now + ring + self.env.settings().ring_timeout;
                     self.ring = Some(Ring {
                         answer_at: Some(now + ring),
                         give_up_at,
@@ -341,11 +299,11 @@ impl Call {
 
     /// The address we put in Contact and SDP (see [`advertised_ip`]).
     fn advertised_ip(&self) -> IpAddr {
-        advertised_ip(self.core.settings.public_ip, self.caller.source())
+        advertised_ip(self.env.settings().public_ip, self.caller.source())
     }
 
     fn answer(&mut self, now: Instant) {
-        let Some(media) = self.media.as_mut() else {
+        let Some(media) = self.media.as_ref() else {
             return self.reject(500, "Server Internal Error: no media", now);
         };
         let body = match (&media.negotiated, sdp::parse(&self.caller.invite().body)) {
@@ -353,7 +311,7 @@ impl Call {
             // Delayed offer: we offer in the 200 and read the answer from the ACK.
             _ => sdp::build_offer(
                 &media.local,
-                &self.core.settings.codecs,
+                &self.env.settings().codecs,
                 Direction::SendRecv,
             ),
         };
@@ -369,10 +327,7 @@ impl Call {
             self.mark_answered(now);
             return;
         }
-        let Some(ports) = media.ports.take() else {
-            return self.reject(500, "Server Internal Error: no media", now);
-        };
-        let settings = &self.core.settings;
+        let settings = self.env.settings();
         let config = LegConfig {
             ssrc: rand::random(),
             latching: settings.latching,
@@ -392,16 +347,9 @@ impl Call {
                 telephone_event: None,
                 codec: sdp::Codec::Pcmu,
             });
-        let (events_tx, events_rx) = mpsc::channel(32);
-        match EchoHandle::start(ports, config, control, events_tx) {
-            Ok(echo) => {
-                media.leg = Some(Leg::Echo(echo));
-                self.media_events = Some(events_rx);
-            }
-            Err(e) => {
-                warn!(error = %e, "could not start the echo leg");
-                return self.reject(500, "Server Internal Error: media", now);
-            }
+        if let Err(e) = self.env.start_echo(media.ports, config, control) {
+            warn!(error = %e, "could not start the echo leg");
+            return self.reject(500, "Server Internal Error: media", now);
         }
         self.caller.respond(200, "OK", Some(Bytes::from(body)), now);
         self.mark_answered(now);
@@ -410,10 +358,7 @@ impl Call {
     /// The caller has our 200: the call is up from here on.
     fn mark_answered(&mut self, now: Instant) {
         self.answered_at = Some(now);
-        self.core.stats.answered.fetch_add(1, Ordering::Relaxed);
-        if let Some(in_progress) = &self.core.in_progress {
-            in_progress.answered(&self.call_sid);
-        }
+        self.env.call_answered(&self.call_sid);
     }
 
     fn reject_with(
@@ -437,11 +382,7 @@ impl Call {
         if self.end_reason.is_empty() {
             self.end_reason = reason.to_string();
         }
-        if status == 487 {
-            self.core.stats.cancelled.fetch_add(1, Ordering::Relaxed);
-        } else {
-            self.core.stats.rejected.fetch_add(1, Ordering::Relaxed);
-        }
+        self.env.call_refused(status == 487);
     }
 
     fn on_request(&mut self, request: Request, source: Source, now: Instant) {
@@ -567,7 +508,7 @@ impl Call {
     /// No RTP for `rtp.timeout_secs` on a leg that should send: the call ends (both legs).
     fn on_rtp_timeout(&mut self, now: Instant) {
         if self.caller.is_up() {
-            let secs = self.core.settings.rtp_timeout.as_secs();
+            let secs = self.env.settings().rtp_timeout.as_secs();
             warn!(
                 call_id = self.caller.call_id(),
                 secs, "no RTP: ending the call"
@@ -580,33 +521,27 @@ impl Call {
         }
     }
 
-    fn on_media_event(&mut self, event: MediaEvent, now: Instant) {
-        match event {
-            MediaEvent::Dtmf(digit) => self.on_dtmf(digit, "rfc4733"),
-            MediaEvent::RtpTimeout => self.on_rtp_timeout(now),
+    /// An event of the media legs: digits, an RTP timeout, the bot's end or its transfer.
+    fn on_media_input(&mut self, input: MediaInput, now: Instant) {
+        match input {
+            MediaInput::Leg(MediaEvent::Dtmf(digit)) => self.on_dtmf(digit, "rfc4733"),
+            MediaInput::Leg(MediaEvent::RtpTimeout) => self.on_rtp_timeout(now),
+            MediaInput::Relay(event) => self.on_relay_event(event, now),
+            MediaInput::Bot(BridgeEvent::Dtmf(digit)) => self.on_dtmf(digit, "rfc4733"),
+            MediaInput::Bot(BridgeEvent::Ended(end)) => self.on_bot_end(end, now),
+            MediaInput::Bot(BridgeEvent::Transfer { to }) => self.on_bot_transfer(to),
         }
     }
 
     /// A key press from the caller, by RFC 4733 or SIP INFO: one event whichever way it came.
     fn on_dtmf(&mut self, event: DtmfEvent, via: &'static str) {
-        if via == "info" {
-            if let Some(Media {
-                leg: Some(Leg::Bot(bot)),
-                ..
-            }) = &self.media
-            {
-                bot.dtmf(event.digit, event.duration_ms);
-            }
+        // RFC 4733 digits reach the bot in its own session; INFO ones are passed on.
+        if via == "info" && self.env.media() == Some(MediaKind::Bot) {
+            self.env.bot_dtmf(event.digit, event.duration_ms);
         }
         info!(call_id = self.caller.call_id(), digit = %event.digit, duration_ms = event.duration_ms, via, "DTMF");
         self.media_record.digits.push(event.digit);
-        self.core.stats.dtmf.fetch_add(1, Ordering::Relaxed);
-        let _ = self.core.events.send(CallEvent::Dtmf {
-            call_id: self.caller.call_id().to_string(),
-            digit: event.digit,
-            duration_ms: event.duration_ms,
-            via,
-        });
+        self.env.call_dtmf(self.caller.call_id(), event, via);
     }
 
     fn on_timeout(&mut self, now: Instant) {
@@ -635,9 +570,8 @@ impl Call {
 
     /// Sends what the legs queued: the caller's first, then the other leg's.
     fn flush(&mut self) {
-        let sender = self.core.sender().clone();
         while let Some(t) = self.caller.poll_transmit() {
-            sender.send_to(&t.source, t.target, t.bytes);
+            self.env.send(t);
         }
         self.flush_peer();
     }

@@ -9,21 +9,20 @@
 //! for an agent, to the flow's fallback).
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{info, warn};
-use voicegate_bridge::relay::{RelayEvent, RelayHandle, RelayLeg, Side};
-use voicegate_rtp::RtpPorts;
+use voicegate_bridge::relay::{RelayEvent, Side};
 use voicegate_sip::dialog::InDialog;
 use voicegate_sip::message::{Request, Response};
 use voicegate_sip::sdp::{self, Direction};
 use voicegate_sip::session_timer;
 use voicegate_sip::transport::Source;
 
+use super::env::{CallEnv, MediaKind, PortsId, RelayEnd};
 use super::hops::NextHop;
 use super::media::{call_media, direction_of};
-use super::{Call, Leg};
-use crate::resolve::{parse_sip_target, Target};
+use super::Call;
+use crate::resolve::Target;
 use voicegate_call::{
     AfterFailure, Arrival, CallerState, Failure, Hop, InviteParams, OutState, OutboundEvent,
     OutboundLeg, PeerDeadline, PeerRole,
@@ -49,10 +48,10 @@ pub enum Pending {
     HandOver,
 }
 
-/// The other leg of the call, holding our RTP ports towards it until the relay takes them.
-pub type Peer = voicegate_call::Peer<RtpPorts>;
+/// The other leg of the call, with our RTP ports towards it.
+pub type Peer = voicegate_call::Peer<PortsId>;
 
-impl Call {
+impl<E: CallEnv> Call<E> {
     /// Starts the other leg: ports, our offer and the first attempt (done by the run loop).
     pub(super) fn start_peer(
         &mut self,
@@ -61,7 +60,7 @@ impl Call {
         now: Instant,
     ) -> Result<(), (u16, String)> {
         let (ports, local) = self.allocate_ports()?;
-        let answer_deadline = now + self.core.settings.routing.answer_timeout;
+        let answer_deadline = now + self.env.settings().routing.answer_timeout;
         self.peer = Some(Peer::new(role, hops, Some(ports), local, answer_deadline));
         self.pending = Some(Pending::Attempt);
         Ok(())
@@ -101,7 +100,7 @@ impl Call {
             };
             let (target, server_name) = match hop.fixed {
                 Some(t) => (t, None),
-                None => match self.resolve_hop(&hop).await {
+                None => match self.env.resolve(&hop).await {
                     Ok((mut targets, host)) => {
                         let first = targets.remove(0);
                         // The other addresses of the same name come next (SRV failover).
@@ -117,12 +116,7 @@ impl Call {
                     }
                 },
             };
-            let source = match self
-                .core
-                .sender()
-                .connect(target.transport, target.addr, server_name.as_deref())
-                .await
-            {
+            let source = match self.env.connect(target, server_name.as_deref()).await {
                 Ok(source) => source,
                 Err(e) => {
                     warn!(call_id = self.caller.call_id(), hop = hop.label, target = %target.addr, error = %e, "cannot reach next hop");
@@ -138,30 +132,16 @@ impl Call {
                     source,
                     target: target.addr,
                 },
-                self.core.settings.timers,
+                self.env.settings().timers,
                 now,
             );
-            self.core
-                .register_leg(&leg.call_id, &leg.local_tag, &self.self_tx);
+            self.env.register_leg(&leg.call_id, &leg.local_tag);
             info!(call_id = self.caller.call_id(), leg = leg.call_id, hop = hop.label, target = %target.addr, transport = target.transport.as_via(), "calling next hop");
-            let attempt_timeout = self.core.settings.routing.attempt_timeout;
+            let attempt_timeout = self.env.settings().routing.attempt_timeout;
             let peer = self.peer.as_mut().expect("peer exists");
             peer.placed(leg, &hop.label, now, attempt_timeout);
             return;
         }
-    }
-
-    pub(super) async fn resolve_hop(&self, hop: &NextHop) -> Result<(Vec<Target>, String), String> {
-        let uri = parse_sip_target(&hop.request_uri)?;
-        let targets = self
-            .core
-            .resolver
-            .resolve(&uri.host, uri.port, uri.transport, uri.secure)
-            .await?;
-        if targets.is_empty() {
-            return Err(format!("{} has no address", uri.host));
-        }
-        Ok((targets, uri.host))
     }
 
     pub(super) fn invite_params(
@@ -171,7 +151,7 @@ impl Call {
         target: Target,
     ) -> InviteParams {
         let peer = self.peer.as_ref().expect("peer exists");
-        let ip = match self.core.settings.public_ip {
+        let ip = match self.env.settings().public_ip {
             Some(ip) => ip,
             None if !source.local.ip().is_unspecified() => source.local.ip(),
             None => super::local_ip_towards(target.addr).unwrap_or(source.local.ip()),
@@ -182,7 +162,7 @@ impl Call {
         };
         let transport = target.transport.as_via();
         let port = self
-            .core
+            .env
             .listening_port(target.transport)
             .unwrap_or(source.local.port());
         // The caller's number, or the trunk's external alias for calls it places.
@@ -196,7 +176,7 @@ impl Call {
             caller
         };
         let offer_codecs = {
-            let mut codecs = self.core.settings.codecs.clone();
+            let mut codecs = self.env.settings().codecs.clone();
             // The caller's codec first: no transcoding when the next hop takes it.
             if let Some(n) = self.media.as_ref().and_then(|m| m.negotiated.as_ref()) {
                 codecs.retain(|c| *c != n.codec);
@@ -206,8 +186,8 @@ impl Call {
         };
         let sdp = sdp::build_offer(&peer.local, &offer_codecs, Direction::SendRecv);
         let mut extra: Vec<(String, String)> = self
-            .core
-            .settings
+            .env
+            .settings()
             .routing
             .session_timer
             .uac_headers()
@@ -240,7 +220,7 @@ impl Call {
             sdp: Some(Bytes::from(sdp)),
             credentials: hop.credentials.clone(),
             extra_headers: extra,
-            user_agent: self.core.sender().user_agent().to_string(),
+            user_agent: self.env.user_agent().to_string(),
         }
     }
 
@@ -313,13 +293,16 @@ impl Call {
     /// a retransmitted final response, the 200 of a BYE): they keep their routes till then.
     pub(super) fn retire(&mut self, peer: Option<Peer>) {
         if let Some(peer) = peer {
+            if let Some(ports) = peer.ports {
+                self.env.release_ports(ports);
+            }
             self.retired.extend(peer.into_legs());
         }
     }
 
     pub(super) fn release_peer_ports(&mut self) {
-        if let Some(peer) = self.peer.as_mut() {
-            peer.ports = None;
+        if let Some(ports) = self.peer.as_mut().and_then(|p| p.ports.take()) {
+            self.env.release_ports(ports);
         }
     }
 
@@ -395,7 +378,7 @@ impl Call {
                 return self.on_peer_failed(488, "Not Acceptable Here", None, now);
             }
         }
-        let requested = self.core.settings.routing.session_timer.session_expires;
+        let requested = self.env.settings().routing.session_timer.session_expires;
         let peer = self.peer.as_mut().expect("peer");
         peer.answered(r, requested, now);
         if peer.negotiated.is_none() {
@@ -460,12 +443,12 @@ impl Call {
 
     /// The next hop's SDP answer (in a 183 or 200): what we send it and how.
     pub(super) fn accept_peer_answer(&mut self, body: &[u8]) -> Result<(), String> {
-        let codecs = self.core.settings.codecs.clone();
+        let codecs = self.env.settings().codecs.clone();
         let answer = sdp::parse(body).map_err(|e| e.to_string())?;
         let n = sdp::negotiate_from_answer(&answer, &codecs).map_err(|e| e.to_string())?;
         let peer = self.peer.as_mut().ok_or("no peer")?;
-        if let Some(Leg::Relay(relay)) = self.media.as_ref().and_then(|m| m.leg.as_ref()) {
-            relay.update(Side::B, direction_of(&n), n.remote);
+        if self.env.media() == Some(MediaKind::Relay) {
+            self.env.update_relay(Side::B, direction_of(&n), n.remote);
         }
         peer.negotiated = Some(n);
         Ok(())
@@ -478,7 +461,7 @@ impl Call {
             (Some(n), Ok(offer)) => Some(sdp::build_answer(&offer, &media.local, n)),
             _ => Some(sdp::build_offer(
                 &media.local,
-                &self.core.settings.codecs,
+                &self.env.settings().codecs,
                 Direction::SendRecv,
             )),
         }
@@ -486,49 +469,38 @@ impl Call {
 
     /// Joins the caller's ports to the next hop's. Needs both sides negotiated.
     pub(super) fn start_relay(&mut self) -> Result<(), String> {
-        let core = self.core.clone();
-        let media = self.media.as_mut().ok_or("no caller media")?;
-        if matches!(media.leg, Some(Leg::Relay(_))) {
+        if self.env.media() == Some(MediaKind::Relay) {
             return Ok(());
         }
+        let media = self.media.as_ref().ok_or("no caller media")?;
         let a_n = media
             .negotiated
             .clone()
             .ok_or("caller not negotiated yet")?;
-        let peer = self.peer.as_mut().ok_or("no peer")?;
+        let peer = self.peer.as_ref().ok_or("no peer")?;
         let b_n = peer
             .negotiated
             .clone()
             .ok_or("next hop not negotiated yet")?;
-        let a_ports = media.ports.take().ok_or("caller ports in use")?;
-        let b_ports = match peer.ports.take() {
-            Some(p) => p,
-            None => {
-                media.ports = Some(a_ports);
-                return Err("next hop ports in use".into());
-            }
-        };
-        let a = RelayLeg {
-            ports: a_ports,
-            media: call_media(&a_n, &core),
+        let b_ports = peer.ports.ok_or("next hop has no ports")?;
+        let settings = self.env.settings();
+        let a = RelayEnd {
+            ports: media.ports,
+            media: call_media(&a_n, settings),
             direction: direction_of(&a_n),
             rtcp_mux: a_n.rtcp_mux,
             cname: format!("voicegate@{}", media.local.address),
         };
-        let b = RelayLeg {
+        let b = RelayEnd {
             ports: b_ports,
-            media: call_media(&b_n, &core),
+            media: call_media(&b_n, settings),
             direction: direction_of(&b_n),
             rtcp_mux: b_n.rtcp_mux,
             cname: format!("voicegate@{}", peer.local.address),
         };
-        let (events_tx, events_rx) = mpsc::channel(32);
-        let relay =
-            RelayHandle::start(a, b, self.tap.take(), events_tx).map_err(|e| e.to_string())?;
+        self.env.start_relay(a, b)?;
         self.media_record.transcoding = a_n.codec != b_n.codec;
         self.media_record.peer_codec = Some(b_n.codec.encoding_name());
-        media.leg = Some(Leg::Relay(relay));
-        self.relay_events = Some(events_rx);
         Ok(())
     }
 
@@ -723,11 +695,10 @@ impl Call {
     /// over (until then they keep their route, for the 487 to our CANCEL or the 200 to our
     /// BYE).
     pub(super) fn flush_peer(&mut self) {
-        let sender = self.core.sender().clone();
         let call_id = self.caller.call_id();
         for peer in self.transferor.iter_mut().chain(self.peer.iter_mut()) {
             while let Some(t) = peer.poll_send() {
-                sender.send_to(&t.source, t.target, t.bytes);
+                self.env.send(t);
             }
             for leg in peer.poll_ack_timeouts() {
                 warn!(
@@ -736,19 +707,19 @@ impl Call {
                 );
             }
             for leg in peer.take_finished() {
-                self.core.unregister_leg(&leg.call_id, &leg.local_tag);
+                self.env.unregister_leg(&leg.call_id, &leg.local_tag);
             }
         }
         for leg in &mut self.retired {
             while let Some(t) = leg.poll_send() {
-                sender.send_to(&t.source, t.target, t.bytes);
+                self.env.send(t);
             }
         }
-        let core = &self.core;
+        let env = &mut self.env;
         self.retired.retain(|l| {
             let done = l.is_finished();
             if done {
-                core.unregister_leg(&l.call_id, &l.local_tag);
+                env.unregister_leg(&l.call_id, &l.local_tag);
             }
             !done
         });
@@ -768,7 +739,7 @@ impl Call {
     pub(super) fn unregister_peer(&mut self) {
         let peers = self.peer.iter().chain(self.transferor.iter());
         for leg in peers.flat_map(|p| p.legs()).chain(self.retired.iter()) {
-            self.core.unregister_leg(&leg.call_id, &leg.local_tag);
+            self.env.unregister_leg(&leg.call_id, &leg.local_tag);
         }
     }
 }

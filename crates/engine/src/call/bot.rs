@@ -3,26 +3,24 @@
 
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{info, warn};
-use voicegate_bridge::session::{BotSettings, BridgeHandle, SessionEnd};
+use voicegate_bridge::session::{BotSettings, SessionEnd};
 use voicegate_call::flow::{self, AfterBot, BotEnd};
 
 use super::b2bua::Pending;
+use super::env::CallEnv;
 use super::media;
-use super::{Call, Leg, Route};
+use super::{Call, Route};
 use crate::settings::FlowRoute;
 
-impl Call {
+impl<E: CallEnv> Call<E> {
     /// Starts streaming to the flow's bot on the call's ports.
     pub(super) fn start_bot(&mut self, flow: Arc<FlowRoute>) -> Result<(), String> {
-        let settings = &self.core.settings;
-        let media = self.media.as_mut().ok_or("no media")?;
+        let media = self.media.as_ref().ok_or("no media")?;
         let negotiated = media.negotiated.as_ref().ok_or("no negotiated codec")?;
-        let ports = media.ports.take().ok_or("no RTP ports")?;
-        let call_media = media::call_media(negotiated, &self.core);
-        let from = self.caller.caller_user();
+        let settings = self.env.settings();
+        let call_media = media::call_media(negotiated, settings);
         let bot = BotSettings {
             url: flow.url.clone(),
             protocol: flow.protocol,
@@ -38,7 +36,7 @@ impl Call {
             silence_when_idle: settings.bridge.silence_when_idle,
             call_sid: self.call_sid.clone(),
             account_sid: flow.account_sid.clone(),
-            from,
+            from: self.caller.caller_user(),
             to: self.number.clone(),
             extra_parameters: flow
                 .parameters
@@ -50,12 +48,8 @@ impl Call {
                 )
                 .collect(),
         };
-        let (events_tx, events_rx) = mpsc::channel(32);
-        let handle =
-            BridgeHandle::start(ports, call_media, bot, events_tx).map_err(|e| e.to_string())?;
-        media.leg = Some(Leg::Bot(handle));
-        self.bot_events = Some(events_rx);
-        Ok(())
+        let ports = media.ports;
+        self.env.start_bot(ports, call_media, bot)
     }
 
     /// The bot step ended: the flow's next step (hang up) unless the caller already left.

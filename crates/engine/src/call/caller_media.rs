@@ -4,15 +4,15 @@
 
 use tokio::time::Instant;
 use tracing::warn;
-use voicegate_rtp::RtpPorts;
 use voicegate_sip::accept;
 use voicegate_sip::message::Request;
 use voicegate_sip::sdp::{self, Direction, LocalMedia};
 
+use super::env::{CallEnv, MediaKind, PortsId};
 use super::media;
-use super::{Call, Leg, Media, Route};
+use super::{Call, Media, Route};
 
-impl Call {
+impl<E: CallEnv> Call<E> {
     /// Allocates RTP ports and checks the offer (if any) before we ring.
     pub(super) fn prepare_media(&mut self) -> Result<(), (u16, String)> {
         // Our answers carry SDP, so a caller that cannot take SDP cannot be answered
@@ -37,8 +37,8 @@ impl Call {
             Some(offer) => Some(
                 sdp::negotiate_answer(
                     offer,
-                    &self.core.settings.codecs,
-                    self.core.settings.codec_preference,
+                    &self.env.settings().codecs,
+                    self.env.settings().codec_preference,
                 )
                 .map_err(|e| (488, format!("Not Acceptable Here: {e}")))?,
             ),
@@ -46,8 +46,7 @@ impl Call {
         };
         let (ports, local) = self.allocate_ports()?;
         self.media = Some(Media {
-            ports: Some(ports),
-            leg: None,
+            ports,
             local,
             negotiated,
         });
@@ -55,15 +54,15 @@ impl Call {
     }
 
     /// An RTP port pair of ours and the SDP origin that goes with it (503 when none is free).
-    pub(super) fn allocate_ports(&self) -> Result<(RtpPorts, LocalMedia), (u16, String)> {
-        let ports = self
-            .core
-            .pool
-            .allocate(self.caller.source().local.ip())
+    pub(super) fn allocate_ports(&mut self) -> Result<(PortsId, LocalMedia), (u16, String)> {
+        let local_ip = self.caller.source().local.ip();
+        let (ports, port) = self
+            .env
+            .allocate_ports(local_ip)
             .map_err(|e| (503, format!("Service Unavailable: {e}")))?;
         let local = LocalMedia {
             address: self.advertised_ip(),
-            port: ports.rtp_port(),
+            port,
             session_id: rand::random::<u32>() as u64,
             session_version: 1,
         };
@@ -78,16 +77,16 @@ impl Call {
         let negotiated = sdp::parse(body)
             .map_err(|e| e.to_string())
             .and_then(|answer| {
-                sdp::negotiate_from_answer(&answer, &self.core.settings.codecs)
+                sdp::negotiate_from_answer(&answer, &self.env.settings().codecs)
                     .map_err(|e| e.to_string())
             });
         match negotiated {
             Ok(n) => {
-                if let Some(Leg::Echo(echo)) = &media.leg {
-                    echo.update(media::leg_control(&n));
+                if self.env.media() == Some(MediaKind::Echo) {
+                    self.env.update_echo(media::leg_control(&n));
                 }
                 media.negotiated = Some(n);
-                if let (Route::Flow(flow), None) = (self.route.clone(), &media.leg) {
+                if let (Route::Flow(flow), None) = (self.route.clone(), self.env.media()) {
                     if let Err(e) = self.start_bot(flow) {
                         warn!(error = %e, "could not start the bot session");
                     }
@@ -106,8 +105,8 @@ impl Call {
 
     /// A re-INVITE's offer (hold, resume, new address) or, without SDP, our new offer.
     pub(super) fn renegotiate(&mut self, request: &Request) -> Result<String, (u16, String)> {
-        let codecs = self.core.settings.codecs.clone();
-        let preference = self.core.settings.codec_preference;
+        let codecs = self.env.settings().codecs.clone();
+        let preference = self.env.settings().codec_preference;
         let Some(media) = self.media.as_mut() else {
             return Err((488, "Not Acceptable Here: no media".into()));
         };
@@ -118,19 +117,16 @@ impl Call {
         let offer = sdp::parse(&request.body).map_err(|e| (400, format!("Malformed SDP: {e}")))?;
         let negotiated = sdp::negotiate_answer(&offer, &codecs, preference)
             .map_err(|e| (488, format!("Not Acceptable Here: {e}")))?;
-        match &media.leg {
-            Some(Leg::Echo(echo)) => echo.update(media::leg_control(&negotiated)),
+        match self.env.media() {
+            Some(MediaKind::Echo) => self.env.update_echo(media::leg_control(&negotiated)),
             // The bot keeps streaming through hold and resume; its RTP follows the caller.
-            Some(Leg::Bot(bot)) => bot.expect_rtp(negotiated.direction.receives()),
-            Some(Leg::Relay(relay)) => relay.update(
+            Some(MediaKind::Bot) => self.env.bot_expect_rtp(negotiated.direction.receives()),
+            Some(MediaKind::Relay) => self.env.update_relay(
                 voicegate_bridge::relay::Side::A,
-                voicegate_bridge::relay::LegDirection {
-                    sending: negotiated.direction.sends(),
-                    expect_rtp: negotiated.direction.receives(),
-                },
+                media::direction_of(&negotiated),
                 negotiated.remote,
             ),
-            Some(Leg::Tone(_)) | None => {}
+            Some(MediaKind::Tone) | None => {}
         }
         let body = sdp::build_answer(&offer, &media.local, &negotiated);
         media.negotiated = Some(negotiated);
@@ -150,50 +146,31 @@ impl Call {
         self.ended_at.get_or_insert_with(Instant::now);
         if let Some(media) = self.media.take() {
             self.media_record.codec = media.negotiated.as_ref().map(|n| n.codec.encoding_name());
-            if let Some(Leg::Bot(bot)) = &media.leg {
-                bot.caller_hung_up();
-            }
-            self.stopping.extend(media.leg);
         }
-        if let Some(assist) = self.assist.take() {
-            if self.end_reason == "caller hung up" {
-                // The assisting bot hears `callended`, as it would have before the hand-off.
-                assist.caller_hung_up();
-            }
-            self.stopping.push(Leg::Bot(assist));
-        }
-        self.tap = None;
+        self.env.stop_media(self.end_reason == "caller hung up");
         if let Some(peer) = self.peer.as_mut() {
             peer.negotiated = None;
         }
-        self.media_events = None;
-        self.bot_events = None;
-        self.relay_events = None;
     }
 
-    /// Waits for stopping legs' reports (their ports are free after this).
+    /// Takes the stopped legs' reports (their ports are free after this).
     pub(super) async fn collect_media_report(&mut self) {
-        for leg in std::mem::take(&mut self.stopping) {
-            match leg {
-                Leg::Echo(echo) => self.media_record.report = Some(echo.stop().await),
-                Leg::Bot(bot) => {
-                    // A listening bot that stopped reading could hold its session (and so the
-                    // call record) forever: it gets a few seconds, then its task is dropped.
-                    let finished =
-                        tokio::time::timeout(std::time::Duration::from_secs(5), bot.finish()).await;
-                    if let Ok((report, _ports)) = finished {
-                        // The first bot's report is the call's; an assisting bot adds nothing.
-                        self.media_record.bot.get_or_insert(report);
-                    } else {
-                        warn!(
-                            call_id = self.caller.call_id(),
-                            "bot session did not end in 5 s: dropped"
-                        );
-                    }
-                }
-                Leg::Relay(relay) => self.media_record.relay = Some(relay.stop().await.report),
-                Leg::Tone(tone) => drop(tone.stop().await),
-            }
+        let reports = self.env.collect_media_reports().await;
+        if reports.echo.is_some() {
+            self.media_record.report = reports.echo;
+        }
+        if let Some(bot) = reports.bot {
+            // The first bot's report is the call's; an assisting bot adds nothing.
+            self.media_record.bot.get_or_insert(bot);
+        }
+        if reports.relay.is_some() {
+            self.media_record.relay = reports.relay;
+        }
+        if reports.bot_dropped {
+            warn!(
+                call_id = self.caller.call_id(),
+                "bot session did not end in 5 s: dropped"
+            );
         }
     }
 }

@@ -2,27 +2,23 @@
 //! an assisting bot may keep listening), the relay joins them when it answers, and the flow's
 //! fallback runs when it does not.
 
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{info, warn};
-use voicegate_bridge::tap::TapFrame;
-use voicegate_bridge::tone::ToneHandle;
-use voicegate_rtp::RtpPorts;
 
 use super::b2bua::Pending;
-use super::hops::agent_hops;
+use super::env::{CallEnv, MediaKind};
 use super::media::call_media;
-use super::{Call, Leg, Route};
+use super::{Call, Route};
 use voicegate_call::flow::{self, AgentUnreachable};
 use voicegate_call::PeerRole;
 
-impl Call {
+impl<E: CallEnv> Call<E> {
     /// The bot asked for an agent (or closed with `connect` as the flow's next step).
     pub(super) async fn start_agent(&mut self, to: &str, from_transfer: bool, now: Instant) {
         if !self.caller.is_up() || self.peer.is_some() {
             return;
         }
-        let hops = match agent_hops(&self.core, to, &self.number).await {
+        let hops = match self.env.agent_hops(to, &self.number).await {
             Ok(hops) => hops,
             Err(e) => {
                 warn!(call_id = self.caller.call_id(), to, error = %e, "cannot reach the agent");
@@ -35,8 +31,14 @@ impl Call {
             to, assist, "connecting the caller to an agent"
         );
         // The caller's ports come back from the bot; ringback plays on them.
-        let ports = self.take_caller_ports_from_bot(assist).await;
-        let Some(ports) = ports else {
+        let Some(ports) = self.media.as_ref().map(|m| m.ports) else {
+            return self.send_bye("agent hand-off failed", "Q.850;cause=41", now);
+        };
+        let hand_off = self.env.take_ports_from_bot(ports, assist).await;
+        if let Some(report) = hand_off.report {
+            self.media_record.bot = Some(report);
+        }
+        if !hand_off.ports_back {
             warn!(
                 call_id = self.caller.call_id(),
                 "caller's RTP ports did not come back from the bot"
@@ -46,18 +48,14 @@ impl Call {
                 "Q.850;cause=41;text=\"hand-off failed\"",
                 now,
             );
-        };
-        let tone = self.core.settings.routing.ringback;
+        }
         let Some(n) = self.media.as_ref().and_then(|m| m.negotiated.clone()) else {
             return self.send_bye("agent hand-off failed", "Q.850;cause=41", now);
         };
-        match ToneHandle::start(ports, call_media(&n, &self.core), tone) {
-            Ok(handle) => {
-                if let Some(media) = self.media.as_mut() {
-                    media.leg = Some(Leg::Tone(handle));
-                }
-            }
-            Err(e) => warn!(call_id = self.caller.call_id(), error = %e, "no ringback"),
+        let settings = self.env.settings();
+        let (tone, media) = (settings.routing.ringback, call_media(&n, settings));
+        if let Err(e) = self.env.start_tone(ports, media, tone) {
+            warn!(call_id = self.caller.call_id(), error = %e, "no ringback");
         }
         self.media_record.escalated_to = Some(to.to_string());
         if let Err((status, reason)) = self.start_peer(PeerRole::Agent, hops, now) {
@@ -73,54 +71,16 @@ impl Call {
     /// `bot` fallback the bot just goes on; otherwise the fallback runs.
     pub(super) fn agent_unreachable(&mut self) {
         let back_to_bot = matches!(&self.route, Route::Flow(flow) if flow.fallback_to_bot);
-        let bot_running = matches!(
-            self.media.as_ref().and_then(|m| m.leg.as_ref()),
-            Some(Leg::Bot(_))
-        );
+        let bot_running = self.env.media() == Some(MediaKind::Bot);
         match flow::agent_unreachable(back_to_bot, bot_running) {
             AgentUnreachable::BotGoesOn => {}
             AgentUnreachable::Fallback => self.pending = Some(Pending::Fallback),
         }
     }
 
-    /// Stops the bot's hold on the caller's RTP: with agent assist the bot stays, listen-only
-    /// (fed by the relay's tap); without, its session ends.
-    pub(super) async fn take_caller_ports_from_bot(&mut self, assist: bool) -> Option<RtpPorts> {
-        let media = self.media.as_mut()?;
-        if let Some(ports) = media.ports.take() {
-            return Some(ports);
-        }
-        match media.leg.take() {
-            Some(Leg::Bot(bot)) if assist => {
-                let (tap_tx, tap_rx) = mpsc::channel::<TapFrame>(64);
-                let ports = bot.hand_off(tap_rx).await;
-                self.tap = Some(tap_tx);
-                self.assist = Some(bot);
-                self.bot_events = None;
-                ports
-            }
-            Some(Leg::Bot(bot)) => {
-                self.bot_events = None;
-                bot.stop();
-                let (report, ports) = bot.finish().await;
-                self.media_record.bot = Some(report);
-                ports
-            }
-            Some(other) => {
-                media.leg = Some(other);
-                None
-            }
-            None => None,
-        }
-    }
-
     /// The agent answered: ringback off, the caller's ports joined to the agent's.
     pub(super) async fn bridge_agent(&mut self, now: Instant) {
-        if let Some(media) = self.media.as_mut() {
-            if let Some(Leg::Tone(tone)) = media.leg.take() {
-                media.ports = tone.stop().await;
-            }
-        }
+        self.env.stop_tone().await;
         if let Err(e) = self.start_relay() {
             warn!(call_id = self.caller.call_id(), error = %e, "could not bridge the agent");
             self.end_both("agent bridge failed", now);
@@ -132,14 +92,8 @@ impl Call {
         if !self.caller.is_up() {
             return;
         }
-        if let Some(media) = self.media.as_mut() {
-            if let Some(Leg::Tone(tone)) = media.leg.take() {
-                media.ports = tone.stop().await;
-            }
-        }
-        if let Some(bot) = self.assist.take() {
-            self.tap = None;
-            let (report, _) = bot.finish().await;
+        self.env.stop_tone().await;
+        if let Some(report) = self.env.finish_assist().await {
             self.media_record.bot = Some(report);
         }
         let failed = self.peer.take();

@@ -6,18 +6,18 @@ use voicegate_bridge::session::CallMedia;
 use voicegate_rtp::echo::LegControl;
 use voicegate_sip::sdp::{self, Direction, LocalMedia, Negotiated};
 
-use crate::core::Core;
+use crate::settings::Settings;
 
 /// The bridge's view of a negotiated stream.
-pub(super) fn call_media(n: &Negotiated, core: &Core) -> CallMedia {
+pub(super) fn call_media(n: &Negotiated, settings: &Settings) -> CallMedia {
     CallMedia {
         codec: n.codec,
         payload_type: n.payload_type,
         telephone_event: n.telephone_event,
         signalled: n.remote,
-        latching: core.settings.latching,
+        latching: settings.latching,
         ssrc: rand::random(),
-        rtp_timeout: core.settings.rtp_timeout,
+        rtp_timeout: settings.rtp_timeout,
     }
 }
 

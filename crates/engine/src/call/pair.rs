@@ -72,7 +72,7 @@ pub fn spawn(
     let (events_tx, relay_events) = mpsc::channel(32);
     let split = |p: PairLeg| {
         let relay_leg = RelayLeg {
-            media: call_media(&p.negotiated, &core),
+            media: call_media(&p.negotiated, &core.settings),
             direction: direction_of(&p.negotiated),
             rtcp_mux: p.negotiated.rtcp_mux,
             cname: format!("voicegate@{}", p.local.address),

@@ -1,28 +1,21 @@
 //! Writing a call's record ([`CallRecord`]): the `voicegate::cdr` log line, one per call,
 //! for the call tasks and for a call handed over after a transfer.
 
-use std::sync::atomic::Ordering;
-
 use tokio::time::Instant;
 use tracing::info;
 use voicegate_bridge::session::SessionReport;
 use voicegate_call::CallRecord;
 use voicegate_rtp::stats::StatsSummary;
 
+use super::env::CallEnv;
 use super::Call;
 
-impl Call {
+impl<E: CallEnv> Call<E> {
     /// The call's record, whatever its outcome; the trunk's call slot is freed.
     pub(super) fn record(&mut self) {
         self.recorded = true;
         let trunk = self.admitted_trunk.take();
-        if let (Some(gate), Some(trunk)) = (self.core.gate.as_ref(), trunk.as_deref()) {
-            gate.call_ended(trunk);
-        }
-        self.core.stats.active.fetch_sub(1, Ordering::Relaxed);
-        if let Some(in_progress) = &self.core.in_progress {
-            in_progress.ended(&self.call_sid);
-        }
+        self.env.call_ended(&self.call_sid, trunk.as_deref());
         let now = self.ended_at.unwrap_or_else(Instant::now);
         let media = self.media_record.report.clone().unwrap_or_default();
         let bot = self.media_record.bot.clone().unwrap_or_default();

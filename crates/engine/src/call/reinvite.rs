@@ -10,11 +10,12 @@ use voicegate_sip::sdp::{self, Direction};
 use voicegate_sip::session_timer;
 use voicegate_sip::transport::Source;
 
+use super::env::{CallEnv, MediaKind};
 use super::media::{answer_reinvite_offer, direction_of};
-use super::{Call, Leg};
+use super::Call;
 use voicegate_call::{Answer, OutState, SessionDue};
 
-impl Call {
+impl<E: CallEnv> Call<E> {
     /// The next hop's re-INVITE (hold, resume, refresh): answered here, its media change
     /// applied to the relay. The caller's leg keeps its own session.
     pub(super) fn on_peer_reinvite(&mut self, request: Request, source: Source, now: Instant) {
@@ -60,7 +61,7 @@ impl Call {
         if !(200..300).contains(&response.status) || response.body.is_empty() {
             return;
         }
-        let codecs = self.core.settings.codecs.clone();
+        let codecs = self.env.settings().codecs.clone();
         let negotiated = sdp::parse(&response.body)
             .map_err(|e| e.to_string())
             .and_then(|answer| {
@@ -69,8 +70,8 @@ impl Call {
         match negotiated {
             Ok(n) => {
                 if let Some(media) = self.media.as_mut() {
-                    if let Some(Leg::Relay(relay)) = media.leg.as_ref() {
-                        relay.update(Side::A, direction_of(&n), n.remote);
+                    if self.env.media() == Some(MediaKind::Relay) {
+                        self.env.update_relay(Side::A, direction_of(&n), n.remote);
                     }
                     media.negotiated = Some(n);
                 }
@@ -83,7 +84,7 @@ impl Call {
 
     /// The next hop's re-INVITE, answered from our media.
     pub(super) fn answer_peer_reinvite(&mut self, request: Request, source: Source, now: Instant) {
-        let codecs = self.core.settings.codecs.clone();
+        let codecs = self.env.settings().codecs.clone();
         let peer = self.peer.as_mut().expect("peer");
         // Our Contact on this leg (its transport may not be the caller's).
         let contact = peer
@@ -96,7 +97,7 @@ impl Call {
             peer.negotiated.as_ref(),
             &request.body,
             &codecs,
-            self.core.settings.codec_preference,
+            self.env.settings().codec_preference,
         )
         .map(|(body, negotiated)| {
             if let Some(n) = negotiated {
@@ -127,11 +128,10 @@ impl Call {
                 .answer(&request, &source, status, &reason, answer, now);
         }
         if result.is_ok() {
-            if let (Some(n), Some(Leg::Relay(relay))) = (
-                peer.negotiated.as_ref(),
-                self.media.as_ref().and_then(|m| m.leg.as_ref()),
-            ) {
-                relay.update(Side::B, direction_of(n), n.remote);
+            if let Some(n) = peer.negotiated.as_ref() {
+                if self.env.media() == Some(MediaKind::Relay) {
+                    self.env.update_relay(Side::B, direction_of(n), n.remote);
+                }
             }
         }
     }

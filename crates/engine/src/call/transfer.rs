@@ -4,17 +4,16 @@
 
 use tokio::time::Instant;
 use tracing::{info, warn};
-use voicegate_rtp::RtpPorts;
 use voicegate_sip::dialog::InDialog;
 use voicegate_sip::message::Request;
 use voicegate_sip::transport::Source;
 
 use super::b2bua::{Peer, Pending};
-use super::hops::agent_hops;
-use super::{Call, Leg};
+use super::env::{CallEnv, PairSide};
+use super::Call;
 use voicegate_call::{take_refer, Arrival, OutState, PeerRole, ReferContext};
 
-impl Call {
+impl<E: CallEnv> Call<E> {
     /// A blind transfer (RFC 3515), asked by the other leg (`from_caller` false: the target
     /// replaces that leg) or by the caller's side (the other leg and the target go on without
     /// the caller): 202, NOTIFY 100, and a new leg to the Refer-To target.
@@ -67,38 +66,26 @@ impl Call {
         let (Some(mut other), Some(mut target)) = (self.transferor.take(), self.peer.take()) else {
             return;
         };
-        let mut other_ports = None;
-        if let Some(media) = self.media.as_mut() {
-            if let Some(Leg::Relay(relay)) = media.leg.take() {
-                let parts = relay.stop().await;
-                other_ports = parts.b;
-                self.media_record.relay = Some(parts.report);
-            }
+        if let Some(stopped) = self.env.stop_relay().await {
+            // The caller leaves: its ports go; the other leg's go on with the pair.
+            self.env.release_ports(stopped.a);
+            self.media_record.relay = Some(stopped.report);
         }
-        self.relay_events = None;
         self.media_record.peer_label = Some(other.label());
-        let pair_leg = |peer: &mut Peer, ports: Option<RtpPorts>| {
-            Some(super::pair::PairLeg {
+        let pair_side = |peer: &mut Peer| {
+            Some(PairSide {
                 leg: peer.leg.take()?,
                 spent: peer.take_spent(),
-                ports: ports.or_else(|| peer.ports.take())?,
+                ports: peer.ports.take()?,
                 local: peer.local.clone(),
                 negotiated: peer.negotiated.clone()?,
                 timer: peer.timer,
                 label: peer.label(),
             })
         };
-        let joined = match (
-            pair_leg(&mut other, other_ports),
-            pair_leg(&mut target, None),
-        ) {
-            (Some(a), Some(b)) => super::pair::spawn(
-                self.core.clone(),
-                self.caller.call_id().to_string(),
-                self.number.clone(),
-                a,
-                b,
-            ),
+        let call_id = self.caller.call_id().to_string();
+        let joined = match (pair_side(&mut other), pair_side(&mut target)) {
+            (Some(a), Some(b)) => self.env.hand_over(&call_id, &self.number, a, b),
             _ => Err("a leg lost its media".to_string()),
         };
         self.retire(Some(other));
@@ -163,7 +150,7 @@ impl Call {
     /// Starts the leg to a REFER's target; the current other leg steps aside (as the
     /// transferor, or to be joined to the target when the caller asked).
     pub(super) async fn start_transfer(&mut self, to: &str, from_caller: bool, now: Instant) {
-        let hops = match agent_hops(&self.core, to, &self.number).await {
+        let hops = match self.env.agent_hops(to, &self.number).await {
             Ok(hops) => hops,
             Err(e) => {
                 warn!(call_id = self.caller.call_id(), to, error = %e, "transfer target unusable");
@@ -207,14 +194,11 @@ impl Call {
     /// The transfer target answered: the caller's RTP moves from the transferor to it, the
     /// transferor hears 200 and is hung up.
     pub(super) async fn bridge_transfer(&mut self, now: Instant) {
-        if let Some(media) = self.media.as_mut() {
-            if let Some(Leg::Relay(relay)) = media.leg.take() {
-                let parts = relay.stop().await;
-                media.ports = parts.a;
-                self.media_record.relay = Some(parts.report);
-            }
+        if let Some(stopped) = self.env.stop_relay().await {
+            // The caller's ports are free for the target; the transferor's go.
+            self.env.release_ports(stopped.b);
+            self.media_record.relay = Some(stopped.report);
         }
-        self.relay_events = None;
         if let Err(e) = self.start_relay() {
             warn!(call_id = self.caller.call_id(), error = %e, "could not bridge the transfer target");
             return self.end_both("transfer bridge failed", now);
