@@ -18,6 +18,9 @@ mod reinvite;
 mod route;
 mod transfer;
 
+#[cfg(test)]
+mod tests;
+
 pub use route::{admit, route, Admission, Admitted, Route};
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
@@ -145,15 +148,7 @@ pub async fn run(
             input = call.env.next_event() => call.on_media_input(input, Instant::now()),
             _ = sleep_until(deadline.unwrap_or_else(far_future)), if deadline.is_some() => call.on_timeout(Instant::now()),
         }
-        call.flush();
-        call.drive().await;
-        call.collect_media_report().await;
-        if call.caller.state() == CallerState::Ended && !call.recorded {
-            // The record is written when the call ends, not when its last transaction expires.
-            call.end_media();
-            call.collect_media_report().await;
-            call.record();
-        }
+        call.settle().await;
     }
     call.end_media();
     call.collect_media_report().await;
@@ -559,6 +554,20 @@ impl<E: CallEnv> Call<E> {
                 self.end_reason = "no answer".into();
                 self.reject(480, "Temporarily Unavailable", now);
             }
+        }
+    }
+
+    /// After each input: sends what the legs queued, does the work that awaits, takes the
+    /// stopped media's reports, and writes the record once the call is over.
+    async fn settle(&mut self) {
+        self.flush();
+        self.drive().await;
+        self.collect_media_report().await;
+        if self.caller.state() == CallerState::Ended && !self.recorded {
+            // The record is written when the call ends, not when its last transaction expires.
+            self.end_media();
+            self.collect_media_report().await;
+            self.record();
         }
     }
 

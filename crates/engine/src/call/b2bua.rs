@@ -447,7 +447,9 @@ impl<E: CallEnv> Call<E> {
         let answer = sdp::parse(body).map_err(|e| e.to_string())?;
         let n = sdp::negotiate_from_answer(&answer, &codecs).map_err(|e| e.to_string())?;
         let peer = self.peer.as_mut().ok_or("no peer")?;
-        if self.env.media() == Some(MediaKind::Relay) {
+        // The relay's side B is this leg only once it is the call's other party; a transfer
+        // target's answer must not re-point the transferor's side before the bridge.
+        if peer.role == PeerRole::Forward && self.env.media() == Some(MediaKind::Relay) {
             self.env.update_relay(Side::B, direction_of(&n), n.remote);
         }
         peer.negotiated = Some(n);
