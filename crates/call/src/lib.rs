@@ -7,6 +7,7 @@
 //! caller's leg ([`CallerLeg`]) starts from its INVITE; a leg we place ([`OutboundLeg`]) from
 //! ours.
 
+pub mod call;
 pub mod caller;
 pub mod flow;
 pub mod hop;
@@ -15,8 +16,11 @@ pub mod outbound;
 pub mod outgoing;
 pub mod peer;
 pub mod record;
+pub mod route;
+pub mod settings;
 pub mod transfer;
 
+pub use call::Call;
 pub use caller::{CallerEvent, CallerLeg, CallerRequest, CallerState};
 pub use hop::{moves_on, with_user, NextHop, Target};
 pub use incoming::{Answer, Arrival, Incoming, Transmit};

@@ -3,6 +3,8 @@
 //! the `voicegate::cdr` log line (and serialised the same way for whatever stores it).
 
 use serde::Serialize;
+use voicegate_bridge::session::SessionReport;
+use voicegate_rtp::stats::StatsSummary;
 
 /// One call's record. The field names are the log line's keys.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -80,5 +82,28 @@ impl CallRecord {
             escalated_to: NONE.into(),
             ..CallRecord::default()
         }
+    }
+
+    /// The caller's RTP figures.
+    pub fn fill_rtp(&mut self, rtp: &StatsSummary) {
+        self.rtp_in = rtp.packets_in;
+        self.rtp_out = rtp.packets_out;
+        self.rtp_lost = rtp.lost;
+        self.rtp_duplicates = rtp.duplicates;
+        self.jitter_ms = rtp.jitter_ms;
+        self.rtt_ms = rtp.rtt_ms.unwrap_or(0.0);
+        self.mos = rtp.mos;
+    }
+
+    /// The bot session's figures.
+    pub fn fill_bot(&mut self, bot: &SessionReport) {
+        self.bot_media_sent = bot.media_messages_sent;
+        self.bot_media_received = bot.bot_media_messages;
+        self.bot_marks = bot.marks_echoed;
+        self.bot_clears = bot.clears;
+        self.bot_frames_invalid = bot.bot_frames_invalid;
+        self.bot_media_ignored = bot.bot_media_ignored;
+        self.bot_over_budget = bot.bot_frames_over_budget;
+        self.bot_frames_dropped = bot.frames_to_bot_dropped;
     }
 }

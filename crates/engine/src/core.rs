@@ -130,7 +130,7 @@ impl Core {
         resolver: crate::resolve::Resolver,
     ) -> Arc<Self> {
         let settings_limits = settings.limits.clone();
-        let timer_h = settings.timers.t1 * 64;
+        let timer_h = settings.call.timers.t1 * 64;
         Arc::new(Core {
             settings,
             gate,
@@ -362,7 +362,8 @@ impl Core {
             return;
         }
         let now = Instant::now();
-        let mut tx = ServerNonInviteTx::new(source.transport.is_reliable(), self.settings.timers);
+        let mut tx =
+            ServerNonInviteTx::new(source.transport.is_reliable(), self.settings.call.timers);
         tx.respond(response.status, bytes, now);
         while let Some(bytes) = tx.poll_transmit() {
             sender.send_to(source, target, bytes);

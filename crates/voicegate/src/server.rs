@@ -17,7 +17,9 @@ use crate::config::Config;
 use crate::core::Core;
 use crate::dispatch::CoreHandler;
 use crate::resolve::Resolver;
-use crate::settings::{BridgeSettings, Carrier, FlowRoute, RoutingSettings, Settings};
+use crate::settings::{
+    BridgeSettings, CallSettings, Carrier, FlowRoute, RoutingSettings, Settings,
+};
 use crate::tls;
 use voicegate_control::{router, ApiAccount, ApiState, Change, ChangeFuture, Store};
 
@@ -89,53 +91,55 @@ pub fn settings(config: &Config) -> Result<Settings, StartError> {
     let extra_ca =
         (!bridge.extra_ca_file.is_empty()).then(|| std::path::PathBuf::from(&bridge.extra_ca_file));
     Ok(Settings {
-        codecs: config
-            .rtp
-            .codec_names()
-            .iter()
-            .filter_map(|n| Codec::from_name(n))
-            .collect(),
-        codec_preference: CodecPreference::from_name(&config.rtp.codec_preference)
-            .unwrap_or(CodecPreference::Offer),
+        call: CallSettings {
+            codecs: config
+                .rtp
+                .codec_names()
+                .iter()
+                .filter_map(|n| Codec::from_name(n))
+                .collect(),
+            codec_preference: CodecPreference::from_name(&config.rtp.codec_preference)
+                .unwrap_or(CodecPreference::Offer),
+            ring_duration: config.test_numbers.ring_duration(),
+            ring_timeout: Duration::from_secs(180),
+            public_ip: config.sip.public_ip(),
+            timers: Timers {
+                t1: Duration::from_millis(config.sip.t1_ms),
+                ..Timers::default()
+            },
+            latching: LatchPolicy::from_name(&config.rtp.latching).unwrap_or(LatchPolicy::Auto),
+            rtp_timeout: Duration::from_secs(config.rtp.timeout_secs),
+            bridge: BridgeSettings {
+                client: ClientConfig {
+                    handshake_timeout: Duration::from_secs(bridge.handshake_timeout_secs),
+                    retries: 1,
+                    extra_ca_file: extra_ca,
+                    max_message_bytes: bridge.max_message_bytes,
+                },
+                media_interval: Duration::from_millis(bridge.media_interval_ms),
+                max_session: Duration::from_secs(bridge.max_session_secs),
+                playout_max: Duration::from_secs(bridge.playout_max_secs),
+                final_playout_max: Duration::from_secs(bridge.final_playout_max_secs),
+                bot_write_timeout: Duration::from_secs(bridge.bot_write_timeout_secs),
+                max_bot_messages_per_sec: bridge.max_bot_messages_per_sec,
+                max_bot_bytes_per_sec: bridge.max_bot_bytes_per_sec,
+                silence_when_idle: bridge.silence_when_idle,
+                forward_headers: bridge.forward_headers.clone(),
+            },
+            routing: RoutingSettings {
+                attempt_timeout: Duration::from_secs(routing.attempt_timeout_secs),
+                answer_timeout: Duration::from_secs(routing.answer_timeout_secs),
+                session_timer: voicegate_sip::session_timer::TimerConfig {
+                    session_expires: routing.session_expires_secs,
+                    min_se: routing.min_session_expires_secs,
+                },
+                ringback: crate::settings::ringback_tone(&routing.ringback),
+            },
+        },
         echo_numbers: config.test_numbers.echo.clone(),
         ringing_numbers: config.test_numbers.ringing.clone(),
-        ring_duration: config.test_numbers.ring_duration(),
-        ring_timeout: Duration::from_secs(180),
-        public_ip: config.sip.public_ip(),
-        timers: Timers {
-            t1: Duration::from_millis(config.sip.t1_ms),
-            ..Timers::default()
-        },
-        latching: LatchPolicy::from_name(&config.rtp.latching).unwrap_or(LatchPolicy::Auto),
-        rtp_timeout: Duration::from_secs(config.rtp.timeout_secs),
         flows,
-        bridge: BridgeSettings {
-            client: ClientConfig {
-                handshake_timeout: Duration::from_secs(bridge.handshake_timeout_secs),
-                retries: 1,
-                extra_ca_file: extra_ca,
-                max_message_bytes: bridge.max_message_bytes,
-            },
-            media_interval: Duration::from_millis(bridge.media_interval_ms),
-            max_session: Duration::from_secs(bridge.max_session_secs),
-            playout_max: Duration::from_secs(bridge.playout_max_secs),
-            final_playout_max: Duration::from_secs(bridge.final_playout_max_secs),
-            bot_write_timeout: Duration::from_secs(bridge.bot_write_timeout_secs),
-            max_bot_messages_per_sec: bridge.max_bot_messages_per_sec,
-            max_bot_bytes_per_sec: bridge.max_bot_bytes_per_sec,
-            silence_when_idle: bridge.silence_when_idle,
-            forward_headers: bridge.forward_headers.clone(),
-        },
         carriers,
-        routing: RoutingSettings {
-            attempt_timeout: Duration::from_secs(routing.attempt_timeout_secs),
-            answer_timeout: Duration::from_secs(routing.answer_timeout_secs),
-            session_timer: voicegate_sip::session_timer::TimerConfig {
-                session_expires: routing.session_expires_secs,
-                min_se: routing.min_session_expires_secs,
-            },
-            ringback: crate::settings::ringback_tone(&routing.ringback),
-        },
         limits: config.limits.settings(),
     })
 }

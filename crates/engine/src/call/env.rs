@@ -1,174 +1,27 @@
-//! Everything a call does outside itself, as one trait ([`CallEnv`]): sending SIP, finding
-//! and reaching next hops, the node's counters, and running the caller's media (our RTP
-//! ports, the echo, bot, relay and ringback legs). The call decides; the env does.
-//!
-//! [`NodeEnv`] is the real one, over the core and the media tasks. Tests drive a call with
-//! an env of their own: no sockets, no tasks, time passed in.
+//! The env of a call on this node ([`NodeEnv`]): what `voicegate_call`'s calls ask of the
+//! outside world, done over the SIP core (sending, routes, next hops, counters, the record)
+//! and the media tasks of `voicegate-bridge` and `voicegate-rtp`, which it owns.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
-use voicegate_bridge::relay::{LegDirection, RelayEvent, RelayHandle, RelayLeg, RelayReport, Side};
+use voicegate_bridge::relay::{LegDirection, RelayEvent, RelayHandle, RelayLeg, Side};
 use voicegate_bridge::session::{BotSettings, BridgeEvent, BridgeHandle, CallMedia, SessionReport};
 use voicegate_bridge::tap::TapFrame;
 use voicegate_bridge::tone::{Tone, ToneHandle};
-use voicegate_call::{NextHop, Target, Transmit};
+use voicegate_call::call::env::{
+    BotHandOff, CallEnv, CallStart, MediaInput, MediaKind, MediaReports, PairSide, PortsId,
+    RelayEnd, RelayStopped,
+};
+use voicegate_call::settings::CallSettings;
+use voicegate_call::{CallRecord, NextHop, Target, Transmit};
 use voicegate_rtp::dtmf::DtmfEvent;
-use voicegate_rtp::{EchoHandle, LegConfig, LegControl, LegReport, MediaEvent, RtpPorts};
+use voicegate_rtp::{EchoHandle, LegConfig, LegControl, MediaEvent, RtpPorts};
 use voicegate_sip::transport::{Source, TransportKind};
 
 use super::pair::{self, PairLeg};
 use crate::core::{CallEvent, CallTx, Core};
-use crate::settings::Settings;
-
-/// A pair of our RTP ports, as the call names it; the env holds the lease.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct PortsId(pub u32);
-
-/// What runs on the caller's ports.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MediaKind {
-    Echo,
-    Bot,
-    /// RTP relayed to the other leg of a B2BUA call.
-    Relay,
-    /// Ringback while an agent's phone rings.
-    Tone,
-}
-
-/// One end of the relay: our ports there and what was negotiated.
-pub struct RelayEnd {
-    pub ports: PortsId,
-    pub media: CallMedia,
-    pub direction: LegDirection,
-    pub rtcp_mux: bool,
-    pub cname: String,
-}
-
-/// What the relay left when it stopped: its report, and its ports back with the env.
-pub struct RelayStopped {
-    pub report: RelayReport,
-    pub a: PortsId,
-    pub b: PortsId,
-}
-
-/// What the stopped media legs reported.
-#[derive(Default)]
-pub struct MediaReports {
-    pub echo: Option<LegReport>,
-    /// The first bot's (an assisting bot's comes after it).
-    pub bot: Option<SessionReport>,
-    pub relay: Option<RelayReport>,
-    /// A bot that did not end within its grace time and was dropped.
-    pub bot_dropped: bool,
-}
-
-/// The bot gave the caller's ports back (or did not).
-pub struct BotHandOff {
-    pub ports_back: bool,
-    /// The ended bot's report (None when it stays on to listen).
-    pub report: Option<SessionReport>,
-}
-
-/// A media event for the call.
-pub enum MediaInput {
-    Leg(MediaEvent),
-    Bot(BridgeEvent),
-    Relay(RelayEvent),
-}
-
-/// One answered leg handed over to a pair of its own (the env joins them).
-pub struct PairSide {
-    pub leg: voicegate_call::OutboundLeg,
-    pub spent: Vec<voicegate_call::OutboundLeg>,
-    pub ports: PortsId,
-    pub local: voicegate_sip::sdp::LocalMedia,
-    pub negotiated: voicegate_sip::sdp::Negotiated,
-    pub timer: Option<voicegate_sip::session_timer::SessionTimer>,
-    pub label: String,
-}
-
-/// What a call needs from the node it runs on.
-#[allow(async_fn_in_trait)]
-pub trait CallEnv {
-    fn settings(&self) -> &Settings;
-    /// Our Server / User-Agent value.
-    fn user_agent(&self) -> &str;
-    /// Where we listen on `transport` (for the Via and Contact of legs we place).
-    fn listening_port(&self, transport: TransportKind) -> Option<u16>;
-    fn send(&mut self, t: Transmit);
-    /// Routes a leg's in-dialog messages to this call.
-    fn register_leg(&mut self, call_id: &str, local_tag: &str);
-    fn unregister_leg(&mut self, call_id: &str, local_tag: &str);
-
-    /// A next hop's addresses (RFC 3263) and the host name for TLS.
-    async fn resolve(&mut self, hop: &NextHop) -> Result<(Vec<Target>, String), String>;
-    /// A connection (or the UDP socket) towards `target`.
-    async fn connect(
-        &mut self,
-        target: Target,
-        server_name: Option<&str>,
-    ) -> Result<Source, String>;
-    /// A trunk's destinations and registered PBXs for a number.
-    async fn trunk_hops(&mut self, trunk_sid: &str, number: &str) -> Vec<NextHop>;
-    /// An agent or transfer target's hops.
-    async fn agent_hops(&mut self, to: &str, number: &str) -> Result<Vec<NextHop>, String>;
-
-    /// The call was answered / refused / had a key pressed / ended: the node's counters.
-    fn call_answered(&mut self, call_sid: &str);
-    fn call_refused(&mut self, cancelled: bool);
-    fn call_dtmf(&mut self, call_id: &str, event: DtmfEvent, via: &'static str);
-    fn call_ended(&mut self, call_sid: &str, trunk: Option<&str>);
-    /// Two legs we placed go on as a call of their own (the caller transferred it away).
-    fn hand_over(
-        &mut self,
-        call_id: &str,
-        number: &str,
-        a: PairSide,
-        b: PairSide,
-    ) -> Result<(), String>;
-
-    /// A pair of our RTP ports on `local_ip`: its name and RTP port.
-    fn allocate_ports(&mut self, local_ip: IpAddr) -> Result<(PortsId, u16), String>;
-    /// Gives ports back (no leg may be running on them).
-    fn release_ports(&mut self, ports: PortsId);
-
-    /// What runs on the caller's ports now.
-    fn media(&self) -> Option<MediaKind>;
-    fn start_echo(
-        &mut self,
-        ports: PortsId,
-        config: LegConfig,
-        control: LegControl,
-    ) -> Result<(), String>;
-    fn update_echo(&mut self, control: LegControl);
-    fn start_bot(
-        &mut self,
-        ports: PortsId,
-        media: CallMedia,
-        bot: BotSettings,
-    ) -> Result<(), String>;
-    fn bot_expect_rtp(&mut self, on: bool);
-    fn bot_dtmf(&mut self, digit: char, duration_ms: u32);
-    fn start_relay(&mut self, a: RelayEnd, b: RelayEnd) -> Result<(), String>;
-    fn update_relay(&mut self, side: Side, direction: LegDirection, remote: Option<SocketAddr>);
-    fn start_tone(&mut self, ports: PortsId, media: CallMedia, tone: Tone) -> Result<(), String>;
-    /// Stops the ringback; its ports come back.
-    async fn stop_tone(&mut self);
-    /// Stops the relay; its ports come back.
-    async fn stop_relay(&mut self) -> Option<RelayStopped>;
-    /// The bot lets go of the caller's `ports` (if it holds them): with `assist` it stays
-    /// on, listen-only (fed by the next relay's tap), else its session ends.
-    async fn take_ports_from_bot(&mut self, ports: PortsId, assist: bool) -> BotHandOff;
-    /// Ends an assisting bot.
-    async fn finish_assist(&mut self) -> Option<SessionReport>;
-    /// Stops every media leg and lets go of every port (their reports follow); the bot
-    /// always hears that the call ended, an assisting one only when `caller_hung_up`.
-    fn stop_media(&mut self, caller_hung_up: bool);
-    /// The reports of the legs stopped, once they have ended.
-    async fn collect_media_reports(&mut self) -> MediaReports;
-}
 
 /// The caller's media leg as it runs, with the ports it holds.
 enum Running {
@@ -250,8 +103,8 @@ impl NodeEnv {
 }
 
 impl CallEnv for NodeEnv {
-    fn settings(&self) -> &Settings {
-        &self.core.settings
+    fn settings(&self) -> &CallSettings {
+        &self.core.settings.call
     }
 
     fn user_agent(&self) -> &str {
@@ -260,6 +113,18 @@ impl CallEnv for NodeEnv {
 
     fn listening_port(&self, transport: TransportKind) -> Option<u16> {
         self.core.listening_port(transport)
+    }
+
+    fn local_ip_towards(&self, remote: SocketAddr) -> Option<IpAddr> {
+        // The kernel's choice of source address; no packet is sent.
+        let bind = if remote.is_ipv4() {
+            "0.0.0.0:0"
+        } else {
+            "[::]:0"
+        };
+        let socket = std::net::UdpSocket::bind(bind).ok()?;
+        socket.connect(remote).ok()?;
+        socket.local_addr().ok().map(|a| a.ip())
     }
 
     fn send(&mut self, t: Transmit) {
@@ -307,6 +172,22 @@ impl CallEnv for NodeEnv {
         super::hops::agent_hops(&self.core, to, number).await
     }
 
+    fn call_started(&mut self, call: &CallStart<'_>) {
+        use std::sync::atomic::Ordering;
+        self.core.stats.active.fetch_add(1, Ordering::Relaxed);
+        if let Some(in_progress) = &self.core.in_progress {
+            in_progress.started(crate::in_progress::StartedCall {
+                call_sid: call.call_sid,
+                call_id: call.call_id,
+                trunk_sid: call.trunk_sid,
+                number: call.number,
+                remote: call.remote,
+                transport: call.transport,
+                direction: call.direction,
+            });
+        }
+    }
+
     fn call_answered(&mut self, call_sid: &str) {
         use std::sync::atomic::Ordering;
         self.core.stats.answered.fetch_add(1, Ordering::Relaxed);
@@ -336,15 +217,17 @@ impl CallEnv for NodeEnv {
         });
     }
 
-    fn call_ended(&mut self, call_sid: &str, trunk: Option<&str>) {
+    fn call_ended(&mut self, record: &CallRecord) {
         use std::sync::atomic::Ordering;
+        let trunk = (record.trunk != voicegate_call::record::NONE).then_some(record.trunk.as_str());
         if let (Some(gate), Some(trunk)) = (self.core.gate.as_ref(), trunk) {
             gate.call_ended(trunk);
         }
         self.core.stats.active.fetch_sub(1, Ordering::Relaxed);
         if let Some(in_progress) = &self.core.in_progress {
-            in_progress.ended(call_sid);
+            in_progress.ended(&record.call_sid);
         }
+        super::record::log(record);
     }
 
     fn hand_over(

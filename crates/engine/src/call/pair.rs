@@ -19,8 +19,8 @@ use voicegate_sip::sdp::{self, LocalMedia, Negotiated};
 use voicegate_sip::session_timer::{self, SessionTimer};
 use voicegate_sip::transport::Source;
 
-use super::media::{answer_reinvite_offer, call_media, direction_of};
 use crate::core::{CallInput, Core};
+use voicegate_call::call::media::{answer_reinvite_offer, call_media, direction_of};
 use voicegate_call::{
     Answer, Arrival, CallRecord, OutState, OutboundEvent, OutboundLeg, SessionDue,
 };
@@ -72,7 +72,7 @@ pub fn spawn(
     let (events_tx, relay_events) = mpsc::channel(32);
     let split = |p: PairLeg| {
         let relay_leg = RelayLeg {
-            media: call_media(&p.negotiated, &core.settings),
+            media: call_media(&p.negotiated, &core.settings.call),
             direction: direction_of(&p.negotiated),
             rtcp_mux: p.negotiated.rtcp_mux,
             cname: format!("voicegate@{}", p.local.address),
@@ -222,14 +222,14 @@ impl Pair {
 
     /// A re-INVITE answered from our media; the relay follows the new direction or address.
     fn on_reinvite(&mut self, i: usize, request: &Request, source: &Source, now: Instant) {
-        let codecs = self.core.settings.codecs.clone();
+        let codecs = self.core.settings.call.codecs.clone();
         let side = &mut self.sides[i];
         let answer = answer_reinvite_offer(
             &mut side.local,
             Some(&side.negotiated),
             &request.body,
             &codecs,
-            self.core.settings.codec_preference,
+            self.core.settings.call.codec_preference,
         )
         .map(|(body, negotiated)| {
             if let Some(n) = negotiated {
@@ -325,7 +325,7 @@ impl Pair {
     fn on_relay_event(&mut self, event: RelayEvent, now: Instant) {
         match event {
             RelayEvent::RtpTimeout(side) => {
-                let secs = self.core.settings.rtp_timeout.as_secs();
+                let secs = self.core.settings.call.rtp_timeout.as_secs();
                 warn!(
                     call_id = self.call_id,
                     ?side,
@@ -435,7 +435,7 @@ impl Pair {
         r.duration_ms = (ended_at - self.started).as_millis() as u64;
         r.codec = self.sides[0].negotiated.codec.encoding_name().into();
         r.peer_codec = self.sides[1].negotiated.codec.encoding_name().into();
-        super::record::fill_rtp(&mut r, &report.a);
+        r.fill_rtp(&report.a);
         r.peer_rtp_in = report.b.packets_in;
         r.peer_rtp_out = report.b.packets_out;
         r.transcoding = report.transcoding;

@@ -3,32 +3,7 @@
 //! crash. (What goes into a call's record is `Call::record`, in `call.rs`.)
 
 use tracing::info;
-use voicegate_bridge::session::SessionReport;
 use voicegate_call::CallRecord;
-use voicegate_rtp::stats::StatsSummary;
-
-/// The caller's RTP figures.
-pub(super) fn fill_rtp(record: &mut CallRecord, rtp: &StatsSummary) {
-    record.rtp_in = rtp.packets_in;
-    record.rtp_out = rtp.packets_out;
-    record.rtp_lost = rtp.lost;
-    record.rtp_duplicates = rtp.duplicates;
-    record.jitter_ms = rtp.jitter_ms;
-    record.rtt_ms = rtp.rtt_ms.unwrap_or(0.0);
-    record.mos = rtp.mos;
-}
-
-/// The bot session's figures.
-pub(super) fn fill_bot(record: &mut CallRecord, bot: &SessionReport) {
-    record.bot_media_sent = bot.media_messages_sent;
-    record.bot_media_received = bot.bot_media_messages;
-    record.bot_marks = bot.marks_echoed;
-    record.bot_clears = bot.clears;
-    record.bot_frames_invalid = bot.bot_frames_invalid;
-    record.bot_media_ignored = bot.bot_media_ignored;
-    record.bot_over_budget = bot.bot_frames_over_budget;
-    record.bot_frames_dropped = bot.frames_to_bot_dropped;
-}
 
 /// The record as one log line (numbers stay numbers in the JSON log).
 pub(crate) fn log(r: &CallRecord) {

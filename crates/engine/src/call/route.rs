@@ -8,28 +8,11 @@ use voicegate_control::Mode;
 use voicegate_sip::message::Request;
 use voicegate_sip::transport::Source;
 
-use super::hops::{self, NextHop};
+use super::hops;
 use crate::admit::Outcome;
 use crate::core::Core;
 use crate::settings::FlowRoute;
-
-/// What a dialled number leads to.
-#[derive(Clone, Debug)]
-pub enum Route {
-    Echo,
-    Ringing,
-    /// A bot flow.
-    Flow(Arc<FlowRoute>),
-    /// An admitted `pstn` call with no carrier configured: 503 "no route".
-    NoRoute,
-    NotFound,
-    /// Through the B2BUA to these next hops, in order.
-    Forward(Vec<NextHop>),
-    /// From a carrier to a `pstn` number: the trunk's destinations (looked up at start).
-    Inbound {
-        trunk_sid: String,
-    },
-}
+pub use voicegate_call::route::{Admitted, Route};
 
 pub fn route(core: &Core, number: &str) -> Route {
     if core.settings.echo_numbers.iter().any(|n| n == number) {
@@ -58,27 +41,6 @@ pub enum Admission {
         reason: String,
         headers: Vec<(&'static str, String)>,
     },
-}
-
-/// An admitted call's route and what admission learnt on the way.
-#[derive(Debug)]
-pub struct Admitted {
-    pub route: Route,
-    /// The trunk whose counters hold the call (released when the call ends).
-    pub trunk_sid: Option<String>,
-    pub caller_id: Option<String>,
-    pub direction: &'static str,
-}
-
-impl Admitted {
-    fn local(route: Route) -> Self {
-        Admitted {
-            route,
-            trunk_sid: None,
-            caller_id: None,
-            direction: "local",
-        }
-    }
 }
 
 /// Where the dialled number goes: by the trunks when they are configured, else by the test

@@ -11,18 +11,22 @@ use tokio::time::Instant;
 use voicegate_bridge::relay::{LegDirection, RelayReport, Side};
 use voicegate_bridge::session::{BotSettings, BridgeEvent, CallMedia, SessionReport};
 use voicegate_bridge::tone::Tone;
-use voicegate_call::{NextHop, Target, Transmit};
 use voicegate_rtp::dtmf::DtmfEvent;
 use voicegate_rtp::{LegConfig, LegControl};
 use voicegate_sip::message::{parse, Message, Method, Request, Response};
 use voicegate_sip::transport::{Source, TransportKind};
 
 use super::env::{
-    BotHandOff, CallEnv, MediaInput, MediaKind, MediaReports, PairSide, PortsId, RelayEnd,
-    RelayStopped,
+    BotHandOff, CallEnv, CallStart, MediaInput, MediaKind, MediaReports, PairSide, PortsId,
+    RelayEnd, RelayStopped,
 };
-use super::{Admitted, Call, CallerState, Route};
-use crate::settings::{BridgeSettings, FlowRoute, LimitSettings, RoutingSettings, Settings};
+use super::Call;
+use crate::caller::CallerState;
+use crate::hop::{NextHop, Target};
+use crate::incoming::Transmit;
+use crate::record::CallRecord;
+use crate::route::{Admitted, Route};
+use crate::settings::{BridgeSettings, CallSettings, FlowRoute, RoutingSettings};
 
 const US: &str = "192.0.2.1:5060";
 const CALLER: &str = "192.0.2.10:5062";
@@ -51,7 +55,7 @@ m=audio 6000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na={direction}\r\n"
 
 /// The node as the call sees it, recording instead of doing.
 struct FakeEnv {
-    settings: Settings,
+    settings: CallSettings,
     sent: Vec<Transmit>,
     /// What the call asked of its media and the node, in order.
     log: Vec<String>,
@@ -62,7 +66,7 @@ struct FakeEnv {
 }
 
 impl FakeEnv {
-    fn new(settings: Settings) -> Self {
+    fn new(settings: CallSettings) -> Self {
         FakeEnv {
             settings,
             sent: Vec::new(),
@@ -105,7 +109,7 @@ impl FakeEnv {
 }
 
 impl CallEnv for FakeEnv {
-    fn settings(&self) -> &Settings {
+    fn settings(&self) -> &CallSettings {
         &self.settings
     }
 
@@ -115,6 +119,10 @@ impl CallEnv for FakeEnv {
 
     fn listening_port(&self, _: TransportKind) -> Option<u16> {
         Some(5060)
+    }
+
+    fn local_ip_towards(&self, _: SocketAddr) -> Option<IpAddr> {
+        None
     }
 
     fn send(&mut self, t: Transmit) {
@@ -149,6 +157,8 @@ impl CallEnv for FakeEnv {
         Ok(vec![hop("agent", AGENT)])
     }
 
+    fn call_started(&mut self, _: &CallStart<'_>) {}
+
     fn call_answered(&mut self, _: &str) {
         self.log.push("answered".into());
     }
@@ -161,7 +171,7 @@ impl CallEnv for FakeEnv {
         self.log.push(format!("digit {} by {via}", event.digit));
     }
 
-    fn call_ended(&mut self, _: &str, _: Option<&str>) {
+    fn call_ended(&mut self, _: &CallRecord) {
         self.log.push("ended".into());
     }
 
@@ -307,21 +317,16 @@ fn hop(label: &str, at: &str) -> NextHop {
     }
 }
 
-fn settings() -> Settings {
-    use crate::load::SheddingLimits;
-    use crate::shield::ShieldLimits;
+fn settings() -> CallSettings {
     use voicegate_sip::sdp::{Codec, CodecPreference};
-    Settings {
+    CallSettings {
         codecs: vec![Codec::Pcmu, Codec::Pcma],
         codec_preference: CodecPreference::Offer,
-        echo_numbers: Vec::new(),
-        ringing_numbers: Vec::new(),
         ring_duration: Duration::ZERO,
         ring_timeout: Duration::from_secs(180),
         public_ip: None,
         timers: Default::default(),
         latching: voicegate_rtp::latch::LatchPolicy::Auto,
-        flows: Vec::new(),
         bridge: BridgeSettings {
             client: Default::default(),
             media_interval: Duration::from_millis(100),
@@ -335,31 +340,11 @@ fn settings() -> Settings {
             forward_headers: Vec::new(),
         },
         rtp_timeout: Duration::from_secs(30),
-        carriers: Vec::new(),
         routing: RoutingSettings {
             attempt_timeout: Duration::from_secs(2),
             answer_timeout: Duration::from_secs(60),
             session_timer: Default::default(),
             ringback: Tone::Ringback,
-        },
-        limits: LimitSettings {
-            shield: ShieldLimits {
-                window: Duration::from_secs(10),
-                requests_per_window: 100,
-                trusted_requests_per_window: 1000,
-                auth_failures: 10,
-                auth_window: Duration::from_secs(60),
-                block: Duration::from_secs(60),
-                tracked_sources: 1000,
-            },
-            refusal_transactions: 1000,
-            shedding: SheddingLimits {
-                max_calls: 0,
-                max_lag: Duration::ZERO,
-                max_cpu_percent: 0,
-            },
-            retry_after_secs: 5,
-            summary_interval: Duration::from_secs(10),
         },
     }
 }
@@ -422,7 +407,7 @@ struct Harness {
 }
 
 impl Harness {
-    async fn start(route: Route, settings: Settings) -> Harness {
+    async fn start(route: Route, settings: CallSettings) -> Harness {
         let invite = request(
             "INVITE",
             "sip:+15550123@192.0.2.1",

@@ -8,9 +8,10 @@ use tracing::{info, warn};
 use super::b2bua::Pending;
 use super::env::{CallEnv, MediaKind};
 use super::media::call_media;
-use super::{Call, Route};
-use voicegate_call::flow::{self, AgentUnreachable};
-use voicegate_call::PeerRole;
+use super::Call;
+use crate::flow::{self, AgentUnreachable};
+use crate::route::Route;
+use crate::PeerRole;
 
 impl<E: CallEnv> Call<E> {
     /// The bot asked for an agent (or closed with `connect` as the flow's next step).

@@ -13,7 +13,7 @@ use voicegate_sip::transport::Source;
 use super::env::{CallEnv, MediaKind};
 use super::media::{answer_reinvite_offer, direction_of};
 use super::Call;
-use voicegate_call::{Answer, OutState, SessionDue};
+use crate::{Answer, OutState, SessionDue};
 
 impl<E: CallEnv> Call<E> {
     /// The next hop's re-INVITE (hold, resume, refresh): answered here, its media change

@@ -3,15 +3,16 @@
 
 use std::sync::Arc;
 
+use crate::flow::{self, AfterBot, BotEnd};
 use tokio::time::Instant;
 use tracing::{info, warn};
 use voicegate_bridge::session::{BotSettings, SessionEnd};
-use voicegate_call::flow::{self, AfterBot, BotEnd};
 
 use super::b2bua::Pending;
 use super::env::CallEnv;
 use super::media;
-use super::{Call, Route};
+use super::Call;
+use crate::route::Route;
 use crate::settings::FlowRoute;
 
 impl<E: CallEnv> Call<E> {

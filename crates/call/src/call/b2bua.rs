@@ -19,11 +19,11 @@ use voicegate_sip::session_timer;
 use voicegate_sip::transport::Source;
 
 use super::env::{CallEnv, MediaKind, PortsId, RelayEnd};
-use super::hops::NextHop;
 use super::media::{call_media, direction_of};
 use super::Call;
-use crate::resolve::Target;
-use voicegate_call::{
+use crate::hop::NextHop;
+use crate::hop::Target;
+use crate::{
     AfterFailure, Arrival, CallerState, Failure, Hop, InviteParams, OutState, OutboundEvent,
     OutboundLeg, PeerDeadline, PeerRole,
 };
@@ -49,7 +49,7 @@ pub enum Pending {
 }
 
 /// The other leg of the call, with our RTP ports towards it.
-pub type Peer = voicegate_call::Peer<PortsId>;
+pub type Peer = crate::peer::Peer<PortsId>;
 
 impl<E: CallEnv> Call<E> {
     /// Starts the other leg: ports, our offer and the first attempt (done by the run loop).
@@ -154,7 +154,10 @@ impl<E: CallEnv> Call<E> {
         let ip = match self.env.settings().public_ip {
             Some(ip) => ip,
             None if !source.local.ip().is_unspecified() => source.local.ip(),
-            None => super::local_ip_towards(target.addr).unwrap_or(source.local.ip()),
+            None => self
+                .env
+                .local_ip_towards(target.addr)
+                .unwrap_or(source.local.ip()),
         };
         let host = match ip {
             std::net::IpAddr::V6(v6) => format!("[{v6}]"),

@@ -1,15 +1,16 @@
 //! What a call's media legs are told about a negotiation: the bridge's and the relay's view of
-//! a negotiated stream, the echo leg's controls, and our answer to a re-INVITE's offer.
+//! a negotiated stream, the echo leg's controls, and our answer to a re-INVITE's offer (also
+//! for a pair of legs handed over, in `voicegate_engine`).
 
 use voicegate_bridge::relay::LegDirection;
 use voicegate_bridge::session::CallMedia;
 use voicegate_rtp::echo::LegControl;
 use voicegate_sip::sdp::{self, Direction, LocalMedia, Negotiated};
 
-use crate::settings::Settings;
+use crate::settings::CallSettings;
 
 /// The bridge's view of a negotiated stream.
-pub(super) fn call_media(n: &Negotiated, settings: &Settings) -> CallMedia {
+pub fn call_media(n: &Negotiated, settings: &CallSettings) -> CallMedia {
     CallMedia {
         codec: n.codec,
         payload_type: n.payload_type,
@@ -21,7 +22,7 @@ pub(super) fn call_media(n: &Negotiated, settings: &Settings) -> CallMedia {
     }
 }
 
-pub(super) fn direction_of(n: &Negotiated) -> LegDirection {
+pub fn direction_of(n: &Negotiated) -> LegDirection {
     LegDirection {
         sending: n.direction.sends(),
         expect_rtp: n.direction.receives(),
@@ -29,7 +30,7 @@ pub(super) fn direction_of(n: &Negotiated) -> LegDirection {
 }
 
 /// What the media leg needs from a negotiation.
-pub(super) fn leg_control(n: &Negotiated) -> LegControl {
+pub fn leg_control(n: &Negotiated) -> LegControl {
     LegControl {
         sending: n.direction.sends(),
         expect_rtp: n.direction.receives(),
@@ -42,7 +43,7 @@ pub(super) fn leg_control(n: &Negotiated) -> LegControl {
 
 /// Our answer to a re-INVITE from a leg whose media we terminate: to its offer (the new
 /// negotiation comes back), or, without one, our offer in the codec in use.
-pub(super) fn answer_reinvite_offer(
+pub fn answer_reinvite_offer(
     local: &mut LocalMedia,
     current: Option<&Negotiated>,
     body: &[u8],

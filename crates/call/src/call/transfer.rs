@@ -11,7 +11,7 @@ use voicegate_sip::transport::Source;
 use super::b2bua::{Peer, Pending};
 use super::env::{CallEnv, PairSide};
 use super::Call;
-use voicegate_call::{take_refer, Arrival, OutState, PeerRole, ReferContext};
+use crate::{take_refer, Arrival, OutState, PeerRole, ReferContext};
 
 impl<E: CallEnv> Call<E> {
     /// A blind transfer (RFC 3515), asked by the other leg (`from_caller` false: the target

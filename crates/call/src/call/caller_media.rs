@@ -10,7 +10,8 @@ use voicegate_sip::sdp::{self, Direction, LocalMedia};
 
 use super::env::{CallEnv, MediaKind, PortsId};
 use super::media;
-use super::{Call, Media, Route};
+use super::{Call, Media};
+use crate::route::Route;
 
 impl<E: CallEnv> Call<E> {
     /// Allocates RTP ports and checks the offer (if any) before we ring.
