@@ -1,11 +1,11 @@
-//! Call control as plain data: the dialog legs of a call, the requests each side sends in
-//! them and the answers, with time passed in and bytes polled out; the call tasks only send,
-//! wait and start media.
+//! What each call does, decided without doing any I/O: the [`Call`] over a [`call::env::CallEnv`]
+//! that sends, resolves and runs the media for it; its dialog legs as plain data with time
+//! passed in and bytes polled out.
 //!
 //! A leg is a dialog seen from both sides: [`Incoming`] answers the far end's requests the
 //! same way for every call shape, [`Outgoing`] carries ours (BYE, NOTIFY, re-INVITE). The
 //! caller's leg ([`CallerLeg`]) starts from its INVITE; a leg we place ([`OutboundLeg`]) from
-//! ours.
+//! ours; the other party of a B2BUA call ([`Peer`]) tries its next hops in turn.
 
 pub mod call;
 pub mod caller;

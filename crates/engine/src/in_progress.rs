@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
+use voicegate_call::call::env::CallStart;
 use voicegate_call::CallRecord;
 use voicegate_control::{CallChange, CallInProgress, Store};
 
@@ -29,17 +30,6 @@ pub struct CallsInProgress {
     pub dropped: AtomicU64,
 }
 
-/// What a call says about itself when it starts.
-pub struct StartedCall<'a> {
-    pub call_sid: &'a str,
-    pub call_id: &'a str,
-    pub trunk_sid: Option<&'a str>,
-    pub number: &'a str,
-    pub remote: std::net::SocketAddr,
-    pub transport: &'a str,
-    pub direction: &'a str,
-}
-
 impl CallsInProgress {
     /// Starts the writer task for `node`'s calls.
     pub fn start(store: Arc<Store>, node: String) -> Self {
@@ -52,7 +42,7 @@ impl CallsInProgress {
         }
     }
 
-    pub fn started(&self, call: StartedCall<'_>) {
+    pub fn started(&self, call: &CallStart<'_>) {
         self.send(CallChange::Started(CallInProgress {
             call_sid: call.call_sid.to_string(),
             node: self.node.clone(),
@@ -166,7 +156,7 @@ mod tests {
         let calls = CallsInProgress::start(store.clone(), "node-a".into());
         let remote = "203.0.113.5:5060".parse().unwrap();
         for sid in ["one", "two", "three"] {
-            calls.started(StartedCall {
+            calls.started(&CallStart {
                 call_sid: sid,
                 call_id: "c@pbx",
                 trunk_sid: Some("TR1"),

@@ -176,15 +176,7 @@ impl CallEnv for NodeEnv {
         use std::sync::atomic::Ordering;
         self.core.stats.active.fetch_add(1, Ordering::Relaxed);
         if let Some(in_progress) = &self.core.in_progress {
-            in_progress.started(crate::in_progress::StartedCall {
-                call_sid: call.call_sid,
-                call_id: call.call_id,
-                trunk_sid: call.trunk_sid,
-                number: call.number,
-                remote: call.remote,
-                transport: call.transport,
-                direction: call.direction,
-            });
+            in_progress.started(call);
         }
     }
 
