@@ -71,6 +71,7 @@ struct MediaRecord {
     peer_label: Option<String>,
 }
 
+/// One call, from the caller's INVITE to its record; `E` does what the call decides.
 pub struct Call<E: CallEnv> {
     /// Everything outside the call: SIP out, next hops, counters, media.
     env: E,
