@@ -455,14 +455,7 @@ impl Harness {
 
     /// The requests that went to `to` since last asked (the rest is dropped).
     fn requests_to(&mut self, to: &str) -> Vec<Request> {
-        self.sent()
-            .into_iter()
-            .filter(|(target, _)| *target == addr(to))
-            .filter_map(|(_, m)| match m {
-                Message::Request(r) => Some(r),
-                Message::Response(_) => None,
-            })
-            .collect()
+        requests_in(&self.sent(), to)
     }
 
     fn log(&mut self) -> Vec<String> {
@@ -588,14 +581,30 @@ impl Harness {
     }
 }
 
-fn statuses_to(sent: &[(SocketAddr, Message)], to: &str) -> Vec<u16> {
+/// The requests among `sent` that went to `to`, in order.
+fn requests_in(sent: &[(SocketAddr, Message)], to: &str) -> Vec<Request> {
     sent.iter()
         .filter(|(target, _)| *target == addr(to))
         .filter_map(|(_, m)| match m {
-            Message::Response(r) => Some(r.status),
+            Message::Request(r) => Some(r.clone()),
+            Message::Response(_) => None,
+        })
+        .collect()
+}
+
+/// The responses among `sent` that went to `to`, in order.
+fn responses_in(sent: &[(SocketAddr, Message)], to: &str) -> Vec<Response> {
+    sent.iter()
+        .filter(|(target, _)| *target == addr(to))
+        .filter_map(|(_, m)| match m {
+            Message::Response(r) => Some(r.clone()),
             Message::Request(_) => None,
         })
         .collect()
+}
+
+fn statuses_to(sent: &[(SocketAddr, Message)], to: &str) -> Vec<u16> {
+    responses_in(sent, to).iter().map(|r| r.status).collect()
 }
 
 fn methods(requests: &[Request]) -> Vec<String> {
@@ -612,12 +621,9 @@ async fn a_forwarded_call_is_answered_when_the_carrier_answers() {
     let mut h = Harness::forward().await;
     let sent = h.sent();
     assert_eq!(statuses_to(&sent, CALLER), vec![100]);
-    let invite = sent
-        .iter()
-        .find_map(|(to, m)| match m {
-            Message::Request(r) if *to == addr(CARRIER) => Some(r.clone()),
-            _ => None,
-        })
+    let invite = requests_in(&sent, CARRIER)
+        .into_iter()
+        .next()
         .expect("an INVITE to the carrier");
     assert_eq!(invite.method, Method::Invite);
     h.call.env.sent.clear();
@@ -654,22 +660,12 @@ async fn the_carriers_refer_moves_the_caller_to_the_target() {
     h.far_end_sends(refer, CARRIER).await;
     let sent = h.sent();
     assert_eq!(statuses_to(&sent, CARRIER), vec![202]);
-    let to_carrier: Vec<_> = sent
-        .iter()
-        .filter(|(to, _)| *to == addr(CARRIER))
-        .filter_map(|(_, m)| match m {
-            Message::Request(r) => Some(r.clone()),
-            _ => None,
-        })
-        .collect();
+    let to_carrier = requests_in(&sent, CARRIER);
     assert_eq!(methods(&to_carrier), vec!["NOTIFY"]);
     assert_eq!(sipfrag(&to_carrier[0]), "SIP/2.0 100 Trying");
-    let target_invite = sent
-        .iter()
-        .find_map(|(to, m)| match m {
-            Message::Request(r) if *to == addr(AGENT) => Some(r.clone()),
-            _ => None,
-        })
+    let target_invite = requests_in(&sent, AGENT)
+        .into_iter()
+        .next()
         .expect("an INVITE to the target");
     assert!(
         statuses_to(&sent, CALLER).is_empty(),
@@ -704,19 +700,13 @@ async fn the_callers_refer_leaves_the_carrier_and_the_target_together() {
         .await;
     let sent = h.sent();
     assert_eq!(statuses_to(&sent, CALLER), vec![202]);
-    let target_invite = sent
-        .iter()
-        .find_map(|(to, m)| match m {
-            Message::Request(r) if *to == addr(AGENT) => Some(r.clone()),
-            _ => None,
-        })
+    let target_invite = requests_in(&sent, AGENT)
+        .into_iter()
+        .next()
         .expect("an INVITE to the target");
-    let notify = sent
-        .iter()
-        .find_map(|(to, m)| match m {
-            Message::Request(r) if *to == addr(CALLER) => Some(r.clone()),
-            _ => None,
-        })
+    let notify = requests_in(&sent, CALLER)
+        .into_iter()
+        .next()
         .expect("a NOTIFY to the caller");
     assert_eq!(sipfrag(&notify), "SIP/2.0 100 Trying");
 
@@ -774,21 +764,15 @@ async fn the_callers_hold_and_resume_reach_the_carrier() {
     )
     .await;
     let sent = h.sent();
-    let ok = sent
-        .iter()
-        .find_map(|(to, m)| match m {
-            Message::Response(r) if *to == addr(CALLER) => Some(r.clone()),
-            _ => None,
-        })
+    let ok = responses_in(&sent, CALLER)
+        .into_iter()
+        .next()
         .expect("the caller's 200");
     assert_eq!(ok.status, 200);
     assert!(String::from_utf8_lossy(&ok.body).contains("a=recvonly"));
-    let hold = sent
-        .iter()
-        .find_map(|(to, m)| match m {
-            Message::Request(r) if *to == addr(CARRIER) => Some(r.clone()),
-            _ => None,
-        })
+    let hold = requests_in(&sent, CARRIER)
+        .into_iter()
+        .next()
         .expect("our re-INVITE to the carrier");
     assert_eq!(hold.method, Method::Invite);
     assert_eq!(hold.call_id(), carrier_invite.call_id());
@@ -867,15 +851,8 @@ async fn a_cancel_while_the_carrier_rings_cancels_it_and_a_racing_200_is_hung_up
     h.far_end_sends(cancel, CALLER).await;
     let sent = h.sent();
     assert_eq!(statuses_to(&sent, CALLER), vec![200, 487]);
-    let to_carrier: Vec<_> = sent
-        .iter()
-        .filter(|(to, _)| *to == addr(CARRIER))
-        .filter_map(|(_, m)| match m {
-            Message::Request(r) => Some(r.method.to_string()),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(to_carrier, vec!["CANCEL"]);
+    let to_carrier = requests_in(&sent, CARRIER);
+    assert_eq!(methods(&to_carrier), vec!["CANCEL"]);
     // The carrier's 200 crossed our CANCEL: it is acknowledged and hung up at once.
     h.answers(
         &invite,
