@@ -92,6 +92,12 @@ async fn receive(index: u16, slot: Arc<Slot>, board: Arc<Board>) {
         let Ok((len, from)) = slot.socket.recv_from(&mut buf).await else {
             continue;
         };
+        // Only voicegate's RTP says where to send: its RTCP for another call can land here too
+        // (each call's RTCP goes to the port after its RTP port, another call's socket).
+        let is_our_rtp = len >= RTP_HEADER && buf[1] & 0x7f == PCMA;
+        if !is_our_rtp {
+            continue;
+        }
         if slot.remote.load(Relaxed) == 0 {
             if let SocketAddr::V4(v4) = from {
                 slot.remote.store(

@@ -263,6 +263,11 @@ impl PlayoutQueue {
         self.len == 0
     }
 
+    /// True from a frame of audio handed out until a frame of silence is: the bot is talking.
+    pub fn in_talkspurt(&self) -> bool {
+        self.in_talkspurt
+    }
+
     /// Marks placed and not yet returned by [`PlayoutQueue::poll_mark`] (due or not).
     pub fn pending_marks(&self) -> usize {
         self.marks.len()

@@ -1,4 +1,4 @@
-//! One bridged call, one task: the caller's RTP goes through the jitter buffer, is decoded,
+//! One bridged call, one task: the caller's RTP is released in order as it arrives, decoded,
 //! resampled to the bot's rate, cut into chunks and sent as `media` events; the bot's audio
 //! goes through the playout queue and comes out as 20 ms RTP frames paced by a monotonic
 //! clock. Marks, `clear`, DTMF and the endings of both sides are handled here too.
@@ -32,8 +32,8 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsProtocolError, Message};
 use tracing::{debug, info, warn};
 use voicegate_audio::{g711, G711Plc, OpusDecoder, OpusEncoder, Resampler};
+use voicegate_rtp::arrival::{ArrivalBuffer, ArrivalConfig, Release};
 use voicegate_rtp::dtmf::DtmfEvent;
-use voicegate_rtp::jitter::{JitterBuffer, JitterConfig, Playout};
 use voicegate_rtp::latch::LatchPolicy;
 use voicegate_rtp::leg::{LegSetup, LegSockets, MediaLeg, RtcpDemux, RtpWriter, RECV_BYTES};
 use voicegate_rtp::pool::RtpPorts;

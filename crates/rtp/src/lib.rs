@@ -1,9 +1,9 @@
-//! RTP media for voicegate: the UDP port pool, RTP legs, the jitter buffer, RFC 4733 DTMF
-//! and RTCP.
+//! RTP media for voicegate: the UDP port pool, RTP legs, in-order release of a caller's
+//! packets for bots, RFC 4733 DTMF and RTCP.
 
+pub mod arrival;
 pub mod dtmf;
 pub mod echo;
-pub mod jitter;
 pub mod latch;
 pub mod leg;
 pub mod pool;

@@ -1,6 +1,7 @@
-//! The session's main loop: caller RTP in through the jitter buffer to the bot, the bot's audio
-//! out through the playout queue as paced RTP, with marks, `clear`, DTMF and both sides' endings.
-//! One long-lived timer drives the 20 ms pacing and the session cap.
+//! The session's main loop: caller RTP to the bot as it arrives (in order, through the arrival
+//! buffer), the bot's audio out through the playout queue as paced RTP, with marks, `clear`, DTMF
+//! and both sides' endings. One long-lived timer drives the 20 ms pacing, the arrival buffer's
+//! waits and the session cap.
 
 use super::*;
 
@@ -123,6 +124,72 @@ pub(super) fn next_due(frame: Instant, session_end: Instant) -> (Instant, Due) {
     }
 }
 
+/// Bot → caller: the playout queue's next 20 ms (or silence, when configured) as one RTP packet.
+async fn bot_to_caller(
+    playout: &mut PlayoutQueue,
+    pipeline: &mut Pipeline,
+    leg: &mut MediaLeg,
+    bot: &BotSettings,
+    now: Instant,
+) {
+    let send = match playout.next_frame(&mut pipeline.bot_frame) {
+        Frame::Audio {
+            talkspurt_start, ..
+        } => Some(talkspurt_start),
+        Frame::Silence => bot.silence_when_idle.then_some(false),
+    };
+    if let (Some(marker), Some(_)) = (send, leg.state().rtp_target()) {
+        if pipeline.encode_frame(marker).is_ok() {
+            let payload_len = pipeline.packet.len() - 12;
+            leg.send_rtp(
+                &pipeline.packet,
+                pipeline.last_timestamp(),
+                payload_len,
+                now,
+            )
+            .await;
+        }
+    }
+}
+
+/// Caller → bot: every frame the arrival buffer releases at `now`, decoded, cut into the
+/// dialect's chunks and sent.
+fn caller_to_bot(
+    arrival: &mut ArrivalBuffer,
+    now: Instant,
+    pipeline: &mut Pipeline,
+    decoded: &mut Vec<i16>,
+    chunker: &mut Chunker,
+    link: &mut Link,
+    report: &mut SessionReport,
+) {
+    while let Some(release) = arrival.pop(now) {
+        match release {
+            Release::Frame { payload, .. } => pipeline.decode(Some(payload), decoded),
+            Release::Missing { .. } => {
+                report.concealed_frames += 1;
+                pipeline.decode(None, decoded);
+            }
+            Release::Silence => {
+                decoded.clear();
+                decoded.resize(pipeline.bot_frame.len(), 0);
+            }
+        }
+        chunker.push(decoded);
+        while let Some(chunk) = chunker.take_chunk() {
+            if !link.open {
+                break;
+            }
+            link.encoder
+                .media(&chunk, chunk.timestamp_ms, &mut link.out);
+            report.media_messages_sent += 1;
+            if !link.send() {
+                break;
+            }
+        }
+    }
+}
+
 /// The bidirectional part of a session, on the caller's sockets (given back with how it ended).
 pub(super) async fn session(
     sockets: LegSockets,
@@ -188,16 +255,20 @@ pub(super) async fn session(
     let mut chunker = Chunker::new(bot_rate, chunk);
     let mut playout = PlayoutQueue::new(bot_rate, bot.playout_max);
     let clock = media.codec.clock_rate();
-    let mut jitter = JitterBuffer::new(JitterConfig {
-        clock_rate: clock,
-        frame_samples: clock / 50,
-        ..JitterConfig::default()
-    });
     let mut decoded: Vec<i16> = Vec::with_capacity(pipeline.bot_frame.len() * 2);
     let mut rtp_in = vec![0u8; RECV_BYTES];
     let mut bot_pcm: Vec<i16> = Vec::with_capacity(bot_rate as usize * 2);
     let started = Instant::now();
     let deadline = started + bot.max_session;
+    // The bot has no playout clock: the caller's audio goes to it as it arrives, in order.
+    let mut arrival = ArrivalBuffer::new(
+        ArrivalConfig {
+            clock_rate: clock,
+            frame_samples: clock / 50,
+            ..ArrivalConfig::default()
+        },
+        started,
+    );
     let mut pacer = Pacer::new(started + FRAME, FRAME);
     let mut peer_ssrc = None;
     let cname = format!(
@@ -215,14 +286,15 @@ pub(super) async fn session(
     let mut timer = Timer::new(pacer.next_deadline());
 
     let stage = loop {
-        let (wake_at, due) = next_due(pacer.next_deadline(), deadline);
+        let media_due = pacer.next_deadline().min(arrival.next_deadline());
+        let (wake_at, due) = next_due(media_due, deadline);
         timer.arm(wake_at);
         tokio::select! {
             received = leg.recv(&mut rtp_in) => {
                 let header = received.header;
                 if peer_ssrc != Some(header.ssrc) {
                     peer_ssrc = Some(header.ssrc);
-                    jitter.set_ssrc(header.ssrc);
+                    arrival.set_ssrc(header.ssrc);
                 }
                 if Some(header.payload_type) == media.telephone_event {
                     if let Some(event) = received.dtmf {
@@ -235,7 +307,8 @@ pub(super) async fn session(
                     }
                 } else if header.payload_type == media.payload_type {
                     let payload = header.payload(&rtp_in[..received.len]);
-                    jitter.push(header.seq, header.timestamp, header.marker, payload, received.at);
+                    arrival.push(header.seq, header.timestamp, payload, received.at);
+                    caller_to_bot(&mut arrival, received.at, &mut pipeline, &mut decoded, &mut chunker, &mut link, report);
                 }
             }
             message = link.from_bot.next(), if link.open => {
@@ -260,7 +333,17 @@ pub(super) async fn session(
                 match dialect::parse_into(bot.protocol, text, &mut bot_pcm) {
                     Ok(dialect::BotMessageRef::Media) => {
                         report.bot_media_messages += 1;
+                        // Silence went out since the bot's last audio: it starts talking again.
+                        let starts_talking = !playout.in_talkspurt();
                         let pushed = playout.push_audio(&bot_pcm);
+                        if starts_talking && !playout.is_empty() && bot.bidirectional {
+                            // Its first frame goes out now rather than at the next tick (up to
+                            // 20 ms later), and the frames after it every 20 ms from here. The
+                            // frame is marked as a talkspurt start, so the caller's jitter buffer
+                            // takes the new timing.
+                            bot_to_caller(&mut playout, &mut pipeline, &mut leg, bot, now).await;
+                            pacer = Pacer::new(now + FRAME, FRAME);
+                        }
                         if pushed.dropped > 0 {
                             report.playout_samples_dropped += pushed.dropped as u64;
                             if let Some(suppressed) = warnings.playout_full.allow(now) {
@@ -320,43 +403,10 @@ pub(super) async fn session(
                     link.open = false;
                     break Stage::End(SessionEnd::BotClosed(format!("bot read nothing for {} s", stalled.as_secs())));
                 }
+                caller_to_bot(&mut arrival, now, &mut pipeline, &mut decoded, &mut chunker, &mut link, report);
                 for _ in 0..pacer.tick(now) {
-                    // Caller → bot.
-                    match jitter.pop(now) {
-                        Playout::Frame { payload, .. } => pipeline.decode(Some(payload), &mut decoded),
-                        Playout::Missing { .. } => {
-                            report.concealed_frames += 1;
-                            pipeline.decode(None, &mut decoded);
-                        }
-                        Playout::Gap { .. } | Playout::Waiting => {
-                            decoded.clear();
-                            decoded.resize(pipeline.bot_frame.len(), 0);
-                        }
-                    }
-                    chunker.push(&decoded);
-                    while let Some(chunk) = chunker.take_chunk() {
-                        if !link.open {
-                            break;
-                        }
-                        link.encoder.media(&chunk, chunk.timestamp_ms, &mut link.out);
-                        report.media_messages_sent += 1;
-                        if !link.send() {
-                            break;
-                        }
-                    }
-                    // Bot → caller.
                     if bot.bidirectional {
-                        let frame = playout.next_frame(&mut pipeline.bot_frame);
-                        let send = match frame {
-                            Frame::Audio { talkspurt_start, .. } => Some(talkspurt_start),
-                            Frame::Silence => bot.silence_when_idle.then_some(false),
-                        };
-                        if let (Some(marker), Some(_)) = (send, leg.state().rtp_target()) {
-                            if pipeline.encode_frame(marker).is_ok() {
-                                let payload_len = pipeline.packet.len() - 12;
-                                leg.send_rtp(&pipeline.packet, pipeline.last_timestamp(), payload_len, now).await;
-                            }
-                        }
+                        bot_to_caller(&mut playout, &mut pipeline, &mut leg, bot, now).await;
                         link.echo_due_marks(&mut playout, report);
                     }
                 }
