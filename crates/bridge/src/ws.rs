@@ -261,6 +261,23 @@ pub struct ClientConfig {
     pub max_message_bytes: usize,
 }
 
+/// tungstenite's read buffer for a bot's socket. It zeroes the buffer's free part before every
+/// read, so its default (128 KiB) cost a 128 KiB memset per read and 128 KiB per call. Bot
+/// messages are a few KB (100 ms of 8 kHz audio is about 2.2 KB in base64); a larger one still
+/// arrives, the buffer grows for it.
+pub(crate) const READ_BUFFER_BYTES: usize = 8 * 1024;
+/// tungstenite writes its queued frames once they exceed this. Every send flushes, so it only
+/// matters for frames fed together: small, so those cannot make the write buffer (which keeps its
+/// largest size) reach tungstenite's default of 128 KiB.
+pub(crate) const WRITE_BUFFER_BYTES: usize = 8 * 1024;
+
+/// The WebSocket buffers for a bot's connection, either side (see [`READ_BUFFER_BYTES`]).
+pub(crate) fn socket_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(WRITE_BUFFER_BYTES)
+}
+
 /// The default [`ClientConfig::max_message_bytes`]: ten times Exotel's largest chunk (100 KB,
 /// base64 and JSON around it), about 30 s of 16 kHz audio in one message.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1 << 20;
@@ -342,7 +359,7 @@ pub async fn connect_with_tls(
     };
     let attempts = config.retries.saturating_add(1);
     let mut reason = String::new();
-    let limits = WebSocketConfig::default()
+    let limits = socket_config()
         .max_message_size(Some(config.max_message_bytes))
         .max_frame_size(Some(config.max_message_bytes));
     for attempt in 1..=attempts {
@@ -653,6 +670,30 @@ mod tests {
         let mut socket = connect(&url, &ClientConfig::default()).await.unwrap();
         let msg = socket.next().await.unwrap().unwrap();
         assert_eq!(msg.into_text().unwrap().as_str(), "hello");
+        socket.close(None).await.unwrap();
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn messages_larger_than_the_read_buffer_arrive() {
+        // Well past READ_BUFFER_BYTES, well within max_message_bytes: the buffer grows.
+        let big = "x".repeat(40 * READ_BUFFER_BYTES);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let sent = big.clone();
+        let server = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let mut ws = tokio_tungstenite::accept_async(stream).await.unwrap();
+            ws.send(Message::text(sent.clone())).await.unwrap();
+            let back = ws.next().await.unwrap().unwrap();
+            assert_eq!(back.into_text().unwrap().as_str(), sent);
+            let _ = ws.next().await;
+        });
+        let url = BotUrl::parse(&format!("ws://127.0.0.1:{port}/")).unwrap();
+        let mut socket = connect(&url, &ClientConfig::default()).await.unwrap();
+        let msg = socket.next().await.unwrap().unwrap();
+        assert_eq!(msg.into_text().unwrap().as_str(), big);
+        socket.send(Message::text(big)).await.unwrap();
         socket.close(None).await.unwrap();
         server.await.unwrap();
     }
