@@ -1,6 +1,7 @@
 //! Once a call is up, the per-frame media work of a bot session allocates nothing: checked by
-//! counting allocations around 1,000 frames each way, and 1,000 tap frames of the listen-only
-//! stream after a hand-off (after a warm-up). The WebSocket send itself (one owned message per
+//! counting allocations around 1,000 frames each way (the bot's way also with a playout ring
+//! grown by a bot far ahead), and 1,000 tap frames of the listen-only stream after a hand-off
+//! (after a warm-up). The WebSocket send itself (one owned message per
 //! 100 ms chunk, tungstenite's API) is outside what is counted.
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -121,6 +122,35 @@ fn per_frame_media_work_does_not_allocate() {
         0,
         "bot → caller allocates"
     );
+
+    // Bot → caller with the bot 10 s ahead: getting there grew the playout ring (not counted);
+    // keeping that much queued, the ring wrapping round, allocates nothing.
+    let mut ahead = PlayoutQueue::new(16000, Duration::from_secs(60));
+    let initial = ahead.allocated_samples();
+    dialect::parse_into(Protocol::Exotel, &bot_frame, &mut parsed).unwrap();
+    for _ in 0..100 {
+        ahead.push_audio(&parsed);
+    }
+    assert!(ahead.allocated_samples() > initial);
+    let mut frames = 0u32;
+    let mut ahead_frame = || {
+        frames += 1;
+        if frames.is_multiple_of(5) {
+            dialect::parse_into(Protocol::Exotel, &bot_frame, &mut parsed).unwrap();
+            ahead.push_audio(&parsed);
+        }
+        ahead.next_frame(&mut frame);
+    };
+    for _ in 0..50 {
+        ahead_frame();
+    }
+    assert_eq!(
+        counted(|| (0..1000).for_each(|_| ahead_frame())),
+        0,
+        "bot → caller with a grown playout ring allocates"
+    );
+    assert_eq!(ahead.queued_samples(), 160_000);
+    assert!(ahead.stats().samples_played > ahead.allocated_samples() as u64);
 
     // Listen-only after a hand-off: tap frames of both parties, each track resampled and
     // chunked on its own.
