@@ -1,8 +1,9 @@
 //! Once a call is up, the per-frame media work of a bot session allocates nothing: checked by
 //! counting allocations around 1,000 frames each way (the bot's way also with a playout ring
 //! grown by a bot far ahead), and 1,000 tap frames of the listen-only stream after a hand-off
-//! (after a warm-up). The WebSocket send itself (one owned message per
-//! 100 ms chunk, tungstenite's API) is outside what is counted.
+//! (after a warm-up). Each chunk for the bot becomes an owned text frame, taken to be sent and
+//! dropped by the writer before the next is built; the queue to the writer and the socket are
+//! outside what is counted.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -12,6 +13,7 @@ use voicegate_audio::{g711, Resampler};
 use voicegate_bridge::dialect::{self, Encoder, Protocol, StreamInfo};
 use voicegate_bridge::playout::{Chunker, PlayoutQueue};
 use voicegate_bridge::tap::{TapFrame, Track, TAP_FRAME_SAMPLES};
+use voicegate_bridge::ws::TextFrames;
 
 struct Counting;
 
@@ -76,12 +78,14 @@ fn per_frame_media_work_does_not_allocate() {
     let mut chunker = Chunker::new(16000, Duration::from_millis(100));
     let mut encoder = Encoder::new(Protocol::Exotel, info());
     let mut out = String::with_capacity(8192);
+    let mut text_frames = TextFrames::new();
     let mut caller_frame = || {
         g711::decode_alaw(&payload, &mut pcm);
         let n = up.process(&pcm, &mut wide).unwrap();
         chunker.push(&wide[..n]);
         while let Some(chunk) = chunker.take_chunk() {
             encoder.media(&chunk, chunk.timestamp_ms, &mut out);
+            drop(text_frames.frame(&out));
         }
     };
     for _ in 0..50 {
@@ -179,6 +183,7 @@ fn per_frame_media_work_does_not_allocate() {
         chunker.push(&pcm[..len]);
         while let Some(chunk) = chunker.take_chunk() {
             encoder.track_media(frame.track, &chunk, chunk.timestamp_ms, &mut out);
+            drop(text_frames.frame(&out));
         }
     };
     for _ in 0..50 {
