@@ -95,7 +95,8 @@ async fn handle_connection(
     let _ = stream.set_nodelay(true);
     let mut ws = match tokio::time::timeout(
         HANDSHAKE_TIMEOUT,
-        tokio_tungstenite::accept_async(stream),
+        // Small buffers, as voicegate's own side: the bot serves many calls.
+        tokio_tungstenite::accept_async_with_config(stream, Some(crate::ws::socket_config())),
     )
     .await
     {
@@ -415,6 +416,25 @@ mod tests {
                    "stop": {"accountSid": "AC1", "callSid": "CA1"}}),
         )
         .await;
+        expect_close(&mut client).await;
+        bot.abort();
+    }
+
+    #[tokio::test]
+    async fn echoes_media_larger_than_its_read_buffer() {
+        let (url, bot) = start_bot(EchoBotOptions::default()).await;
+        let (mut client, _) = connect_async(url.as_str()).await.unwrap();
+        // 10 s of 8 kHz slin in base64: many times the bot's read buffer.
+        let payload = "AAEC".repeat(40_000);
+        send(
+            &mut client,
+            json!({"event": "media", "media": {"payload": payload}}),
+        )
+        .await;
+        let media = next_json(&mut client).await;
+        assert_eq!(media["media"]["payload"], payload.as_str());
+        assert_eq!(next_json(&mut client).await["mark"]["name"], "echo-1");
+        send(&mut client, json!({"event": "stop"})).await;
         expect_close(&mut client).await;
         bot.abort();
     }

@@ -14,8 +14,10 @@
 //! - [`Chunker`]: the caller's audio cut into fixed chunks for the bot (100 ms for Exotel, 20 ms
 //!   for Twilio), each with its timestamp in milliseconds since the stream started.
 //!
-//! None of them allocates per frame: the playout ring is allocated once at creation, the chunker's
-//! buffer only grows when a single input is larger than anything seen before.
+//! None of them allocates per frame: the playout ring holds what is queued, so it grows (doubling,
+//! up to the bound) only when the bot gets further ahead than it has been since the queue last
+//! emptied, and goes back to its first size when the queue empties; the chunker's buffer only
+//! grows when a single input is larger than anything seen before.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -37,6 +39,11 @@ pub const MAX_SAMPLE_RATE: u32 = 192_000;
 
 /// Largest playout bound accepted by [`PlayoutQueue::try_new`] (a session lasts at most 60 minutes).
 pub const MAX_BUFFERED: Duration = Duration::from_secs(3600);
+
+/// The playout ring's size at first and after the queue empties (capped by the bound). A bot
+/// that keeps pace needs much less; one that sends ahead makes the ring grow. A ring sized to the
+/// bound (60 s by default, about 1 MB at 8 kHz) would fill each call's memory as it wraps.
+const INITIAL_RING: Duration = Duration::from_secs(1);
 
 /// Largest chunk accepted by [`Chunker::try_new`].
 pub const MAX_CHUNK: Duration = Duration::from_secs(1);
@@ -156,8 +163,12 @@ pub struct PlayoutStats {
 pub struct PlayoutQueue {
     sample_rate: u32,
     frame_samples: usize,
-    /// Ring storage; its length is the capacity and never changes.
-    ring: Box<[i16]>,
+    /// Most samples queued at once (the playout bound).
+    bound: usize,
+    /// Ring storage; its length is the ring's size: at least what is queued, at most `bound`.
+    ring: Vec<i16>,
+    /// The ring's size when the queue is empty.
+    initial: usize,
     /// Index of the oldest queued sample.
     head: usize,
     /// Samples queued.
@@ -177,7 +188,8 @@ impl fmt::Debug for PlayoutQueue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PlayoutQueue")
             .field("sample_rate", &self.sample_rate)
-            .field("capacity", &self.ring.len())
+            .field("capacity", &self.bound)
+            .field("allocated", &self.ring.len())
             .field("queued", &self.len)
             .field("pending_marks", &self.marks.len())
             .field("stats", &self.stats)
@@ -188,8 +200,8 @@ impl fmt::Debug for PlayoutQueue {
 impl PlayoutQueue {
     /// A queue for audio at `sample_rate`, holding at most `max_buffered` of audio (e.g. 60 s).
     ///
-    /// The ring is allocated here, zero-filled, and never reallocated. A zero bound makes a queue
-    /// that drops everything (it does not panic).
+    /// The ring starts at one second (or the bound if smaller) and grows as audio is queued, up to
+    /// the bound. A zero bound makes a queue that drops everything (it does not panic).
     ///
     /// # Panics
     ///
@@ -216,12 +228,17 @@ impl PlayoutQueue {
         }
         let (capacity, _) = samples_in(sample_rate, max_buffered);
         // Bounded by MAX_SAMPLE_RATE * MAX_BUFFERED, which fits in usize on 32-bit targets too.
-        let capacity =
+        let bound =
             usize::try_from(capacity).map_err(|_| FramingError::BufferTooLarge(max_buffered))?;
+        let (initial, _) = samples_in(sample_rate, INITIAL_RING);
+        // At most MAX_SAMPLE_RATE samples.
+        let initial = (initial as usize).min(bound);
         Ok(Self {
             sample_rate,
             frame_samples: (sample_rate / FRAMES_PER_SECOND) as usize,
-            ring: vec![0; capacity].into_boxed_slice(),
+            bound,
+            ring: vec![0; initial],
+            initial,
             head: 0,
             len: 0,
             pushed: 0,
@@ -245,6 +262,12 @@ impl PlayoutQueue {
 
     /// Most samples the queue can hold.
     pub fn capacity(&self) -> usize {
+        self.bound
+    }
+
+    /// Samples the ring has room for now, without growing: at least [`Self::queued_samples`],
+    /// at most [`Self::capacity`].
+    pub fn allocated_samples(&self) -> usize {
         self.ring.len()
     }
 
@@ -279,12 +302,16 @@ impl PlayoutQueue {
     }
 
     /// Appends bot audio. What does not fit under the bound is dropped (the newest samples, i.e.
-    /// the tail of `pcm`) and counted; this never panics and never allocates.
+    /// the tail of `pcm`) and counted; this never panics. It allocates only when the ring must
+    /// grow to hold the audio (see [`PlayoutQueue::try_new`]).
     pub fn push_audio(&mut self, pcm: &[i16]) -> PushResult {
-        let capacity = self.ring.len();
-        let accepted = pcm.len().min(capacity - self.len);
+        let accepted = pcm.len().min(self.bound - self.len);
         let dropped = pcm.len() - accepted;
         if accepted > 0 {
+            if self.len + accepted > self.ring.len() {
+                self.grow(self.len + accepted);
+            }
+            let capacity = self.ring.len();
             let tail = (self.head + self.len) % capacity;
             let first = accepted.min(capacity - tail);
             self.ring[tail..tail + first].copy_from_slice(&pcm[..first]);
@@ -322,6 +349,29 @@ impl PlayoutQueue {
         self.head = 0;
         self.len = 0;
         self.in_talkspurt = false;
+        self.shrink();
+    }
+
+    /// Makes room for `needed` samples (at most `bound`): at least double the ring, so a bot
+    /// sending ahead costs a few reallocations, not one per message. The queued samples move to
+    /// the front of the new ring in order.
+    fn grow(&mut self, needed: usize) {
+        let size = needed.max(2 * self.ring.len()).min(self.bound);
+        let mut ring = vec![0; size];
+        let first = self.len.min(self.ring.len() - self.head);
+        ring[..first].copy_from_slice(&self.ring[self.head..self.head + first]);
+        ring[first..self.len].copy_from_slice(&self.ring[..self.len - first]);
+        self.ring = ring;
+        self.head = 0;
+    }
+
+    /// Gives back what the ring grew by, once nothing is queued (`head` is then 0): what a burst
+    /// of audio took is not kept for the rest of the call.
+    fn shrink(&mut self) {
+        if self.ring.len() > self.initial {
+            self.ring.truncate(self.initial);
+            self.ring.shrink_to_fit();
+        }
     }
 
     /// Fills `out` with the next frame and returns what it holds.
@@ -329,7 +379,8 @@ impl PlayoutQueue {
     /// `out` should be [`PlayoutQueue::frame_samples`] long (one 20 ms frame); its length is the
     /// number of samples handed out, so another packet time also works. Queued audio is copied in
     /// order; if less than a frame is queued, the rest is zero padding. An empty queue gives
-    /// [`Frame::Silence`] with `out` zeroed.
+    /// [`Frame::Silence`] with `out` zeroed. The frame that empties the queue also gives back
+    /// what the ring grew by.
     pub fn next_frame(&mut self, out: &mut [i16]) -> Frame {
         let take = out.len().min(self.len);
         if take == 0 {
@@ -345,11 +396,12 @@ impl PlayoutQueue {
         out[take..].fill(0);
         self.len -= take;
         // Restart at the front when drained, so an idle queue keeps touching the same memory.
-        self.head = if self.len == 0 {
-            0
+        if self.len == 0 {
+            self.head = 0;
+            self.shrink();
         } else {
-            (self.head + take) % capacity
-        };
+            self.head = (self.head + take) % capacity;
+        }
         self.played += take as u64;
         self.stats.samples_played += take as u64;
         self.stats.frames_played += 1;
@@ -992,6 +1044,79 @@ mod tests {
         assert!(dropped > 0, "the test should exercise overflow");
         assert_eq!(queue.stats().samples_dropped, dropped as u64);
         assert_eq!(queue.stats().samples_played, played.len() as u64);
+    }
+
+    #[test]
+    fn playout_ring_grows_with_what_is_queued_keeps_order_and_shrinks_when_empty() {
+        // The bot sends ahead (about 1,000 samples a step against 160 played): the ring grows
+        // past its first second while wrapped, up to the 60 s bound, and overflows there.
+        let mut queue = PlayoutQueue::new(8_000, 60 * SECOND);
+        assert_eq!(queue.capacity(), 480_000);
+        assert_eq!(queue.allocated_samples(), 8_000);
+        let mut out = [0; 160];
+        let mut seed: u32 = 777;
+        let mut next_in = 0;
+        let (mut accepted, mut played) = (Vec::new(), Vec::new());
+        let mut sizes = Vec::new();
+        for _ in 0..800 {
+            seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            let size = (seed >> 16) as usize % 2_000;
+            let chunk = ramp(next_in, size);
+            next_in += size;
+            let result = queue.push_audio(&chunk);
+            accepted.extend_from_slice(&chunk[..result.accepted]);
+            assert!(queue.allocated_samples() >= queue.queued_samples());
+            assert!(queue.allocated_samples() <= queue.capacity());
+            if sizes.last() != Some(&queue.allocated_samples()) {
+                sizes.push(queue.allocated_samples());
+            }
+            if let Frame::Audio { samples, .. } = queue.next_frame(&mut out) {
+                played.extend_from_slice(&out[..samples]);
+            }
+        }
+        // Doubling from one second to the bound, no step in between.
+        assert_eq!(
+            sizes,
+            [8_000, 16_000, 32_000, 64_000, 128_000, 256_000, 480_000]
+        );
+        assert!(queue.stats().samples_dropped > 0, "should reach the bound");
+        assert_eq!(queue.queued_samples(), 480_000 - 160);
+        for _ in 0..1_000 {
+            if let Frame::Audio { samples, .. } = queue.next_frame(&mut out) {
+                played.extend_from_slice(&out[..samples]);
+            }
+        }
+        // Draining half the queue keeps the ring; the order is intact.
+        assert_eq!(queue.allocated_samples(), 480_000);
+        while let Frame::Audio { samples, .. } = queue.next_frame(&mut out) {
+            played.extend_from_slice(&out[..samples]);
+        }
+        assert_eq!(played, accepted);
+        // Empty: back to one second.
+        assert_eq!(queue.allocated_samples(), 8_000);
+
+        // A clear gives the growth back too; the queue works on as before.
+        queue.push_audio(&ramp(0, 20_000));
+        assert_eq!(queue.allocated_samples(), 20_000);
+        queue.clear();
+        assert_eq!(queue.allocated_samples(), 8_000);
+        queue.push_audio(&ramp(5, 200));
+        assert_eq!(
+            queue.next_frame(&mut out),
+            Frame::Audio {
+                talkspurt_start: true,
+                samples: 160
+            }
+        );
+        assert_eq!(out.to_vec(), ramp(5, 160));
+
+        // A bound under a second is the whole ring from the start.
+        let small = PlayoutQueue::new(8_000, Duration::from_millis(70));
+        assert_eq!(small.allocated_samples(), 560);
+        assert_eq!(
+            PlayoutQueue::new(24_000, 60 * SECOND).allocated_samples(),
+            24_000
+        );
     }
 
     #[test]

@@ -43,7 +43,7 @@ use crate::dialect::{self, Encoder, Protocol, StopReason, StreamInfo};
 use crate::limits::{BotBudget, WarnLimiter, MAX_MARK_NAME_BYTES};
 use crate::playout::{AfterPlayout, Chunker, Frame, Pacer, PlayoutQueue};
 use crate::tap::{TapFrame, Track, TAP_FRAME_SAMPLES};
-use crate::ws::{self, BotSocket, BotUrl, ClientConfig};
+use crate::ws::{self, BotSocket, BotUrl, ClientConfig, TextFrames};
 
 mod direct;
 mod link;

@@ -13,12 +13,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
+use bytes::BytesMut;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::client::Request;
 use tokio_tungstenite::tungstenite::http::header::AUTHORIZATION;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
 /// An open WebSocket connection to a bot, plain or TLS.
@@ -261,6 +263,62 @@ pub struct ClientConfig {
     pub max_message_bytes: usize,
 }
 
+/// tungstenite's read buffer for a bot's socket. It zeroes the buffer's free part before every
+/// read, so its default (128 KiB) cost a 128 KiB memset per read and 128 KiB per call. Bot
+/// messages are a few KB (100 ms of 8 kHz audio is about 2.2 KB in base64); a larger one still
+/// arrives, the buffer grows for it.
+pub(crate) const READ_BUFFER_BYTES: usize = 8 * 1024;
+/// tungstenite writes its queued frames once they exceed this. Every send flushes, so it only
+/// matters for frames fed together: small, so those cannot make the write buffer (which keeps its
+/// largest size) reach tungstenite's default of 128 KiB.
+pub(crate) const WRITE_BUFFER_BYTES: usize = 8 * 1024;
+
+/// The WebSocket buffers for a bot's connection, either side (see [`READ_BUFFER_BYTES`]).
+pub(crate) fn socket_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(WRITE_BUFFER_BYTES)
+}
+
+/// Owned text frames for the bot without an allocation each: a frame built in a reused `String`
+/// is copied into one buffer and split off it, and its space is taken back once the writer has
+/// sent the frame and dropped it. (A `String` per frame cost an allocation and a free each.)
+///
+/// A frame still held when the buffer runs out (the bot is not reading) makes it start a new
+/// buffer; the old one is freed with the last of its frames.
+#[derive(Debug)]
+pub struct TextFrames {
+    buf: BytesMut,
+}
+
+/// [`TextFrames`]' buffer: a few frames, two of the largest usual (100 ms of 24 kHz audio in
+/// base64, about 6.5 KB), so a frame still in the writer's hands rarely forces a new one.
+const TEXT_FRAMES_BYTES: usize = 16 * 1024;
+
+impl TextFrames {
+    /// An empty buffer of [`TEXT_FRAMES_BYTES`] (larger frames make it grow).
+    pub fn new() -> Self {
+        TextFrames {
+            buf: BytesMut::with_capacity(TEXT_FRAMES_BYTES),
+        }
+    }
+
+    /// `text` as an owned text frame's payload (`Message::Text`).
+    pub fn frame(&mut self, text: &str) -> Utf8Bytes {
+        // Takes back the space of the frames already dropped when it runs out.
+        self.buf.extend_from_slice(text.as_bytes());
+        let bytes = self.buf.split().freeze();
+        // SAFETY: `bytes` is exactly a copy of `text`, which is UTF-8.
+        unsafe { Utf8Bytes::from_bytes_unchecked(bytes) }
+    }
+}
+
+impl Default for TextFrames {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// The default [`ClientConfig::max_message_bytes`]: ten times Exotel's largest chunk (100 KB,
 /// base64 and JSON around it), about 30 s of 16 kHz audio in one message.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1 << 20;
@@ -342,7 +400,7 @@ pub async fn connect_with_tls(
     };
     let attempts = config.retries.saturating_add(1);
     let mut reason = String::new();
-    let limits = WebSocketConfig::default()
+    let limits = socket_config()
         .max_message_size(Some(config.max_message_bytes))
         .max_frame_size(Some(config.max_message_bytes));
     for attempt in 1..=attempts {
@@ -655,6 +713,60 @@ mod tests {
         assert_eq!(msg.into_text().unwrap().as_str(), "hello");
         socket.close(None).await.unwrap();
         server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn messages_larger_than_the_read_buffer_arrive() {
+        // Well past READ_BUFFER_BYTES, well within max_message_bytes: the buffer grows.
+        let big = "x".repeat(40 * READ_BUFFER_BYTES);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let sent = big.clone();
+        let server = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let mut ws = tokio_tungstenite::accept_async(stream).await.unwrap();
+            ws.send(Message::text(sent.clone())).await.unwrap();
+            let back = ws.next().await.unwrap().unwrap();
+            assert_eq!(back.into_text().unwrap().as_str(), sent);
+            let _ = ws.next().await;
+        });
+        let url = BotUrl::parse(&format!("ws://127.0.0.1:{port}/")).unwrap();
+        let mut socket = connect(&url, &ClientConfig::default()).await.unwrap();
+        let msg = socket.next().await.unwrap().unwrap();
+        assert_eq!(msg.into_text().unwrap().as_str(), big);
+        socket.send(Message::text(big)).await.unwrap();
+        socket.close(None).await.unwrap();
+        server.await.unwrap();
+    }
+
+    #[test]
+    fn text_frames_reuse_their_buffer_once_frames_are_dropped() {
+        let mut frames = TextFrames::new();
+        let text = "y".repeat(3000);
+        let first = frames.frame(&text);
+        assert_eq!(first.as_str(), text);
+        let start = first.as_ptr();
+        drop(first);
+        // Dropped as soon as built (the writer keeping up): the frames cycle through the same
+        // buffer.
+        for i in 0..100 {
+            let text = format!("{i}:{text}");
+            let frame = frames.frame(&text);
+            assert_eq!(frame.as_str(), text);
+            let offset = frame.as_ptr() as usize - start as usize;
+            assert!(offset + frame.len() <= TEXT_FRAMES_BYTES, "frame {i} moved");
+        }
+        // Frames held stay intact while later ones are built, in whatever buffer.
+        let held: Vec<_> = (0..20)
+            .map(|i| (i, frames.frame(&format!("{i}{text}"))))
+            .collect();
+        for (i, frame) in &held {
+            assert_eq!(frame.as_str(), format!("{i}{text}"));
+        }
+        // A frame larger than the buffer is whole.
+        let big = "z".repeat(5 * TEXT_FRAMES_BYTES);
+        assert_eq!(frames.frame(&big).as_str(), big);
+        assert_eq!(frames.frame("").as_str(), "");
     }
 
     /// What the test server saw of the handshake request.

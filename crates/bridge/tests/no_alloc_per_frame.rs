@@ -1,7 +1,9 @@
 //! Once a call is up, the per-frame media work of a bot session allocates nothing: checked by
-//! counting allocations around 1,000 frames each way, and 1,000 tap frames of the listen-only
-//! stream after a hand-off (after a warm-up). The WebSocket send itself (one owned message per
-//! 100 ms chunk, tungstenite's API) is outside what is counted.
+//! counting allocations around 1,000 frames each way (the bot's way also with a playout ring
+//! grown by a bot far ahead), and 1,000 tap frames of the listen-only stream after a hand-off
+//! (after a warm-up). Each chunk for the bot becomes an owned text frame, taken to be sent and
+//! dropped by the writer before the next is built; the queue to the writer and the socket are
+//! outside what is counted.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -11,6 +13,7 @@ use voicegate_audio::{g711, Resampler};
 use voicegate_bridge::dialect::{self, Encoder, Protocol, StreamInfo};
 use voicegate_bridge::playout::{Chunker, PlayoutQueue};
 use voicegate_bridge::tap::{TapFrame, Track, TAP_FRAME_SAMPLES};
+use voicegate_bridge::ws::TextFrames;
 
 struct Counting;
 
@@ -75,12 +78,14 @@ fn per_frame_media_work_does_not_allocate() {
     let mut chunker = Chunker::new(16000, Duration::from_millis(100));
     let mut encoder = Encoder::new(Protocol::Exotel, info());
     let mut out = String::with_capacity(8192);
+    let mut text_frames = TextFrames::new();
     let mut caller_frame = || {
         g711::decode_alaw(&payload, &mut pcm);
         let n = up.process(&pcm, &mut wide).unwrap();
         chunker.push(&wide[..n]);
         while let Some(chunk) = chunker.take_chunk() {
             encoder.media(&chunk, chunk.timestamp_ms, &mut out);
+            drop(text_frames.frame(&out));
         }
     };
     for _ in 0..50 {
@@ -122,6 +127,35 @@ fn per_frame_media_work_does_not_allocate() {
         "bot → caller allocates"
     );
 
+    // Bot → caller with the bot 10 s ahead: getting there grew the playout ring (not counted);
+    // keeping that much queued, the ring wrapping round, allocates nothing.
+    let mut ahead = PlayoutQueue::new(16000, Duration::from_secs(60));
+    let initial = ahead.allocated_samples();
+    dialect::parse_into(Protocol::Exotel, &bot_frame, &mut parsed).unwrap();
+    for _ in 0..100 {
+        ahead.push_audio(&parsed);
+    }
+    assert!(ahead.allocated_samples() > initial);
+    let mut frames = 0u32;
+    let mut ahead_frame = || {
+        frames += 1;
+        if frames.is_multiple_of(5) {
+            dialect::parse_into(Protocol::Exotel, &bot_frame, &mut parsed).unwrap();
+            ahead.push_audio(&parsed);
+        }
+        ahead.next_frame(&mut frame);
+    };
+    for _ in 0..50 {
+        ahead_frame();
+    }
+    assert_eq!(
+        counted(|| (0..1000).for_each(|_| ahead_frame())),
+        0,
+        "bot → caller with a grown playout ring allocates"
+    );
+    assert_eq!(ahead.queued_samples(), 160_000);
+    assert!(ahead.stats().samples_played > ahead.allocated_samples() as u64);
+
     // Listen-only after a hand-off: tap frames of both parties, each track resampled and
     // chunked on its own.
     let mut encoder = Encoder::new(Protocol::Exotel, info());
@@ -149,6 +183,7 @@ fn per_frame_media_work_does_not_allocate() {
         chunker.push(&pcm[..len]);
         while let Some(chunk) = chunker.take_chunk() {
             encoder.track_media(frame.track, &chunk, chunk.timestamp_ms, &mut out);
+            drop(text_frames.frame(&out));
         }
     };
     for _ in 0..50 {

@@ -44,6 +44,8 @@ pub(super) struct Link {
     pub(super) encoder: Encoder,
     /// The frame being built, reused.
     pub(super) out: String,
+    /// Where `out` is copied to be queued, so that a frame is not a new allocation.
+    frames: TextFrames,
     /// Since when our frames have not fitted in the queue (the bot stopped reading).
     pub(super) stalled_since: Option<Instant>,
     /// Frames dropped for a full queue.
@@ -61,6 +63,7 @@ impl Link {
             open: true,
             encoder,
             out: String::with_capacity(4096),
+            frames: TextFrames::new(),
             stalled_since: None,
             dropped: 0,
         }
@@ -72,10 +75,8 @@ impl Link {
         if !self.open {
             return false;
         }
-        match self
-            .to_bot
-            .try_send(Outgoing::Frame(Message::text(self.out.clone())))
-        {
+        let frame = Message::Text(self.frames.frame(&self.out));
+        match self.to_bot.try_send(Outgoing::Frame(frame)) {
             Ok(()) => {
                 self.stalled_since = None;
                 true
