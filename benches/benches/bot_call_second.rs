@@ -2,7 +2,7 @@
 //! or the writer task:
 //!
 //! - caller → bot: 50 PCMA RTP packets (20 ms) taken by the leg (latching, statistics), through
-//!   the jitter buffer, decoded (with PLC), resampled to the bot's rate, chunked and encoded as
+//!   the arrival buffer (each released on arrival), decoded (with PLC), resampled to the bot's rate, chunked and encoded as
 //!   `media` messages, each made an owned text frame for the writer (10 messages of 100 ms for
 //!   Exotel, 50 of 20 ms for Twilio);
 //! - bot → caller: a second of the bot's `media` messages (and a mark after the last) checked
@@ -23,7 +23,7 @@ use voicegate_bridge::limits::BotBudget;
 use voicegate_bridge::playout::{Chunker, Frame, PlayoutQueue};
 use voicegate_bridge::session::Codec;
 use voicegate_bridge::ws::TextFrames;
-use voicegate_rtp::jitter::{JitterBuffer, JitterConfig, Playout};
+use voicegate_rtp::arrival::{ArrivalBuffer, ArrivalConfig, Release};
 use voicegate_rtp::latch::LatchPolicy;
 use voicegate_rtp::leg::Datagram;
 use voicegate_rtp::{LegSetup, LegState, RtcpDemux, RtpWriter};
@@ -116,7 +116,7 @@ fn tone(rate: u32, seconds: usize) -> Vec<i16> {
 /// The caller → bot half of a session.
 struct CallerToBot {
     leg: LegState,
-    jitter: JitterBuffer,
+    arrival: ArrivalBuffer,
     plc: G711Plc,
     pcm: Vec<i16>,
     up: Resampler,
@@ -147,7 +147,7 @@ impl CallerToBot {
             .collect();
         CallerToBot {
             leg: leg(now),
-            jitter: JitterBuffer::new(JitterConfig::default()),
+            arrival: ArrivalBuffer::new(ArrivalConfig::default(), now),
             plc: G711Plc::new(),
             pcm: vec![0; 160],
             up: Resampler::new(8000, variant.rate, 160).unwrap(),
@@ -164,13 +164,12 @@ impl CallerToBot {
         }
     }
 
-    /// One second: 50 packets in, each followed by its frame tick. Returns the messages made
-    /// and the frames the jitter buffer played.
+    /// One second: 50 packets in, each released as it arrives. Returns the messages made and
+    /// the frames the arrival buffer released.
     fn second(&mut self) -> (usize, usize) {
         let (mut messages, mut played) = (0, 0);
         for i in 0..self.payloads.len() {
             let payload = self.payloads[i];
-            // The packet arrives half a frame before the tick.
             self.packet.clear();
             self.packet.extend_from_slice(&[0x80, PCMA]);
             self.packet.extend_from_slice(&self.seq.to_be_bytes());
@@ -179,44 +178,33 @@ impl CallerToBot {
             self.packet.extend_from_slice(&payload);
             self.seq = self.seq.wrapping_add(1);
             self.timestamp = self.timestamp.wrapping_add(160);
-            let arrived = self.now - FRAME / 2;
+            let arrived = self.now;
+            self.now += FRAME;
             if let Datagram::Rtp { header, .. } =
                 self.leg
                     .on_rtp_port(black_box(&self.packet), caller(), arrived)
             {
-                self.jitter.push(
+                self.arrival.push(
                     header.seq,
                     header.timestamp,
-                    header.marker,
                     header.payload(&self.packet),
                     arrived,
                 );
             }
-
-            // The frame tick.
-            let now = self.now;
-            self.now += FRAME;
-            let payload = match self.jitter.pop(now) {
-                Playout::Frame { payload, .. } => Some(payload),
-                Playout::Missing { .. } => None,
-                Playout::Gap { .. } | Playout::Waiting => {
-                    self.decoded.clear();
-                    self.decoded.resize(self.up.output_frame_len(), 0);
-                    self.chunk();
-                    continue;
+            while let Some(release) = self.arrival.pop(arrived) {
+                match release {
+                    Release::Frame { payload, .. } => {
+                        let n = g711::decode_alaw(payload, &mut self.pcm);
+                        self.pcm[n..].fill(0);
+                        self.plc.good_frame(&mut self.pcm);
+                        played += 1;
+                    }
+                    Release::Missing { .. } => self.plc.conceal(&mut self.pcm),
+                    Release::Silence => self.pcm.fill(0),
                 }
-            };
-            played += 1;
-            match payload {
-                Some(p) => {
-                    let n = g711::decode_alaw(p, &mut self.pcm);
-                    self.pcm[n..].fill(0);
-                    self.plc.good_frame(&mut self.pcm);
-                }
-                None => self.plc.conceal(&mut self.pcm),
+                self.up.process_vec(&self.pcm, &mut self.decoded).unwrap();
+                messages += self.chunk();
             }
-            self.up.process_vec(&self.pcm, &mut self.decoded).unwrap();
-            messages += self.chunk();
         }
         (messages, played)
     }
@@ -382,7 +370,7 @@ fn benches(c: &mut Criterion) {
     let mut group = c.benchmark_group("bot_call_second");
     for variant in VARIANTS {
         let mut up = CallerToBot::new(variant);
-        // Past the jitter buffer's start: every packet plays, every chunk is sent.
+        // A second to settle: then every packet plays and every chunk is sent.
         up.second();
         let per_second = (Duration::from_secs(1).as_nanos() / variant.chunk.as_nanos()) as usize;
         assert_eq!(up.second(), (per_second, FRAMES_PER_SECOND));

@@ -22,7 +22,6 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-
 /// Settings of one [`ArrivalBuffer`].
 #[derive(Debug, Clone)]
 pub struct ArrivalConfig {
@@ -47,7 +46,8 @@ impl Default for ArrivalConfig {
             frame_samples: 160,
             reorder_wait: Duration::from_millis(40),
             fill_after: Duration::from_millis(60),
-            capacity: 32,
+            // 320 ms of 20 ms packets: far beyond what the reorder wait keeps.
+            capacity: 16,
             max_payload: 1500,
         }
     }

@@ -257,7 +257,8 @@ pub(super) async fn session(
     let clock = media.codec.clock_rate();
     let mut decoded: Vec<i16> = Vec::with_capacity(pipeline.bot_frame.len() * 2);
     let mut rtp_in = vec![0u8; RECV_BYTES];
-    let mut bot_pcm: Vec<i16> = Vec::with_capacity(bot_rate as usize * 2);
+    // Grows to the largest message the bot sends (a typical one is 20-100 ms).
+    let mut bot_pcm: Vec<i16> = Vec::with_capacity(bot_rate as usize / 5);
     let started = Instant::now();
     let deadline = started + bot.max_session;
     // The bot has no playout clock: the caller's audio goes to it as it arrives, in order.
@@ -265,6 +266,8 @@ pub(super) async fn session(
         ArrivalConfig {
             clock_rate: clock,
             frame_samples: clock / 50,
+            // G.711 up to 60 ms a packet; an Opus packet is at most 1275 bytes a frame.
+            max_payload: if clock == 8000 { 480 } else { 1500 },
             ..ArrivalConfig::default()
         },
         started,
