@@ -43,7 +43,7 @@ pub const MAX_BUFFERED: Duration = Duration::from_secs(3600);
 /// The playout ring's size at first and after the queue empties (capped by the bound). A bot
 /// that keeps pace needs much less; one that sends ahead makes the ring grow. A ring sized to the
 /// bound (60 s by default, about 1 MB at 8 kHz) would fill each call's memory as it wraps.
-const INITIAL_RING: Duration = Duration::from_secs(1);
+const INITIAL_RING: Duration = Duration::from_millis(250);
 
 /// Largest chunk accepted by [`Chunker::try_new`].
 pub const MAX_CHUNK: Duration = Duration::from_secs(1);
@@ -200,7 +200,7 @@ impl fmt::Debug for PlayoutQueue {
 impl PlayoutQueue {
     /// A queue for audio at `sample_rate`, holding at most `max_buffered` of audio (e.g. 60 s).
     ///
-    /// The ring starts at one second (or the bound if smaller) and grows as audio is queued, up to
+    /// The ring starts at 250 ms (or the bound if smaller) and grows as audio is queued, up to
     /// the bound. A zero bound makes a queue that drops everything (it does not panic).
     ///
     /// # Panics
@@ -1049,10 +1049,10 @@ mod tests {
     #[test]
     fn playout_ring_grows_with_what_is_queued_keeps_order_and_shrinks_when_empty() {
         // The bot sends ahead (about 1,000 samples a step against 160 played): the ring grows
-        // past its first second while wrapped, up to the 60 s bound, and overflows there.
+        // past its first 250 ms while wrapped, up to the 60 s bound, and overflows there.
         let mut queue = PlayoutQueue::new(8_000, 60 * SECOND);
         assert_eq!(queue.capacity(), 480_000);
-        assert_eq!(queue.allocated_samples(), 8_000);
+        assert_eq!(queue.allocated_samples(), 2_000);
         let mut out = [0; 160];
         let mut seed: u32 = 777;
         let mut next_in = 0;
@@ -1074,10 +1074,10 @@ mod tests {
                 played.extend_from_slice(&out[..samples]);
             }
         }
-        // Doubling from one second to the bound, no step in between.
+        // Doubling from 250 ms to the bound, no step in between.
         assert_eq!(
             sizes,
-            [8_000, 16_000, 32_000, 64_000, 128_000, 256_000, 480_000]
+            [2_000, 4_000, 8_000, 16_000, 32_000, 64_000, 128_000, 256_000, 480_000]
         );
         assert!(queue.stats().samples_dropped > 0, "should reach the bound");
         assert_eq!(queue.queued_samples(), 480_000 - 160);
@@ -1092,14 +1092,14 @@ mod tests {
             played.extend_from_slice(&out[..samples]);
         }
         assert_eq!(played, accepted);
-        // Empty: back to one second.
-        assert_eq!(queue.allocated_samples(), 8_000);
+        // Empty: back to 250 ms.
+        assert_eq!(queue.allocated_samples(), 2_000);
 
         // A clear gives the growth back too; the queue works on as before.
         queue.push_audio(&ramp(0, 20_000));
         assert_eq!(queue.allocated_samples(), 20_000);
         queue.clear();
-        assert_eq!(queue.allocated_samples(), 8_000);
+        assert_eq!(queue.allocated_samples(), 2_000);
         queue.push_audio(&ramp(5, 200));
         assert_eq!(
             queue.next_frame(&mut out),

@@ -291,9 +291,10 @@ pub struct TextFrames {
     buf: BytesMut,
 }
 
-/// [`TextFrames`]' buffer: a few frames, two of the largest usual (100 ms of 24 kHz audio in
-/// base64, about 6.5 KB), so a frame still in the writer's hands rarely forces a new one.
-const TEXT_FRAMES_BYTES: usize = 16 * 1024;
+/// [`TextFrames`]' buffer: a few usual frames (100 ms of 8 kHz audio in base64 is about
+/// 2.2 KB), so a frame still in the writer's hands rarely forces a new one; larger frames make
+/// it grow. Per call, so kept small.
+const TEXT_FRAMES_BYTES: usize = 8 * 1024;
 
 impl TextFrames {
     /// An empty buffer of [`TEXT_FRAMES_BYTES`] (larger frames make it grow).
