@@ -1110,12 +1110,12 @@ mod tests {
         );
         assert_eq!(out.to_vec(), ramp(5, 160));
 
-        // A bound under a second is the whole ring from the start.
+        // A bound under 250 ms is the whole ring from the start.
         let small = PlayoutQueue::new(8_000, Duration::from_millis(70));
         assert_eq!(small.allocated_samples(), 560);
         assert_eq!(
             PlayoutQueue::new(24_000, 60 * SECOND).allocated_samples(),
-            24_000
+            6_000
         );
     }
 
