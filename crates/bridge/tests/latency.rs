@@ -56,7 +56,7 @@ async fn the_callers_audio_reaches_the_bot_as_it_arrives() {
             let payload = base64::engine::general_purpose::STANDARD
                 .decode(message["media"]["payload"].as_str().unwrap())
                 .unwrap();
-            // Silence filled in for a late packet comes too; ours carries its fill.
+            // Silence filled in before the first packet comes too; ours carries its fill.
             if payload.first() == Some(&fill) {
                 assert_eq!(payload, vec![fill; 160], "packet {seq} arrived changed");
                 delays.push(sent.elapsed());

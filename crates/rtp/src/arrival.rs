@@ -10,11 +10,9 @@
 //!   arrived, then released as [`Release::Missing`] (the consumer conceals it);
 //! * a silence gap in the sender's timestamps (DTX) is released as [`Release::Silence`] frames
 //!   before the packet that ends it;
-//! * a sender that stops (hold, loss of every packet) is filled with one [`Release::Silence`]
-//!   frame per frame interval, starting [`ArrivalConfig::fill_after`] after its last frame, so
-//!   the consumer's timeline goes on in real time. Before the first packet nothing is released:
-//!   silence there would put the consumer's timeline ahead of the sender's by up to a frame for
-//!   the whole call (a bot that echoes in real time would keep that frame queued).
+//! * a sender that stops (hold, loss of every packet, before its first packet) is filled with
+//!   one [`Release::Silence`] frame per frame interval, starting [`ArrivalConfig::fill_after`]
+//!   after its last frame, so the consumer's timeline goes on in real time.
 //!
 //! Sans-I/O and allocation-free after [`ArrivalBuffer::new`]: the caller pushes each packet
 //! with its arrival time, drains [`ArrivalBuffer::pop`] until `None`, and wakes at
@@ -137,7 +135,7 @@ pub struct ArrivalBuffer {
 }
 
 impl ArrivalBuffer {
-    /// An empty buffer: nothing is released until the first packet.
+    /// An empty buffer; with no packet, silence is filled in from `now + fill_after`.
     pub fn new(config: ArrivalConfig, now: Instant) -> Self {
         let capacity = config.capacity.max(2);
         let frame = Duration::from_micros(
@@ -325,14 +323,16 @@ impl ArrivalBuffer {
                 return Some(Release::Missing { seq: next });
             }
         }
-        if self.next_seq.is_some() && now >= self.fill_at {
+        if now >= self.fill_at {
             // After a stall of the whole process, catch up at most a few frames at once.
             let behind = now.saturating_duration_since(self.fill_at);
             if behind > self.frame * MAX_FILL_CATCH_UP {
                 self.fill_at = now;
             }
             self.fill_at += self.frame;
-            self.next_ts = self.next_ts.wrapping_add(fs);
+            if self.next_seq.is_some() {
+                self.next_ts = self.next_ts.wrapping_add(fs);
+            }
             self.stats.silence += 1;
             return Some(Release::Silence);
         }
@@ -340,18 +340,18 @@ impl ArrivalBuffer {
     }
 
     /// When [`ArrivalBuffer::pop`] may next have something without a new packet: a missing
-    /// packet's wait ending, or the next silence frame for a silent sender; None before the
-    /// first packet.
-    pub fn next_deadline(&self) -> Option<Instant> {
-        let next = self.next_seq?;
-        let slot = &self.slots[self.index(next)];
-        if slot.present && slot.seq == next {
-            return Some(slot.at);
+    /// packet's wait ending, or the next silence frame for a silent sender.
+    pub fn next_deadline(&self) -> Instant {
+        if let Some(next) = self.next_seq {
+            let slot = &self.slots[self.index(next)];
+            if slot.present && slot.seq == next {
+                return slot.at;
+            }
+            if let Some(later) = self.first_after(next) {
+                return (later.at + self.config.reorder_wait).min(self.fill_at);
+            }
         }
-        if let Some(later) = self.first_after(next) {
-            return Some((later.at + self.config.reorder_wait).min(self.fill_at));
-        }
-        Some(self.fill_at)
+        self.fill_at
     }
 }
 
@@ -408,7 +408,7 @@ mod tests {
         assert_eq!(drain(&mut b, t0), [('F', 0)]);
         b.push(2, 320, &[2], t0 + 40 * MS);
         assert_eq!(drain(&mut b, t0 + 40 * MS), []);
-        assert_eq!(b.next_deadline(), Some(t0 + 80 * MS));
+        assert_eq!(b.next_deadline(), t0 + 80 * MS);
         b.push(1, 160, &[1], t0 + 45 * MS);
         assert_eq!(drain(&mut b, t0 + 45 * MS), [('F', 1), ('F', 2)]);
         assert_eq!(b.stats().reordered, 1);
@@ -450,7 +450,7 @@ mod tests {
         drain(&mut b, t0);
         // Frame 1 was due at 20 ms; the fill starts 60 ms after that.
         assert_eq!(drain(&mut b, t0 + 79 * MS), []);
-        assert_eq!(b.next_deadline(), Some(t0 + 80 * MS));
+        assert_eq!(b.next_deadline(), t0 + 80 * MS);
         assert_eq!(drain(&mut b, t0 + 80 * MS), [('S', 0)]);
         assert_eq!(drain(&mut b, t0 + 100 * MS), [('S', 0)]);
         assert_eq!(drain(&mut b, t0 + 120 * MS), [('S', 0)]);
@@ -460,21 +460,20 @@ mod tests {
     }
 
     #[test]
-    fn nothing_comes_out_before_the_first_packet() {
+    fn before_the_first_packet_the_stream_is_silence() {
         let t0 = Instant::now();
         let mut b = buffer(t0);
-        assert_eq!(b.next_deadline(), None);
-        assert_eq!(drain(&mut b, t0 + Duration::from_secs(1)), []);
-        b.push(7, 1000, &[7], t0 + Duration::from_secs(1));
-        assert_eq!(drain(&mut b, t0 + Duration::from_secs(1)), [('F', 7)]);
+        assert_eq!(drain(&mut b, t0 + 59 * MS), []);
+        assert_eq!(drain(&mut b, t0 + 60 * MS), [('S', 0)]);
+        assert_eq!(drain(&mut b, t0 + 80 * MS), [('S', 0)]);
+        b.push(7, 1000, &[7], t0 + 85 * MS);
+        assert_eq!(drain(&mut b, t0 + 85 * MS), [('F', 7)]);
     }
 
     #[test]
     fn a_stall_of_the_process_fills_a_few_frames_not_all() {
         let t0 = Instant::now();
         let mut b = buffer(t0);
-        b.push(0, 0, &[0], t0);
-        drain(&mut b, t0);
         let out = drain(&mut b, t0 + Duration::from_secs(5));
         assert!(out.len() <= MAX_FILL_CATCH_UP as usize + 1, "{out:?}");
     }

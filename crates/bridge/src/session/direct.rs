@@ -289,10 +289,7 @@ pub(super) async fn session(
     let mut timer = Timer::new(pacer.next_deadline());
 
     let stage = loop {
-        let media_due = match arrival.next_deadline() {
-            Some(at) => pacer.next_deadline().min(at),
-            None => pacer.next_deadline(),
-        };
+        let media_due = pacer.next_deadline().min(arrival.next_deadline());
         let (wake_at, due) = next_due(media_due, deadline);
         timer.arm(wake_at);
         tokio::select! {
