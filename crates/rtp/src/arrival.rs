@@ -135,7 +135,8 @@ pub struct ArrivalBuffer {
 }
 
 impl ArrivalBuffer {
-    /// An empty buffer; with no packet, silence is filled in from `now + fill_after`.
+    /// An empty buffer; until the first packet, silence is filled in every frame interval from
+    /// `now + one frame`.
     pub fn new(config: ArrivalConfig, now: Instant) -> Self {
         let capacity = config.capacity.max(2);
         let frame = Duration::from_micros(
@@ -159,7 +160,8 @@ impl ArrivalBuffer {
             next_seq: None,
             next_ts: 0,
             gap_frames: 0,
-            fill_at: now + config.fill_after,
+            // No sender yet to wait for: silence from the first frame interval on.
+            fill_at: now + frame,
             highest: None,
             stats: ArrivalStats::default(),
             config,
@@ -463,11 +465,11 @@ mod tests {
     fn before_the_first_packet_the_stream_is_silence() {
         let t0 = Instant::now();
         let mut b = buffer(t0);
-        assert_eq!(drain(&mut b, t0 + 59 * MS), []);
-        assert_eq!(drain(&mut b, t0 + 60 * MS), [('S', 0)]);
-        assert_eq!(drain(&mut b, t0 + 80 * MS), [('S', 0)]);
-        b.push(7, 1000, &[7], t0 + 85 * MS);
-        assert_eq!(drain(&mut b, t0 + 85 * MS), [('F', 7)]);
+        assert_eq!(drain(&mut b, t0 + 19 * MS), []);
+        assert_eq!(drain(&mut b, t0 + 20 * MS), [('S', 0)]);
+        assert_eq!(drain(&mut b, t0 + 40 * MS), [('S', 0)]);
+        b.push(7, 1000, &[7], t0 + 45 * MS);
+        assert_eq!(drain(&mut b, t0 + 45 * MS), [('F', 7)]);
     }
 
     #[test]

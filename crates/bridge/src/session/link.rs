@@ -1,5 +1,7 @@
 //! The WebSocket link to the bot: messages go through a bounded queue to a writer task, so the
-//! media loop never waits on the bot; what does not fit is dropped and counted.
+//! media loop never waits on the bot; what does not fit is dropped and counted. A reader task
+//! hands the bot's messages over a queue too: polling the socket itself from the media loop
+//! cost tungstenite a read attempt (and a zeroed read buffer) on every RTP packet and tick.
 
 use super::*;
 
@@ -33,12 +35,49 @@ pub(super) async fn write_to_bot(
     }
 }
 
+/// Reads the bot's messages and hands them to the session, up to and including the one that
+/// ends the stream (a Close or an error). A session that stops taking them stops the reading,
+/// so the bot's sending meets TCP's back-pressure as it would if the session read directly.
+async fn read_from_bot(
+    mut stream: SplitStream<BotSocket>,
+    to_session: mpsc::Sender<Result<Message, WsProtocolError>>,
+) {
+    while let Some(item) = stream.next().await {
+        let last = matches!(item, Ok(Message::Close(_)) | Err(_));
+        if to_session.send(item).await.is_err() || last {
+            return;
+        }
+    }
+}
+
+/// The bot's messages as [`read_from_bot`] hands them over.
+pub(super) struct FromBot {
+    queue: mpsc::Receiver<Result<Message, WsProtocolError>>,
+    reader: JoinHandle<()>,
+}
+
+impl FromBot {
+    /// The next message; `None` once the socket closed (as the stream itself would say).
+    pub(super) async fn next(&mut self) -> Option<Result<Message, WsProtocolError>> {
+        self.queue.recv().await
+    }
+}
+
+impl Drop for FromBot {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+/// Messages from the bot read ahead of the session: a few, so a bot's burst is read at once.
+const FROM_BOT_QUEUE: usize = 8;
+
 /// The bot's WebSocket and the encoder of its stream.
 pub(super) struct Link {
     /// To [`write_to_bot`]: a full queue means the bot is not reading, and the frame is dropped.
     pub(super) to_bot: mpsc::Sender<Outgoing>,
     pub(super) writer: JoinHandle<()>,
-    pub(super) from_bot: SplitStream<BotSocket>,
+    pub(super) from_bot: FromBot,
     /// False once the socket closed or broke: nothing more is sent or read.
     pub(super) open: bool,
     pub(super) encoder: Encoder,
@@ -54,12 +93,16 @@ pub(super) struct Link {
 
 impl Link {
     pub(super) fn new(socket: BotSocket, encoder: Encoder) -> Link {
-        let (sink, from_bot) = socket.split();
+        let (sink, stream) = socket.split();
         let (to_bot, queue) = mpsc::channel(TO_BOT_QUEUE);
+        let (to_session, from_bot) = mpsc::channel(FROM_BOT_QUEUE);
         Link {
             to_bot,
             writer: tokio::spawn(write_to_bot(sink, queue)),
-            from_bot,
+            from_bot: FromBot {
+                queue: from_bot,
+                reader: tokio::spawn(read_from_bot(stream, to_session)),
+            },
             open: true,
             encoder,
             out: String::with_capacity(4096),
