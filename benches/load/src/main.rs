@@ -207,7 +207,7 @@ async fn bridged_calls(
     let callers = Callers::bind(calls).await?;
     let mut media = callers.run(board.clone());
     let ramp = Duration::from_secs_f64(calls as f64 / f64::from(common.rate));
-    let ramp_slack = Duration::from_secs(10);
+    let ramp_slack = Duration::from_secs(5);
     let window = Duration::from_secs(common.window_secs);
     let hold = ramp + ramp_slack + WARMUP + window + STOP_MARGIN;
     let ports = callers.ports();
