@@ -13,6 +13,8 @@ const RING: usize = 256;
 /// Histogram buckets of 10 µs, up to 500 ms; beyond counts in the last one.
 const BUCKET_US: u64 = 10;
 const BUCKETS: usize = 50_000;
+/// Latencies from here on share the last bucket.
+pub const MAX_LATENCY_US: u64 = BUCKET_US * (BUCKETS as u64 - 1);
 
 /// One entry: µs since the board's start (46 bits), whether it opens a bot frame (1 bit), the
 /// packet's sequence number (16 bits). Zero means unset.

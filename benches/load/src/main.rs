@@ -352,7 +352,7 @@ fn calls_row(label: &str, runs: &[CallsResult]) {
     let up_sent = m(&|r| r.up_sent as f64);
     let down_sent = m(&|r| r.down_sent as f64);
     println!(
-        "| {label} | {:.0} / {:.0} | {:.0}, {:.2} % | {:.0}, {:.2} % | {:.3} % | {:.1} MB ({:.0} KB; {:.0} KB) | {:.2} / {:.2} ms | {:.2} / {:.2} ms |",
+        "| {label} | {:.0} / {:.0} | {:.0}, {:.2} % | {:.0}, {:.2} % | {:.3} % | {:.1} MB ({:.0} KB; {:.0} KB) | {} / {} ms | {} / {} ms |",
         m(&|r| r.sipp.succeeded as f64),
         m(&|r| r.sipp.failed as f64 + (r.calls as u64).saturating_sub(r.sipp.succeeded + r.sipp.failed) as f64),
         up_sent,
@@ -363,11 +363,20 @@ fn calls_row(label: &str, runs: &[CallsResult]) {
         m(&|r| r.rss as f64) / 1e6,
         m(&|r| r.rss_per_call()) / 1e3,
         m(&|r| r.added_rss_per_call()) / 1e3,
-        m(&|r| r.up_p50_us as f64) / 1e3,
-        m(&|r| r.up_p99_us as f64) / 1e3,
-        m(&|r| r.down_p50_us as f64) / 1e3,
-        m(&|r| r.down_p99_us as f64) / 1e3,
+        latency(m(&|r| r.up_p50_us as f64)),
+        latency(m(&|r| r.up_p99_us as f64)),
+        latency(m(&|r| r.down_p50_us as f64)),
+        latency(m(&|r| r.down_p99_us as f64)),
     );
+}
+
+/// A latency in ms; the histogram's last bucket holds everything beyond it.
+fn latency(us: f64) -> String {
+    if us >= board::MAX_LATENCY_US as f64 {
+        format!(">{:.0}", board::MAX_LATENCY_US as f64 / 1e3)
+    } else {
+        format!("{:.2}", us / 1e3)
+    }
 }
 
 fn print_run(label: &str, r: &CallsResult) {

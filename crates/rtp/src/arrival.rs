@@ -45,7 +45,10 @@ impl Default for ArrivalConfig {
             clock_rate: 8000,
             frame_samples: 160,
             reorder_wait: Duration::from_millis(40),
-            fill_after: Duration::from_millis(60),
+            // Long enough that a stall of the host (under load) is not taken for a silent
+            // sender: its late packets then all go on, after the silence, and the consumer's
+            // timeline would run ahead of the sender's by it.
+            fill_after: Duration::from_millis(200),
             // 320 ms of 20 ms packets: far beyond what the reorder wait keeps.
             capacity: 16,
             max_payload: 1500,
@@ -363,8 +366,13 @@ mod tests {
 
     const MS: Duration = Duration::from_millis(1);
 
+    /// The default buffer, but filling 60 ms after a frame went missing (short for the tests).
     fn buffer(start: Instant) -> ArrivalBuffer {
-        ArrivalBuffer::new(ArrivalConfig::default(), start)
+        let config = ArrivalConfig {
+            fill_after: Duration::from_millis(60),
+            ..ArrivalConfig::default()
+        };
+        ArrivalBuffer::new(config, start)
     }
 
     /// Everything due at `now`, as (kind, seq) pairs: 'F' frame, 'M' missing, 'S' silence.
