@@ -114,8 +114,9 @@ struct Slot {
 
 /// Most silence frames released for one DTX gap at once (the rest was filled in real time).
 const MAX_GAP_FRAMES: u32 = 50;
-/// Most silence frames a late wake-up fills at once; beyond, the fill skips ahead.
-const MAX_FILL_CATCH_UP: u32 = 5;
+/// Most silence frames released at once for intervals gone by (a second); beyond, after a
+/// stall of the whole process, the fill skips ahead.
+const MAX_FILL_CATCH_UP: u32 = 50;
 
 /// See the [module documentation](self).
 pub struct ArrivalBuffer {
@@ -130,16 +131,21 @@ pub struct ArrivalBuffer {
     next_ts: u32,
     /// Silence frames still to release before the packet at `next_seq` (a DTX gap).
     gap_frames: u32,
-    /// When a silent sender gets its next silence frame.
-    fill_at: Instant,
+    /// Where the next frame interval starts in arrival time: when the last frame was released,
+    /// moved on one frame per silence frame.
+    expected_at: Instant,
+    /// How long after an interval's end silence stands in for it: `fill_after` after a
+    /// packet, `reorder_wait` once silence is going out (so a returning sender's packet is not
+    /// beaten to its interval), zero to flush.
+    fill_lag: Duration,
     /// Highest sequence number pushed so far, for counting reordering.
     highest: Option<u16>,
     stats: ArrivalStats,
 }
 
 impl ArrivalBuffer {
-    /// An empty buffer; until the first packet, silence is filled in every frame interval from
-    /// `now + one frame`.
+    /// An empty buffer; until the first packet, silence stands in for every frame interval from
+    /// `now` on (each `reorder_wait` after its end).
     pub fn new(config: ArrivalConfig, now: Instant) -> Self {
         let capacity = config.capacity.max(2);
         let frame = Duration::from_micros(
@@ -164,7 +170,8 @@ impl ArrivalBuffer {
             next_ts: 0,
             gap_frames: 0,
             // No sender yet to wait for: silence from the first frame interval on.
-            fill_at: now + frame,
+            expected_at: now,
+            fill_lag: config.reorder_wait,
             highest: None,
             stats: ArrivalStats::default(),
             config,
@@ -300,7 +307,8 @@ impl ArrivalBuffer {
                 if end.wrapping_sub(self.next_ts) as i32 > 0 {
                     self.next_ts = end;
                 }
-                self.fill_at = now + self.frame + self.config.fill_after;
+                self.expected_at = now;
+                self.fill_lag = self.config.fill_after;
                 self.stats.released += 1;
                 let start = index * self.config.max_payload;
                 return Some(Release::Frame {
@@ -324,17 +332,20 @@ impl ArrivalBuffer {
                     return self.pop(now);
                 }
                 self.next_ts = expected_ts.wrapping_add(fs);
-                self.fill_at = now + self.frame + self.config.fill_after;
+                self.expected_at = now;
+                self.fill_lag = self.config.fill_after;
                 return Some(Release::Missing { seq: next });
             }
         }
-        if now >= self.fill_at {
-            // After a stall of the whole process, catch up at most a few frames at once.
-            let behind = now.saturating_duration_since(self.fill_at);
-            if behind > self.frame * MAX_FILL_CATCH_UP {
-                self.fill_at = now;
+        if now >= self.fill_due() {
+            // Silence from here on, for every interval gone by (the first fill after a packet
+            // covers `fill_after` at once), up to a cap after a stall of the whole process.
+            self.fill_lag = self.fill_lag.min(self.config.reorder_wait);
+            let most = self.frame * MAX_FILL_CATCH_UP;
+            if now.saturating_duration_since(self.expected_at) > most {
+                self.expected_at = now.checked_sub(most).unwrap_or(now);
             }
-            self.fill_at += self.frame;
+            self.expected_at += self.frame;
             if self.next_seq.is_some() {
                 self.next_ts = self.next_ts.wrapping_add(fs);
             }
@@ -342,6 +353,17 @@ impl ArrivalBuffer {
             return Some(Release::Silence);
         }
         None
+    }
+
+    /// When silence is due for the next interval (if no packet comes for it).
+    fn fill_due(&self) -> Instant {
+        self.expected_at + self.frame + self.fill_lag
+    }
+
+    /// From now on every interval gone by is released as silence without waiting: for the end
+    /// of the stream, so the consumer gets its whole length.
+    pub fn flush(&mut self) {
+        self.fill_lag = Duration::ZERO;
     }
 
     /// When [`ArrivalBuffer::pop`] may next have something without a new packet: a missing
@@ -353,10 +375,10 @@ impl ArrivalBuffer {
                 return slot.at;
             }
             if let Some(later) = self.first_after(next) {
-                return (later.at + self.config.reorder_wait).min(self.fill_at);
+                return (later.at + self.config.reorder_wait).min(self.fill_due());
             }
         }
-        self.fill_at
+        self.fill_due()
     }
 }
 
@@ -458,26 +480,30 @@ mod tests {
         let mut b = buffer(t0);
         b.push(0, 0, &[0], t0);
         drain(&mut b, t0);
-        // Frame 1 was due at 20 ms; the fill starts 60 ms after that.
+        // Frame 1's interval ended at 20 ms; silence stands in 60 ms after that, for every
+        // interval ended 40 ms (the reorder wait) before.
         assert_eq!(drain(&mut b, t0 + 79 * MS), []);
         assert_eq!(b.next_deadline(), t0 + 80 * MS);
-        assert_eq!(drain(&mut b, t0 + 80 * MS), [('S', 0)]);
+        assert_eq!(drain(&mut b, t0 + 80 * MS), [('S', 0), ('S', 0)]);
         assert_eq!(drain(&mut b, t0 + 100 * MS), [('S', 0)]);
         assert_eq!(drain(&mut b, t0 + 120 * MS), [('S', 0)]);
-        // The sender resumes after a 6-frame pause (DTX): three frames were filled already.
+        // The sender resumes after a 5-frame pause (DTX): four frames were filled already.
         b.push(1, 6 * 160, &[1], t0 + 125 * MS);
-        assert_eq!(drain(&mut b, t0 + 125 * MS), [('S', 0), ('S', 0), ('F', 1)]);
+        assert_eq!(drain(&mut b, t0 + 125 * MS), [('S', 0), ('F', 1)]);
+        // At the end, a flush covers every interval gone by at once.
+        b.flush();
+        assert_eq!(drain(&mut b, t0 + 185 * MS), [('S', 0), ('S', 0), ('S', 0)]);
     }
 
     #[test]
     fn before_the_first_packet_the_stream_is_silence() {
         let t0 = Instant::now();
         let mut b = buffer(t0);
-        assert_eq!(drain(&mut b, t0 + 19 * MS), []);
-        assert_eq!(drain(&mut b, t0 + 20 * MS), [('S', 0)]);
-        assert_eq!(drain(&mut b, t0 + 40 * MS), [('S', 0)]);
-        b.push(7, 1000, &[7], t0 + 45 * MS);
-        assert_eq!(drain(&mut b, t0 + 45 * MS), [('F', 7)]);
+        assert_eq!(drain(&mut b, t0 + 59 * MS), []);
+        assert_eq!(drain(&mut b, t0 + 60 * MS), [('S', 0)]);
+        assert_eq!(drain(&mut b, t0 + 80 * MS), [('S', 0)]);
+        b.push(7, 1000, &[7], t0 + 85 * MS);
+        assert_eq!(drain(&mut b, t0 + 85 * MS), [('F', 7)]);
     }
 
     #[test]

@@ -190,6 +190,28 @@ fn caller_to_bot(
     }
 }
 
+/// The caller's audio up to now before the stream ends: silence for the intervals no packet
+/// came for yet, so the bot gets the stream's whole length.
+fn flush_caller_to_bot(
+    arrival: &mut ArrivalBuffer,
+    pipeline: &mut Pipeline,
+    decoded: &mut Vec<i16>,
+    chunker: &mut Chunker,
+    link: &mut Link,
+    report: &mut SessionReport,
+) {
+    arrival.flush();
+    caller_to_bot(
+        arrival,
+        Instant::now(),
+        pipeline,
+        decoded,
+        chunker,
+        link,
+        report,
+    );
+}
+
 /// The bidirectional part of a session, on the caller's sockets (given back with how it ended).
 pub(super) async fn session(
     sockets: LegSockets,
@@ -392,12 +414,14 @@ pub(super) async fn session(
             }
             () = timer.wait() => {
                 if due == Due::SessionEnd {
+                    flush_caller_to_bot(&mut arrival, &mut pipeline, &mut decoded, &mut chunker, &mut link, report);
                     link.finish_stream(&mut chunker, report, StopReason::Stopped).await;
                     break Stage::End(SessionEnd::MaxDuration);
                 }
                 let now = Instant::now();
                 leg.send_report_if_due(now).await;
                 if leg.state_mut().rtp_timed_out(now) {
+                    flush_caller_to_bot(&mut arrival, &mut pipeline, &mut decoded, &mut chunker, &mut link, report);
                     link.finish_stream(&mut chunker, report, StopReason::Stopped).await;
                     break Stage::End(SessionEnd::RtpTimeout);
                 }
@@ -425,10 +449,12 @@ pub(super) async fn session(
                 // Resumed: the timeout counts from now.
                 Some(Control::ExpectRtp(expect)) => leg.state_mut().set_expect_rtp(expect, Instant::now()),
                 Some(Control::CallerHungUp) | None => {
+                    flush_caller_to_bot(&mut arrival, &mut pipeline, &mut decoded, &mut chunker, &mut link, report);
                     link.finish_stream(&mut chunker, report, StopReason::CallEnded).await;
                     break Stage::End(SessionEnd::CallerHungUp);
                 }
                 Some(Control::Stop) => {
+                    flush_caller_to_bot(&mut arrival, &mut pipeline, &mut decoded, &mut chunker, &mut link, report);
                     link.finish_stream(&mut chunker, report, StopReason::Stopped).await;
                     break Stage::End(SessionEnd::Stopped);
                 }
@@ -458,6 +484,14 @@ pub(super) async fn session(
             if held.end.as_ref().is_some_and(|e| playout.is_due(e, now)) {
                 if let Some(end) = held.end.take() {
                     // A bot that hung up still gets `stop` and our Close; one that left, nothing.
+                    flush_caller_to_bot(
+                        &mut arrival,
+                        &mut pipeline,
+                        &mut decoded,
+                        &mut chunker,
+                        &mut link,
+                        report,
+                    );
                     link.finish_stream(&mut chunker, report, StopReason::Stopped)
                         .await;
                     break Stage::End(end.action);
