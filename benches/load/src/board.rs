@@ -88,8 +88,7 @@ pub struct Counters {
     pub unaligned: AtomicU64,
     /// Bot frames that were not JSON media as expected.
     pub bot_bad_frames: AtomicU64,
-    /// WebSocket connections the bot accepted, and those still open.
-    pub bot_connections: AtomicU64,
+    /// WebSocket connections the bot has open.
     pub bot_open: AtomicU64,
 }
 

@@ -48,7 +48,6 @@ pub async fn serve(listener: TcpListener, dialect: Dialect, board: Arc<Board>) {
         };
         let board = board.clone();
         tokio::spawn(async move {
-            board.counters.bot_connections.fetch_add(1, Relaxed);
             board.counters.bot_open.fetch_add(1, Relaxed);
             let _ = connection(stream, dialect, &board).await;
             board.counters.bot_open.fetch_sub(1, Relaxed);
@@ -95,7 +94,7 @@ async fn connection(stream: TcpStream, dialect: Dialect, board: &Board) -> anyho
                 continue;
             }
             markers.clear();
-            match dialect {
+            let unaligned = match dialect {
                 Dialect::Exotel => marker::scan(
                     audio.len() / 2,
                     |i| i16::from_le_bytes([audio[2 * i], audio[2 * i + 1]]),
@@ -106,6 +105,9 @@ async fn connection(stream: TcpStream, dialect: Dialect, board: &Board) -> anyho
                     |i| g711::ulaw_decode(audio[i]),
                     |m| markers.push(m),
                 ),
+            };
+            if unaligned {
+                board.counters.unaligned.fetch_add(1, Relaxed);
             }
             for m in &markers {
                 if last_seen.is_none_or(|last| m.seq > last) {

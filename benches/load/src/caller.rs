@@ -109,7 +109,7 @@ async fn receive(index: u16, slot: Arc<Slot>, board: Arc<Board>) {
         let Some(payload) = rtp_payload(&buf[..len]) else {
             continue;
         };
-        marker::scan(
+        let unaligned = marker::scan(
             payload.len(),
             |i| g711::alaw_decode(payload[i]),
             |m| {
@@ -123,6 +123,9 @@ async fn receive(index: u16, slot: Arc<Slot>, board: Arc<Board>) {
                 board.caller_received(m, new);
             },
         );
+        if unaligned {
+            board.counters.unaligned.fetch_add(1, Relaxed);
+        }
     }
 }
 

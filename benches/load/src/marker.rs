@@ -74,8 +74,9 @@ pub fn read(len: usize, sample: impl Fn(usize) -> i16) -> Option<Marker> {
 }
 
 /// Every marker in `len` samples, looked for at packet boundaries first; when none is found
-/// there (audio not aligned to packets), at every sample. Calls `found` for each.
-pub fn scan(len: usize, sample: impl Fn(usize) -> i16, mut found: impl FnMut(Marker)) {
+/// there (audio not aligned to packets), at every sample. Calls `found` for each; true when
+/// markers were found only off the packet boundaries.
+pub fn scan(len: usize, sample: impl Fn(usize) -> i16, mut found: impl FnMut(Marker)) -> bool {
     let mut any = false;
     let mut at = 0;
     while at + MARKER_SAMPLES <= len {
@@ -86,17 +87,19 @@ pub fn scan(len: usize, sample: impl Fn(usize) -> i16, mut found: impl FnMut(Mar
         at += PACKET_SAMPLES;
     }
     if any {
-        return;
+        return false;
     }
     let mut at = 0;
     while at + MARKER_SAMPLES <= len {
         if let Some(m) = read(len - at, |i| sample(at + i)) {
             found(m);
+            any = true;
             at += MARKER_SAMPLES;
         } else {
             at += 1;
         }
     }
+    any
 }
 
 #[cfg(test)]
@@ -144,12 +147,12 @@ mod tests {
             audio.extend_from_slice(&packet(Marker { slot: 7, seq }));
         }
         let mut seen = Vec::new();
-        scan(audio.len(), |i| audio[i], |m| seen.push(m.seq));
+        assert!(!scan(audio.len(), |i| audio[i], |m| seen.push(m.seq)));
         assert_eq!(seen, [0, 1, 2, 3, 4]);
 
         let shifted: Vec<i16> = std::iter::repeat_n(0, 37).chain(audio).collect();
         let mut seen = Vec::new();
-        scan(shifted.len(), |i| shifted[i], |m| seen.push(m.seq));
+        assert!(scan(shifted.len(), |i| shifted[i], |m| seen.push(m.seq)));
         assert_eq!(seen, [0, 1, 2, 3, 4]);
     }
 }
